@@ -1,0 +1,111 @@
+"""Projections (synapses): source activity -> a named compartment of a target population.
+
+A projection contributes ``gain * W r_src`` to its target compartment's potential (or, when the
+compartment is "soma", directly as a current). ``W`` has shape (target.size, source.size).
+Weights are created by an initialiser named in ``init``:
+
+- "xavier_uniform": U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio 2010)
+- "he_uniform": U(-a, a), a = sqrt(6 / fan_in)
+- "gram_xavier": M M^T with M an n x n Xavier-uniform matrix (a random SPD matrix; needs
+  source == target), as CorInfoMax initialises its lateral matrices B
+- "normal": N(0, scale^2); "uniform": U(-scale, scale); "zeros"; "ones" (fixed fan-in sum)
+- "identity": structural autapses ``r_src -> same neuron``, no weight tensor (never plastic)
+- or an explicit tensor / nested list of shape (target.size, source.size).
+
+An optional fixed ``mask`` (same shape, 0/1) zeroes absent synapses; plasticity never creates
+them. ``rules`` are plasticity hooks (see neurosim.plasticity) run after each training step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError, did_you_mean
+from .populations import SOMA
+
+INITIALISERS = ("xavier_uniform", "he_uniform", "gram_xavier", "normal", "uniform", "zeros",
+                "ones", "identity")
+
+
+@dataclass
+class Projection:
+    """A synaptic pathway ``source -> target.compartment`` with weight ``W`` and ``gain``."""
+
+    name: str
+    source: str
+    target: str
+    compartment: str = SOMA
+    init: Any = "xavier_uniform"
+    gain: float = 1.0
+    scale: float = 1.0
+    mask: Any = None
+    plastic: bool = True
+    rules: Sequence[Any] = field(default_factory=list)
+
+    def __post_init__(self):
+        where = f'projection "{self.name}"'
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ConfigError(f"projection name {self.name!r} must be an identifier.")
+        if isinstance(self.init, str) and self.init not in INITIALISERS:
+            raise ConfigError(f'{where}: unknown init "{self.init}".'
+                              f"{did_you_mean(self.init, INITIALISERS)} "
+                              f"Valid initialisers: {', '.join(INITIALISERS)}, or a matrix.")
+        for key in ("gain", "scale"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {key} must be a number, got {value!r}.")
+        if self.is_identity:
+            self.plastic = False
+        self.rules = list(self.rules)
+        if self.rules and not self.plastic:
+            raise ConfigError(f"{where}: has plasticity rules but is not plastic "
+                              f"(init={self.init!r}, plastic={self.plastic}). "
+                              "Remove the rules or make the projection plastic.")
+
+    @property
+    def is_identity(self) -> bool:
+        return isinstance(self.init, str) and self.init == "identity"
+
+    def initial_weight(self, n_post: int, n_pre: int, generator: torch.Generator,
+                       dtype=torch.float64) -> torch.Tensor | None:
+        """Create the initial weight (None for structural identity projections)."""
+        shape = (n_post, n_pre)
+        init = self.init
+        if not isinstance(init, str):
+            weight = torch.as_tensor(init, dtype=dtype)
+            if tuple(weight.shape) != shape:
+                raise ConfigError(f'projection "{self.name}": weight has shape '
+                                  f"{tuple(weight.shape)} but {self.target} x {self.source} "
+                                  f"needs {shape}.")
+            return weight.clone()
+        if init == "identity":
+            return None
+        if init == "zeros":
+            return torch.zeros(shape, dtype=dtype)
+        if init == "ones":
+            return torch.full(shape, float(self.scale), dtype=dtype)
+        if init == "normal":
+            return torch.randn(shape, generator=generator, dtype=dtype) * self.scale
+        if init == "gram_xavier":
+            bound = math.sqrt(6.0 / (2 * n_pre))
+            m = (torch.rand((n_pre, n_pre), generator=generator, dtype=dtype) * 2 - 1) * bound
+            return (m @ m.T) * self.scale
+        bound = {"xavier_uniform": math.sqrt(6.0 / (n_pre + n_post)),
+                 "he_uniform": math.sqrt(6.0 / n_pre),
+                 "uniform": 1.0}[init] * self.scale
+        return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+
+    def initial_mask(self, n_post: int, n_pre: int) -> torch.Tensor | None:
+        """The fixed connectivity mask as a float 0/1 tensor, or None."""
+        if self.mask is None:
+            return None
+        mask = torch.as_tensor(self.mask)
+        if tuple(mask.shape) != (n_post, n_pre):
+            raise ConfigError(f'projection "{self.name}": mask has shape {tuple(mask.shape)}, '
+                              f"needs {(n_post, n_pre)} (target size x source size).")
+        if not torch.all((mask == 0) | (mask == 1)):
+            raise ConfigError(f'projection "{self.name}": mask entries must be 0 or 1.')
+        return mask.to(torch.float64)

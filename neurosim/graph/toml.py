@@ -1,0 +1,143 @@
+"""Declarative networks in TOML (stdlib ``tomllib``).
+
+A model file declares ``[network]`` (name), ``[[population]]`` tables and ``[[projection]]``
+tables; other top-level tables (``[simulation]``, ``[[monitor]]``, ``[training]``, ...) belong
+to the tools that read them. Example::
+
+    [network]
+    name = "demo"
+
+    [[population]]
+    name = "x"
+    type = "input"
+    size = 8
+
+    [[population]]
+    name = "h"
+    type = "pyramidal"       # input | pyramidal | interneuron
+    size = 16
+    leak = 0.5
+    basal = 2.0              # conductance basal dendrite -> soma
+    apical = 1.0
+    activation = "clip"
+
+    [[projection]]
+    name = "x_h"
+    source = "x"
+    target = "h"
+    compartment = "basal"
+    init = "xavier_uniform"
+    rules = [{ type = "ep_contrastive", lr = 0.1 }]
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import ConfigError, did_you_mean
+from .network import Network
+from .populations import POPULATION_KINDS
+from .projections import Projection
+
+_POP_KEYS = {
+    "input": {"name", "type", "size"},
+    "pyramidal": {"name", "type", "size", "leak", "activation", "bias", "rate", "noise",
+                  "fixed_step", "basal", "apical", "dendrites"},
+    "interneuron": {"name", "type", "size", "leak", "activation", "bias", "rate", "noise",
+                    "fixed_step"},
+}
+_PROJ_KEYS = {"name", "source", "target", "compartment", "init", "gain", "scale", "mask",
+              "plastic", "rules"}
+
+
+def check_keys(table: Any, allowed: Iterable[str], where: str, required: Iterable[str] = ()):
+    """Reject non-tables, unknown keys (with a did-you-mean hint) and missing required keys."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__} {table!r}.")
+    allowed = sorted(set(allowed))
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f'{where}: unknown key "{key}".{did_you_mean(key, allowed)} '
+                              f"Valid keys: {', '.join(allowed)}.")
+    for key in required:
+        if key not in table:
+            raise ConfigError(f'{where}: missing required key "{key}".')
+
+
+def network_from_dict(data: dict, where: str = "model") -> Network:
+    """Build a Network from the parsed TOML document (``network``/``population``/``projection``)."""
+    from ..plasticity import build_rule
+
+    check_keys(data.get("network", {}), {"name"}, f"{where} [network]")
+    name = data.get("network", {}).get("name", "network")
+    pops_data = data.get("population", [])
+    if not isinstance(pops_data, list) or not pops_data:
+        raise ConfigError(f"{where}: no [[population]] tables; declare the populations with "
+                          "[[population]] (note the double brackets).")
+    populations = []
+    for i, table in enumerate(pops_data):
+        label = f'{where} [[population]] #{i + 1}'
+        if isinstance(table, dict) and "name" in table:
+            label += f' "{table["name"]}"'
+        check_keys(table, set.union(*_POP_KEYS.values()), label, required=("name", "type", "size"))
+        kind = table["type"]
+        if kind not in POPULATION_KINDS:
+            raise ConfigError(f'{label}: unknown type "{kind}".{did_you_mean(kind, POPULATION_KINDS)}'
+                              f" Valid types: {', '.join(POPULATION_KINDS)}.")
+        check_keys(table, _POP_KEYS[kind], f"{label} (type {kind})")
+        kwargs = {k: v for k, v in table.items() if k != "type"}
+        try:
+            populations.append(POPULATION_KINDS[kind](**kwargs))
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err}") from None
+    projections = []
+    for i, table in enumerate(data.get("projection", [])):
+        label = f'{where} [[projection]] #{i + 1}'
+        if isinstance(table, dict) and "name" in table:
+            label += f' "{table["name"]}"'
+        check_keys(table, _PROJ_KEYS, label, required=("name", "source", "target"))
+        kwargs = dict(table)
+        rules = kwargs.pop("rules", [])
+        if not isinstance(rules, list):
+            raise ConfigError(f"{label}: rules must be a list of tables, e.g. "
+                              'rules = [{ type = "ep_contrastive", lr = 0.1 }].')
+        kwargs["rules"] = [build_rule(spec, f"{label} rules[{j}]") for j, spec in enumerate(rules)]
+        try:
+            projections.append(Projection(**kwargs))
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err}") from None
+    try:
+        return Network(populations, projections, name=name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A parsed model file: its path, its exact text and the parsed tables."""
+
+    path: Path
+    text: str
+    data: dict
+
+    def network(self) -> Network:
+        return network_from_dict(self.data, where=str(self.path))
+
+
+def parse_model_text(text: str, where: str = "<string>") -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where}: not valid TOML: {err}. Check the line it names.") from None
+
+
+def load_model_file(path) -> ModelFile:
+    """Read and parse a TOML model file with clear errors for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist. Example model files live in "
+                          "the repository's models/ directory.")
+    text = path.read_text(encoding="utf-8")
+    return ModelFile(path, text, parse_model_text(text, str(path)))

@@ -1,0 +1,106 @@
+"""CorInfoMax networks (Bozkurt, Pehlevan & Erdogan, NeurIPS 2023) as neurosim graphs.
+
+Layers k = 1..P are pyramidal populations ``h1 .. h{P-1}, out`` fed by the input ``x``.
+Hidden layer k (g_B = g_A = 1/eps)::
+
+    v_B = W_ff r_{k-1}
+    v_A = W_fb r_{k+1} + eps (2 gamma B + g I) r_k   [- eps lambda_k for A1]
+    du  = -g u + (1/eps)(v_B - u) + (1/eps)(v_A - u)
+
+Output layer P (g_B = 1/eps, g_A = 1)::
+
+    v_A = (gamma B + g I) r_P - beta (r_P - y)        [- lambda_P for A1]
+    du  = -g u + (1/eps)(v_B - u) + (v_A - u)
+
+with r = clip(u, 0, 1) (A-inf) or relu(u) (A1), gamma = (1 - lam)/lam. In the graph: W_ff and
+W_fb are plastic basal/apical projections with the ``ep_contrastive`` rule, B is a plastic
+lateral apical projection (``gram_xavier`` init, ``corinfomax_lateral`` rule) whose diagonal
+acts as autapses and off-diagonal as lateral inhibition, and ``g I`` is a structural identity
+autapse. The output nudge ``beta (y - r_P)`` is the protocol's. CorInfoMax-A1 adds one
+inhibitory interneuron per layer (population ``i<k>``, state l, output lambda = relu(l))::
+
+    l <- l + eta_lam ( -l + (1^T r_k - 1) + lambda )
+
+updated right after its layer with its own constant step ``eta_lam`` (``fixed_step``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..errors import ConfigError
+from ..graph import Network, network_from_dict
+
+VARIANTS = {"A-inf": "clip", "A1": "relu"}
+
+
+def _as_list(value, n: int, name: str) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    value = list(value)
+    if len(value) != n:
+        raise ConfigError(f"corinfomax: {name} needs {n} values (one per layer), got {len(value)}.")
+    return [float(v) for v in value]
+
+
+def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float = 0.15,
+                     leak: float = 0.5, lam: float = 0.99999, mu_ff=1.0, mu_fb=0.15,
+                     eta_lam=(1e-6, 1e-2), name: str | None = None) -> dict:
+    """The graph tables (as a model file would write them) of a CorInfoMax network with layer
+    sizes ``sizes = [n_0, ..., n_P]``; ``mu_ff`` has P entries, ``mu_fb`` P - 1, ``eta_lam``
+    (A1) is [hidden, output]."""
+    if variant not in VARIANTS:
+        raise ConfigError(f'corinfomax: unknown variant "{variant}"; use "A-inf" or "A1".')
+    sizes = [int(s) for s in sizes]
+    n_layers = len(sizes) - 1
+    if n_layers < 1:
+        raise ConfigError("corinfomax: sizes needs at least an input and an output size.")
+    if not 0 < lam < 1:
+        raise ConfigError(f"corinfomax: lam must be in (0, 1), got {lam}.")
+    mu_ff = _as_list(mu_ff, n_layers, "mu_ff")
+    mu_fb = _as_list(mu_fb, n_layers - 1, "mu_fb") if n_layers > 1 else []
+    eta_hidden, eta_out = _as_list(eta_lam, 2, "eta_lam")
+    gamma = (1.0 - lam) / lam
+    sparse = variant == "A1"
+    names = [f"h{k}" for k in range(1, n_layers)] + ["out"]
+    populations = [{"name": "x", "type": "input", "size": sizes[0]}]
+    projections = []
+    for k, layer in enumerate(names, start=1):
+        hidden = k < n_layers
+        populations.append({"name": layer, "type": "pyramidal", "size": sizes[k], "leak": leak,
+                            "basal": 1.0 / eps, "apical": 1.0 / eps if hidden else 1.0,
+                            "activation": VARIANTS[variant]})
+        apical_scale = eps if hidden else 1.0      # v_A terms are written times eps in hidden
+        below = "x" if k == 1 else names[k - 2]
+        projections.append({"name": f"ff{k}", "source": below, "target": layer,
+                            "compartment": "basal", "init": "xavier_uniform",
+                            "rules": [{"type": "ep_contrastive", "lr": mu_ff[k - 1]}]})
+        if hidden:
+            projections.append({"name": f"fb{k}", "source": names[k], "target": layer,
+                                "compartment": "apical", "init": "xavier_uniform",
+                                "rules": [{"type": "ep_contrastive", "lr": mu_fb[k - 1]}]})
+        projections.append({"name": f"lat{k}", "source": layer, "target": layer,
+                            "compartment": "apical", "init": "gram_xavier",
+                            "gain": apical_scale * (2 * gamma if hidden else gamma),
+                            "rules": [{"type": "corinfomax_lateral", "lam": lam}]})
+        projections.append({"name": f"aut{k}", "source": layer, "target": layer,
+                            "compartment": "apical", "init": "identity",
+                            "gain": apical_scale * leak})
+        if sparse:
+            inter = f"i{k}"
+            populations.append({"name": inter, "type": "interneuron", "size": 1, "leak": 1.0,
+                                "bias": -1.0, "activation": "relu",
+                                "fixed_step": eta_hidden if hidden else eta_out})
+            projections += [
+                {"name": f"sum{k}", "source": layer, "target": inter, "init": "ones",
+                 "plastic": False},
+                {"name": f"self{k}", "source": inter, "target": inter, "init": "identity"},
+                {"name": f"inh{k}", "source": inter, "target": layer, "compartment": "apical",
+                 "init": "ones", "gain": -apical_scale, "plastic": False},
+            ]
+    title = name or f"corinfomax_{variant}_{'-'.join(map(str, sizes))}"
+    return {"network": {"name": title}, "population": populations, "projection": projections}
+
+
+def corinfomax_network(sizes: Sequence[int], **params) -> Network:
+    """A validated :class:`Network` of a CorInfoMax model (see :func:`corinfomax_graph`)."""
+    return network_from_dict(corinfomax_graph(sizes, **params), where="corinfomax")

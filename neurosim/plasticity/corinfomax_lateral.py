@@ -1,0 +1,31 @@
+"""CorInfoMax lateral (inverse-correlation) update of B, without the Sherman-Morrison
+denominator, as the published code runs it:
+
+    B <- (1/lam) ( B - gamma <(B r)(B r)^T> ),     gamma = (1 - lam) / lam
+
+with r the post-synaptic activity of the phase ``phase`` (the nudged one by default) and the
+B of before the update. B tracks the inverse of the layer's correlation matrix R = <r r^T>.
+"""
+from __future__ import annotations
+
+from .base import PlasticityRule, SynapseContext, register_rule
+
+
+@register_rule
+class CorInfoMaxLateral(PlasticityRule):
+    name = "corinfomax_lateral"
+    scheduled = False
+
+    def __init__(self, lam: float, phase: str = "nudged"):
+        if not 0 < lam <= 1:
+            raise ValueError(f"forgetting factor lam must be in (0, 1], got {lam}")
+        self.lam = float(lam)
+        self.phase = phase
+
+    @property
+    def gamma(self) -> float:
+        return (1.0 - self.lam) / self.lam
+
+    def update(self, ctx: SynapseContext) -> None:
+        z = ctx.post(self.phase) @ ctx.weight.T
+        ctx.weight.mul_(1.0 / self.lam).addmm_(z.T, z, alpha=-self.gamma / (self.lam * ctx.batch_size))

@@ -1,0 +1,32 @@
+"""Equilibrium-propagation contrastive update with local prediction errors (CorInfoMax).
+
+For a projection W: source s -> target k, with the local error of the target's prediction
+``e = r_k - W r_s`` evaluated in each phase with the pre-update W:
+
+    dW = (lr * lr_scale / beta) [ <e^beta (r_s^beta)^T> - <e^0 (r_s^0)^T> ]
+
+where <.> is the batch mean and beta the signed nudge of the nudged phase. Used for the
+feedforward (basal) and the feedback (apical) synapses of CorInfoMax networks.
+"""
+from __future__ import annotations
+
+from .base import PlasticityRule, SynapseContext, register_rule
+
+
+@register_rule
+class EPContrastive(PlasticityRule):
+    name = "ep_contrastive"
+    needs_phases = ("nudged", "free")
+
+    def __init__(self, lr: float):
+        self.lr = float(lr)
+
+    def update(self, ctx: SynapseContext) -> None:
+        if ctx.phases[:2] != ("nudged", "free"):
+            raise ValueError('ep_contrastive needs the phases ("nudged", "free")')
+        if ctx.beta == 0:
+            return
+        pre = ctx.stacked_pre()                    # [r_s^beta; r_s^0]
+        err = ctx.stacked_post()[: len(pre)].addmm(pre, ctx.weight.T, alpha=-1.0)
+        err[ctx.batch_size:].neg_()                # the free phase enters with a minus sign
+        ctx.weight.addmm_(err.T, pre, alpha=self.lr * ctx.lr_scale / (ctx.beta * ctx.batch_size))

@@ -1,0 +1,144 @@
+"""The solver interface and the one ``solve`` function every run goes through.
+
+Two kinds of solver share one loop:
+
+- :class:`FixedStepSolver` advances the state in place by one step of size ``dt_k`` (the
+  step-size schedule gives ``dt_k``); adding one is a class with ``name`` and ``step``.
+- :class:`ContinuousSolver` integrates between output times with its own (possibly
+  adaptive) internal steps; the schedule's steps are then only the output grid. It integrates
+  in segments of ``segment`` output steps that start at fixed multiples of ``segment`` so that
+  a run resumed from a checkpoint at a segment boundary repeats the same computation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+
+from ..dynamics import NeuralState, PhaseDynamics
+from ..errors import SimulationError
+
+
+@dataclass
+class SolveStats:
+    """What a solve did: steps taken, right-hand-side evaluations, final time and residual."""
+
+    steps: int = 0
+    rhs_evals: int = 0
+    t: float = 0.0
+    residual: float | None = None
+    converged: bool | None = None
+
+
+class Solver:
+    name: ClassVar[str] = "solver"
+    supports_noise: ClassVar[bool] = False
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+class FixedStepSolver(Solver):
+    """A solver that advances the state in place by one step of size dt."""
+
+    order: ClassVar[int] = 1
+
+    def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        raise NotImplementedError
+
+
+class ContinuousSolver(Solver):
+    """A solver that integrates from times[0] to each later time, returning the potentials."""
+
+    segment: int = 64
+
+    def integrate(self, dynamics: PhaseDynamics, state: NeuralState,
+                  times: list[float]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+@dataclass
+class SteadyState:
+    """Stop once max |du/dt| < tol, checked every ``check_every`` steps; ``max_steps`` bounds
+    the run (reaching it leaves ``converged = False``)."""
+
+    tol: float = 1e-6
+    check_every: int = 1
+    max_steps: int = 100_000
+
+
+@dataclass
+class Observer:
+    """Called as ``callback(step, t, state)`` after every ``every``-th step."""
+
+    callback: Callable[[int, float, NeuralState], None]
+    every: int = 1
+
+
+def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedule,
+          n_steps: int, step0: int = 0, t0: float = 0.0, observers: list[Observer] = (),
+          steady: SteadyState | None = None, check_finite_every: int = 1,
+          progress=None, after_step: Callable[[int, float], None] | None = None) -> SolveStats:
+    """Advance ``state`` in place from step ``step0`` (time ``t0``) to step ``n_steps``.
+
+    ``schedule(k)`` gives the step size of step k; observers see the state after steps that
+    are multiples of their ``every``; ``steady`` stops early at a fixed point;
+    ``after_step(k, t)`` runs after each (fixed-step) step or segment (e.g. checkpoints);
+    ``progress`` is a tqdm-like bar updated by the number of steps done."""
+    if steady is not None:
+        n_steps = min(n_steps, step0 + steady.max_steps)
+    if dynamics.stochastic and not solver.supports_noise:
+        raise SimulationError(f'solver "{solver.name}" cannot integrate populations with noise; '
+                              "use a fixed-step solver (euler, gs-euler) for stochastic networks.")
+    stats = SolveStats(steps=step0, t=t0)
+    evals0 = dynamics.rhs_evals
+    k, t = step0, t0
+
+    def visit(k: int, t: float) -> bool:
+        for obs in observers:
+            if k % obs.every == 0:
+                obs.callback(k, t, state)
+        if check_finite_every and k % check_finite_every == 0:
+            dynamics.check_finite(state, k)
+        if steady is not None and k % steady.check_every == 0:
+            stats.residual = float(dynamics.residual(state))
+            if stats.residual < steady.tol:
+                stats.converged = True
+                return True
+        return False
+
+    done = False
+    if isinstance(solver, FixedStepSolver):
+        while k < n_steps and not done:
+            dt = schedule(k - step0)
+            solver.step(dynamics, state, dt)
+            k, t = k + 1, t + dt
+            done = visit(k, t)
+            if after_step is not None:
+                after_step(k, t)
+            if progress is not None:
+                progress.update(1)
+    else:
+        while k < n_steps and not done:
+            end = min(n_steps, (k // solver.segment + 1) * solver.segment)
+            times = [t]
+            for j in range(k, end):
+                times.append(times[-1] + schedule(j - step0))
+            path = solver.integrate(dynamics, state, times)
+            for i, u in enumerate(path[1:], start=1):
+                state.u.copy_(u)
+                dynamics.net.sync_activity(state)
+                k, t = k + 1, times[i]
+                done = visit(k, t)
+                if progress is not None:
+                    progress.update(1)
+                if done:
+                    break
+            if after_step is not None:
+                after_step(k, t)
+    stats.steps, stats.t = k, t
+    stats.rhs_evals = dynamics.rhs_evals - evals0
+    if steady is not None and stats.converged is None:
+        stats.converged = False
+    return stats

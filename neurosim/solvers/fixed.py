@@ -1,0 +1,60 @@
+"""Fixed-step solvers. Each is one small class: a ``name`` and a ``step``."""
+from __future__ import annotations
+
+from ..dynamics import NeuralState, PhaseDynamics
+from .base import FixedStepSolver
+
+
+class Euler(FixedStepSolver):
+    """Explicit Euler on the simultaneous (Jacobi) system: u <- u + dt f(u).
+    With noise this is Euler-Maruyama."""
+
+    name = "euler"
+    order = 1
+    supports_noise = True
+
+    def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        dynamics.euler_step_(state, dt)
+
+
+class GaussSeidelEuler(FixedStepSolver):
+    """Layer-ordered Euler: populations updated in declaration order, each using the newest
+    activities of the others (the discrete scheme of the CorInfoMax paper)."""
+
+    name = "gs-euler"
+    order = 1
+    supports_noise = True
+
+    def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        dynamics.gauss_seidel_step_(state, dt)
+
+
+class Heun(FixedStepSolver):
+    """Heun's method (explicit trapezoid), order 2."""
+
+    name = "heun"
+    order = 2
+
+    def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        scratch = state.r.clone()
+        k1 = dynamics.rhs(state.u, scratch)
+        k2 = dynamics.rhs(state.u + dt * k1, scratch)
+        state.u.add_(k1 + k2, alpha=dt / 2)
+        dynamics.net.sync_activity(state)
+
+
+class RK4(FixedStepSolver):
+    """Classical fourth-order Runge-Kutta."""
+
+    name = "rk4"
+    order = 4
+
+    def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        scratch = state.r.clone()
+        u = state.u
+        k1 = dynamics.rhs(u, scratch)
+        k2 = dynamics.rhs(u + (dt / 2) * k1, scratch)
+        k3 = dynamics.rhs(u + (dt / 2) * k2, scratch)
+        k4 = dynamics.rhs(u + dt * k3, scratch)
+        u.add_(k1 + 2 * k2 + 2 * k3 + k4, alpha=dt / 6)
+        dynamics.net.sync_activity(state)

@@ -1,0 +1,67 @@
+"""Step-size schedules: the step ``dt_k`` used at step k (k restarts at 0 in every phase)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class ConstantStep:
+    """dt_k = dt."""
+
+    dt: float
+    name = "constant"
+
+    def __call__(self, k: int) -> float:
+        return self.dt
+
+    def config(self) -> dict:
+        return {"type": self.name, "dt": self.dt}
+
+
+@dataclass(frozen=True)
+class InverseTimeDecay:
+    """dt_k = max(dt / (1 + decay k), minimum); CorInfoMax's "slow" rule is decay 0.01,
+    minimum 1e-3."""
+
+    dt: float
+    decay: float = 0.01
+    minimum: float = 1e-3
+    name = "inverse_time"
+
+    def __call__(self, k: int) -> float:
+        return max(self.dt / (1.0 + self.decay * k), self.minimum)
+
+    def config(self) -> dict:
+        return {"type": self.name, "dt": self.dt, "decay": self.decay, "minimum": self.minimum}
+
+
+SCHEDULES = {"constant": ConstantStep, "inverse_time": InverseTimeDecay, "slow": InverseTimeDecay}
+
+
+def make_schedule(spec, where: str = "schedule"):
+    """Build a schedule from a number (constant), a schedule object, or a table
+    ``{type = "constant"|"inverse_time"|"slow", dt = ..., decay = ..., minimum = ...}``."""
+    if isinstance(spec, (ConstantStep, InverseTimeDecay)):
+        return spec
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        spec = {"type": "constant", "dt": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a step size or a table, got {spec!r}.")
+    spec = dict(spec)
+    kind = spec.pop("type", "constant")
+    if kind not in SCHEDULES:
+        raise ConfigError(f'{where}: unknown schedule "{kind}".{did_you_mean(kind, SCHEDULES)} '
+                          f"Valid: {', '.join(SCHEDULES)}.")
+    cls = SCHEDULES[kind]
+    allowed = set(cls.__dataclass_fields__)
+    for key in spec:
+        if key not in allowed:
+            raise ConfigError(f'{where}: unknown key "{key}" for schedule "{kind}".'
+                              f"{did_you_mean(key, allowed)} Valid keys: {', '.join(sorted(allowed))}.")
+    if "dt" not in spec:
+        raise ConfigError(f'{where}: schedule "{kind}" needs dt.')
+    if not isinstance(spec["dt"], (int, float)) or spec["dt"] <= 0:
+        raise ConfigError(f"{where}: dt must be a positive number, got {spec['dt']!r}.")
+    return cls(**spec)
