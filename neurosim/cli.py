@@ -33,12 +33,14 @@ def _simulate(args) -> None:
     from .graph import parse_model_text
     monitors = monitors_from(parse_model_text(text, where), sim.network, where)
     if not monitors:
-        from .simulation import Monitor
-        monitors = [Monitor(p.name, "soma", "u") for p in sim.network.dynamic]
-    attrs = {"model": sim.network.name, "solver": sim.solver.name, "model_text": text,
+        from .io import MonitorSpec
+        from .simulation import UNITS
+        monitors = [MonitorSpec(p.name, "soma", "u", units=UNITS["u"]) for p in sim.network.dynamic]
+    attrs = {"model": sim.network.name, "solver": sim.solver.name,
              "schedule": repr(sim.schedule.config()), "batch": sim.options.batch,
              "dt": float(getattr(sim.schedule, "dt", 0.0))}
-    with Recorder(args.out, chunk_size=args.chunk_size, attrs=attrs) as recorder:
+    with Recorder(args.out, chunk_size=args.chunk_size, attrs=attrs, time_units="1 (model time)",
+                  config_text=text, overwrite=args.force) as recorder:
         stats = sim.run(monitors=monitors, recorder=recorder, checkpoint=args.checkpoint,
                         checkpoint_every=args.checkpoint_every or sim.options.checkpoint_every,
                         progress=not args.quiet)
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--resume", help="continue from this simulation checkpoint")
     sim.add_argument("--device", help="cpu or cuda")
     sim.add_argument("--dtype", choices=["float32", "float64"])
+    sim.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_simulate)
 

@@ -32,59 +32,48 @@ from typing import Any, Mapping
 import torch
 
 from .dynamics import CompiledNetwork
-from .errors import ConfigError, unknown
+from .io import MonitorSpec
+from .errors import ConfigError, NeurosimError, unknown
 from .graph import SOMA, Network, check_keys, network_from_dict, parse_model_text
 from .solvers import Observer, SteadyState, get_solver, make_schedule, solve
 
 SIM_KEYS = {"solver", "duration", "n_steps", "dt", "step", "batch", "seed", "rtol", "atol",
             "steady_tol", "inputs", "nudge", "device", "dtype", "checkpoint_every"}
 MONITOR_KEYS = {"population", "compartment", "variable", "indices", "every"}
-UNITS = {"u": "dimensionless potential", "r": "dimensionless rate", "v": "dimensionless potential"}
+UNITS = {"u": "1 (dimensionless potential)", "r": "1 (dimensionless rate)",
+         "v": "1 (dimensionless potential)"}
 
 
-@dataclass(frozen=True)
-class Monitor:
-    """What to record: population, compartment ("soma" or a dendrite), variable ("u"/"r" at
-    the soma, "v" in a dendrite), neuron indices (None = all) and decimation ``every``."""
+def validate_monitor(monitor: MonitorSpec, network: Network, where: str = "monitor") -> None:
+    """Check that a monitor names an existing population, compartment, variable and neurons.
+    Variables: "u" and "r" at the soma ("r" only for inputs), "v" in a dendrite."""
+    if monitor.population not in network.population_map:
+        raise unknown("population", monitor.population, network.population_map, where)
+    pop = network.population(monitor.population)
+    comps = [SOMA, *pop.compartments]
+    if monitor.compartment not in comps:
+        raise unknown("compartment", monitor.compartment, comps,
+                      f'{where} (population "{monitor.population}")')
+    allowed = (("r",) if pop.is_input else ("u", "r")) if monitor.compartment == SOMA else ("v",)
+    if monitor.variable not in allowed:
+        raise unknown("variable", monitor.variable, allowed,
+                      f"{where} ({monitor.population}/{monitor.compartment})")
+    if monitor.indices is not None:
+        bad = [i for i in monitor.indices if not 0 <= i < pop.size]
+        if bad:
+            raise ConfigError(f'{where}: indices {bad} out of range for population '
+                              f'"{monitor.population}" of size {pop.size} (valid 0..{pop.size - 1}).')
 
-    population: str
-    compartment: str = SOMA
-    variable: str = "u"
-    indices: tuple[int, ...] | None = None
-    every: int = 1
 
-    @property
-    def key(self) -> str:
-        return f"{self.population}/{self.compartment}/{self.variable}"
-
-    def validate(self, network: Network, where: str = "monitor") -> None:
-        if self.population not in network.population_map:
-            raise unknown("population", self.population, network.population_map, where)
-        pop = network.population(self.population)
-        comps = [SOMA, *pop.compartments]
-        if self.compartment not in comps:
-            raise unknown("compartment", self.compartment, comps,
-                          f'{where} (population "{self.population}")')
-        allowed = (("r",) if pop.is_input else ("u", "r")) if self.compartment == SOMA else ("v",)
-        if self.variable not in allowed:
-            raise unknown("variable", self.variable, allowed,
-                          f'{where} ({self.population}/{self.compartment})')
-        if not isinstance(self.every, int) or self.every < 1:
-            raise ConfigError(f"{where}: every must be an integer >= 1, got {self.every!r}.")
-        if self.indices is not None:
-            bad = [i for i in self.indices if not (isinstance(i, int) and 0 <= i < pop.size)]
-            if bad:
-                raise ConfigError(f'{where}: indices {bad} out of range for population '
-                                  f'"{self.population}" of size {pop.size} (valid 0..{pop.size - 1}).')
-
-    def read(self, net: CompiledNetwork, state) -> torch.Tensor:
-        if self.variable == "u":
-            values = net.u_of(state, self.population)
-        elif self.variable == "r":
-            values = net.r_of(state, self.population)
-        else:
-            values = net.compartment_potential(state, self.population, self.compartment)
-        return values[:, list(self.indices)] if self.indices is not None else values
+def read_monitor(monitor: MonitorSpec, net: CompiledNetwork, state) -> torch.Tensor:
+    """The monitored values (batch x neurons) of a state."""
+    if monitor.variable == "u":
+        values = net.u_of(state, monitor.population)
+    elif monitor.variable == "r":
+        values = net.r_of(state, monitor.population)
+    else:
+        values = net.compartment_potential(state, monitor.population, monitor.compartment)
+    return values[:, list(monitor.indices)] if monitor.indices is not None else values
 
 
 @dataclass
@@ -140,16 +129,19 @@ def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions
     return options
 
 
-def monitors_from(data: dict, network: Network, where: str) -> list[Monitor]:
+def monitors_from(data: dict, network: Network, where: str) -> list[MonitorSpec]:
+    """The [[monitor]] tables of a model file (default compartment soma, variable u)."""
     monitors = []
     for i, table in enumerate(data.get("monitor", [])):
         label = f"{where} [[monitor]] #{i + 1}"
         check_keys(table, MONITOR_KEYS, label, required=("population",))
-        table = dict(table)
-        if "indices" in table:
-            table["indices"] = tuple(table["indices"])
-        monitor = Monitor(**table)
-        monitor.validate(network, label)
+        table = {"compartment": SOMA, "variable": "u", **table}
+        table["units"] = UNITS[table["variable"]] if table["variable"] in UNITS else ""
+        try:
+            monitor = MonitorSpec(**table)
+        except NeurosimError as err:
+            raise ConfigError(f"{label}: {err}") from None
+        validate_monitor(monitor, network, label)
         monitors.append(monitor)
     return monitors
 
@@ -236,14 +228,17 @@ class Simulation:
         observers = []
         if recorder is not None:
             for m in monitors:
-                m.validate(self.network)
-                recorder.add(m.key, m, self.net, self.state)
+                validate_monitor(m, self.network)
+                shape = tuple(read_monitor(m, self.net, self.state).shape)
+                recorder.add(m.key, m, shape, self.net.dtype,
+                             attrs={"solver": self.solver.name, "step_schedule": repr(self.schedule.config())})
             if self.step == 0:
                 for m in monitors:
-                    recorder.append(m.key, m.read(self.net, self.state), self.t)
+                    recorder.append(m.key, read_monitor(m, self.net, self.state), self.t)
             for m in monitors:
                 observers.append(Observer(
-                    lambda k, t, s, m=m: recorder.append(m.key, m.read(self.net, s), t), m.every))
+                    lambda k, t, s, m=m: recorder.append(m.key, read_monitor(m, self.net, s), t),
+                    m.every))
 
         def after_step(k: int, t: float) -> None:
             self.step, self.t = k, t

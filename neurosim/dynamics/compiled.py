@@ -116,8 +116,11 @@ class CompiledNetwork:
         return float(g) * float(projection.gain)
 
     def zero_state(self, batch: int) -> NeuralState:
+        """u = 0 everywhere, r = sigma(0) for dynamic populations, inputs 0."""
         z = dict(device=self.device, dtype=self.dtype)
-        return NeuralState(torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z))
+        state = NeuralState(torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z))
+        self.sync_activity(state)
+        return state
 
     def u_of(self, state: NeuralState, population: str) -> torch.Tensor:
         return state.u[:, self._slot(population, need_dynamic=True).u_cols]

@@ -67,7 +67,7 @@ class EquilibriumPropagation:
         operators = operators if operators is not None else self.net.build_operators(self._ops)
         state = state if state is not None else self._state(x.shape[0])
         state.u.zero_()
-        state.r.zero_()
+        self.net.sync_activity(state)
         self.net.clamp_inputs(state, {self.input: x})
         dynamics = self.net.phase(operators, {self.input: x}, currents=currents)
         self._relax(dynamics, state, self.T_free)

@@ -1,0 +1,128 @@
+"""Locating, verifying, decoding and preprocessing datasets."""
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import cifar, digits
+from .dataset import DataError, Dataset
+from .files import find_file, read_verified
+from .idx import decode_idx
+from .registry import DATASETS, DatasetInfo, get_info, search_dirs
+
+NORMALIZATIONS = ("default", "unit")
+""""default": the paper's preprocessing (digits /16, MNIST-like /255, CIFAR-10 per-channel
+(x - mean) / (3 std)); "unit": pixels scaled to [0, 1] for every dataset."""
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def locate(info: DatasetInfo, root: str | os.PathLike | None = None) -> Path:
+    """The first searched directory holding all of ``info``'s files, else a DataError."""
+    dirs = search_dirs(info, root)
+    partial = []
+    for d in dirs:
+        missing = [s.name for s in info.files if find_file(d, s.name) is None]
+        if not missing:
+            return d
+        if len(missing) < len(info.files):
+            partial.append(f"{d} lacks {', '.join(missing)}")
+    note = f" ({'; '.join(partial)})" if partial else ""
+    raise DataError(f"{info.title} not found in {', '.join(map(str, dirs))}{note}. "
+                    f"{info.fetch_hint}")
+
+
+def read_arrays(info: DatasetInfo, directory: Path) -> Arrays:
+    """Verify and decode the files in ``directory``: (train_x, train_y, test_x, test_y), uint8
+    images (N, C, H, W) and int64 labels."""
+    raw = read_verified(info, directory)
+    if info.kind == "cifar":
+        train = [cifar.read_batch(raw[s.name], str(directory / s.name)) for s in info.files[:-1]]
+        test_x, test_y = cifar.read_batch(raw[info.files[-1].name],
+                                          str(directory / info.files[-1].name))
+        return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                test_x, test_y)
+    out = []
+    for images, labels in ((0, 1), (2, 3)):
+        x = decode_idx(raw[info.files[images].name], str(directory / info.files[images].name))
+        y = decode_idx(raw[info.files[labels].name], str(directory / info.files[labels].name))
+        if x.shape[1:] != info.input_shape[1:] or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{directory}: {info.files[images].name} {x.shape} and "
+                            f"{info.files[labels].name} {y.shape} do not form an image/label "
+                            f"pair. Delete {directory} and run `neurosim data fetch {info.name}`.")
+        out += [x[:, None], y.astype(np.int64)]
+    return tuple(out)
+
+
+def _inputs(images: np.ndarray, info: DatasetInfo, normalization: str,
+            dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> preprocessed (N, C*H*W) tensor of ``dtype``."""
+    x = torch.from_numpy(images).reshape(len(images), -1).to(dtype)
+    if info.kind == "cifar" and normalization == "default":
+        return cifar.standardize_(x)
+    return x.div_(info.pixel_max)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None,
+                 dtype: torch.dtype = torch.float32, normalization: str = "default") -> Dataset:
+    """Load a verified, preprocessed dataset ("digits", "mnist", "fashion-mnist", "cifar10").
+
+    Files are searched in ``root`` (or $NEUROSIM_DATA), then known system locations, then the
+    default cache; nothing is downloaded. ``normalization`` is one of :data:`NORMALIZATIONS`.
+    """
+    info = get_info(name)
+    if normalization not in NORMALIZATIONS:
+        raise DataError(f'Unknown normalization "{normalization}" for {info.title}; choose one '
+                        f"of {', '.join(NORMALIZATIONS)}.")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise DataError(f"dtype must be a floating torch dtype (e.g. torch.float32), "
+                        f"got {dtype!r}.")
+    if info.kind == "embedded":
+        train_x, train_y, test_x, test_y = digits.load_split()
+    else:
+        train_x, train_y, test_x, test_y = read_arrays(info, locate(info, root))
+    return Dataset(name=info.name,
+                   train_x=_inputs(train_x, info, normalization, dtype),
+                   train_y=torch.from_numpy(train_y),
+                   test_x=_inputs(test_x, info, normalization, dtype),
+                   test_y=torch.from_numpy(test_y),
+                   n_classes=info.n_classes, input_shape=info.input_shape,
+                   normalization=normalization)
+
+
+def available_datasets(root: str | os.PathLike | None = None) -> list[dict]:
+    """One dict per dataset: name, present (verified), location, detail."""
+    rows = []
+    for info in DATASETS.values():
+        if info.kind == "embedded":
+            try:
+                version = metadata.version("scikit-learn")
+            except metadata.PackageNotFoundError:
+                rows.append(dict(name=info.name, present=False, location="-",
+                                 detail="scikit-learn is not installed (pip install scikit-learn)"))
+            else:
+                rows.append(dict(name=info.name, present=True,
+                                 location=f"scikit-learn {version} (embedded)",
+                                 detail=f"{info.n_train} train / {info.n_test} test, fixed split"))
+            continue
+        try:
+            directory = locate(info, root)
+        except DataError:
+            rows.append(dict(name=info.name, present=False, location="-",
+                             detail=f"run `neurosim data fetch {info.name}"
+                                    + (" --from PATH`" if info.kind == "cifar" else "`")))
+            continue
+        try:
+            read_verified(info, directory)
+        except DataError as exc:
+            rows.append(dict(name=info.name, present=False, location=str(directory),
+                             detail=str(exc)))
+            continue
+        rows.append(dict(name=info.name, present=True, location=str(directory),
+                         detail=f"{info.n_train} train / {info.n_test} test, "
+                                f"{info.files[0].algorithm} verified"))
+    return rows

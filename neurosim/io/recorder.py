@@ -1,0 +1,520 @@
+"""Streaming recordings of state variables to HDF5, with bounded memory.
+
+Layout of a recording file::
+
+    /                                 root attrs: format="neurosim-recording", format_version=1,
+                                      neurosim_version, created (ISO 8601, UTC), time_units,
+                                      chunk_size, complete (False while writing, True after a clean
+                                      close()), aborted ("<exception>" if the writer's `with` block
+                                      raised), plus the caller's attrs (dt, solver, model, ...)
+    /config_text                      optional str dataset: the config the run was started from
+    /time/every_<n>                   float64 (T_n,), resizable: the times of the records of all
+                                      monitors with every=n; an HDF5 dimension scale; attrs units,
+                                      every
+    /recordings/<pop>/<comp>/<var>    (T, *record_shape), resizable along axis 0, chunked
+                                      (chunk_size, *record_shape) (fewer rows for huge records);
+                                      axis 0 has /time/every_<n> attached as its dimension scale and
+                                      attr ``time`` holds that path; other attrs: monitor, population,
+                                      compartment, variable, units, every, indices (int64 array, or
+                                      "all"), axes ("time, batch, neuron"), torch_dtype, + caller's
+
+Why one time axis per ``every``: monitors sampled at the same rate share it (no duplicated
+times), and dimension scales make the relation visible to generic HDF5 tools. The rule this
+imposes: monitors with the same ``every`` are appended at the same times (checked when cheap),
+and all monitors are added before the first append.
+
+Crash safety: the file is written in place (not via a temporary name) so that a run killed
+part-way leaves everything up to the last written chunk readable. Each full chunk is written
+and ``flush()``-ed to disk at once; ``complete`` stays False until :meth:`Recorder.close`, so a
+reader can tell a finished recording from a cut-off one. Read live or cut-off recordings with
+:func:`open_recording` (it opens without HDF5 file locking).
+
+Buffering: each monitor keeps one preallocated torch buffer of ``chunk_size`` records on the
+device of the first appended values, so :meth:`Recorder.append` is a device-side copy with no
+host synchronisation; data move to the CPU only when a chunk is written. Pass ``t`` as a Python
+float (a CUDA tensor would force a sync). :meth:`Recorder.append` stores every call: the caller
+decides which steps to record (:meth:`MonitorSpec.due` helps); ``every`` only labels the rate.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import torch
+
+from neurosim.errors import did_you_mean
+from neurosim.io.attrs import read_attrs, write_attrs
+from neurosim.io.errors import RecordingError, TreeError
+from neurosim.io.files import check_format, open_readonly
+
+__all__ = ["RECORDING_FORMAT", "RECORDING_FORMAT_VERSION", "MonitorSpec", "Recorder",
+           "RecordedVariable", "RecordingFile", "open_recording"]
+
+RECORDING_FORMAT = "neurosim-recording"
+RECORDING_FORMAT_VERSION = 1
+CONFIG_TEXT = "config_text"
+MAX_CHUNK_BYTES = 4 << 20  # on-disk chunk target; large records get fewer rows per chunk
+MAX_RECORD_BYTES = 1 << 30
+_ROOT_ATTRS = ("format", "format_version", "neurosim_version", "created", "complete", "aborted",
+               "time_units", "chunk_size")
+_DATASET_ATTRS = ("monitor", "population", "compartment", "variable", "units", "every",
+                  "indices", "axes", "time", "torch_dtype")
+_DEFAULT_AXES = {0: (), 1: ("neuron",), 2: ("batch", "neuron")}
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """What to record: ``population/compartment/variable``, which neurons, how often, units."""
+
+    population: str
+    compartment: str
+    variable: str
+    indices: tuple[int, ...] | None = None
+    every: int = 1
+    units: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("population", "compartment", "variable"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or "/" in value or value == ".":
+                raise RecordingError(f"MonitorSpec.{name} must be a non-empty str without '/', "
+                                     f"got {value!r}.")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise RecordingError(f"MonitorSpec({self.key}).every must be an int >= 1 (record "
+                                 f"every n-th step), got {self.every!r}.")
+        if self.indices is not None:
+            try:
+                indices = tuple(int(i) for i in self.indices)
+            except (TypeError, ValueError):
+                raise RecordingError(f"MonitorSpec({self.key}).indices must be a sequence of "
+                                     f"ints or None (all), got {self.indices!r}.") from None
+            object.__setattr__(self, "indices", indices)
+        if not isinstance(self.units, str):
+            raise RecordingError(f"MonitorSpec({self.key}).units must be a str, got "
+                                 f"{self.units!r}.")
+
+    @property
+    def key(self) -> str:
+        """The recording key and dataset path below /recordings: "pop/comp/var"."""
+        return f"{self.population}/{self.compartment}/{self.variable}"
+
+    def due(self, step: int) -> bool:
+        """True on the steps this monitor records (step 0, every, 2*every, ...)."""
+        return step % self.every == 0
+
+
+@dataclass
+class _Clock:
+    """The shared time axis of all monitors with one ``every``."""
+
+    ds: h5py.Dataset
+    buf: np.ndarray
+    fill: int = 0
+    written: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.written + self.fill
+
+
+@dataclass
+class _Monitor:
+    name: str
+    spec: MonitorSpec
+    ds: h5py.Dataset
+    shape: tuple[int, ...]
+    dtype: torch.dtype          # buffer dtype (as declared)
+    storage: torch.dtype        # dtype written to disk (numpy-compatible)
+    buffer: torch.Tensor | None = None
+    fill: int = 0
+    written: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.written + self.fill
+
+
+class Recorder:
+    """Stream monitored variables into an HDF5 recording (see the module docstring).
+
+    Use as a context manager, or call :meth:`close`; either flushes the last partial chunk.
+    An existing file at ``path`` is only replaced with ``overwrite=True``.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, chunk_size: int = 256,
+                 attrs: Mapping[str, Any] | None = None, time_units: str = "ms",
+                 config_text: str | None = None, overwrite: bool = False) -> None:
+        from neurosim import __version__
+
+        self.path = Path(path)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise RecordingError(f"Recorder({self.path}): chunk_size must be an int >= 1, got "
+                                 f"{chunk_size!r}.")
+        clash = sorted(set(attrs or {}) & set(_ROOT_ATTRS))
+        if clash:
+            raise RecordingError(f"Recorder({self.path}): attrs {clash} are reserved for the file "
+                                 f"header; rename them.")
+        if not self.path.parent.is_dir():
+            raise RecordingError(f"cannot create recording {self.path}: directory "
+                                 f"{self.path.parent} does not exist; create it first.")
+        if self.path.exists() and not overwrite:
+            raise RecordingError(f"recording {self.path} already exists; choose another path or "
+                                 f"pass overwrite=True to replace it.")
+        self.chunk_size = chunk_size
+        self.chunks_written = 0
+        self._monitors: dict[str, _Monitor] = {}
+        self._clocks: dict[int, _Clock] = {}
+        self._started = False
+        self._closed = False
+        self._time_units = time_units
+        self._file = h5py.File(self.path, "w", track_order=True)
+        try:
+            f = self._file
+            f.attrs["format"] = RECORDING_FORMAT
+            f.attrs["format_version"] = RECORDING_FORMAT_VERSION
+            f.attrs["neurosim_version"] = __version__
+            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds")
+            f.attrs["complete"] = False
+            f.attrs["time_units"] = time_units
+            f.attrs["chunk_size"] = chunk_size
+            write_attrs(f, attrs)
+            if config_text is not None:
+                f.create_dataset(CONFIG_TEXT, data=config_text, dtype=h5py.string_dtype("utf-8"))
+            f.create_group("time", track_order=True)
+            f.create_group("recordings", track_order=True)
+            f.flush()
+        except BaseException as e:
+            self._file.close()
+            self.path.unlink(missing_ok=True)
+            if isinstance(e, TreeError):
+                raise RecordingError(f"Recorder({self.path}): {e}") from e
+            raise
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def add(self, name: str, spec: MonitorSpec, record_shape: tuple[int, ...],
+            dtype: torch.dtype | np.dtype | str = torch.float32,
+            attrs: Mapping[str, Any] | None = None, *,
+            axes: tuple[str, ...] | None = None) -> None:
+        """Declare monitor ``name``: each :meth:`append` gives one record of ``record_shape``.
+
+        ``axes`` names the record axes (default "batch, neuron" for 2-d, "neuron" for 1-d).
+        All monitors must be added before the first append.
+        """
+        where = f'Recorder({self.path}).add("{name}")'
+        self._check_open()
+        if self._started:
+            raise RecordingError(f"{where}: add all monitors before the first append().")
+        if not isinstance(name, str) or not name:
+            raise RecordingError(f"{where}: the monitor name must be a non-empty str.")
+        if name in self._monitors:
+            raise RecordingError(f"{where}: a monitor with this name already exists.")
+        if not isinstance(spec, MonitorSpec):
+            raise RecordingError(f"{where}: spec must be a MonitorSpec, got {type(spec).__name__}.")
+        other = next((m.name for m in self._monitors.values() if m.spec.key == spec.key), None)
+        if other is not None:
+            raise RecordingError(f'{where}: monitor "{other}" already records {spec.key}; record '
+                                 f"each variable once.")
+        shape = _record_shape(record_shape, where)
+        buffer_dtype, storage = _dtypes(dtype, where)
+        axes = _axes(axes, shape, where)
+        clash = sorted(set(attrs or {}) & set(_DATASET_ATTRS))
+        if clash:
+            raise RecordingError(f"{where}: attrs {clash} are set by the recorder; rename them.")
+
+        clock = self._clock(spec.every)
+        record_bytes = int(np.prod(shape, dtype=np.int64)) * _itemsize(storage)
+        if record_bytes > MAX_RECORD_BYTES:
+            raise RecordingError(f"{where}: one record is {record_bytes} bytes; record a subset "
+                                 f"of neurons (MonitorSpec.indices) instead.")
+        rows = max(1, min(self.chunk_size, MAX_CHUNK_BYTES // max(1, record_bytes)))
+        group = self._file["recordings"]
+        for part in (spec.population, spec.compartment):
+            group = group[part] if part in group else group.create_group(part, track_order=True)
+        ds = group.create_dataset(spec.variable, shape=(0, *shape), maxshape=(None, *shape),
+                                  chunks=(rows, *shape), dtype=_numpy_dtype(storage),
+                                  track_order=True)
+        ds.attrs["monitor"] = name
+        ds.attrs["population"] = spec.population
+        ds.attrs["compartment"] = spec.compartment
+        ds.attrs["variable"] = spec.variable
+        ds.attrs["units"] = spec.units
+        ds.attrs["every"] = spec.every
+        ds.attrs["indices"] = ("all" if spec.indices is None
+                               else np.asarray(spec.indices, dtype=np.int64))
+        ds.attrs["axes"] = ", ".join(("time", *axes))
+        ds.attrs["time"] = clock.ds.name
+        ds.attrs["torch_dtype"] = str(buffer_dtype).removeprefix("torch.")
+        try:
+            write_attrs(ds, attrs)
+        except TreeError as e:
+            raise RecordingError(f"{where}: {e}") from e
+        ds.dims[0].attach_scale(clock.ds)
+        for dim, label in zip(ds.dims, ("time", *axes)):
+            dim.label = label
+        self._monitors[name] = _Monitor(name, spec, ds, shape, buffer_dtype, storage)
+        self._file.flush()
+
+    def _clock(self, every: int) -> _Clock:
+        if every not in self._clocks:
+            ds = self._file["time"].create_dataset(
+                f"every_{every}", shape=(0,), maxshape=(None,), chunks=(self.chunk_size,),
+                dtype=np.float64)
+            ds.attrs["units"] = self._time_units
+            ds.attrs["every"] = every
+            ds.make_scale(f"time (every {every} steps)")
+            self._clocks[every] = _Clock(ds, np.empty(self.chunk_size, dtype=np.float64))
+        return self._clocks[every]
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def append(self, name: str, values: torch.Tensor, t: float) -> None:
+        """Add one record of monitor ``name`` taken at time ``t``; writes a chunk when full."""
+        self._check_open()
+        m = self._monitors.get(name)
+        if m is None:
+            raise RecordingError(f'Recorder({self.path}): no monitor "{name}".'
+                                 f"{did_you_mean(name, self._monitors)} Monitors: "
+                                 f"{', '.join(self._monitors) or '(none; call add() first)'}.")
+        if not isinstance(values, torch.Tensor):
+            values = torch.as_tensor(values)
+        if tuple(values.shape) != m.shape:
+            raise RecordingError(f'Recorder({self.path}): monitor "{name}" records shape '
+                                 f"{m.shape}, got values of shape {tuple(values.shape)}.")
+        clock = self._clocks[m.spec.every]
+        self._check_time(clock, m, t)
+        if m.buffer is None:
+            m.buffer = torch.empty((self.chunk_size, *m.shape), dtype=m.dtype,
+                                   device=values.device)
+        m.buffer[m.fill].copy_(values.detach())
+        self._started = True
+        if m.count == clock.count:  # first monitor at this record index advances the clock
+            clock.buf[clock.fill] = float(t)
+            clock.fill += 1
+            if clock.fill == self.chunk_size:
+                self._write_clock(clock)
+                self._file.flush()
+        m.fill += 1
+        if m.fill == self.chunk_size:
+            self._write_monitor(m)
+            self._file.flush()
+
+    def _check_time(self, clock: _Clock, m: _Monitor, t: float) -> None:
+        j = m.count - clock.written
+        if m.count < clock.count and j >= 0 and isinstance(t, (int, float)) \
+                and clock.buf[j] != t:
+            raise RecordingError(
+                f'Recorder({self.path}): monitor "{m.name}" appended its record {m.count} at '
+                f"t={t}, but the shared time axis {clock.ds.name} has t={clock.buf[j]} there; "
+                f"monitors with the same every={m.spec.every} must be appended at the same times "
+                f"(give this one a different `every` or append it on the same steps).")
+
+    def _write_clock(self, clock: _Clock) -> None:
+        n, k = clock.written, clock.fill
+        clock.ds.resize((n + k,))
+        clock.ds[n:n + k] = clock.buf[:k]
+        clock.written, clock.fill = n + k, 0
+
+    def _write_monitor(self, m: _Monitor) -> None:
+        n, k = m.written, m.fill
+        data = m.buffer[:k].to("cpu").to(m.storage).numpy()  # the only host sync
+        m.ds.resize(n + k, axis=0)
+        m.ds[n:n + k] = data
+        m.written, m.fill = n + k, 0
+        self.chunks_written += 1
+
+    def flush(self) -> None:
+        """Write all partially filled buffers and flush the file to disk."""
+        self._check_open()
+        for clock in self._clocks.values():
+            if clock.fill:
+                self._write_clock(clock)
+        for m in self._monitors.values():
+            if m.fill:
+                self._write_monitor(m)
+        self._file.flush()
+
+    @property
+    def buffer_nbytes(self) -> int:
+        """Bytes held in in-memory buffers (bounded by chunk_size, whatever the run length)."""
+        data = sum(m.buffer.numel() * m.buffer.element_size()
+                   for m in self._monitors.values() if m.buffer is not None)
+        return data + sum(c.buf.nbytes for c in self._clocks.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush the remaining records, mark the recording complete and close the file."""
+        self._finish(complete=True)
+
+    def _finish(self, complete: bool, aborted: str | None = None) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+            self._file.attrs["complete"] = complete
+            if aborted is not None:
+                self._file.attrs["aborted"] = aborted
+        finally:
+            self._closed = True
+            for m in self._monitors.values():
+                m.buffer = None
+            self._file.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecordingError(f"Recorder({self.path}) is closed; create a new Recorder to "
+                                 f"record more.")
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # keep the data, but do not claim the run finished
+            self._finish(complete=False, aborted=f"{exc_type.__name__}: {exc}"[:1000])
+
+
+def _record_shape(record_shape: Any, where: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(n) for n in record_shape)
+    except (TypeError, ValueError):
+        raise RecordingError(f"{where}: record_shape must be a tuple of ints, got "
+                             f"{record_shape!r}.") from None
+    if any(n < 1 for n in shape):
+        raise RecordingError(f"{where}: record_shape {shape} has an empty axis; nothing to "
+                             f"record.")
+    return shape
+
+
+def _dtypes(dtype: Any, where: str) -> tuple[torch.dtype, torch.dtype]:
+    """(buffer dtype, storage dtype): dtypes numpy lacks are stored widened, exactly."""
+    try:
+        if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+            dtype = getattr(torch, dtype)
+        if not isinstance(dtype, torch.dtype):
+            dtype = torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
+    except (TypeError, ValueError):
+        raise RecordingError(f"{where}: unsupported dtype {dtype!r}; use a torch or numpy "
+                             f"numeric dtype such as torch.float32.") from None
+    try:
+        torch.empty(0, dtype=dtype).numpy()
+        return dtype, dtype
+    except TypeError:
+        return dtype, torch.complex64 if dtype.is_complex else torch.float32
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def _axes(axes: Any, shape: tuple[int, ...], where: str) -> tuple[str, ...]:
+    if axes is None:
+        return _DEFAULT_AXES.get(len(shape), tuple(f"dim{i + 1}" for i in range(len(shape))))
+    axes = tuple(str(a) for a in axes)
+    if len(axes) != len(shape):
+        raise RecordingError(f"{where}: axes {axes} must name each of the {len(shape)} axes of "
+                             f"record_shape {shape}.")
+    return axes
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+@dataclass
+class RecordedVariable:
+    """One recorded variable: ``values[i]`` was taken at ``time[i]``.
+
+    ``attrs["indices"]`` is a tuple of ints, or None for all neurons.
+    """
+
+    key: str
+    time: np.ndarray
+    values: np.ndarray | torch.Tensor
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordingFile:
+    """A recording opened for reading (also while it is still being written, or cut off)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._file = open_readonly(self.path, "recording", RecordingError)
+        try:
+            self.attrs: dict[str, Any] = read_attrs(self._file)
+            check_format(self.path, self.attrs, RECORDING_FORMAT, RECORDING_FORMAT_VERSION,
+                         RecordingError)
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def complete(self) -> bool:
+        """True if the writer closed the recording cleanly (False: still running or cut off)."""
+        return self.attrs.get("complete") is True
+
+    @property
+    def config_text(self) -> str | None:
+        return self._file[CONFIG_TEXT].asstr()[()] if CONFIG_TEXT in self._file else None
+
+    def variables(self) -> list[str]:
+        """The recorded variables as "population/compartment/variable" keys, in creation order."""
+        root = self._file.get("recordings")
+        if root is None:
+            return []
+        return [f"{pop}/{comp}/{var}" for pop in root for comp in root[pop]
+                for var in root[pop][comp] if isinstance(root[pop][comp][var], h5py.Dataset)]
+
+    def read(self, key: str, as_tensor: bool = False) -> RecordedVariable:
+        """Read variable ``key`` ("pop/comp/var") with its times, as numpy or a CPU tensor."""
+        keys = self.variables()
+        if key not in keys:
+            raise RecordingError(f'{self.path}: no recorded variable "{key}".'
+                                 f"{did_you_mean(key, keys)} Recorded: "
+                                 f"{', '.join(keys) or '(none)'}.")
+        try:
+            ds = self._file["recordings"][key]
+            time_ds = self._file[ds.attrs["time"]]
+            n = min(ds.shape[0], time_ds.shape[0])  # equal unless cut off between two writes
+            values, time = ds[:n], time_ds[:n]
+            attrs = read_attrs(ds)
+        except (OSError, KeyError) as e:
+            raise RecordingError(f"{self.path}: cannot read {key} ({e}); if the recording is "
+                                 f"still being written, retry.") from e
+        indices = attrs.get("indices")
+        attrs["indices"] = (None if indices is None or isinstance(indices, str)
+                            else tuple(int(i) for i in np.atleast_1d(indices)))
+        if as_tensor:
+            values = torch.from_numpy(np.ascontiguousarray(values))
+            dtype = getattr(torch, str(attrs.get("torch_dtype", "")), None)
+            if isinstance(dtype, torch.dtype) and dtype != values.dtype:
+                values = values.to(dtype)
+        return RecordedVariable(key=key, time=time, values=values, attrs=attrs)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "RecordingFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_recording(path: str | os.PathLike) -> RecordingFile:
+    """Open a recording written by :class:`Recorder` for reading."""
+    return RecordingFile(path)
