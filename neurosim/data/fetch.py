@@ -82,7 +82,8 @@ def collect(info: DatasetInfo, source: PathLike | Sequence[PathLike]) -> dict[st
     found: dict[str, tuple[str, bytearray]] = {}
     for path in paths:
         if not path.exists():
-            raise DataError(f"{path} does not exist.")
+            raise DataError(f"{path} does not exist; pass the directory, archive or files "
+                            f"that hold {info.title}.")
         for name, item in _scan(info, path).items():
             found.setdefault(name, item)
     missing = [s.name for s in info.files if s.name not in found]

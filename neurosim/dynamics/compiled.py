@@ -272,10 +272,11 @@ class PhaseDynamics:
     currents: Mapping[str, torch.Tensor]
     generator: torch.Generator | None = None
     rhs_evals: int = field(default=0)
+    _plan: list = field(default_factory=list, repr=False)
+    _plan_key: tuple = field(default=(), repr=False)
 
-    @property
-    def slots(self):
-        return [s for s in self.net.slots.values() if s.u_cols is not None]
+    def __post_init__(self):
+        self.slots = [s for s in self.net.slots.values() if s.u_cols is not None]
 
     @property
     def stochastic(self) -> bool:
@@ -319,20 +320,29 @@ class PhaseDynamics:
         order, each reading the newest activities (u_p <- (1 - h d_p) u_p + h (K_p r + I_p),
         h = dt rate_p; then r_p <- sigma(u_p))."""
         self.rhs_evals += 1
-        for slot in self.slots:
-            h = slot.step_size(dt)
-            u_p = state.u[:, slot.u_cols]
-            kt = self.operators.get(slot.name)
+        for slot, u_p, source, kt, current, r_p in self._bind(state):
+            h = slot.fixed_step if slot.fixed_step is not None else dt * slot.rate
             if kt is not None:
-                u_p.addmm_(state.r[:, slot.source_cols], kt, beta=1.0 - h * slot.decay, alpha=h)
+                u_p.addmm_(source, kt, beta=1.0 - h * slot.decay, alpha=h)
             else:
                 u_p.mul_(1.0 - h * slot.decay)
-            current = self.currents.get(slot.name)
             if current is not None:
                 u_p.add_(current, alpha=h)
             if slot.noise > 0:
                 u_p.add_(self._gaussian(u_p), alpha=slot.noise * (h * slot.rate) ** 0.5)
-            slot.activation.forward(u_p, out=state.r[:, slot.r_cols])
+            slot.activation.forward(u_p, out=r_p)
+
+    def _bind(self, state: NeuralState) -> list:
+        """Per-population views into ``state`` (cached while the same buffers are stepped)."""
+        key = (state.u.data_ptr(), state.r.data_ptr(), state.u.shape, state.r.shape,
+               state.u.stride(), state.r.stride())
+        if key != self._plan_key:
+            self._plan = [(slot, state.u[:, slot.u_cols],
+                           state.r[:, slot.source_cols] if slot.source_cols else None,
+                           self.operators.get(slot.name), self.currents.get(slot.name),
+                           state.r[:, slot.r_cols]) for slot in self.slots]
+            self._plan_key = key
+        return self._plan
 
     def _noise_(self, state: NeuralState, dt: float) -> None:
         for slot in self.slots:

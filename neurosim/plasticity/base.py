@@ -15,6 +15,8 @@ What a rule receives (:class:`SynapseContext`, read-only except ``ctx.weight``)
                                dendrite's v_c), (batch x n_post)
     ``ctx.stacked_pre()`` / ``ctx.stacked_post()``  all phases stacked along the batch axis
                                in ``ctx.phases`` order (one matrix product covers every phase)
+    ``ctx.pre_clamped``        True when the source is a clamped input population (its
+                               activity is the same in every phase)
     ``ctx.beta``               signed nudge strength of the nudged phase (0 if none)
     ``ctx.batch_size``, ``ctx.projection`` (its description), ``ctx.weight`` (W, n_post x
     n_pre, to be changed in place), ``ctx.lr_scale`` (the epoch's learning-rate factor)
@@ -47,8 +49,9 @@ class SynapseContext:
                  activity: Callable[[str, str], torch.Tensor],
                  stacked_activity: Callable[[str], torch.Tensor],
                  potential: Callable[[str, str, str], torch.Tensor],
-                 beta: float, batch_size: int, lr_scale: float = 1.0):
+                 beta: float, batch_size: int, lr_scale: float = 1.0, pre_clamped: bool = False):
         self.projection = projection
+        self.pre_clamped = pre_clamped
         self.weight = weight
         self.phases = tuple(phases)
         self.beta = beta

@@ -6,7 +6,9 @@ For a projection W: source s -> target k, with the local error of the target's p
     dW = (lr * lr_scale / beta) [ <e^beta (r_s^beta)^T> - <e^0 (r_s^0)^T> ]
 
 where <.> is the batch mean and beta the signed nudge of the nudged phase. Used for the
-feedforward (basal) and the feedback (apical) synapses of CorInfoMax networks.
+feedforward (basal) and the feedback (apical) synapses of CorInfoMax networks. When the source
+is clamped (r_s^beta = r_s^0 = x) the prediction terms cancel exactly and the update is
+computed as (lr/beta) <(r_k^beta - r_k^0) x^T>: one matrix product instead of three.
 """
 from __future__ import annotations
 
@@ -26,7 +28,13 @@ class EPContrastive(PlasticityRule):
             raise ValueError('ep_contrastive needs the phases ("nudged", "free")')
         if ctx.beta == 0:
             return
+        scale = self.lr * ctx.lr_scale / (ctx.beta * ctx.batch_size)
+        if ctx.pre_clamped:
+            post = ctx.stacked_post()
+            diff = post[:ctx.batch_size] - post[ctx.batch_size:2 * ctx.batch_size]
+            ctx.weight.addmm_(diff.T, ctx.pre("free"), alpha=scale)
+            return
         pre = ctx.stacked_pre()                    # [r_s^beta; r_s^0]
         err = ctx.stacked_post()[: len(pre)].addmm(pre, ctx.weight.T, alpha=-1.0)
         err[ctx.batch_size:].neg_()                # the free phase enters with a minus sign
-        ctx.weight.addmm_(err.T, pre, alpha=self.lr * ctx.lr_scale / (ctx.beta * ctx.batch_size))
+        ctx.weight.addmm_(err.T, pre, alpha=scale)

@@ -123,7 +123,8 @@ class EquilibriumPropagation:
             ctx = SynapseContext(projection=proj, weight=weight, phases=PHASES,
                                  activity=activity, stacked_activity=stacked,
                                  potential=potential, beta=beta, batch_size=batch,
-                                 lr_scale=lr_scale if rule.scheduled else 1.0)
+                                 lr_scale=lr_scale if rule.scheduled else 1.0,
+                                 pre_clamped=net.slots[proj.source].u_cols is None)
             rule.update(ctx)
             if proj.name in net.masks:
                 weight.mul_(net.masks[proj.name])
