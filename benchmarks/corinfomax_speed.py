@@ -1,0 +1,171 @@
+"""CorInfoMax-A-inf 784-500-10 (MNIST settings): milliseconds per training and test sample.
+
+    python benchmarks/corinfomax_speed.py [--train-samples 4000] [--reference-samples 400]
+
+Prints neurosim's ms per training sample (batch 20, T 30/10, Gauss-Seidel Euler, float32) and
+per test sample (free phase, T 30, several evaluation batch sizes), the same numbers for a
+straightforward implementation written like the authors' code (columns as samples, a Python
+loop over layers per step, batch x n x m outer-product tensors for the updates), and the ratio.
+Both compute the same numerics. Uses real MNIST images when present (`neurosim data fetch
+mnist`), random binary images otherwise (speed does not depend on the pixel values' source).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from neurosim.training import Trainer
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "corinfomax_ainf_mnist.toml"
+
+
+def images(n: int):
+    try:
+        from neurosim.data import load_dataset
+        ds = load_dataset("mnist")
+        return ds.train_x[:n].contiguous(), ds.train_y[:n].contiguous(), "MNIST"
+    except Exception:  # noqa: BLE001 - any missing-data error: fall back to synthetic images
+        g = torch.Generator().manual_seed(0)
+        return ((torch.rand(n, 784, generator=g) > 0.8).float(),
+                torch.randint(0, 10, (n,), generator=g), "random binary images")
+
+
+class ReferenceCorInfoMax:
+    """A literal implementation in the style of the published code (for timing only)."""
+
+    def __init__(self, sizes, eps=0.15, g=0.5, lam=0.99999, mu_ff=(1.0, 0.7), mu_fb=(0.15,)):
+        torch.manual_seed(0)
+        self.sizes, self.eps, self.g, self.lam = sizes, eps, g, lam
+        self.gamma = (1 - lam) / lam
+        xavier = lambda o, i: (torch.rand(o, i) * 2 - 1) * (6 / (o + i)) ** 0.5
+        self.Wff = [xavier(sizes[k + 1], sizes[k]) for k in range(len(sizes) - 1)]
+        self.Wfb = [xavier(sizes[k + 1], sizes[k + 2]) for k in range(len(sizes) - 2)]
+        self.B = []
+        for n in sizes[1:]:
+            m = xavier(n, n)
+            self.B.append(m @ m.T)
+        self.mu_ff, self.mu_fb = mu_ff, mu_fb
+
+    def dynamics(self, x, y, neurons, T, beta, eta=0.05):
+        P = len(self.Wff)
+        u = [r.clone() for r in neurons]
+        for _ in range(T):
+            layers = [x] + neurons
+            for k in range(P):
+                basal = self.Wff[k] @ layers[k]
+                if k == P - 1:
+                    apical = (self.gamma * self.B[k] @ layers[k + 1] + self.g * layers[k + 1]
+                              - beta * (layers[k + 1] - y))
+                    du = -self.g * u[k] + (basal - u[k]) / self.eps + (apical - u[k])
+                else:
+                    apical = (self.eps * (2 * self.gamma * self.B[k] @ layers[k + 1]
+                                          + self.g * layers[k + 1]) + self.Wfb[k] @ layers[k + 2])
+                    du = -self.g * u[k] + (basal - u[k]) / self.eps + (apical - u[k]) / self.eps
+                u[k] = u[k] + eta * du
+                neurons[k] = (1 + torch.nn.functional.hardtanh(2 * u[k] - 1)) * 0.5
+                layers = [x] + neurons
+        return neurons
+
+    def train_batch(self, x, y, beta):
+        zeros = [torch.zeros(n, x.shape[1]) for n in self.sizes[1:]]
+        free = self.dynamics(x, y, zeros, 30, 0.0)
+        nudged = self.dynamics(x, y, [r.clone() for r in free], 10, beta)
+        lf, ln = [x] + free, [x] + nudged
+        outer = lambda a, b: a.T[:, :, None] * b.T[:, None, :]
+        for k in range(len(self.Wff)):
+            ef, en = lf[k + 1] - self.Wff[k] @ lf[k], ln[k + 1] - self.Wff[k] @ ln[k]
+            self.Wff[k] += -(self.mu_ff[k] / beta) * torch.mean(outer(ef, lf[k]) - outer(en, ln[k]), 0)
+        for k in range(len(self.Wfb)):
+            ef, en = lf[k + 1] - self.Wfb[k] @ lf[k + 2], ln[k + 1] - self.Wfb[k] @ ln[k + 2]
+            self.Wfb[k] += -(self.mu_fb[k] / beta) * torch.mean(outer(ef, lf[k + 2]) - outer(en, ln[k + 2]), 0)
+        for k in range(len(self.B)):
+            z = self.B[k] @ nudged[k]
+            self.B[k] = (self.B[k] - self.gamma * torch.mean(outer(z, z), 0)) / self.lam
+
+    def predict(self, x):
+        zeros = [torch.zeros(n, x.shape[1]) for n in self.sizes[1:]]
+        return self.dynamics(x, None, zeros, 30, 0.0)[-1].argmax(0)
+
+
+def timed(fn, n_items):
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) / n_items * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-samples", type=int, default=4000)
+    parser.add_argument("--test-samples", type=int, default=10000)
+    parser.add_argument("--reference-samples", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--extra-batch-sizes", type=int, nargs="*", default=[50, 100])
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n = max(args.train_samples, args.test_samples) + 2000
+    x_all, y_all, source = images(n)
+    results = {"source": source, "threads": args.threads, "torch": torch.__version__,
+               "machine": platform.processor() or platform.machine()}
+
+    def neurosim_train(batch):
+        trainer = Trainer(MODEL.read_text(), progress=False, batch_size=batch)
+        protocol, onehot = trainer.protocol, trainer._one_hot
+        gen = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            for i in range(0, 400, batch):                  # warm-up
+                protocol.train_step(x_all[i:i + batch], onehot(y_all[i:i + batch]), gen)
+
+            def run():
+                for i in range(0, args.train_samples, batch):
+                    protocol.train_step(x_all[i:i + batch], onehot(y_all[i:i + batch]), gen)
+            return timed(run, args.train_samples // batch * batch), trainer
+
+    ms, trainer = neurosim_train(20)
+    results["neurosim_train_ms_per_sample_b20"] = ms
+    for batch in args.extra_batch_sizes:
+        results[f"neurosim_train_ms_per_sample_b{batch}"] = neurosim_train(batch)[0]
+    protocol = trainer.protocol
+    with torch.inference_mode():
+        for batch in (20, 1000, 10000):
+            protocol.predict(x_all[:batch])
+
+            def run():
+                for i in range(0, args.test_samples, batch):
+                    protocol.predict(x_all[i:i + batch])
+            results[f"neurosim_test_ms_per_sample_b{batch}"] = timed(run, args.test_samples)
+
+    ref = ReferenceCorInfoMax([784, 500, 10])
+    with torch.no_grad():
+        xs, ys = x_all.T.contiguous(), torch.nn.functional.one_hot(y_all, 10).T.float()
+        ref.train_batch(xs[:, :20], ys[:, :20], 1.0)
+
+        def ref_train():
+            for i in range(0, args.reference_samples, 20):
+                ref.train_batch(xs[:, i:i + 20], ys[:, i:i + 20], 1.0 if i % 40 else -1.0)
+
+        def ref_test():
+            for i in range(0, args.reference_samples, 20):
+                ref.predict(xs[:, i:i + 20])
+        results["reference_train_ms_per_sample_b20"] = timed(ref_train, args.reference_samples)
+        results["reference_test_ms_per_sample_b20"] = timed(ref_test, args.reference_samples)
+    results["speedup_train"] = (results["reference_train_ms_per_sample_b20"]
+                                / results["neurosim_train_ms_per_sample_b20"])
+    results["speedup_test_b1000"] = (results["reference_test_ms_per_sample_b20"]
+                                     / results["neurosim_test_ms_per_sample_b1000"])
+    print(f"CorInfoMax-A-inf 784-500-10, T 30/10, float32, {args.threads} threads, data: {source}")
+    for key, value in results.items():
+        if isinstance(value, float):
+            print(f"  {key:40s} {value:8.4f}")
+    print(f"  targets: train <= 0.31 ms/sample (batch 20), test <= 0.064 ms/sample")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
