@@ -64,14 +64,15 @@ def _train(args) -> None:
                             f"{run_dir}`, or pass --force to start over.")
     trainer = Trainer(model.text, where=str(model.path), progress=not args.quiet,
                       epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
-                      device=args.device, dtype=args.dtype)
+                      device=args.device, dtype=args.dtype, threads=args.threads)
     trainer.fit(run_dir)
     print(f"run saved in {run_dir} (metrics.csv, run.h5)")
 
 
 def _resume(args) -> None:
     from .training import Trainer
-    trainer = Trainer.resume(args.run_dir, progress=not args.quiet, device=args.device)
+    trainer = Trainer.resume(args.run_dir, progress=not args.quiet, device=args.device,
+                             threads=args.threads)
     target = args.epochs if args.epochs is not None else trainer.config.epochs
     if trainer.epoch >= target:
         print(f"{args.run_dir} already has {trainer.epoch} epochs (target {target}); "
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--device")
     train.add_argument("--dtype", choices=["float32", "float64"])
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     train.add_argument("--force", action="store_true", help="overwrite an existing run")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=_train)
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir")
     resume.add_argument("--epochs", type=int, help="train until this many epochs")
     resume.add_argument("--device")
+    resume.add_argument("--threads", type=int, help="CPU threads for torch")
     resume.add_argument("--quiet", action="store_true")
     resume.set_defaults(func=_resume)
 

@@ -240,10 +240,15 @@ class Simulation:
                     lambda k, t, s, m=m: recorder.append(m.key, read_monitor(m, self.net, s), t),
                     m.every))
 
+        last_saved = [self.step]
+
         def after_step(k: int, t: float) -> None:
+            # continuous solvers report only at segment ends: save once a period has passed
             self.step, self.t = k, t
-            if checkpoint is not None and checkpoint_every and k % checkpoint_every == 0:
+            if checkpoint is not None and checkpoint_every and \
+                    k // checkpoint_every > last_saved[0] // checkpoint_every:
                 self.save_checkpoint(checkpoint)
+                last_saved[0] = k
 
         steady = (SteadyState(self.options.steady_tol, max_steps=total - self.step)
                   if self.options.steady_tol else None)

@@ -31,7 +31,10 @@ to the tools that read them. Example::
 """
 from __future__ import annotations
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:          # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable

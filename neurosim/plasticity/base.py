@@ -3,9 +3,9 @@
 When a rule runs
     After the learning protocol (e.g. equilibrium propagation) has finished all its phases
     for a mini-batch, the trainer calls ``rule.update(ctx)`` for every rule of every
-    projection, in declaration order, under ``torch.no_grad``. Every rule sees the weights as
-    they were before any rule of this step ran, as long as it reads only its own projection's
-    weight (built-in rules do); the fixed connectivity mask is re-applied afterwards.
+    projection, in declaration order (under ``torch.inference_mode``). Every rule sees the
+    weights as they were before any rule of this step ran, as long as it reads only its own
+    projection's weight (built-in rules do); the fixed connectivity mask is re-applied after.
 
 What a rule receives (:class:`SynapseContext`, read-only except ``ctx.weight``)
     ``ctx.phases``             phase names, e.g. ("nudged", "free")

@@ -82,7 +82,8 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
           progress=None, after_step: Callable[[int, float], None] | None = None) -> SolveStats:
     """Advance ``state`` in place from step ``step0`` (time ``t0``) to step ``n_steps``.
 
-    ``schedule(k)`` gives the step size of step k; observers see the state after steps that
+    ``schedule(k)`` gives the step size of step k (k counts from the start of the phase, so a
+    run resumed at ``step0`` continues the schedule where it stopped); observers see the state after steps that
     are multiples of their ``every``; ``steady`` stops early at a fixed point;
     ``after_step(k, t)`` runs after each (fixed-step) step or segment (e.g. checkpoints);
     ``progress`` is a tqdm-like bar updated by the number of steps done."""
@@ -111,14 +112,14 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     done = False
     if isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
                                                     or progress or after_step):
-        for j in range(k - step0, n_steps - step0):      # fast path: nothing to do between steps
+        for j in range(k, n_steps):      # fast path: nothing to do between steps
             dt = schedule(j)
             solver.step(dynamics, state, dt)
             t += dt
         k = max(k, n_steps)
     elif isinstance(solver, FixedStepSolver):
         while k < n_steps and not done:
-            dt = schedule(k - step0)
+            dt = schedule(k)
             solver.step(dynamics, state, dt)
             k, t = k + 1, t + dt
             done = visit(k, t)
@@ -131,7 +132,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
             end = min(n_steps, (k // solver.segment + 1) * solver.segment)
             times = [t]
             for j in range(k, end):
-                times.append(times[-1] + schedule(j - step0))
+                times.append(times[-1] + schedule(j))
             path = solver.integrate(dynamics, state, times)
             for i, u in enumerate(path[1:], start=1):
                 state.u.copy_(u)

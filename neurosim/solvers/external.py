@@ -34,13 +34,15 @@ class TorchDiffEq(ContinuousSolver):
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
         from torchdiffeq import odeint
-        scratch = state.r.clone()
         t = torch.tensor(times, dtype=torch.float64, device=state.u.device)
         options = dict(self.options)
         if self.method in ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams") \
                 and "step_size" not in options:
             options["step_size"] = float(min(np.diff(times)))
         with torch.inference_mode(False), torch.no_grad():
+            # cloned outside inference mode: rhs writes into it in place (Simulation.run
+            # integrates under torch.inference_mode())
+            scratch = state.r.clone()
             path = odeint(lambda _t, u: dynamics.rhs(u, scratch), state.u.clone(), t.to(state.u.dtype),
                           method=self.method, rtol=self.rtol, atol=self.atol, options=options)
         return list(path)

@@ -75,6 +75,7 @@ class TrainingConfig:
     device: str = "cpu"
     dtype: str = "float32"
     train_accuracy: str = "running"
+    threads: int | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -103,6 +104,9 @@ def training_config(data: dict, where: str, **overrides) -> TrainingConfig:
     if config.protocol != "ep":
         raise ConfigError(f'{where} [training] protocol: unknown protocol "{config.protocol}".'
                           f'{did_you_mean(config.protocol, ["ep"])} Available: "ep".')
+    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
+        raise ConfigError(f"{where} [training] threads: must be a positive integer (CPU threads "
+                          f"for torch), got {config.threads!r}.")
     if config.dtype not in DTYPES:
         raise ConfigError(f'{where} [training] dtype: "{config.dtype}" is not one of '
                           f"{', '.join(DTYPES)}.")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..dynamics import CompiledNetwork, NeuralState
+from ..errors import ConfigError
 from ..plasticity import SynapseContext
 from ..solvers import Solver, solve
 
@@ -51,6 +52,12 @@ class EquilibriumPropagation:
         self._buffers: dict[int, NeuralState] = {}
         self._dynamic = [s for s in net.slots.values() if s.u_cols is not None]
         self._plastic = [(q, rule) for q in net.network.projections for rule in q.rules]
+        for proj, rule in self._plastic:
+            missing = [p for p in rule.needs_phases if p not in PHASES]
+            if missing:
+                raise ConfigError(f'rule "{rule.name}" on projection "{proj.name}" needs the '
+                                  f"phases {missing}, which equilibrium propagation does not "
+                                  f"have (its phases: {', '.join(PHASES)}).")
 
     def _state(self, rows: int) -> NeuralState:
         if rows not in self._buffers:

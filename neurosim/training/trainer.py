@@ -66,10 +66,14 @@ def reciprocal_pairs(net: CompiledNetwork) -> list[tuple[str, str]]:
 
 
 def weight_angle(a: torch.Tensor, b_transposed: torch.Tensor) -> float:
-    """Angle in degrees between matrices: cos = tr(A^T B) / (|A|_F |B|_F)."""
+    """Angle in degrees between matrices: cos = tr(A^T B) / (|A|_F |B|_F).
+
+    Computed as 2 atan2(|a - b|, |a + b|) on the normalised matrices, which is accurate at
+    every angle (acos of the rounded cosine is not near 0 and 180 degrees): exactly 0 for
+    equal matrices, 180 for opposite ones."""
     a, b = a.double(), b_transposed.double()
-    cos = float((a * b).sum() / (a.norm() * b.norm()))
-    return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    a, b = a / a.norm(), b / b.norm()
+    return math.degrees(2.0 * math.atan2(float((a - b).norm()), float((a + b).norm())))
 
 
 class Trainer:
@@ -82,6 +86,8 @@ class Trainer:
         self.config: TrainingConfig = training_config(data, where, **overrides)
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
         cfg = self.config
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.network = build_network(data, where)
         self.net = CompiledNetwork(self.network, dtype=cfg.torch_dtype, device=cfg.device,
@@ -173,10 +179,11 @@ class Trainer:
     def fit(self, run_dir, epochs: int | None = None, log=print) -> History:
         """Train until ``epochs`` (default: the config's), checkpointing each epoch to run_dir."""
         run_dir = Path(run_dir)
+        self.dataset            # load and check the data against the network before writing
         run_dir.mkdir(parents=True, exist_ok=True)
-        model_path = run_dir / MODEL_FILE
-        if not model_path.exists():
-            _atomic_text(model_path, self.model_text)
+        # always the text this run trains (a stale model.toml from a failed or --force'd
+        # earlier start in the same directory must not survive)
+        _atomic_text(run_dir / MODEL_FILE, self.model_text)
         target = self.config.epochs if epochs is None else epochs
         while self.epoch < target:
             row = self.train_epoch()
