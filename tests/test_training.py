@@ -452,3 +452,15 @@ def test_weight_angle():
 
 def test_registered_rules_are_listed():
     assert {"ep_contrastive", "corinfomax_lateral", "test_ep_momentum"} <= set(RULES)
+
+
+def test_template_rule_override_fills_learning_rates():
+    from neurosim.models import corinfomax_graph
+    graph = corinfomax_graph([64, 20, 10], mu_ff=[1.0, 0.7], mu_fb=[0.15],
+                             ff_rule={"type": "test_ep_momentum", "momentum": 0.5})
+    rules = {p["name"]: p["rules"] for p in graph["projection"] if p.get("rules")}
+    assert rules["ff1"] == [{"type": "test_ep_momentum", "momentum": 0.5, "lr": 1.0}]
+    assert rules["ff2"][0]["lr"] == 0.7
+    assert rules["fb1"] == [{"type": "ep_contrastive", "lr": 0.15}]
+    with pytest.raises(ConfigError, match='unknown rule type "ep_contrastiv".*Did you mean'):
+        corinfomax_graph([64, 20, 10], fb_rule={"type": "ep_contrastiv"})

@@ -44,10 +44,14 @@ def _as_list(value, n: int, name: str) -> list[float]:
 
 def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float = 0.15,
                      leak: float = 0.5, lam: float = 0.99999, mu_ff=1.0, mu_fb=0.15,
-                     eta_lam=(1e-6, 1e-2), name: str | None = None) -> dict:
+                     eta_lam=(1e-6, 1e-2), ff_rule=None, fb_rule=None, lateral_rule=None,
+                     name: str | None = None) -> dict:
     """The graph tables (as a model file would write them) of a CorInfoMax network with layer
     sizes ``sizes = [n_0, ..., n_P]``; ``mu_ff`` has P entries, ``mu_fb`` P - 1, ``eta_lam``
-    (A1) is [hidden, output]."""
+    (A1) is [hidden, output]. ``ff_rule``, ``fb_rule`` and ``lateral_rule`` replace the
+    built-in rules by a rule table such as ``{ type = "my_rule", momentum = 0.9 }``; its ``lr``
+    (``lam`` for the lateral rule) is filled in from mu_ff / mu_fb / lam when the rule takes one
+    and the table does not set it."""
     if variant not in VARIANTS:
         raise ConfigError(f'corinfomax: unknown variant "{variant}"; use "A-inf" or "A1".')
     sizes = [int(s) for s in sizes]
@@ -61,6 +65,9 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
     eta_hidden, eta_out = _as_list(eta_lam, 2, "eta_lam")
     gamma = (1.0 - lam) / lam
     sparse = variant == "A1"
+    ff_rules = [_rule(ff_rule, "ep_contrastive", "lr", mu) for mu in mu_ff]
+    fb_rules = [_rule(fb_rule, "ep_contrastive", "lr", mu) for mu in mu_fb]
+    lateral = _rule(lateral_rule, "corinfomax_lateral", "lam", lam)
     names = [f"h{k}" for k in range(1, n_layers)] + ["out"]
     populations = [{"name": "x", "type": "input", "size": sizes[0]}]
     projections = []
@@ -73,15 +80,15 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
         below = "x" if k == 1 else names[k - 2]
         projections.append({"name": f"ff{k}", "source": below, "target": layer,
                             "compartment": "basal", "init": "xavier_uniform",
-                            "rules": [{"type": "ep_contrastive", "lr": mu_ff[k - 1]}]})
+                            "rules": [ff_rules[k - 1]]})
         if hidden:
             projections.append({"name": f"fb{k}", "source": names[k], "target": layer,
                                 "compartment": "apical", "init": "xavier_uniform",
-                                "rules": [{"type": "ep_contrastive", "lr": mu_fb[k - 1]}]})
+                                "rules": [fb_rules[k - 1]]})
         projections.append({"name": f"lat{k}", "source": layer, "target": layer,
                             "compartment": "apical", "init": "gram_xavier",
                             "gain": apical_scale * (2 * gamma if hidden else gamma),
-                            "rules": [{"type": "corinfomax_lateral", "lam": lam}]})
+                            "rules": [lateral]})
         projections.append({"name": f"aut{k}", "source": layer, "target": layer,
                             "compartment": "apical", "init": "identity",
                             "gain": apical_scale * leak})
@@ -99,6 +106,20 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
             ]
     title = name or f"corinfomax_{variant}_{'-'.join(map(str, sizes))}"
     return {"network": {"name": title}, "population": populations, "projection": projections}
+
+
+def _rule(table, default: str, key: str, value: float) -> dict:
+    """A rule table: the built-in one, or the user's with ``key`` filled in when it takes it."""
+    from ..plasticity.base import rule_class, rule_parameters
+    if table is None:
+        return {"type": default, key: value}
+    if not isinstance(table, dict) or "type" not in table:
+        raise ConfigError(f'corinfomax: a rule override is a table with a "type", e.g. '
+                          f'{{ type = "{default}" }}; got {table!r}.')
+    table = dict(table)
+    if key not in table and key in rule_parameters(rule_class(table["type"], "corinfomax")):
+        table[key] = value
+    return table
 
 
 def corinfomax_network(sizes: Sequence[int], **params) -> Network:

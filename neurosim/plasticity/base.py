@@ -123,6 +123,26 @@ def register_rule(cls: type[PlasticityRule]) -> type[PlasticityRule]:
     return cls
 
 
+def rule_class(kind: str, where: str = "rule") -> type[PlasticityRule]:
+    """The rule class registered as ``kind``, or imported from ``"package.module:ClassName"``."""
+    if ":" in kind:
+        module, _, attr = kind.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f'{where}: cannot import rule "{kind}": {err}. Is its directory '
+                              "on PYTHONPATH?") from None
+    if kind in RULES:
+        return RULES[kind]
+    raise ConfigError(f'{where}: unknown rule type "{kind}".{did_you_mean(kind, RULES)} '
+                      f"Valid types: {', '.join(sorted(RULES))}, or 'module:ClassName'.")
+
+
+def rule_parameters(cls: type[PlasticityRule]) -> list[str]:
+    """Constructor parameter names of a rule class."""
+    return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+
+
 def build_rule(spec, where: str = "rule") -> PlasticityRule:
     """Build a rule from an instance or a table ``{type = "...", <constructor args>}``."""
     if isinstance(spec, PlasticityRule):
@@ -132,20 +152,10 @@ def build_rule(spec, where: str = "rule") -> PlasticityRule:
                           '{ type = "ep_contrastive", lr = 0.1 }; got ' f"{spec!r}.")
     spec = dict(spec)
     kind = spec.pop("type")
-    if ":" in kind:
-        module, _, attr = kind.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f'{where}: cannot import rule "{kind}": {err}.') from None
-    elif kind in RULES:
-        cls = RULES[kind]
-    else:
-        raise ConfigError(f'{where}: unknown rule type "{kind}".{did_you_mean(kind, RULES)} '
-                          f"Valid types: {', '.join(sorted(RULES))}, or 'module:ClassName'.")
+    cls = rule_class(kind, where)
     params = inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    valid = [k for k in params if k != "self"]
+    valid = rule_parameters(cls)
     for key in spec:
         if key not in params and not accepts_any:
             raise ConfigError(f'{where}: rule "{kind}" has no parameter "{key}".'
