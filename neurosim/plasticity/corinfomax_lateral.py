@@ -28,4 +28,4 @@ class CorInfoMaxLateral(PlasticityRule):
 
     def update(self, ctx: SynapseContext) -> None:
         z = ctx.post(self.phase) @ ctx.weight.T
-        ctx.weight.mul_(1.0 / self.lam).addmm_(z.T, z, alpha=-self.gamma / (self.lam * ctx.batch_size))
+        ctx.weight.addmm_(z.T, z, beta=1.0 / self.lam, alpha=-self.gamma / (self.lam * ctx.batch_size))
