@@ -154,6 +154,9 @@ class Simulation:
         self.network, self.options = network, options or SimulationOptions()
         self.model_text = model_text
         opt = self.options
+        if str(opt.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f'device "{opt.device}" requested but CUDA is not available; '
+                              'use device "cpu".')
         dtype = {"float32": torch.float32, "float64": torch.float64}[opt.dtype]
         self.net = CompiledNetwork(network, dtype=dtype, device=opt.device, seed=opt.seed)
         solver_kwargs = {k: getattr(opt, k) for k in ("rtol", "atol") if getattr(opt, k) is not None}

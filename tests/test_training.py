@@ -206,10 +206,10 @@ def test_training_with_custom_rule_learns_and_its_state_survives_resume(tmp_path
 def test_example_script_trains_with_the_import_path_rule(tmp_path, capsys):
     run = tmp_path / "momentum"
     _example().main(["--epochs", "1", "--out", str(run)])
-    assert "MomentumEP(lr=1.5, momentum=0.5, weight_decay=0.0001)" in capsys.readouterr().out
+    assert "MomentumEP(lr=2.0, momentum=0.5, weight_decay=0.0001)" in capsys.readouterr().out
     assert 'type = "momentum_rule:MomentumEP"' in (run / "model.toml").read_text()
     ckpt = load_checkpoint(run / "run.h5", kind="training")
-    assert ckpt.payload["rules"]["ff1.0"]["velocity"].shape == (200, 64)
+    assert ckpt.payload["rules"]["ff1.0"]["velocity"].shape == (300, 64)
     assert float(ckpt.payload["metrics"]["test_accuracy"][0]) > 0.3
 
 
@@ -316,7 +316,7 @@ def test_cli_train_refuse_resume_plot_inspect(tmp_path, capsys):
     out = capsys.readouterr().out
     for group in ("network/", "rng/", "progress/", "metrics/", "options/", "config_text"):
         assert group in out, group
-    assert "ff1  tensor float32 (200, 64)" in out and "@kind='training'" in out
+    assert "ff1  tensor float32 (300, 64)" in out and "@kind='training'" in out
 
 
 def test_cli_reports_model_errors_without_traceback(tmp_path, capsys):
@@ -330,7 +330,7 @@ def test_cli_reports_model_errors_without_traceback(tmp_path, capsys):
 
 def test_failed_start_leaves_no_stale_model_file(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text(DIGITS_TEXT.replace("sizes = [64, 200, 10]", "sizes = [60, 50, 10]"))
+    bad.write_text(DIGITS_TEXT.replace("sizes = [64, 300, 10]", "sizes = [60, 50, 10]"))
     run = tmp_path / "run"
     assert cli(["train", str(bad), "--out", str(run), "--epochs", "1", "--quiet"]) == 2
     assert "64 inputs" in capsys.readouterr().err
@@ -422,7 +422,7 @@ def test_rule_import_path_that_does_not_exist():
 
 
 def test_dataset_and_network_sizes_disagree(tmp_path):
-    text = DIGITS_TEXT.replace("sizes = [64, 200, 10]", "sizes = [60, 50, 10]")
+    text = DIGITS_TEXT.replace("sizes = [64, 300, 10]", "sizes = [60, 50, 10]")
     _raises(text, 'dataset "digits" has 64 inputs and 10 classes', 'input "x" has 60',
             "fix sizes", fit_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -61,7 +61,8 @@ class ScipyIVP(ContinuousSolver):
         upper = {m.upper(): m for m in methods}
         if method.upper() not in upper:
             from ..errors import did_you_mean
-            raise ConfigError(f'unknown scipy method "{method}".{did_you_mean(method, methods)} '
+            raise ConfigError(f'unknown scipy method "{method}".'
+                              f"{did_you_mean(method.lower(), [m.lower() for m in methods])} "
                               f"Valid methods: {', '.join(methods)}.")
         self.method = upper[method.upper()]
         self.rtol, self.atol, self.segment = rtol, atol, segment
@@ -74,19 +75,28 @@ class ScipyIVP(ContinuousSolver):
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
         from scipy.integrate import solve_ivp
         shape, dtype, device = state.u.shape, state.u.dtype, state.u.device
-        scratch = state.r.clone()
+        # evaluate in float64 whatever the network's dtype: a float32 rhs is a staircase in y
+        # that stalls the Newton iterations of implicit methods (step size -> 0)
+        work = dynamics if dtype == torch.float64 else PhaseDynamics(
+            dynamics.net, {k: v.to(torch.float64) for k, v in dynamics.operators.items()},
+            {k: v.to(torch.float64) for k, v in dynamics.currents.items()}, dynamics.generator)
+        scratch = state.r.to(torch.float64, copy=True)
 
         def fun(_t, y):
-            u = torch.from_numpy(y).to(device, dtype).view(shape)
-            return dynamics.rhs(u, scratch).to(torch.float64).cpu().numpy().ravel()
+            u = torch.from_numpy(y).to(device).view(shape)
+            return work.rhs(u, scratch).cpu().numpy().ravel()
 
         kwargs = {}
         if self.method in self.implicit and shape[1] <= self.dense_jacobian_limit:
-            kwargs["jac"] = _jacobian_function(dynamics, shape, dtype, device,
+            kwargs["jac"] = _jacobian_function(work, shape, dtype, device,
                                                sparse=self.method != "LSODA")
         y0 = state.u.to(torch.float64).cpu().numpy().ravel()
-        sol = solve_ivp(fun, (times[0], times[-1]), y0, method=self.method, t_eval=times,
-                        rtol=self.rtol, atol=self.atol, **kwargs)
+        try:
+            sol = solve_ivp(fun, (times[0], times[-1]), y0, method=self.method, t_eval=times,
+                            rtol=self.rtol, atol=self.atol, **kwargs)
+        finally:
+            if work is not dynamics:
+                dynamics.rhs_evals += work.rhs_evals
         if not sol.success:
             raise SimulationError(f'scipy solver "{self.method}" failed between t={times[0]:g} '
                                   f"and t={times[-1]:g}: {sol.message}")
