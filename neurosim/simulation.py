@@ -277,6 +277,8 @@ class Simulation:
             "network": dict(self.net.weights),
             "state": {"u": self.state.u, "r": self.state.r},
             "inputs": dict(self.inputs),
+            "nudge": {name: {"target": target, "beta": beta}
+                      for name, (target, beta) in self.nudges.items()},
             "rng": capture_rng_state({"noise": self.generator}),
             "progress": {"step": self.step, "t": self.t},
             "solver": {"config": repr(self.solver.config()),
@@ -288,14 +290,23 @@ class Simulation:
                         attrs={"options_json": json.dumps(options)})
 
     @classmethod
-    def load_checkpoint(cls, path, **overrides) -> "Simulation":
-        """Rebuild a simulation exactly where the checkpoint left it."""
+    def load_checkpoint(cls, path, network: Network | None = None, **overrides) -> "Simulation":
+        """Rebuild a simulation exactly where the checkpoint left it. A simulation built in
+        Python (no model file) stores no graph text: pass the same ``network`` again."""
         import json
         from .io import load_checkpoint, restore_rng_state
         ckpt = load_checkpoint(path, kind="simulation")
         options = json.loads(ckpt.attrs["options_json"])
         options.update({k: v for k, v in overrides.items() if v is not None})
-        sim = cls.from_model_text(ckpt.config_text, where=str(path), **options)
+        if network is not None:
+            sim = cls(network, SimulationOptions(**{**options, "inputs": {}, "nudge": {}}),
+                      model_text=ckpt.config_text or None)
+        elif not ckpt.config_text:
+            raise ConfigError(f"{path} was saved by a Simulation built in Python, so it holds "
+                              "no model text; load it with Simulation.load_checkpoint(path, "
+                              "network=<the same Network>).")
+        else:
+            sim = cls.from_model_text(ckpt.config_text, where=str(path), **options)
         p = ckpt.payload
         for name, w in p["network"].items():
             sim.net.weights[name].copy_(torch.as_tensor(w))
@@ -303,6 +314,8 @@ class Simulation:
         sim.state.r.copy_(torch.as_tensor(p["state"]["r"]))
         for name, x in p["inputs"].items():
             sim.inputs[name] = torch.as_tensor(x).to(sim.net.device, sim.net.dtype)
+        sim.nudges = {name: (torch.as_tensor(n["target"]).to(sim.net.device, sim.net.dtype),
+                             float(n["beta"])) for name, n in p.get("nudge", {}).items()}
         restore_rng_state(p["rng"], {"noise": sim.generator})
         sim.step, sim.t = int(p["progress"]["step"]), float(p["progress"]["t"])
         return sim

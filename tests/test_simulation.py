@@ -479,3 +479,29 @@ def test_cuda_checkpoint_resumes_bit_exact_with_noise(tmp_path):
     assert back.state.u.device.type == "cuda"
     back.run(20)
     assert bits(back.state.u) == bits(full.state.u)
+
+
+def test_python_built_simulation_resumes_with_its_network(tmp_path):
+    import neurosim.graph as g
+    from neurosim.errors import ConfigError
+    from neurosim.simulation import Simulation, SimulationOptions
+
+    def network():
+        return g.Network([g.InputPopulation("x", 3),
+                          g.PyramidalPopulation("h", 5, activation="tanh", noise=0.1)],
+                         [g.Projection("xh", "x", "h", compartment="basal"),
+                          g.Projection("hh", "h", "h", compartment="apical", init="normal",
+                                       scale=0.2)])
+    options = SimulationOptions(solver="euler", step=0.01, n_steps=40, batch=2, seed=3,
+                                nudge={"h": {"target": [0.5] * 5, "beta": 0.3}})
+    full = Simulation(network(), options)
+    full.run(40)
+    half = Simulation(network(), options)
+    half.run(15)
+    half.save_checkpoint(tmp_path / "sim.h5")
+    with pytest.raises(ConfigError, match="network=<the same Network>"):
+        Simulation.load_checkpoint(tmp_path / "sim.h5")
+    resumed = Simulation.load_checkpoint(tmp_path / "sim.h5", network=network())
+    assert resumed.step == 15 and set(resumed.nudges) == {"h"}
+    resumed.run(40)
+    assert torch.equal(resumed.state.u, full.state.u) and torch.equal(resumed.state.r, full.state.r)

@@ -94,6 +94,11 @@ class ScipyIVP(ContinuousSolver):
         try:
             sol = solve_ivp(fun, (times[0], times[-1]), y0, method=self.method, t_eval=times,
                             rtol=self.rtol, atol=self.atol, **kwargs)
+        except MemoryError:
+            raise SimulationError(
+                f'scipy solver "{self.method}" ran out of memory for {y0.size} state variables '
+                "(its Jacobian is dense); use bdf (sparse Jacobian), dopri5 or a fixed-step "
+                "solver, or a smaller batch.") from None
         finally:
             if work is not dynamics:
                 dynamics.rhs_evals += work.rhs_evals
