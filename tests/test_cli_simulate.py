@@ -26,13 +26,6 @@ DEMO_KEYS = ["lower/soma/u", "lower/basal/v", "lower/apical/v", "upper/soma/r",
 N_STEPS = 400  # duration 20 / dt 0.05 in the model file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def neurosim_command() -> list[str]:
     """The installed console script next to this interpreter, else ``python -m``."""

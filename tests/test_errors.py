@@ -19,13 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_TEXT = (REPO / "models" / "three_compartment.toml").read_text()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def X():
     return InputPopulation("x", 3)

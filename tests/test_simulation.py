@@ -24,14 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "three_compartment.toml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread here and in the subprocesses (OMP_NUM_THREADS=1 below): same BLAS code path
-    on both sides of a resume, and no spin-waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread here (tests/conftest.py) and in the subprocesses (OMP_NUM_THREADS=1
+# below): the same BLAS code path on both sides of a resume.
 
 
 def run_python(code: str) -> subprocess.Popen:

@@ -20,14 +20,6 @@ T_END = 2.0
 BATCH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread is fastest and immune to BLAS spin-waiting on a busy box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def random_network() -> Network:
     """Input -> lower -> upper (basal), upper -> lower and lower -> lower (apical), plus an

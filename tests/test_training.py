@@ -32,15 +32,7 @@ DIGITS_TEXT = DIGITS.read_text(encoding="utf-8")
 TIMING = {"seconds", "train_seconds"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The digits network is tiny: one thread is as fast, immune to oversubscription on a
-    busy machine, and the fresh-process resume below runs with the same thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+# one torch thread (tests/conftest.py); the fresh-process resume below uses the same count
 
 @functools.lru_cache(maxsize=1)
 def _example():
