@@ -174,7 +174,7 @@ def main():
     for key, value in results.items():
         if isinstance(value, float):
             print(f"  {key:40s} {value:8.4f}")
-    print(f"  targets: train <= 0.31 ms/sample (batch 20), test <= 0.064 ms/sample")
+    print("  targets: train <= 0.31 ms/sample (batch 20), test <= 0.064 ms/sample")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -1,7 +1,6 @@
 """Tests for neurosim.io: tree round trips, RNG state, checkpoints, crash safety, recordings."""
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
@@ -9,7 +8,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py

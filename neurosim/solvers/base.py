@@ -11,7 +11,7 @@ Two kinds of solver share one loop:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch

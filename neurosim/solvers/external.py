@@ -88,8 +88,7 @@ class ScipyIVP(ContinuousSolver):
 
         kwargs = {}
         if self.method in self.implicit and shape[1] <= self.dense_jacobian_limit:
-            kwargs["jac"] = _jacobian_function(work, shape, dtype, device,
-                                               sparse=self.method != "LSODA")
+            kwargs["jac"] = _jacobian_function(work, shape, sparse=self.method != "LSODA")
         y0 = state.u.to(torch.float64).cpu().numpy().ravel()
         try:
             sol = solve_ivp(fun, (times[0], times[-1]), y0, method=self.method, t_eval=times,
@@ -109,10 +108,9 @@ class ScipyIVP(ContinuousSolver):
                 for i in range(sol.y.shape[1])]
 
 
-def _jacobian_function(dynamics: PhaseDynamics, shape, dtype, device, sparse: bool):
+def _jacobian_function(dynamics: PhaseDynamics, shape, sparse: bool):
     """Exact Jacobian of the Jacobi right-hand side (block-diagonal over the batch)."""
     import scipy.sparse as sp
-    net = dynamics.net
     n = shape[1]
     coupling = np.zeros((n, n))
     rate = np.zeros(n)
