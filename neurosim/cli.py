@@ -17,9 +17,9 @@ from .errors import NeurosimError
 
 
 def _simulate(args) -> None:
-    from .graph import load_model_file
-    from .io import Recorder
-    from .simulation import Simulation, monitors_from
+    from .graph import load_model_file, parse_model_text
+    from .io import MonitorSpec, Recorder
+    from .simulation import UNITS, Simulation, monitors_from
     overrides = dict(solver=args.solver, duration=args.duration, n_steps=args.steps, dt=args.dt,
                      batch=args.batch, seed=args.seed, device=args.device, dtype=args.dtype,
                      rtol=args.rtol, atol=args.atol, steady_tol=args.steady_tol)
@@ -30,11 +30,8 @@ def _simulate(args) -> None:
         model = load_model_file(args.model)
         sim = Simulation.from_model_text(model.text, where=str(model.path), **overrides)
         text, where = model.text, str(model.path)
-    from .graph import parse_model_text
     monitors = monitors_from(parse_model_text(text, where), sim.network, where)
     if not monitors:
-        from .io import MonitorSpec
-        from .simulation import UNITS
         monitors = [MonitorSpec(p.name, "soma", "u", units=UNITS["u"]) for p in sim.network.dynamic]
     attrs = {"model": sim.network.name, "solver": sim.solver.name,
              "schedule": repr(sim.schedule.config()), "batch": sim.options.batch,
