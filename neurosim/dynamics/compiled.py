@@ -15,18 +15,26 @@ which is ``-g_lk u + sum_c g_c (v_c - u) + ...`` with dendrites at steady state
 ``v_c = sum_{q -> c} gain_q W_q r_{s_q}``. Contributions of clamped inputs are constant within a
 phase and computed once per phase; all dynamic (recurrent) inputs of p are stacked into one
 block matrix ``KT_p`` (sources x n_p) over a contiguous column range of ``r``, so each
-population costs one matrix product per step.
+population costs one matrix product per step. ``KT_p`` of a narrow population (a few neurons
+fed by many, e.g. an output layer) is stored column-major and its product runs transposed,
+``u_p^T <- K_p r^T``, which BLAS does 1.2-2.5x faster for such shapes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import math
+
 import torch
 
 from ..errors import ConfigError, SimulationError, unknown
 from ..graph import SOMA, Network, get_activation
 from ..graph.activations import Activation
+
+
+NARROW_SIZE = 32      # populations up to this size with ...
+NARROW_RATIO = 4      # ... at least this many times as many source columns run transposed
 
 
 @dataclass
@@ -93,6 +101,10 @@ class CompiledNetwork:
             if cols:
                 rng = slice(min(c.start for c in cols), max(c.stop for c in cols))
                 self.slots[name] = PopulationSlot(**{**slot.__dict__, "source_cols": rng})
+        zero = torch.zeros(1, dtype=dtype)
+        self.silent_at_rest = frozenset(
+            name for name, slot in self.slots.items()
+            if slot.u_cols is not None and float(slot.activation.forward(zero)) == 0.0)
         generator = torch.Generator().manual_seed(int(seed))
         self.weights: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
@@ -180,7 +192,8 @@ class CompiledNetwork:
     # ------------------------------------------------------------------ operators
     def build_operators(self, reuse: dict | None = None) -> dict[str, torch.Tensor]:
         """Stack every dynamic input of each population into ``KT_p`` (built from the
-        current weights; call again after they change). ``reuse`` recycles buffers."""
+        current weights; call again after they change). ``reuse`` recycles buffers. Narrow
+        populations get a column-major ``KT_p`` (a transposed view; see module docstring)."""
         ops = {}
         for name, slot in self.slots.items():
             if slot.source_cols is None:
@@ -189,18 +202,32 @@ class CompiledNetwork:
             shape = (slot.source_cols.stop - lo, slot.size)
             kt = reuse.get(name) if reuse else None
             if kt is None or tuple(kt.shape) != shape:
-                kt = torch.empty(shape, dtype=self.dtype, device=self.device)
-            kt.zero_()
-            for q in self.network.incoming(name):
+                narrow = slot.size <= NARROW_SIZE and NARROW_RATIO * slot.size <= shape[0]
+                kt = torch.empty(shape[::-1] if narrow else shape, dtype=self.dtype,
+                                 device=self.device)
+                kt = kt.T if narrow else kt
+            written = set()          # source blocks holding a value (the rest are zeroed)
+            incoming = sorted((q for q in self.network.incoming(name)
+                               if self.slots[q.source].u_cols is not None),
+                              key=lambda q: q.name not in self.weights)   # weighted first
+            for q in incoming:
                 src = self.slots[q.source]
-                if src.u_cols is None:
-                    continue
-                rows = slice(src.r_cols.start - lo, src.r_cols.stop - lo)
+                block = kt[src.r_cols.start - lo:src.r_cols.stop - lo]
                 coef = self.coupling(q)
                 if q.name in self.weights:
-                    kt[rows].add_(self.weights[q.name].T, alpha=coef)
+                    if q.source in written:
+                        block.add_(self.weights[q.name].T, alpha=coef)
+                    else:
+                        torch.mul(self.weights[q.name].T, coef, out=block)
                 else:
-                    kt[rows].diagonal().add_(coef)
+                    if q.source not in written:
+                        block.zero_()
+                    block.diagonal().add_(coef)
+                written.add(q.source)
+            for other in self.slots.values():
+                start, stop = max(other.r_cols.start, lo), min(other.r_cols.stop, lo + shape[0])
+                if other.name not in written and start < stop:
+                    kt[start - lo:stop - lo].zero_()
             ops[name] = kt
         return ops
 
@@ -214,7 +241,13 @@ class CompiledNetwork:
                 raise ConfigError(f'input population "{q.source}" feeds projection "{q.name}" '
                                   "but no input was given for it; pass inputs="
                                   f'{{"{q.source}": tensor}}.')
-            x = inputs[q.source]
+            x = torch.as_tensor(inputs[q.source], dtype=self.dtype, device=self.device)
+            size = self.slots[q.source].size
+            if x.ndim == 1:
+                x = x.unsqueeze(0)
+            if x.ndim != 2 or x.shape[1] != size:
+                raise ConfigError(f'input "{q.source}": got shape {tuple(x.shape)}, expected '
+                                  f"(batch, {size}) or ({size},).")
             coef = self.coupling(q)
             if q.name in self.weights:
                 contrib = torch.mm(x, self.weights[q.name].T)
@@ -230,9 +263,12 @@ class CompiledNetwork:
 
     def phase(self, operators: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor],
               nudges: Mapping[str, tuple] | None = None, currents=None,
-              generator: torch.Generator | None = None) -> "PhaseDynamics":
+              generator: torch.Generator | None = None,
+              at_rest: bool = False) -> "PhaseDynamics":
         """Dynamics of one phase: fixed operators, clamped inputs and optional nudges
-        ``{population: (target y, beta)}`` adding ``beta (y - r)`` to du/dt."""
+        ``{population: (target y, beta)}`` adding ``beta (y - r)`` to du/dt. ``at_rest``
+        promises that the phase starts from u = 0: the first Gauss-Seidel step then skips the
+        products of sources that are silent at rest (sigma(0) = 0), which are exactly zero."""
         currents = dict(self.input_currents(inputs) if currents is None else currents)
         operators = dict(operators)
         for name, (target, beta) in (nudges or {}).items():
@@ -260,7 +296,8 @@ class CompiledNetwork:
             if slot.u_cols is not None and slot.bias != 0.0:
                 currents[name] = currents[name] + slot.bias if name in currents else \
                     torch.full((1, slot.size), slot.bias, dtype=self.dtype, device=self.device)
-        return PhaseDynamics(self, operators, currents, generator)
+        return PhaseDynamics(self, operators, currents, generator,
+                             silent=set(self.silent_at_rest) if at_rest else set())
 
 
 @dataclass
@@ -271,12 +308,16 @@ class PhaseDynamics:
     operators: Mapping[str, torch.Tensor]
     currents: Mapping[str, torch.Tensor]
     generator: torch.Generator | None = None
+    silent: set = field(default_factory=set)     # populations with r = 0 exactly, until a step
     rhs_evals: int = field(default=0)
     _plan: list = field(default_factory=list, repr=False)
     _plan_key: tuple = field(default=(), repr=False)
 
     def __post_init__(self):
         self.slots = [s for s in self.net.slots.values() if s.u_cols is not None]
+        dynamic = {s.name for s in self.slots}
+        self.sources = {s.name: {q.source for q in self.net.network.incoming(s.name)
+                                 if q.source in dynamic} for s in self.slots}
 
     @property
     def stochastic(self) -> bool:
@@ -320,27 +361,39 @@ class PhaseDynamics:
         order, each reading the newest activities (u_p <- (1 - h d_p) u_p + h (K_p r + I_p),
         h = dt rate_p; then r_p <- sigma(u_p))."""
         self.rhs_evals += 1
-        for slot, u_p, source, kt, current, r_p in self._bind(state):
+        silent = self.silent
+        for slot, u_p, product, current, r_p in self._bind(state):
             h = slot.fixed_step if slot.fixed_step is not None else dt * slot.rate
-            if kt is not None:
-                u_p.addmm_(source, kt, beta=1.0 - h * slot.decay, alpha=h)
+            if product is not None and not (silent and self.sources[slot.name] <= silent):
+                target, left, right = product
+                target.addmm_(left, right, beta=1.0 - h * slot.decay, alpha=h)
             else:
                 u_p.mul_(1.0 - h * slot.decay)
+            silent.discard(slot.name)
             if current is not None:
                 u_p.add_(current, alpha=h)
             if slot.noise > 0:
                 u_p.add_(self._gaussian(u_p), alpha=slot.noise * (h * slot.rate) ** 0.5)
             slot.activation.forward(u_p, out=r_p)
+        silent.clear()
 
     def _bind(self, state: NeuralState) -> list:
-        """Per-population views into ``state`` (cached while the same buffers are stepped)."""
+        """Per-population views into ``state`` and the operands of its product
+        ``target <- beta target + alpha left @ right`` (``u_p``, ``r_src``, ``KT_p``, or their
+        transposes for a column-major ``KT_p``); cached while the same buffers are stepped."""
         key = (state.u.data_ptr(), state.r.data_ptr(), state.u.shape, state.r.shape,
                state.u.stride(), state.r.stride())
         if key != self._plan_key:
-            self._plan = [(slot, state.u[:, slot.u_cols],
-                           state.r[:, slot.source_cols] if slot.source_cols else None,
-                           self.operators.get(slot.name), self.currents.get(slot.name),
-                           state.r[:, slot.r_cols]) for slot in self.slots]
+            self._plan = []
+            for slot in self.slots:
+                u_p, kt = state.u[:, slot.u_cols], self.operators.get(slot.name)
+                product = None
+                if kt is not None:
+                    source = state.r[:, slot.source_cols]
+                    product = ((u_p.T, kt.T, source.T) if kt.T.is_contiguous() and
+                               not kt.is_contiguous() else (u_p, source, kt))
+                self._plan.append((slot, u_p, product, self.currents.get(slot.name),
+                                   state.r[:, slot.r_cols]))
             self._plan_key = key
         return self._plan
 
@@ -363,7 +416,7 @@ class PhaseDynamics:
 
     def check_finite(self, state: NeuralState, step: int) -> None:
         """Raise SimulationError naming population, compartment and step on NaN/inf."""
-        if bool(torch.isfinite(state.u).all()):
+        if math.isfinite(float(state.u.sum())):       # one cheap reduction in the common case
             return
         for slot in self.slots:
             bad = ~torch.isfinite(state.u[:, slot.u_cols])

@@ -76,7 +76,7 @@ class EquilibriumPropagation:
         state.u.zero_()
         self.net.sync_activity(state)
         self.net.clamp_inputs(state, {self.input: x})
-        dynamics = self.net.phase(operators, {self.input: x}, currents=currents)
+        dynamics = self.net.phase(operators, {self.input: x}, currents=currents, at_rest=True)
         self._relax(dynamics, state, self.T_free)
         dynamics.check_finite(state, self.T_free)
         return state
