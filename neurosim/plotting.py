@@ -2,8 +2,8 @@
 
 - a recording: every recorded variable against time, one panel per
   population/compartment/variable (first sample of the batch, up to 10 neurons);
-- a training run directory: train/test accuracy per epoch and the angle between forward and
-  feedback weights.
+- a training run directory: train/test accuracy per epoch, the angle between forward and
+  feedback weights and each layer's correlative information (when recorded).
 """
 from __future__ import annotations
 
@@ -62,8 +62,9 @@ def plot_run(run_dir, out) -> Path:
         raise NeurosimError(f"{metrics} has no epochs yet.")
     epochs = [int(r["epoch"]) for r in rows]
     angles = [k for k in rows[0] if k.startswith("angle_")]
-    fig, axes = plt.subplots(1, 2 if angles else 1, figsize=(11 if angles else 6, 4),
-                             squeeze=False)
+    infos = [k for k in rows[0] if k.startswith("corrinfo_")]
+    panels = 1 + bool(angles) + bool(infos)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     for key, label in (("train_accuracy", "train"), ("test_accuracy", "test")):
         ax.plot(epochs, [100 * float(r[key]) for r in rows], marker="o", ms=3, label=label)
@@ -78,6 +79,14 @@ def plot_run(run_dir, out) -> Path:
             ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key[6:])
         ax.set_xlabel("epoch")
         ax.set_ylabel("angle between W_ff and W_fb^T (degrees)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if infos:
+        ax = axes[0, panels - 1]
+        for key in infos:
+            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key[9:])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("correlative information log det(R + eps I)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -278,8 +278,8 @@ def test_cli_train_refuse_resume_plot_inspect(tmp_path, capsys):
     assert cli(["train", str(DIGITS), "--out", str(run), "--epochs", "1", "--quiet"]) == 0
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,train_accuracy,test_accuracy")
-    assert {"train_loss", "test_loss", "angle_ff2_fb1", "lr_scale", "seconds"} <= \
-        set(header.split(","))
+    assert {"train_loss", "test_loss", "angle_ff2_fb1", "corrinfo_h1", "corrinfo_out",
+            "lr_scale", "seconds"} <= set(header.split(","))
     assert (run / "run.h5").is_file()
     assert (run / "model.toml").read_text(encoding="utf-8") == DIGITS_TEXT
     capsys.readouterr()
@@ -456,3 +456,43 @@ def test_template_rule_override_fills_learning_rates():
     assert rules["fb1"] == [{"type": "ep_contrastive", "lr": 0.15}]
     with pytest.raises(ConfigError, match='unknown rule type "ep_contrastiv".*Did you mean'):
         corinfomax_graph([64, 20, 10], fb_rule={"type": "ep_contrastiv"})
+
+
+# --------------------------------------------------------------------------- correlative information
+def test_correlative_information_matches_an_independent_computation():
+    """corrinfo_<layer> = log det(<r r^T> + eps I) over the test set's free-phase activities,
+    recomputed here in numpy from a free phase run sample by sample."""
+    import numpy as np
+    trainer = Trainer(digits_text(epochs=1), progress=False)
+    row = trainer.train_epoch()
+    ds, net = trainer.dataset, trainer.net
+    assert set(trainer.layers) == {"h1", "out"}
+    activities = {layer: [] for layer in trainer.layers}
+    with torch.inference_mode():
+        for i in range(len(ds.test_x)):
+            state = trainer.protocol.relax(ds.test_x[i:i + 1])
+            for layer in activities:
+                activities[layer].append(net.r_of(state, layer)[0].double().numpy().copy())
+    for layer, rows in activities.items():
+        r = np.stack(rows)
+        moment = r.T @ r / len(r) + 1e-3 * np.eye(r.shape[1])
+        sign, logdet = np.linalg.slogdet(moment)
+        assert sign == 1
+        assert math.isclose(row[f"corrinfo_{layer}"], logdet, rel_tol=1e-4), layer
+    # it measures something: well above the floor of 300 silent neurons, 300 log(eps)
+    assert row["corrinfo_h1"] > 300 * math.log(1e-3) + 100
+    text = digits_text(epochs=1).replace("threads = 1", "threads = 1\ncorrelative_information = false")
+    off = Trainer(text, progress=False)
+    assert not any(k.startswith("corrinfo_") for k in off.train_epoch())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("correlative_information_eps", "0", "must be a positive number"),
+    ("correlative_information_eps", '"small"', "must be a positive number"),
+    ("correlative_information", "1", "true or false"),
+])
+def test_correlative_information_settings_are_checked(key, value, message):
+    data = parse_model_text(DIGITS_TEXT, "digits")
+    data["training"][key] = parse_model_text(f"v = {value}", "value")["v"]
+    with pytest.raises(ConfigError, match=f"\\[training\\] {key}: {message}"):
+        training_config(data, "digits")

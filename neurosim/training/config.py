@@ -76,6 +76,8 @@ class TrainingConfig:
     dtype: str = "float32"
     train_accuracy: str = "running"
     threads: int | None = None
+    correlative_information: bool = True
+    correlative_information_eps: float = 1e-3
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -113,6 +115,13 @@ def training_config(data: dict, where: str, **overrides) -> TrainingConfig:
     if config.train_accuracy not in ("running", "full"):
         raise ConfigError(f'{where} [training] train_accuracy: use "running" (free phases of '
                           'the training steps) or "full" (evaluate the whole training set).')
+    if not isinstance(config.correlative_information, bool):
+        raise ConfigError(f"{where} [training] correlative_information: true or false, got "
+                          f"{config.correlative_information!r}.")
+    eps = config.correlative_information_eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ConfigError(f"{where} [training] correlative_information_eps: must be a positive "
+                          f"number (the eps of log det(R + eps I)), got {eps!r}.")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f'{where} [training] device: "{config.device}" requested but CUDA is '
                           'not available on this machine; use device = "cpu".')

@@ -81,10 +81,14 @@ class EquilibriumPropagation:
         dynamics.check_finite(state, self.T_free)
         return state
 
+    def relax(self, x: torch.Tensor) -> NeuralState:
+        """The free-phase state on inputs x with the current weights (a reused buffer)."""
+        self._ops = self.net.build_operators(self._ops)
+        return self.free_phase(x, self._ops)
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Output activity after the free phase (batch x n_out)."""
-        self._ops = self.net.build_operators(self._ops)
-        return self.net.r_of(self.free_phase(x, self._ops), self.output)
+        return self.net.r_of(self.relax(x), self.output)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator,
                    lr_scale: float = 1.0) -> StepResult:

@@ -5,7 +5,9 @@ A run directory holds
     run.h5        checkpoint after the last finished epoch (atomic rewrite): weights, rule
                   states, RNG states, progress, per-epoch metrics (/metrics/<name>)
     metrics.csv   one row per epoch: epoch,train_accuracy,test_accuracy,train_loss,
-                  test_loss,angle_<ff>_<fb>...,lr_scale,seconds
+                  test_loss,angle_<ff>_<fb>...,corrinfo_<layer>...,lr_scale,seconds
+                  (corrinfo: log det(R + eps I) of each pyramidal layer's free-phase
+                  correlation R = <r r^T> on the test set, spec section 7)
 
 Resuming from run.h5 repeats exactly what an uninterrupted run computes: the data order and
 nudge signs come from one torch.Generator whose state is checkpointed with every other RNG.
@@ -24,7 +26,7 @@ import torch
 
 from ..dynamics import CompiledNetwork
 from ..errors import ConfigError, NeurosimError
-from ..graph import parse_model_text
+from ..graph import PyramidalPopulation, parse_model_text
 from ..solvers import get_solver, make_schedule
 from .config import TrainingConfig, build_network, data_config, training_config
 from .ep import EquilibriumPropagation
@@ -39,7 +41,10 @@ class History:
     columns: dict[str, list[float]] = field(default_factory=dict)
 
     def append(self, row: dict) -> None:
+        """Add one epoch; columns missing on either side are NaN-padded."""
         n = len(self)
+        for key in self.columns.keys() - row.keys():
+            self.columns[key].append(math.nan)
         for key, value in row.items():
             self.columns.setdefault(key, [math.nan] * n).append(float(value))
 
@@ -127,18 +132,37 @@ class Trainer:
         return torch.nn.functional.one_hot(labels, n_out).to(self.config.torch_dtype)
 
     # ------------------------------------------------------------------ training
+    @property
+    def layers(self) -> list[str]:
+        """Pyramidal populations (the layers whose correlative information is recorded)."""
+        return [p.name for p in self.network.populations if isinstance(p, PyramidalPopulation)]
+
     @torch.inference_mode()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(accuracy, loss) of free-phase predictions, argmax of the output (first on ties);
-        loss = 0.5 |r_out - onehot(y)|^2 averaged over samples."""
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor,
+                 correlations: bool = False) -> tuple[float, float, dict]:
+        """(accuracy, loss, info) of free-phase predictions, argmax of the output (first on
+        ties); loss = 0.5 |r_out - onehot(y)|^2 averaged over samples. With ``correlations``,
+        info maps "corrinfo_<layer>" to the layer's correlative information
+        log det(R + eps I), R = <r r^T> over the samples of x (float64)."""
+        net, protocol, size = self.net, self.protocol, self.config.eval_batch_size
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
         loss = torch.zeros((), dtype=torch.float64, device=x.device)
-        for start in range(0, len(x), self.config.eval_batch_size):
-            xb, yb = x[start:start + self.config.eval_batch_size], y[start:start + self.config.eval_batch_size]
-            out = self.protocol.predict(xb)
+        moments = {}
+        for start in range(0, len(x), size):
+            xb, yb = x[start:start + size], y[start:start + size]
+            state = protocol.relax(xb)
+            out = net.r_of(state, protocol.output)
             correct += (out.argmax(dim=1) == yb).sum()
             loss += 0.5 * ((out - self._one_hot(yb)) ** 2).sum(dtype=torch.float64)
-        return float(correct) / len(x), float(loss) / len(x)
+            for layer in self.layers if correlations else ():
+                r = net.r_of(state, layer).to(torch.float64)
+                moments[layer] = moments[layer].addmm_(r.T, r) if layer in moments else r.T @ r
+        info = {}
+        for layer, moment in moments.items():
+            eye = torch.eye(moment.shape[0], dtype=torch.float64, device=moment.device)
+            value = torch.linalg.slogdet(moment / len(x) + self.config.correlative_information_eps * eye)
+            info[f"corrinfo_{layer}"] = float(value.logabsdet)
+        return float(correct) / len(x), float(loss) / len(x), info
 
     @torch.inference_mode()
     def train_epoch(self) -> dict:
@@ -161,14 +185,16 @@ class Trainer:
         train_time = time.perf_counter() - start
         row = {"epoch": self.epoch + 1}
         if cfg.train_accuracy == "full":
-            row["train_accuracy"], row["train_loss"] = self.evaluate(ds.train_x, ds.train_y)
+            row["train_accuracy"], row["train_loss"], _ = self.evaluate(ds.train_x, ds.train_y)
         else:
             row["train_accuracy"] = float(correct) / len(order)
             row["train_loss"] = float(loss) / len(order)
-        row["test_accuracy"], row["test_loss"] = self.evaluate(ds.test_x, ds.test_y)
+        row["test_accuracy"], row["test_loss"], info = self.evaluate(
+            ds.test_x, ds.test_y, correlations=cfg.correlative_information)
         for fwd, fb in reciprocal_pairs(self.net):
             row[f"angle_{fwd}_{fb}"] = weight_angle(self.net.weights[fwd],
                                                     self.net.weights[fb].T)
+        row.update(info)
         row["lr_scale"] = lr_scale
         row["train_seconds"] = train_time
         row["seconds"] = time.perf_counter() - start
