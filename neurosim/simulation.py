@@ -198,12 +198,12 @@ class Simulation:
                 x = torch.full((self.options.batch, size), float(entry.get("value", 0.0)))
             elif kind == "values":
                 x = torch.as_tensor(entry["values"], dtype=torch.float64)
-                x = x.expand(self.options.batch, -1) if x.ndim == 1 else x
+                if tuple(x.shape) not in ((size,), (self.options.batch, size)):
+                    raise ConfigError(f"{where}: values have shape {tuple(x.shape)}, expected "
+                                      f"({size},) or (batch={self.options.batch}, {size}).")
+                x = x.expand(self.options.batch, -1)
             else:
                 raise ConfigError(f'{where}: unknown type "{kind}"; use uniform, constant or values.')
-            if tuple(x.shape) != (self.options.batch, size):
-                raise ConfigError(f"{where}: values have shape {tuple(x.shape)}, expected "
-                                  f"({size},) or (batch={self.options.batch}, {size}).")
             inputs[name] = x.to(self.net.device, self.net.dtype)
         return inputs
 
@@ -211,10 +211,19 @@ class Simulation:
         nudges = {}
         for name, entry in spec.items():
             where = f"[simulation] nudge.{name}"
+            slot = self.net.slots.get(name)
+            if slot is None or slot.u_cols is None:
+                dynamic = [n for n, s in self.net.slots.items() if s.u_cols is not None]
+                if slot is None:
+                    raise unknown("population", name, dynamic, "[simulation] nudge")
+                raise ConfigError(f'{where}: "{name}" is an input population (clamped, it '
+                                  f"cannot be nudged); nudge one of: {', '.join(dynamic)}.")
             check_keys(entry, {"target", "beta"}, where, required=("target", "beta"))
-            self.net._slot(name, need_dynamic=True)
-            nudges[name] = (torch.as_tensor(entry["target"], dtype=self.net.dtype,
-                                            device=self.net.device), float(entry["beta"]))
+            target = torch.as_tensor(entry["target"], dtype=self.net.dtype, device=self.net.device)
+            if target.shape[-1:] != (slot.size,):
+                raise ConfigError(f"{where}: target has shape {tuple(target.shape)}, expected "
+                                  f'({slot.size},) or (batch, {slot.size}) for population "{name}".')
+            nudges[name] = (target, float(entry["beta"]))
         return nudges
 
     def dynamics(self):

@@ -271,23 +271,32 @@ def test_monitor_errors_from_toml_and_from_run(demo_net, tmp_path):
 def test_nudge_on_unknown_or_input_population():
     raises(lambda: Simulation.from_model_text(DEMO_TEXT,
                                               nudge={"uper": {"target": [0.0] * 8, "beta": 1}}),
-           'unknown population "uper".', 'Did you mean "upper"?')
+           '[simulation] nudge: unknown population "uper".', 'Did you mean "upper"?')
     raises(lambda: Simulation.from_model_text(DEMO_TEXT,
                                               nudge={"stimulus": {"target": [0.0] * 12,
                                                                   "beta": 1}}),
-           'population "stimulus" is an input')
+           '[simulation] nudge.stimulus: "stimulus" is an input population',
+           "nudge one of: lower, upper, inhibition.")
     raises(lambda: Simulation.from_model_text(DEMO_TEXT, nudge={"upper": {"target": [0.0] * 8}}),
            '[simulation] nudge.upper: missing required key "beta".')
-    sim = Simulation.from_model_text(DEMO_TEXT,
-                                     nudge={"upper": {"target": [0.0] * 3, "beta": 0.5}})
-    raises(lambda: sim.dynamics(), 'nudge target for "upper" has 3 columns',
-           "the population has 8 neurons")
+    raises(lambda: Simulation.from_model_text(
+        DEMO_TEXT, nudge={"upper": {"target": [0.0] * 3, "beta": 0.5}}),
+        "[simulation] nudge.upper: target has shape (3,), expected (8,) or (batch, 8)")
+    # the engine-level check behind it, for nudges passed to CompiledNetwork.phase directly
+    sim = Simulation.from_model_text(DEMO_TEXT)
+    raises(lambda: sim.net.phase(sim.net.build_operators(), sim.inputs,
+                                 nudges={"upper": (torch.zeros(3), 0.5)}),
+           'nudge target for "upper" has 3 columns', "the population has 8 neurons")
 
 
 def test_wrong_input_shape_or_name():
     raises(lambda: Simulation.from_model_text(DEMO_TEXT,
                                               inputs={"stimulus": {"values": [0.5] * 5}}),
-           "[simulation] inputs.stimulus: values have shape", "expected (12,) or (batch=2, 12).")
+           "[simulation] inputs.stimulus: values have shape (5,), expected (12,) or "
+           "(batch=2, 12).")
+    raises(lambda: Simulation.from_model_text(DEMO_TEXT,
+                                              inputs={"stimulus": {"values": [[0.5] * 12] * 3}}),
+           "values have shape (3, 12), expected (12,) or (batch=2, 12).")
     raises(lambda: Simulation.from_model_text(DEMO_TEXT, inputs={"stimulu": [0.5] * 12}),
            '[simulation] inputs: unknown input population "stimulu".', 'Did you mean "stimulus"?')
     raises(lambda: Simulation.from_model_text(DEMO_TEXT, inputs={"stimulus": {"type": "gauss"}}),
