@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def timed(fn, n_items):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) / n_items * 1e3)
-    print(f"    repeats: {', '.join(f'{t:.4f}' for t in times)} ms/item", flush=True)
+    print(f"    repeats: {', '.join(f'{t:.4f}' for t in times)} ms/item "
+          f"(median {statistics.median(times):.4f})", flush=True)
     return min(times)
 
 
