@@ -83,10 +83,12 @@ def plot_run(run_dir, out) -> Path:
         ax.legend()
     if infos:
         ax = axes[0, panels - 1]
-        for key in infos:
-            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key[9:])
+        for key in infos:            # layers differ by orders of magnitude: plot the change
+            values = [float(r[key]) for r in rows]
+            ax.plot(epochs, [v - values[0] for v in values], marker="o", ms=3,
+                    label=f"{key[9:]} (epoch 1: {values[0]:.4g})")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("correlative information log det(R + eps I)")
+        ax.set_ylabel("correlative information log det(R + eps I),\nchange since epoch 1")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
