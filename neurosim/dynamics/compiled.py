@@ -21,10 +21,9 @@ fed by many, e.g. an output layer) is stored column-major and its product runs t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
-
-import math
 
 import torch
 
