@@ -1,26 +1,46 @@
-"""Neuron populations: what each kind of neuron is, as a pure description.
+"""Neuron populations: what each kind of neuron is (its cell model), as a description.
 
 Every non-input population has one state variable per neuron, the soma potential ``u``, and an
-activity ``r = sigma(u)``. Dendritic compartments (basal, apical, ...) are at steady state: their
-potential is the sum of their synaptic inputs, ``v_c = sum_p gain_p W_p r_src(p)``, and they
-couple to the soma through a conductance ``g_c``. The soma obeys
+activity ``r = sigma(u)``. Its compartments (basal, apical, ...; "soma" for direct currents)
+receive ``v_c = sum_{q -> c} gain_q W_q r_src(q)``, dendrites being at steady state. A
+population kind is a *cell model*: it defines
 
-    tau du/dt = -g_lk u + sum_c g_c (v_c - u) + I_soma + bias + I_nudge + sigma_noise xi(t)
+- ``drift(u, v)``: du/dt given the soma potentials and every compartment's input ``v``
+  (``v["soma"]`` also holds the bias and the protocol's nudge currents);
+- ``activate(u, generator)``: the activity, possibly stochastic (drawn from the run's
+  generator so that resume stays exact);
+- optionally ``partials(u, v)``: the element-wise derivatives of the drift with respect to
+  ``u`` and each ``v_c`` (implicit solvers use them; without them they come from autograd);
+- optionally ``feedforward(v)``: the potential at which the drift vanishes for fixed inputs,
+  used by discrete (feed-forward, no ODE) passes.
 
-where ``I_soma`` sums projections that target the soma directly, ``I_nudge = beta (y - r)`` is
-the optional output nudge and ``1/tau = rate``. Input populations are clamped: ``r = x``.
+The built-in kinds are *linear* cells (:class:`DynamicPopulation`):
+
+    tau du/dt = -g_lk u + sum_c g_c (v_c - u) + v_soma + sigma_noise xi(t)
+
+where ``1/tau = rate``. Linear cells are compiled into one fused block-matrix product per
+population and step (neurosim.dynamics); a kind that overrides ``drift`` gets the general
+path automatically. Input populations are clamped: ``r = x``.
 
 In discrete schemes a step of size dt advances the soma by ``dt * rate * du``, unless the
 population sets ``fixed_step``: then it always moves by ``fixed_step * du`` whatever the step
 schedule (dual variables such as CorInfoMax-A1's interneurons use their own constant step).
+
+Add a kind: subclass :class:`DynamicPopulation` as a frozen dataclass with a ``kind`` name,
+register it with ``POPULATION_KINDS.register`` (or name it "module:Class" in a model file).
+See docs/cells.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any, Mapping, Sequence
+
+import torch
 
 from ..errors import ConfigError
-from .activations import check_activation
+from ..registry import Registry
+from .activations import Activation, check_activation, get_activation
 
 SOMA = "soma"
 
@@ -51,6 +71,11 @@ class Population:
     def is_input(self) -> bool:
         return False
 
+    @classmethod
+    def keys(cls) -> set[str]:
+        """The keys a model file may give for this kind (its dataclass fields)."""
+        return {f.name for f in fields(cls)}
+
 
 @dataclass(frozen=True)
 class InputPopulation(Population):
@@ -63,33 +88,123 @@ class InputPopulation(Population):
         return True
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
-class _DynamicPopulation(Population):
+class DynamicPopulation(Population):
+    """A population with a soma equation; the base of every cell model (a linear cell).
+
+    ``bias`` is a number or one value per neuron; it is a parameter of the population that
+    population rules may learn. ``rules`` are population rules (neurosim.plasticity)."""
+
     leak: float = 1.0
     activation: str = "clip"
-    bias: float = 0.0
+    bias: Any = 0.0
     rate: float = 1.0
     noise: float = 0.0
     fixed_step: float | None = None
+    rules: Sequence[Any] = field(default_factory=tuple)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.fixed_step is not None and (not isinstance(self.fixed_step, (int, float))
+        if self.fixed_step is not None and (not _number(self.fixed_step)
                                             or not self.fixed_step > 0):
             raise ConfigError(f'population "{self.name}": fixed_step must be a number > 0 or '
                               f"absent, got {self.fixed_step!r}.")
         check_activation(self.activation, f'population "{self.name}"')
-        for key in ("leak", "bias", "rate", "noise"):
+        for key in ("leak", "rate", "noise"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            if not _number(value):
                 raise ConfigError(f'population "{self.name}": {key} must be a number, got {value!r}.')
         if self.leak < 0 or self.rate <= 0 or self.noise < 0:
             raise ConfigError(f'population "{self.name}": need leak >= 0, rate > 0 and noise >= 0 '
                               f"(got leak={self.leak}, rate={self.rate}, noise={self.noise}).")
+        if not _number(self.bias):
+            values = self.bias if isinstance(self.bias, (list, tuple)) else None
+            if values is None or len(values) != self.size or not all(map(_number, values)):
+                raise ConfigError(f'population "{self.name}": bias must be a number or a list '
+                                  f"of {self.size} numbers (one per neuron), got {self.bias!r}.")
+            object.__setattr__(self, "bias", tuple(float(b) for b in values))
+        object.__setattr__(self, "rules", tuple(self.rules))
+        for rule in self.rules:
+            if getattr(rule, "target", "population") != "population":
+                raise ConfigError(f'population "{self.name}": rule "{rule.name}" is a '
+                                  "projection rule; attach it to a [[projection]] instead.")
+
+    # ---------------------------------------------------------------- the cell model
+    @cached_property
+    def activation_function(self) -> Activation:
+        return get_activation(self.activation)
+
+    @property
+    def stochastic(self) -> bool:
+        """True when the activity is drawn at random (needs a discrete-step solver)."""
+        return self.activation_function.stochastic
+
+    def initial_bias(self, dtype=torch.float64) -> torch.Tensor:
+        """The per-neuron bias vector (n,)."""
+        if _number(self.bias):
+            return torch.full((self.size,), float(self.bias), dtype=dtype)
+        return torch.tensor(self.bias, dtype=dtype)
+
+    @property
+    def has_bias(self) -> bool:
+        return not (_number(self.bias) and self.bias == 0.0)
+
+    def linear_coefficients(self) -> tuple[float, Mapping[str, float]]:
+        """Linear cells: du/dt = rate [ -d u + sum_c k_c v_c ]; returns (d, {c: k_c}) with
+        d = g_lk + sum_c g_c, k_c = g_c for dendrites and k_soma = 1."""
+        comps = dict(self.compartments)
+        return float(self.leak + sum(comps.values())), {SOMA: 1.0, **{c: float(g) for c, g in
+                                                                      comps.items()}}
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether the fused operator path applies (the kind keeps the linear drift)."""
+        return type(self).drift is DynamicPopulation.drift
+
+    def drift(self, u: torch.Tensor, v: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """du/dt = rate [ -d u + sum_c k_c v_c ] (see :meth:`linear_coefficients`)."""
+        decay, coupling = self.linear_coefficients()
+        total = u * -decay
+        for comp, k in coupling.items():
+            if comp in v:
+                total = total + k * v[comp]
+        return total * self.rate
+
+    def partials(self, u: torch.Tensor, v: Mapping[str, torch.Tensor]):
+        """(d drift/du, {c: d drift/dv_c}), element-wise; None to let autograd find them."""
+        if not self.is_linear:
+            return None
+        decay, coupling = self.linear_coefficients()
+        ones = torch.ones_like(u)
+        return ones * (-decay * self.rate), {c: ones * (k * self.rate) for c, k in coupling.items()}
+
+    def feedforward(self, v: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The soma potential at which the drift vanishes for fixed inputs (discrete passes):
+        u* = sum_c k_c v_c / d for linear cells."""
+        if not self.is_linear:
+            raise ConfigError(f'population "{self.name}" (kind "{self.kind}") defines no '
+                              "feedforward(v) for discrete passes; add one to its class.")
+        decay, coupling = self.linear_coefficients()
+        if decay == 0:
+            raise ConfigError(f'population "{self.name}": a discrete pass needs leak or a '
+                              "conductance > 0 (d = 0 has no fixed point).")
+        total = None
+        for comp, k in coupling.items():
+            if comp in v:
+                total = k * v[comp] if total is None else total + k * v[comp]
+        return total / decay
+
+    def activate(self, u: torch.Tensor, generator: torch.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.activation_function.forward(u, out=out, generator=generator)
 
 
 @dataclass(frozen=True)
-class PyramidalPopulation(_DynamicPopulation):
+class PyramidalPopulation(DynamicPopulation):
     """Pyramidal neurons: soma plus basal and apical dendrites (conductances ``g_B``, ``g_A``).
 
     Extra dendrites can be given in ``dendrites`` (name -> conductance)."""
@@ -103,7 +218,7 @@ class PyramidalPopulation(_DynamicPopulation):
     def __post_init__(self):
         super().__post_init__()
         for comp, g in self.compartments.items():
-            if not isinstance(g, (int, float)) or isinstance(g, bool) or g < 0:
+            if not _number(g) or g < 0:
                 raise ConfigError(f'population "{self.name}": conductance of compartment '
                                   f'"{comp}" must be a number >= 0, got {g!r}.')
             if comp == SOMA:
@@ -115,12 +230,20 @@ class PyramidalPopulation(_DynamicPopulation):
 
 
 @dataclass(frozen=True)
-class InterneuronPopulation(_DynamicPopulation):
+class InterneuronPopulation(DynamicPopulation):
     """Point neurons (soma only), e.g. one inhibitory unit per layer; inputs target the soma."""
 
     activation: str = "relu"
     kind = "interneuron"
 
 
-POPULATION_KINDS = {cls.kind: cls for cls in (InputPopulation, PyramidalPopulation,
-                                              InterneuronPopulation)}
+#: type name -> Population subclass; add kinds with ``POPULATION_KINDS.register(cls)``
+#: (registered under ``cls.kind``) or name them "module:Class" in a model file.
+POPULATION_KINDS = Registry("population kind", base=Population)
+for _cls in (InputPopulation, PyramidalPopulation, InterneuronPopulation):
+    POPULATION_KINDS.register(_cls, name=_cls.kind)
+
+
+def register_population(cls):
+    """Class decorator: make a population kind available to model files as ``type = cls.kind``."""
+    return POPULATION_KINDS.register(cls, name=cls.kind)

@@ -4,13 +4,17 @@ A projection contributes ``gain * W r_src`` to its target compartment's potentia
 compartment is "soma", directly as a current). ``W`` has shape (target.size, source.size).
 Weights are created by an initialiser named in ``init``:
 
-- "xavier_uniform": U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio 2010)
-- "he_uniform": U(-a, a), a = sqrt(6 / fan_in)
+- "xavier_uniform": U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio 2010);
+  "xavier_normal": N(0, 2 / (fan_in + fan_out))
+- "he_uniform": U(-a, a), a = sqrt(6 / fan_in); "kaiming_normal": N(0, 2 / fan_in);
+  "fan_in_uniform": U(-a, a), a = 1 / sqrt(fan_in) (PyTorch's default for nn.Linear)
 - "gram_xavier": M M^T with M an n x n Xavier-uniform matrix (a random SPD matrix; needs
   source == target), as CorInfoMax initialises its lateral matrices B
 - "normal": N(0, scale^2); "uniform": U(-scale, scale); "zeros"; "ones" (fixed fan-in sum)
 - "identity": structural autapses ``r_src -> same neuron``, no weight tensor (never plastic)
+- a registered or imported ("module:function") initialiser (see ``INITIALISERS``)
 - or an explicit tensor / nested list of shape (target.size, source.size).
+Every random initialiser is multiplied by ``scale``.
 
 An optional fixed ``mask`` (same shape, 0/1) zeroes absent synapses; plasticity never creates
 them. ``rules`` are plasticity hooks (see neurosim.plasticity) run after each training step.
@@ -24,10 +28,46 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import ConfigError, did_you_mean
+from ..registry import Registry
 from .populations import SOMA
 
-INITIALISERS = ("xavier_uniform", "he_uniform", "gram_xavier", "normal", "uniform", "zeros",
-                "ones", "identity")
+
+def _uniform(bound):
+    def init(n_post, n_pre, generator, dtype, scale):
+        a = bound(n_post, n_pre) * scale
+        return (torch.rand((n_post, n_pre), generator=generator, dtype=dtype) * 2 - 1) * a
+    return init
+
+
+def _normal(std):
+    def init(n_post, n_pre, generator, dtype, scale):
+        sigma = std(n_post, n_pre) * scale
+        return torch.randn((n_post, n_pre), generator=generator, dtype=dtype) * sigma
+    return init
+
+
+def _gram_xavier(n_post, n_pre, generator, dtype, scale):
+    bound = math.sqrt(6.0 / (2 * n_pre))
+    m = (torch.rand((n_pre, n_pre), generator=generator, dtype=dtype) * 2 - 1) * bound
+    return (m @ m.T) * scale
+
+
+#: name -> init(n_post, n_pre, generator, dtype, scale) -> (n_post, n_pre) tensor.
+#: Register your own with ``INITIALISERS.register(name="mine")(function)`` or name a function
+#: "package.module:function" in a model file.
+INITIALISERS = Registry("initialiser")
+INITIALISERS.register(_uniform(lambda o, i: math.sqrt(6.0 / (i + o))), name="xavier_uniform")
+INITIALISERS.register(_normal(lambda o, i: math.sqrt(2.0 / (i + o))), name="xavier_normal")
+INITIALISERS.register(_uniform(lambda o, i: math.sqrt(6.0 / i)), name="he_uniform")
+INITIALISERS.register(_normal(lambda o, i: math.sqrt(2.0 / i)), name="kaiming_normal")
+INITIALISERS.register(_uniform(lambda o, i: 1.0 / math.sqrt(i)), name="fan_in_uniform")
+INITIALISERS.register(_gram_xavier, name="gram_xavier")
+INITIALISERS.register(_normal(lambda o, i: 1.0), name="normal")
+INITIALISERS.register(_uniform(lambda o, i: 1.0), name="uniform")
+INITIALISERS.register(lambda o, i, g, dtype, scale: torch.zeros((o, i), dtype=dtype), name="zeros")
+INITIALISERS.register(lambda o, i, g, dtype, scale: torch.full((o, i), float(scale), dtype=dtype),
+                      name="ones")
+INITIALISERS.register(lambda o, i, g, dtype, scale: None, name="identity")
 
 
 @dataclass
@@ -49,10 +89,11 @@ class Projection:
         where = f'projection "{self.name}"'
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"projection name {self.name!r} must be an identifier.")
-        if isinstance(self.init, str) and self.init not in INITIALISERS:
+        if isinstance(self.init, str) and ":" not in self.init and self.init not in INITIALISERS:
             raise ConfigError(f'{where}: unknown init "{self.init}".'
                               f"{did_you_mean(self.init, INITIALISERS)} "
-                              f"Valid initialisers: {', '.join(INITIALISERS)}, or a matrix.")
+                              f"Valid initialisers: {', '.join(INITIALISERS)}, "
+                              "'module:function', or a matrix.")
         for key in ("gain", "scale"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -81,22 +122,12 @@ class Projection:
                                   f"{tuple(weight.shape)} but {self.target} x {self.source} "
                                   f"needs {shape}.")
             return weight.clone()
-        if init == "identity":
-            return None
-        if init == "zeros":
-            return torch.zeros(shape, dtype=dtype)
-        if init == "ones":
-            return torch.full(shape, float(self.scale), dtype=dtype)
-        if init == "normal":
-            return torch.randn(shape, generator=generator, dtype=dtype) * self.scale
-        if init == "gram_xavier":
-            bound = math.sqrt(6.0 / (2 * n_pre))
-            m = (torch.rand((n_pre, n_pre), generator=generator, dtype=dtype) * 2 - 1) * bound
-            return (m @ m.T) * self.scale
-        bound = {"xavier_uniform": math.sqrt(6.0 / (n_pre + n_post)),
-                 "he_uniform": math.sqrt(6.0 / n_pre),
-                 "uniform": 1.0}[init] * self.scale
-        return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+        weight = INITIALISERS.lookup(init, f'projection "{self.name}" init')(
+            n_post, n_pre, generator, dtype, self.scale)
+        if weight is not None and tuple(weight.shape) != shape:
+            raise ConfigError(f'projection "{self.name}": initialiser "{init}" returned shape '
+                              f"{tuple(weight.shape)}, needs {shape}.")
+        return weight
 
     def initial_mask(self, n_post: int, n_pre: int) -> torch.Tensor | None:
         """The fixed connectivity mask as a float 0/1 tensor, or None."""
