@@ -128,7 +128,7 @@ def main():
                "machine": platform.processor() or platform.machine()}
 
     def neurosim_train(batch):
-        trainer = Trainer(MODEL.read_text(), progress=False, batch_size=batch)
+        trainer = Trainer.from_model_text(MODEL.read_text(), progress=False, batch_size=batch)
         protocol, onehot = trainer.protocol, trainer._one_hot
         gen = torch.Generator().manual_seed(0)
         with torch.inference_mode():

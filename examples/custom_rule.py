@@ -11,7 +11,7 @@ docs/plasticity.md for the protocol it follows. This script
 3. replaces the ``ep_contrastive`` rule of every feedforward/feedback projection by
    ``momentum_rule:MomentumEP``, keeping each projection's learning rate (scaled by
    1 - momentum, so that the long-run step size stays that of the published model),
-4. trains with ``Trainer(model_text).fit(run_dir, epochs=...)`` and writes the run directory
+4. trains with ``Trainer.from_model_text(text).fit(run_dir, epochs=...)``, writing the run directory
    (model.toml with the expanded model, run.h5 with weights and the rules' velocities,
    metrics.csv).
 
@@ -95,7 +95,8 @@ def main(argv=None) -> None:
             sys.exit(f"{out} already holds a run; pass --force to start over or continue it "
                      f"with `PYTHONPATH={HERE} neurosim resume {out} --epochs N`.")
         shutil.rmtree(out)
-    trainer = Trainer(text, where=f"{MODEL} (ep_contrastive -> MomentumEP)", progress=False)
+    trainer = Trainer.from_model_text(text, where=f"{MODEL} (ep_contrastive -> MomentumEP)",
+                                      progress=False)
     for projection in trainer.network.projections:
         if projection.rules:
             print(f"{projection.name}: {', '.join(map(repr, projection.rules))}")

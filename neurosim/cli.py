@@ -52,16 +52,14 @@ def _simulate(args) -> None:
 
 
 def _train(args) -> None:
-    from .graph import load_model_file
     from .training import Trainer
-    model = load_model_file(args.model)
     run_dir = Path(args.out)
     if (run_dir / "run.h5").exists() and not args.force:
         raise NeurosimError(f"{run_dir} already holds a run; continue it with `neurosim resume "
                             f"{run_dir}`, or pass --force to start over.")
-    trainer = Trainer(model.text, where=str(model.path), progress=not args.quiet,
-                      epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
-                      device=args.device, dtype=args.dtype, threads=args.threads)
+    trainer = Trainer.from_model_file(args.model, progress=not args.quiet, epochs=args.epochs,
+                                      seed=args.seed, batch_size=args.batch_size,
+                                      device=args.device, dtype=args.dtype, threads=args.threads)
     trainer.fit(run_dir)
     print(f"run saved in {run_dir} (metrics.csv, run.h5)")
 

@@ -19,10 +19,11 @@ from .errors import ConfigError, did_you_mean
 class Registry(dict):
     """Name -> class (or factory). ``kind`` names the entries in error messages."""
 
-    def __init__(self, kind: str, base: type | None = None):
+    def __init__(self, kind: str, base: type | None = None, unknown_as: str | None = None):
         super().__init__()
         self.kind = kind
         self.base = base
+        self.unknown_as = unknown_as or kind     # "unknown <unknown_as> ..." in errors
 
     def register(self, obj=None, *, name: str | None = None):
         """Register ``obj`` under ``name`` (default ``obj.name``); usable as a decorator,
@@ -57,7 +58,7 @@ class Registry(dict):
             return obj
         if key in self:
             return self[key]
-        raise ConfigError(f'{where}: unknown {self.kind} "{key}".{did_you_mean(key, self)} '
+        raise ConfigError(f'{where}: unknown {self.unknown_as} "{key}".{did_you_mean(key, self)} '
                           f"Valid: {', '.join(sorted(self))}, or 'module:ClassName'.")
 
     def build(self, spec: Any, where: str, *, type_key: str = "type", **extra) -> Any:

@@ -24,7 +24,8 @@ from neurosim.errors import ConfigError
 from neurosim.graph import parse_model_text
 from neurosim.io import load_checkpoint
 from neurosim.plasticity import RULES, PlasticityRule, SynapseContext, register_rule
-from neurosim.training import LRSchedule, Trainer, training_config, weight_angle
+from neurosim.schedules import make_epoch_schedule
+from neurosim.training import Trainer, training_config, weight_angle
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "corinfomax_digits.toml"
@@ -130,7 +131,7 @@ class Probe(PlasticityRule):
 
 
 def test_what_a_rule_receives():
-    trainer = Trainer(digits_text(lambda old: {"type": "test_probe", "lr": old["lr"]},
+    trainer = Trainer.from_model_text(digits_text(lambda old: {"type": "test_probe", "lr": old["lr"]},
                                   T_free=12, T_nudged=4), dtype="float64", progress=False)
     ds = trainer.dataset
     x, labels = ds.train_x[:8], ds.train_y[:8]
@@ -168,7 +169,7 @@ def test_training_with_custom_rule_learns_and_its_state_survives_resume(tmp_path
     text = digits_text(lambda old: {"type": "test_ep_momentum", "lr": old["lr"] * 0.5,
                                     "momentum": 0.5})
     assert "test_ep_momentum" in text and "ep_contrastive" not in text
-    a = Trainer(text, progress=False)
+    a = Trainer.from_model_text(text, progress=False)
     assert [type(r) for r in a.network.projection("ff1").rules] == [MomentumEPForTest]
     a.fit(tmp_path / "a", epochs=2, log=None)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
@@ -208,8 +209,8 @@ def test_example_script_trains_with_the_import_path_rule(tmp_path, capsys):
 @pytest.mark.parametrize("beta", [1.0, -0.5])
 def test_straightforward_ep_rule_equals_builtin_ep_contrastive(beta):
     common = dict(dtype="float64", random_sign=False, beta=beta, T_free=12, T_nudged=6)
-    builtin = Trainer(digits_text(lambda old: old), progress=False, **common)
-    literal = Trainer(digits_text(lambda old: {**old, "type": "test_straightforward_ep"}),
+    builtin = Trainer.from_model_text(digits_text(lambda old: old), progress=False, **common)
+    literal = Trainer.from_model_text(digits_text(lambda old: {**old, "type": "test_straightforward_ep"}),
                       progress=False, **common)
     assert isinstance(literal.network.projection("ff2").rules[0], StraightforwardEP)
     before = _weights(builtin)
@@ -240,10 +241,10 @@ def _csv_columns(path: Path) -> dict[str, list[str]]:
 
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     text = digits_text(**FAST)
-    straight = Trainer(text, progress=False)
+    straight = Trainer.from_model_text(text, progress=False)
     straight.fit(tmp_path / "straight", epochs=2, log=None)
 
-    Trainer(text, progress=False).fit(tmp_path / "split", epochs=1, log=None)
+    Trainer.from_model_text(text, progress=False).fit(tmp_path / "split", epochs=1, log=None)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "neurosim.cli", "resume",
                            str(tmp_path / "split"), "--epochs", "2", "--quiet"],
@@ -254,7 +255,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     a = load_checkpoint(tmp_path / "straight" / "run.h5", kind="training")
     b = load_checkpoint(tmp_path / "split" / "run.h5", kind="training")
     assert a.config_text == b.config_text == text
-    assert a.payload["progress"] == b.payload["progress"] == {"epoch": 2}
+    steps = 2 * math.ceil(1437 / 20)                   # 1,437 training digits, batches of 20
+    assert a.payload["progress"] == b.payload["progress"] == {"epoch": 2, "steps": steps}
     assert sorted(a.payload["network"]) == sorted(b.payload["network"])
     for name, w in a.payload["network"].items():
         assert torch.equal(w, b.payload["network"][name]), name
@@ -330,21 +332,21 @@ def test_failed_start_leaves_no_stale_model_file(tmp_path, capsys):
     # an earlier start's model.toml never stays next to another run's weights
     run.mkdir()
     (run / "model.toml").write_text("# something else\n")
-    Trainer(digits_text(**FAST), progress=False).fit(run, epochs=1, log=None)
+    Trainer.from_model_text(digits_text(**FAST), progress=False).fit(run, epochs=1, log=None)
     assert (run / "model.toml").read_text() == digits_text(**FAST)
 
 
 # --------------------------------------------------------------------------- schedules
 def test_lr_schedule_two_segments():
-    schedule = LRSchedule.from_spec({"type": "piecewise_exponential",
-                                     "segments": [[0, 0.95], [15, 0.9]]}, "test")
+    schedule = make_epoch_schedule({"type": "piecewise_exponential",
+                                    "segments": [[0, 0.95], [15, 0.9]]}, "test")
     for epoch in range(40):
         expected = 0.95 ** epoch if epoch < 15 else 0.9 ** epoch
         assert schedule(epoch) == expected, epoch
     assert schedule(0) == 1.0
     assert schedule(15) < schedule(14) * 0.5          # the published jump at E1
-    assert LRSchedule.from_spec(None, "test")(7) == 1.0
-    assert LRSchedule.from_spec({"type": "constant"}, "test")(7) == 1.0
+    assert make_epoch_schedule(None, "test")(7) == 1.0
+    assert make_epoch_schedule({"type": "constant"}, "test")(7) == 1.0
 
 
 def test_lr_schedule_fashion_mnist_three_segments():
@@ -364,13 +366,13 @@ def test_lr_schedule_fashion_mnist_three_segments():
 ])
 def test_lr_schedule_errors(segments, match):
     with pytest.raises(ConfigError, match=match):
-        LRSchedule.from_spec({"segments": segments}, "model [training] lr_schedule")
+        make_epoch_schedule({"segments": segments}, "model [training] lr_schedule")
 
 
 # --------------------------------------------------------------------------- user errors
 def _raises(text: str, *fragments: str, fit_dir=None) -> str:
     with pytest.raises(ConfigError) as info:
-        trainer = Trainer(text, where="m.toml", progress=False)
+        trainer = Trainer.from_model_text(text, where="m.toml", progress=False)
         if fit_dir is not None:
             trainer.fit(fit_dir, epochs=1, log=None)
     message = str(info.value)
@@ -463,11 +465,11 @@ def test_correlative_information_matches_an_independent_computation():
     """corrinfo_<layer> = log det(<r r^T> + eps I) over the test set's free-phase activities,
     recomputed here in numpy from a free phase run sample by sample."""
     import numpy as np
-    trainer = Trainer(digits_text(epochs=1), progress=False)
+    trainer = Trainer.from_model_text(digits_text(epochs=1), progress=False)
     row = trainer.train_epoch()
     ds, net = trainer.dataset, trainer.net
-    assert set(trainer.layers) == {"h1", "out"}
-    activities = {layer: [] for layer in trainer.layers}
+    layers = ["h1", "out"]                 # the pyramidal populations
+    activities = {layer: [] for layer in layers}
     with torch.inference_mode():
         for i in range(len(ds.test_x)):
             state = trainer.protocol.relax(ds.test_x[i:i + 1])
@@ -481,18 +483,36 @@ def test_correlative_information_matches_an_independent_computation():
         assert math.isclose(row[f"corrinfo_{layer}"], logdet, rel_tol=1e-4), layer
     # it measures something: well above the floor of 300 silent neurons, 300 log(eps)
     assert row["corrinfo_h1"] > 300 * math.log(1e-3) + 100
-    text = digits_text(epochs=1).replace("threads = 1", "threads = 1\ncorrelative_information = false")
-    off = Trainer(text, progress=False)
+    text = digits_text(epochs=1, metrics='["weight_angle"]')
+    off = Trainer.from_model_text(text, progress=False)
     assert not any(k.startswith("corrinfo_") for k in off.train_epoch())
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("correlative_information_eps", "0", "must be a positive number"),
-    ("correlative_information_eps", '"small"', "must be a positive number"),
-    ("correlative_information", "1", "true or false"),
+@pytest.mark.parametrize("value, message", [
+    ("0", "eps must be a positive number"),
+    ('"small"', "eps must be a positive number"),
 ])
-def test_correlative_information_settings_are_checked(key, value, message):
-    data = parse_model_text(DIGITS_TEXT, "digits")
-    data["training"][key] = parse_model_text(f"v = {value}", "value")["v"]
-    with pytest.raises(ConfigError, match=f"\\[training\\] {key}: {message}"):
-        training_config(data, "digits")
+def test_correlative_information_settings_are_checked(value, message):
+    text = digits_text(metrics=f'[{{ type = "correlative_information", eps = {value} }}]')
+    _raises(text, "m.toml [training] metrics[0]", message)
+    text = digits_text(metrics='["correlative_informaton"]')
+    _raises(text, 'unknown metric "correlative_informaton"', 'Did you mean "correlative_information"')
+
+
+def test_legacy_model_files_keep_ep_settings_in_training():
+    """A model file written before [protocol] existed still trains the same run."""
+    head, rest = DIGITS_TEXT.split("[protocol]\n")
+    block, training = rest.split("\n\n", 1)
+    settings = [line for line in block.splitlines() if not line.startswith("type =")]
+    legacy = head + training.replace('metrics = ["weight_angle", "correlative_information"]\n',
+                                     "\n".join(settings) + "\n")
+    assert "[protocol]" not in legacy and "T_free = 30" in legacy
+    data = parse_model_text(legacy, "legacy")
+    assert "T_free" in data["training"]
+    old = Trainer.from_model_text(legacy.replace("epochs = 40", "epochs = 1"), progress=False)
+    new = Trainer.from_model_text(digits_text(epochs=1), progress=False)
+    assert old.protocol.config() == new.protocol.config()
+    assert [type(m) for m in old.metrics] == [type(m) for m in new.metrics]
+    with pytest.raises(ConfigError, match="protocol settings belong in the \\[protocol\\] table"):
+        Trainer.from_model_text(DIGITS_TEXT.replace("threads = 1", "threads = 1\nT_free = 3"),
+                                progress=False)

@@ -1,15 +1,20 @@
-"""Locating, verifying, decoding and preprocessing datasets."""
+"""Locating, verifying, decoding and preprocessing datasets; the [data] table entry point."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from neurosim.errors import ConfigError
+from neurosim.graph import check_keys
+
 from . import cifar, digits
-from .dataset import DataError, Dataset
+from .arrays import SUFFIXES, load_array_file
+from .dataset import DataError, Dataset, check_dtype
 from .files import find_file, read_verified
 from .idx import decode_idx
 from .registry import DATASETS, DatasetInfo, get_info, search_dirs
@@ -78,9 +83,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
     if normalization not in NORMALIZATIONS:
         raise DataError(f'Unknown normalization "{normalization}" for {info.title}; choose one '
                         f"of {', '.join(NORMALIZATIONS)}.")
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise DataError(f"dtype must be a floating torch dtype (e.g. torch.float32), "
-                        f"got {dtype!r}.")
+    check_dtype(dtype)
     if info.kind == "embedded":
         train_x, train_y, test_x, test_y = digits.load_split()
     else:
@@ -92,6 +95,67 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
                    test_y=torch.from_numpy(test_y),
                    n_classes=info.n_classes, input_shape=info.input_shape,
                    normalization=normalization)
+
+
+SPEC_KEYS = ("dataset", "path", "root", "normalization", "validation")
+"""Keys of a [data] table; ``validation`` is the caller's (see :func:`validation_split`)."""
+
+
+def dataset_from_spec(spec: Mapping, *, where: str, base_dir: Path | None = None,
+                      dtype: torch.dtype = torch.float32) -> Dataset:
+    """The dataset a parsed [data] table describes, labelled ``where`` in messages.
+
+    Exactly one of ``dataset = "<name>"`` (a named dataset, with optional ``root`` and
+    ``normalization``) or ``path = "<file>"`` (a .npz/.h5/.hdf5 file, see
+    :func:`load_array_file`; a relative path is looked up in ``base_dir``, then the current
+    directory). ``validation`` is accepted and not used here.
+    """
+    table = dict(spec) if isinstance(spec, Mapping) else spec
+    check_keys(table, SPEC_KEYS, where)
+    if ("dataset" in table) == ("path" in table):
+        state = "both are given" if "dataset" in table else "neither is given"
+        names = ", ".join(f'"{n}"' for n in DATASETS)
+        raise ConfigError(f'{where}: give exactly one of dataset = "<name>" (one of {names}) or '
+                          f'path = "<file>" ({", ".join(SUFFIXES)}); {state}.')
+    if "path" in table:
+        extra = [k for k in ("root", "normalization") if k in table]
+        if extra:
+            verb = "applies" if len(extra) == 1 else "apply"
+            raise ConfigError(f"{where}: {' and '.join(extra)} only {verb} to named datasets "
+                              f"(dataset = ...); the arrays of path = ... are used as stored, "
+                              f"so remove {' and '.join(extra)}.")
+        path = _resolve(_string(table, "path", where), where, base_dir)
+        return load_array_file(path, dtype=dtype, where=where)
+    kwargs = {k: _string(table, k, where) for k in ("root", "normalization") if k in table}
+    try:
+        return load_dataset(_string(table, "dataset", where), dtype=dtype, **kwargs)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
+def _string(table: dict, key: str, where: str) -> str:
+    """``table[key]``, which must be a non-empty string."""
+    value = table[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f'{where}: {key} must be a non-empty string, got '
+                          f'{type(value).__name__} {value!r}; e.g. {key} = "...".')
+    return value
+
+
+def _resolve(raw: str, where: str, base_dir: Path | None) -> Path:
+    """``raw`` as given if absolute, else the first existing of base_dir/raw and ./raw."""
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path
+    candidates = [Path(base_dir) / path] if base_dir is not None else []
+    candidates = list(dict.fromkeys(candidates + [Path.cwd() / path]))
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise DataError(f'{where}: path = "{raw}" not found (looked for '
+                    f"{' and '.join(map(str, candidates))}). A relative path is resolved "
+                    f"against the model file's directory, then the current directory; fix "
+                    f"the path.")
 
 
 def available_datasets(root: str | os.PathLike | None = None) -> list[dict]:

@@ -4,32 +4,49 @@ State (:class:`NeuralState`): ``u`` (batch x N_dyn) holds the soma potentials of
 non-input population side by side; ``r`` (batch x N_all) holds every population's activity
 (clamped inputs included) in declaration order. Samples are rows.
 
-For a non-input population p with incoming projections q (source s_q, compartment c_q):
+Every non-input population p is a cell (neurosim.graph.populations) whose compartments c
+receive ``v_c = sum_{q -> c} gain_q W_q r_{s_q}`` (``v_soma`` adds the bias ``b_p`` and, in
+nudged phases, ``beta_p (y_p - r_p)``) and whose soma obeys ``du_p/dt = drift_p(u_p, v)``.
+Two paths integrate it, chosen per population:
+
+*Linear cells* (the built-in kinds, ``pop.is_linear``) use the fused fast path,
 
     du_p/dt = rate_p [ -d_p u_p + sum_q k_q W_q r_{s_q} + I_p ]        (Jacobi form)
     d_p     = g_lk + sum_c g_c                  (leak plus every dendritic conductance)
     k_q     = g_{c_q} gain_q   (dendrite)   or   gain_q   (soma)
-    I_p     = bias_p + beta_p (y_p - r_p)       (nudge, only in nudged phases)
+    I_p     = b_p + beta_p (y_p - r_p)          (nudge, only in nudged phases)
 
-which is ``-g_lk u + sum_c g_c (v_c - u) + ...`` with dendrites at steady state
-``v_c = sum_{q -> c} gain_q W_q r_{s_q}``. Contributions of clamped inputs are constant within a
-phase and computed once per phase; all dynamic (recurrent) inputs of p are stacked into one
-block matrix ``KT_p`` (sources x n_p) over a contiguous column range of ``r``, so each
-population costs one matrix product per step. ``KT_p`` of a narrow population (a few neurons
-fed by many, e.g. an output layer) is stored column-major and its product runs transposed,
-``u_p^T <- K_p r^T``, which BLAS does 1.2-2.5x faster for such shapes.
+Contributions of clamped inputs are constant within a phase and computed once per phase; all
+dynamic (recurrent) inputs of p are stacked into one block matrix ``KT_p`` (sources x n_p) over
+a contiguous column range of ``r``, so each population costs one matrix product per step (the
+nudge's ``-beta_p r_p`` is folded into ``KT_p``). ``KT_p`` of a narrow population (a few
+neurons fed by many, e.g. an output layer) is stored column-major and its product runs
+transposed, ``u_p^T <- K_p r^T``, which BLAS does 1.2-2.5x faster for such shapes.
+
+*General cells* (a kind that overrides ``drift``) call their own ``drift(u_p, v)``. Their
+clamped inputs are again computed once per phase, per compartment; their dynamic inputs onto
+compartment c are stacked into ``VT_{p,c}`` (coefficients ``gain_q``), one matrix product per
+compartment and evaluation; the nudge is added to ``v_soma`` explicitly. Operators and
+constant currents are keyed by population name for linear cells and by
+``(population, compartment)`` for general cells.
+
+A discrete step of size dt moves a soma by ``(h_p / rate_p) du_p/dt`` with
+``h_p = dt rate_p`` or the population's ``fixed_step``. Stochastic activations (``r`` drawn
+at random) are drawn from the phase's generator after each step; within a right-hand-side
+evaluation their activities are read as drawn.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 
 import torch
 
 from ..errors import ConfigError, SimulationError, unknown
-from ..graph import SOMA, Network, get_activation
+from ..graph import SOMA, Network
 from ..graph.activations import Activation
+from ..graph.populations import DynamicPopulation
 
 
 NARROW_SIZE = 32      # populations up to this size with ...
@@ -53,23 +70,38 @@ class PopulationSlot:
 
     name: str
     size: int
-    r_cols: slice                 # columns of NeuralState.r
-    u_cols: slice | None          # columns of NeuralState.u (None for inputs)
-    activation: Activation | None
-    decay: float                  # d_p
-    rate: float
-    bias: float
-    noise: float
-    fixed_step: float | None
-    source_cols: slice | None     # dynamic source range in r feeding KT_p
+    r_cols: slice                       # columns of NeuralState.r
+    u_cols: slice | None = None         # columns of NeuralState.u (None for inputs)
+    activation: Activation | None = None
+    activate: Callable | None = None    # activate(u, out=, generator=): r = sigma(u)
+    decay: float = 0.0                  # d_p (linear cells)
+    rate: float = 1.0
+    noise: float = 0.0
+    fixed_step: float | None = None
+    source_cols: slice | None = None    # linear cells: dynamic source range feeding KT_p
+    cell: DynamicPopulation | None = None   # general cells: the population (its drift)
+    inputs: tuple = ()                  # general cells: (compartment, dynamic source range|None)
+    stochastic: bool = False            # r is a random draw
+    elementwise: bool = True            # r_i = sigma(u_i) with sigma' = activation.derivative
+    bias_current: bool = False          # the bias enters du/dt (nonzero, or learnable by rules)
 
     def step_size(self, dt: float) -> float:
         """h in u <- u + h du/dt for a discrete step of size dt."""
         return self.fixed_step if self.fixed_step is not None else dt * self.rate
 
 
+def _span(slots) -> slice | None:
+    """The smallest column range of r covering the given slots (None when there are none)."""
+    cols = [s.r_cols for s in slots]
+    return slice(min(c.start for c in cols), max(c.stop for c in cols)) if cols else None
+
+
 class CompiledNetwork:
-    """Weights as tensors plus the layout of the state; builds per-phase dynamics."""
+    """Weights and biases as tensors plus the layout of the state; builds per-phase dynamics.
+
+    ``weights``: projection name -> W (target x source); ``biases``: population name -> b
+    (n,), one per dynamic population (population rules may update them in place; a phase
+    reads them when it is built)."""
 
     def __init__(self, network: Network, *, dtype=torch.float32, device="cpu", seed: int = 0):
         self.network = network
@@ -81,29 +113,41 @@ class CompiledNetwork:
             r_cols = slice(r_off, r_off + pop.size)
             r_off += pop.size
             if pop.is_input:
-                self.slots[pop.name] = PopulationSlot(pop.name, pop.size, r_cols, None, None,
-                                                      0.0, 1.0, 0.0, 0.0, None, None)
+                self.slots[pop.name] = PopulationSlot(pop.name, pop.size, r_cols)
                 continue
+            if not isinstance(pop, DynamicPopulation):
+                raise ConfigError(f'population "{pop.name}" (kind "{pop.kind}") is neither an '
+                                  "input nor a cell model; derive its class from "
+                                  "DynamicPopulation (or InputPopulation).")
             u_cols = slice(u_off, u_off + pop.size)
             u_off += pop.size
-            decay = pop.leak + sum(pop.compartments.values())
-            self.slots[pop.name] = PopulationSlot(pop.name, pop.size, r_cols, u_cols,
-                                                  get_activation(pop.activation), float(decay),
-                                                  float(pop.rate), float(pop.bias),
-                                                  float(pop.noise), pop.fixed_step, None)
+            custom = type(pop).activate is not DynamicPopulation.activate
+            activation = pop.activation_function
+            self.slots[pop.name] = PopulationSlot(
+                pop.name, pop.size, r_cols, u_cols, activation=activation,
+                activate=pop.activate if custom else activation.forward,
+                decay=pop.linear_coefficients()[0] if pop.is_linear else 0.0,
+                rate=float(pop.rate), noise=float(pop.noise), fixed_step=pop.fixed_step,
+                cell=None if pop.is_linear else pop, stochastic=pop.stochastic,
+                elementwise=activation.elementwise and not custom,
+                bias_current=pop.has_bias or bool(pop.rules))
         self.n_all, self.n_dyn = r_off, u_off
         for name, slot in list(self.slots.items()):
             if slot.u_cols is None:
                 continue
-            cols = [self.slots[q.source].r_cols for q in network.incoming(name)
-                    if not network.population(q.source).is_input]
-            if cols:
-                rng = slice(min(c.start for c in cols), max(c.stop for c in cols))
-                self.slots[name] = PopulationSlot(**{**slot.__dict__, "source_cols": rng})
-        zero = torch.zeros(1, dtype=dtype)
+            incoming = [q for q in network.incoming(name)
+                        if not network.population(q.source).is_input]
+            if slot.cell is None:
+                self.slots[name] = replace(slot, source_cols=_span(
+                    self.slots[q.source] for q in incoming))
+            else:
+                self.slots[name] = replace(slot, inputs=tuple(
+                    (comp, _span(self.slots[q.source] for q in incoming if q.compartment == comp))
+                    for comp in (SOMA, *slot.cell.compartments)))
         self.silent_at_rest = frozenset(
             name for name, slot in self.slots.items()
-            if slot.u_cols is not None and float(slot.activation.forward(zero)) == 0.0)
+            if slot.u_cols is not None and not slot.stochastic and
+            bool((slot.activate(torch.zeros(1, slot.size, dtype=dtype)) == 0).all()))
         generator = torch.Generator().manual_seed(int(seed))
         self.weights: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
@@ -118,19 +162,24 @@ class CompiledNetwork:
                 weight = weight * mask
                 self.masks[proj.name] = mask.to(self.device, dtype)
             self.weights[proj.name] = weight.to(self.device, dtype)
+        self.biases: dict[str, torch.Tensor] = {
+            pop.name: pop.initial_bias().to(self.device, dtype) for pop in network.dynamic}
 
     # ------------------------------------------------------------------ layout helpers
     def coupling(self, projection) -> float:
-        """k_q: the factor with which a projection's ``W r`` enters du/dt."""
+        """k_q: the factor with which a projection's ``W r`` enters du/dt of a linear cell."""
         pop = self.network.population(projection.target)
         g = 1.0 if projection.compartment == SOMA else pop.compartments[projection.compartment]
         return float(g) * float(projection.gain)
 
     def zero_state(self, batch: int) -> NeuralState:
-        """u = 0 everywhere, r = sigma(0) for dynamic populations, inputs 0."""
+        """u = 0 everywhere, r = sigma(0) for dynamic populations, inputs 0. Stochastic
+        populations start at r = 0 (the mean of a +-1 unit at u = 0) until a step draws them."""
         z = dict(device=self.device, dtype=self.dtype)
         state = NeuralState(torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z))
-        self.sync_activity(state)
+        for slot in self.slots.values():
+            if slot.u_cols is not None and not slot.stochastic:
+                slot.activate(state.u[:, slot.u_cols], out=state.r[:, slot.r_cols])
         return state
 
     def u_of(self, state: NeuralState, population: str) -> torch.Tensor:
@@ -164,11 +213,14 @@ class CompiledNetwork:
                                   f"(batch={state.r.shape[0]}, {slot.size}).")
             state.r[:, slot.r_cols] = value
 
-    def sync_activity(self, state: NeuralState) -> None:
-        """Recompute ``r = sigma(u)`` for every dynamic population from ``state.u``."""
+    def sync_activity(self, state: NeuralState,
+                      generator: torch.Generator | None = None) -> None:
+        """Recompute ``r = sigma(u)`` for every dynamic population from ``state.u``;
+        stochastic activations draw from ``generator``."""
         for slot in self.slots.values():
             if slot.u_cols is not None:
-                slot.activation.forward(state.u[:, slot.u_cols], out=state.r[:, slot.r_cols])
+                slot.activate(state.u[:, slot.u_cols], out=state.r[:, slot.r_cols],
+                              generator=generator)
 
     def compartment_potential(self, state: NeuralState, population: str,
                               compartment: str) -> torch.Tensor:
@@ -177,7 +229,19 @@ class CompiledNetwork:
         if compartment not in pop.compartments:
             raise unknown("compartment", compartment, list(pop.compartments),
                           f'population "{population}" (dendritic potentials)')
-        total = torch.zeros(state.r.shape[0], pop.size, dtype=self.dtype, device=self.device)
+        return self._projected(state, population, compartment)
+
+    def compartment_inputs(self, state: NeuralState, population: str) -> dict[str, torch.Tensor]:
+        """Every compartment's input ``v_c = sum_{q -> c} gain_q W_q r_src`` of a dynamic
+        population, "soma" (the direct currents of soma projections) first. The bias and
+        nudges are not included (they belong to a phase; see :attr:`biases`)."""
+        self._slot(population, need_dynamic=True)
+        comps = self.network.population(population).compartments
+        return {c: self._projected(state, population, c) for c in (SOMA, *comps)}
+
+    def _projected(self, state: NeuralState, population: str, compartment: str) -> torch.Tensor:
+        total = torch.zeros(state.r.shape[0], self.slots[population].size, dtype=self.dtype,
+                            device=self.device)
         for q in self.network.incoming(population):
             if q.compartment != compartment:
                 continue
@@ -189,50 +253,66 @@ class CompiledNetwork:
         return total
 
     # ------------------------------------------------------------------ operators
-    def build_operators(self, reuse: dict | None = None) -> dict[str, torch.Tensor]:
-        """Stack every dynamic input of each population into ``KT_p`` (built from the
-        current weights; call again after they change). ``reuse`` recycles buffers. Narrow
-        populations get a column-major ``KT_p`` (a transposed view; see module docstring)."""
+    def build_operators(self, reuse: dict | None = None) -> dict:
+        """Stack the dynamic inputs of each linear cell into ``KT_p`` (key: population) and
+        those of each compartment of a general cell into ``VT_{p,c}`` (key: (population,
+        compartment)), from the current weights; call again after they change. ``reuse``
+        recycles buffers. Narrow operators are column-major (a transposed view; see module
+        docstring)."""
         ops = {}
         for name, slot in self.slots.items():
-            if slot.source_cols is None:
-                continue
-            lo = slot.source_cols.start
-            shape = (slot.source_cols.stop - lo, slot.size)
-            kt = reuse.get(name) if reuse else None
-            if kt is None or tuple(kt.shape) != shape:
-                narrow = slot.size <= NARROW_SIZE and NARROW_RATIO * slot.size <= shape[0]
-                kt = torch.empty(shape[::-1] if narrow else shape, dtype=self.dtype,
-                                 device=self.device)
-                kt = kt.T if narrow else kt
-            written = set()          # source blocks holding a value (the rest are zeroed)
-            incoming = sorted((q for q in self.network.incoming(name)
-                               if self.slots[q.source].u_cols is not None),
-                              key=lambda q: q.name not in self.weights)   # weighted first
-            for q in incoming:
-                src = self.slots[q.source]
-                block = kt[src.r_cols.start - lo:src.r_cols.stop - lo]
-                coef = self.coupling(q)
-                if q.name in self.weights:
-                    if q.source in written:
-                        block.add_(self.weights[q.name].T, alpha=coef)
-                    else:
-                        torch.mul(self.weights[q.name].T, coef, out=block)
-                else:
-                    if q.source not in written:
-                        block.zero_()
-                    block.diagonal().add_(coef)
-                written.add(q.source)
-            for other in self.slots.values():
-                start, stop = max(other.r_cols.start, lo), min(other.r_cols.stop, lo + shape[0])
-                if other.name not in written and start < stop:
-                    kt[start - lo:stop - lo].zero_()
-            ops[name] = kt
+            if slot.cell is not None:
+                for comp, cols in slot.inputs:
+                    if cols is not None:
+                        ops[name, comp] = self._stack(name, cols, comp, reuse.get((name, comp))
+                                                      if reuse else None)
+            elif slot.source_cols is not None:
+                ops[name] = self._stack(name, slot.source_cols, None,
+                                        reuse.get(name) if reuse else None)
         return ops
 
-    def input_currents(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Constant currents ``sum_q k_q W_q x_q`` from clamped inputs, per target population."""
-        currents: dict[str, torch.Tensor] = {}
+    def _stack(self, name: str, cols: slice, compartment: str | None, kt) -> torch.Tensor:
+        """Blocks ``coef_q W_q^T`` of population ``name``'s dynamic inputs over source columns
+        ``cols`` (zero where nothing projects): every input with k_q (``compartment`` None,
+        linear cells) or those onto ``compartment`` with gain_q (general cells)."""
+        slot = self.slots[name]
+        lo = cols.start
+        shape = (cols.stop - lo, slot.size)
+        if kt is None or tuple(kt.shape) != shape:
+            narrow = slot.size <= NARROW_SIZE and NARROW_RATIO * slot.size <= shape[0]
+            kt = torch.empty(shape[::-1] if narrow else shape, dtype=self.dtype,
+                             device=self.device)
+            kt = kt.T if narrow else kt
+        written = set()          # source blocks holding a value (the rest are zeroed)
+        incoming = sorted((q for q in self.network.incoming(name)
+                           if self.slots[q.source].u_cols is not None and
+                           compartment in (None, q.compartment)),
+                          key=lambda q: q.name not in self.weights)   # weighted first
+        for q in incoming:
+            src = self.slots[q.source]
+            block = kt[src.r_cols.start - lo:src.r_cols.stop - lo]
+            coef = self.coupling(q) if compartment is None else float(q.gain)
+            if q.name in self.weights:
+                if q.source in written:
+                    block.add_(self.weights[q.name].T, alpha=coef)
+                else:
+                    torch.mul(self.weights[q.name].T, coef, out=block)
+            else:
+                if q.source not in written:
+                    block.zero_()
+                block.diagonal().add_(coef)
+            written.add(q.source)
+        for other in self.slots.values():
+            start, stop = max(other.r_cols.start, lo), min(other.r_cols.stop, lo + shape[0])
+            if other.name not in written and start < stop:
+                kt[start - lo:stop - lo].zero_()
+        return kt
+
+    def input_currents(self, inputs: Mapping[str, torch.Tensor]) -> dict:
+        """Constant inputs from clamped populations: ``sum_q k_q W_q x_q`` per linear cell
+        (key: population) and ``sum_{q -> c} gain_q W_q x_q`` per compartment of a general
+        cell (key: (population, compartment))."""
+        currents: dict = {}
         for q in self.network.projections:
             if not self.network.population(q.source).is_input:
                 continue
@@ -247,29 +327,33 @@ class CompiledNetwork:
             if x.ndim != 2 or x.shape[1] != size:
                 raise ConfigError(f'input "{q.source}": got shape {tuple(x.shape)}, expected '
                                   f"(batch, {size}) or ({size},).")
-            coef = self.coupling(q)
+            general = self.slots[q.target].cell is not None
+            coef = float(q.gain) if general else self.coupling(q)
+            key = (q.target, q.compartment) if general else q.target
             if q.name in self.weights:
                 contrib = torch.mm(x, self.weights[q.name].T)
                 if coef != 1.0:
                     contrib.mul_(coef)
             else:
                 contrib = x * coef
-            if q.target in currents:
-                currents[q.target] += contrib
+            if key in currents:
+                currents[key] += contrib
             else:
-                currents[q.target] = contrib
+                currents[key] = contrib
         return currents
 
-    def phase(self, operators: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor],
+    def phase(self, operators: Mapping, inputs: Mapping[str, torch.Tensor],
               nudges: Mapping[str, tuple] | None = None, currents=None,
               generator: torch.Generator | None = None,
               at_rest: bool = False) -> "PhaseDynamics":
-        """Dynamics of one phase: fixed operators, clamped inputs and optional nudges
-        ``{population: (target y, beta)}`` adding ``beta (y - r)`` to du/dt. ``at_rest``
-        promises that the phase starts from u = 0: the first Gauss-Seidel step then skips the
-        products of sources that are silent at rest (sigma(0) = 0), which are exactly zero."""
+        """Dynamics of one phase: fixed operators, clamped inputs, the biases as they are now
+        and optional nudges ``{population: (target y, beta)}`` adding ``beta (y - r)`` to the
+        soma input. ``generator`` draws noise and stochastic activities. ``at_rest`` promises
+        that the phase starts from u = 0: the first Gauss-Seidel step then skips the products
+        of sources that are silent at rest (sigma(0) = 0), which are exactly zero."""
         currents = dict(self.input_currents(inputs) if currents is None else currents)
         operators = dict(operators)
+        cell_nudges = {}
         for name, (target, beta) in (nudges or {}).items():
             slot = self._slot(name, need_dynamic=True)
             target = torch.as_tensor(target, dtype=self.dtype, device=self.device)
@@ -280,7 +364,11 @@ class CompiledNetwork:
             if beta == 0.0:
                 continue
             push = target * beta
-            currents[name] = currents[name] + push if name in currents else push
+            key = name if slot.cell is None else (name, SOMA)
+            currents[key] = currents[key] + push if key in currents else push
+            if slot.cell is not None:
+                cell_nudges[name] = beta
+                continue
             kt = operators.get(name)
             if kt is None or slot.source_cols is None or not (
                     slot.source_cols.start <= slot.r_cols.start < slot.source_cols.stop):
@@ -292,73 +380,198 @@ class CompiledNetwork:
             kt[off:off + slot.size].diagonal().sub_(beta)
             operators[name] = kt
         for name, slot in self.slots.items():
-            if slot.u_cols is not None and slot.bias != 0.0:
-                currents[name] = currents[name] + slot.bias if name in currents else \
-                    torch.full((1, slot.size), slot.bias, dtype=self.dtype, device=self.device)
+            if slot.bias_current:
+                bias = self.biases[name].unsqueeze(0)
+                key = name if slot.cell is None else (name, SOMA)
+                currents[key] = currents[key] + bias if key in currents else bias.clone()
         return PhaseDynamics(self, operators, currents, generator,
-                             silent=set(self.silent_at_rest) if at_rest else set())
+                             silent=set(self.silent_at_rest) if at_rest else set(),
+                             cell_nudges=cell_nudges)
+
+    # ------------------------------------------------------------------ discrete passes
+    def feedforward(self, inputs: Mapping[str, torch.Tensor], *, state: NeuralState | None = None,
+                    dropout: Mapping[str, float] | None = None,
+                    masks: Mapping[str, torch.Tensor] | None = None,
+                    generator: torch.Generator | None = None
+                    ) -> tuple[NeuralState, dict[str, torch.Tensor]]:
+        """One discrete sweep, no ODE. In declaration order each dynamic population p reads
+        the newest activities (inputs clamped; populations not yet visited read ``state``, or
+        0) and sets
+
+            v_c = sum_{q -> c} gain_q W_q r_src    (v_soma + b_p)
+            u_p = feedforward_p(v)                 (linear cells: sum_c k_c v_c / d_p)
+            r_p = sigma(u_p) * m_p,   m_p = Bernoulli(1 - p_drop) / (1 - p_drop)
+
+        ``dropout`` maps populations to drop probabilities; their masks are drawn from
+        ``generator`` unless ``masks`` (as returned by an earlier call) gives them. Returns the
+        new state and the masks used."""
+        dropout, given = dict(dropout or {}), dict(masks or {})
+        for name in (*dropout, *given):
+            self._slot(name, need_dynamic=True)
+        for name, p in dropout.items():
+            if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
+                raise ConfigError(f'dropout for population "{name}": the drop probability must '
+                                  f"be a number in [0, 1), got {p!r}.")
+        if state is not None:
+            batch = state.r.shape[0]
+        else:
+            shapes = [torch.as_tensor(x).shape for x in inputs.values()]
+            batch = max((s[0] for s in shapes if len(s) == 2), default=1)
+        for q in self.network.projections:
+            if self.slots[q.source].u_cols is None and q.source not in inputs:
+                raise ConfigError(f'input population "{q.source}" feeds projection "{q.name}" '
+                                  "but no input was given for it; pass inputs="
+                                  f'{{"{q.source}": tensor}}.')
+        z = dict(device=self.device, dtype=self.dtype)
+        out = state.clone() if state is not None else NeuralState(
+            torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z))
+        self.clamp_inputs(out, inputs)
+        used = {}
+        for pop in self.network.dynamic:
+            slot = self.slots[pop.name]
+            v = self.compartment_inputs(out, pop.name)
+            v[SOMA] = v[SOMA] + self.biases[pop.name]
+            u = pop.feedforward(v)
+            out.u[:, slot.u_cols] = u
+            r = out.r[:, slot.r_cols]
+            slot.activate(out.u[:, slot.u_cols], out=r, generator=generator)
+            mask = given.get(pop.name)
+            if mask is None and pop.name in dropout:
+                mask = self._dropout_mask(pop.name, dropout[pop.name], r.shape, generator)
+            if mask is not None:
+                if tuple(mask.shape) != tuple(r.shape):
+                    raise ConfigError(f'dropout mask for population "{pop.name}" has shape '
+                                      f"{tuple(mask.shape)}, the pass needs {tuple(r.shape)}; "
+                                      "reuse masks only for a batch of the same size.")
+                r.mul_(mask)
+                used[pop.name] = mask
+        return out, used
+
+    def _dropout_mask(self, name: str, p: float, shape, generator) -> torch.Tensor:
+        """Bernoulli(1 - p) keep-mask scaled by 1 / (1 - p)."""
+        if generator is None:
+            raise ConfigError(f'dropout on population "{name}" draws a random mask: pass '
+                              "generator= (or masks= from an earlier pass).")
+        keep = torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype) >= p
+        return keep.to(self.dtype) / (1.0 - p)
 
 
 @dataclass
 class PhaseDynamics:
-    """Right-hand side and in-place steps for one phase (operators and drive fixed)."""
+    """Right-hand side and in-place steps for one phase (operators and drive fixed).
+
+    ``cell_nudges``: population -> beta for nudged general cells (their ``beta y`` is in
+    ``currents[(population, "soma")]``, their ``-beta r`` is added per evaluation)."""
 
     net: CompiledNetwork
-    operators: Mapping[str, torch.Tensor]
-    currents: Mapping[str, torch.Tensor]
+    operators: Mapping
+    currents: Mapping
     generator: torch.Generator | None = None
     silent: set = field(default_factory=set)     # populations with r = 0 exactly, until a step
+    cell_nudges: Mapping[str, float] = field(default_factory=dict)
     rhs_evals: int = field(default=0)
     _plan: list = field(default_factory=list, repr=False)
     _plan_key: tuple = field(default=(), repr=False)
 
     def __post_init__(self):
         self.slots = [s for s in self.net.slots.values() if s.u_cols is not None]
+        self.cells = [s for s in self.slots if s.cell is not None]
+        self._deterministic = [s for s in self.slots if not s.stochastic]
         dynamic = {s.name for s in self.slots}
         self.sources = {s.name: {q.source for q in self.net.network.incoming(s.name)
                                  if q.source in dynamic} for s in self.slots}
 
     @property
     def stochastic(self) -> bool:
+        """True when a population has noise > 0."""
         return any(s.noise > 0 for s in self.slots)
+
+    @property
+    def drawn(self) -> list[str]:
+        """Populations whose activity is a random draw (stochastic activations)."""
+        return [s.name for s in self.slots if s.stochastic]
+
+    def to(self, dtype) -> "PhaseDynamics":
+        """A copy of this phase evaluating in ``dtype`` (its own tensors)."""
+        return PhaseDynamics(self.net, {k: v.to(dtype, copy=True) for k, v in self.operators.items()},
+                             {k: v.to(dtype, copy=True) for k, v in self.currents.items()},
+                             self.generator, cell_nudges=dict(self.cell_nudges))
 
     def rhs(self, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Jacobi du/dt at soma potentials ``u``; ``r`` is a scratch activity buffer whose
-        input columns hold the clamped inputs (its dynamic columns are overwritten)."""
+        input columns hold the clamped inputs (its deterministic dynamic columns are
+        overwritten with sigma(u); stochastic ones are read as drawn)."""
         self.rhs_evals += 1
         du = torch.empty_like(u)
+        for slot in self._deterministic:
+            slot.activate(u[:, slot.u_cols], out=r[:, slot.r_cols])
         for slot in self.slots:
-            slot.activation.forward(u[:, slot.u_cols], out=r[:, slot.r_cols])
-        for slot in self.slots:
-            self._drift(slot, u, r, du[:, slot.u_cols])
+            if slot.cell is None:
+                self._drift(slot, u, r, du[:, slot.u_cols])
+            else:
+                du[:, slot.u_cols] = self._cell_drift(slot, u, r)
         return du
 
-    def _drift(self, slot: PopulationSlot, u, r, out) -> None:
+    def differentiable_rhs(self, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """du/dt like :meth:`rhs` but without writing into its arguments, so that autograd
+        (``torch.func``) can differentiate it with respect to ``u``; ``r`` gives the clamped
+        columns."""
+        r = torch.cat([r[:, s.r_cols] if s.u_cols is None or s.stochastic else
+                       s.activate(u[:, s.u_cols]) for s in self.net.slots.values()], dim=1)
+        return torch.cat([self._drift(s, u, r) if s.cell is None else self._cell_drift(s, u, r)
+                          for s in self.slots], dim=1)
+
+    def _drift(self, slot: PopulationSlot, u, r, out=None) -> torch.Tensor:
+        """Linear cell: rate [-d u_p + r_src KT_p + I_p], into ``out`` (or a new tensor)."""
         u_p = u[:, slot.u_cols]
         kt = self.operators.get(slot.name)
         if kt is not None:
-            torch.mm(r[:, slot.source_cols], kt, out=out)
+            out = torch.mm(r[:, slot.source_cols], kt, out=out)
             out.add_(u_p, alpha=-slot.decay)
         else:
-            torch.mul(u_p, -slot.decay, out=out)
+            out = torch.mul(u_p, -slot.decay, out=out)
         current = self.currents.get(slot.name)
         if current is not None:
             out.add_(current)
         if slot.rate != 1.0:
             out.mul_(slot.rate)
+        return out
+
+    def _cell_drift(self, slot: PopulationSlot, u, r) -> torch.Tensor:
+        """General cell: drift(u_p, v) with v from :meth:`cell_inputs`."""
+        return slot.cell.drift(u[:, slot.u_cols], self.cell_inputs(slot, r))
+
+    def cell_inputs(self, slot: PopulationSlot, r: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A general cell's compartment inputs at activities ``r`` (batch x n each, read
+        only): v_c = r_src VT_{p,c} + clamped part; v_soma also holds the bias and the nudge
+        beta (y - r_p)."""
+        batch, v = r.shape[0], {}
+        for comp, cols in slot.inputs:
+            total = self.currents.get((slot.name, comp))
+            if cols is not None:
+                product = torch.mm(r[:, cols], self.operators[slot.name, comp])
+                total = product if total is None else product + total
+            if total is None:
+                total = r.new_zeros(1, slot.size)
+            v[comp] = total.expand(batch, slot.size)
+        beta = self.cell_nudges.get(slot.name)
+        if beta:
+            v[SOMA] = v[SOMA] - beta * r[:, slot.r_cols]
+        return v
 
     def euler_step_(self, state: NeuralState, dt: float) -> None:
-        """Explicit (Jacobi) Euler step, in place: u <- u + dt f(u); r <- sigma(u)."""
+        """Explicit (Jacobi) Euler step, in place: u <- u + (h/rate) f(u); r <- sigma(u)."""
         du = self.rhs(state.u, state.r)
         for slot in self.slots:
             state.u[:, slot.u_cols].add_(du[:, slot.u_cols], alpha=slot.step_size(dt) / slot.rate)
         self._noise_(state, dt)
-        self.net.sync_activity(state)
+        self.net.sync_activity(state, self.generator)
 
     def gauss_seidel_step_(self, state: NeuralState, dt: float) -> None:
         """Layer-ordered Euler step: populations are updated one after another in declaration
-        order, each reading the newest activities (u_p <- (1 - h d_p) u_p + h (K_p r + I_p),
-        h = dt rate_p; then r_p <- sigma(u_p))."""
+        order, each reading the newest activities (linear cells:
+        u_p <- (1 - h d_p) u_p + h (K_p r + I_p), h = dt rate_p; general cells:
+        u_p <- u_p + (h / rate_p) drift_p(u_p, v); then r_p <- sigma(u_p))."""
         self.rhs_evals += 1
         silent = self.silent
         for slot, u_p, product, current, r_p in self._bind(state):
@@ -366,14 +579,16 @@ class PhaseDynamics:
             if product is not None and not (silent and self.sources[slot.name] <= silent):
                 target, left, right = product
                 target.addmm_(left, right, beta=1.0 - h * slot.decay, alpha=h)
-            else:
+            elif slot.cell is None:
                 u_p.mul_(1.0 - h * slot.decay)
+            else:
+                u_p.add_(self._cell_drift(slot, state.u, state.r), alpha=h / slot.rate)
             silent.discard(slot.name)
             if current is not None:
                 u_p.add_(current, alpha=h)
             if slot.noise > 0:
                 u_p.add_(self._gaussian(u_p), alpha=slot.noise * (h * slot.rate) ** 0.5)
-            slot.activation.forward(u_p, out=r_p)
+            slot.activate(u_p, out=r_p, generator=self.generator)
         silent.clear()
 
     def _bind(self, state: NeuralState) -> list:

@@ -14,7 +14,7 @@ to the tools that read them. Example::
 
     [[population]]
     name = "h"
-    type = "pyramidal"       # input | pyramidal | interneuron
+    type = "pyramidal"       # input | pyramidal | interneuron | <registered> | "module:Class"
     size = 16
     leak = 0.5
     basal = 2.0              # conductance basal dendrite -> soma
@@ -41,16 +41,9 @@ from typing import Any, Iterable
 
 from ..errors import ConfigError, did_you_mean
 from .network import Network
-from .populations import POPULATION_KINDS
+from .populations import POPULATION_KINDS, Population
 from .projections import Projection
 
-_POP_KEYS = {
-    "input": {"name", "type", "size"},
-    "pyramidal": {"name", "type", "size", "leak", "activation", "bias", "rate", "noise",
-                  "fixed_step", "basal", "apical", "dendrites"},
-    "interneuron": {"name", "type", "size", "leak", "activation", "bias", "rate", "noise",
-                    "fixed_step"},
-}
 _PROJ_KEYS = {"name", "source", "target", "compartment", "init", "gain", "scale", "mask",
               "plastic", "rules"}
 
@@ -69,6 +62,45 @@ def check_keys(table: Any, allowed: Iterable[str], where: str, required: Iterabl
             raise ConfigError(f'{where}: missing required key "{key}".')
 
 
+def population_kind(kind: Any, where: str) -> type[Population]:
+    """The Population class a model file names: a registered kind (``POPULATION_KINDS``)
+    or an import path "package.module:Class"."""
+    if isinstance(kind, str) and ":" in kind:
+        return POPULATION_KINDS.lookup(kind, where)
+    if kind not in POPULATION_KINDS:
+        raise ConfigError(f'{where}: unknown type "{kind}".{did_you_mean(kind, POPULATION_KINDS)}'
+                          f" Valid types: {', '.join(POPULATION_KINDS)}. A kind of your own is "
+                          'named by its import path, type = "package.module:Class".')
+    return POPULATION_KINDS[kind]
+
+
+def _population(table: Any, label: str) -> Population:
+    """One [[population]] table: its keys are the kind's dataclass fields (plus "type");
+    ``rules`` are built like projection rules."""
+    from ..plasticity import build_rule
+
+    known = set.union({"type"}, *(cls.keys() for cls in POPULATION_KINDS.values()))
+    if not isinstance(table, dict) or "type" not in table:
+        check_keys(table, known, label, required=("name", "type", "size"))
+    cls = population_kind(table["type"], label)
+    allowed = {"type", *cls.keys()}
+    check_keys(table, known | allowed, label, required=("name", "type", "size"))
+    check_keys(table, allowed, f'{label} (type {table["type"]})')
+    kwargs = {k: v for k, v in table.items() if k != "type"}
+    if "rules" in kwargs:
+        if not isinstance(kwargs["rules"], list):
+            raise ConfigError(f"{label}: rules must be a list of tables, e.g. "
+                              'rules = [{ type = "package.module:Rule" }].')
+        kwargs["rules"] = [build_rule(spec, f"{label} rules[{j}]")
+                           for j, spec in enumerate(kwargs["rules"])]
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{label}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f'{label}: type "{table["type"]}": {err}') from None
+
+
 def network_from_dict(data: dict, where: str = "model") -> Network:
     """Build a Network from the parsed TOML document (``network``/``population``/``projection``)."""
     from ..plasticity import build_rule
@@ -84,17 +116,7 @@ def network_from_dict(data: dict, where: str = "model") -> Network:
         label = f'{where} [[population]] #{i + 1}'
         if isinstance(table, dict) and "name" in table:
             label += f' "{table["name"]}"'
-        check_keys(table, set.union(*_POP_KEYS.values()), label, required=("name", "type", "size"))
-        kind = table["type"]
-        if kind not in POPULATION_KINDS:
-            raise ConfigError(f'{label}: unknown type "{kind}".{did_you_mean(kind, POPULATION_KINDS)}'
-                              f" Valid types: {', '.join(POPULATION_KINDS)}.")
-        check_keys(table, _POP_KEYS[kind], f"{label} (type {kind})")
-        kwargs = {k: v for k, v in table.items() if k != "type"}
-        try:
-            populations.append(POPULATION_KINDS[kind](**kwargs))
-        except ConfigError as err:
-            raise ConfigError(f"{label}: {err}") from None
+        populations.append(_population(table, label))
     projections = []
     for i, table in enumerate(data.get("projection", [])):
         label = f'{where} [[projection]] #{i + 1}'

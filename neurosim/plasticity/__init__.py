@@ -1,7 +1,12 @@
-"""Plasticity rules as synapse hooks (one file per rule); see :mod:`.base` for the protocol."""
-from .base import RULES, PlasticityRule, SynapseContext, build_rule, register_rule
+"""Plasticity rules as synapse and population hooks (one file per rule); see :mod:`.base` for
+what rules receive and :mod:`.dispatch` for how they run."""
+from .base import (RULES, PlasticityRule, PopulationContext, PopulationRule, SynapseContext,
+                   Warmup, build_rule, register_rule, rule_class)
 from .corinfomax_lateral import CorInfoMaxLateral
+from .dispatch import RuleSet
 from .ep_contrastive import EPContrastive
+from .record import PhaseRecord
 
-__all__ = ["RULES", "PlasticityRule", "SynapseContext", "build_rule", "register_rule",
-           "CorInfoMaxLateral", "EPContrastive"]
+__all__ = ["RULES", "PlasticityRule", "PopulationContext", "PopulationRule", "SynapseContext",
+           "Warmup", "build_rule", "register_rule", "rule_class", "CorInfoMaxLateral", "RuleSet",
+           "EPContrastive", "PhaseRecord"]

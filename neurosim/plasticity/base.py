@@ -1,100 +1,213 @@
-"""The plasticity protocol: rules are hooks attached to projections.
+"""The plasticity protocol: rules are hooks attached to projections or to populations.
 
 When a rule runs
-    After the learning protocol (e.g. equilibrium propagation) has finished all its phases
-    for a mini-batch, the trainer calls ``rule.update(ctx)`` for every rule of every
-    projection, in declaration order (under ``torch.inference_mode``). Every rule sees the
-    weights as they were before any rule of this step ran, as long as it reads only its own
-    projection's weight (built-in rules do); the fixed connectivity mask is re-applied after.
+    In training, after the learning protocol (EP, CHL, PEPITA, ...) has run its phases on a
+    mini-batch, it hands a :class:`~neurosim.plasticity.record.PhaseRecord` to its rule set,
+    which calls ``rule.update(ctx)`` for every rule of every projection (declaration order),
+    then every population rule (declaration order), under ``torch.inference_mode`` unless the
+    rule sets ``needs_grad = True``. Every rule sees the weights as they were before any rule of
+    this step ran, as long as it reads only its own weights (built-in rules do); the fixed
+    connectivity mask is re-applied after. In a plain simulation rules run every N steps on the
+    single phase "now" (``ctx.dt`` = the time since the last update) or continuously: a rule
+    with ``derivative(ctx)`` (dW/dt) then has its weights integrated with the potentials.
 
-What a rule receives (:class:`SynapseContext`, read-only except ``ctx.weight``)
+What a projection rule receives (:class:`SynapseContext`, read-only except ``ctx.weight``)
     ``ctx.phases``             phase names, e.g. ("nudged", "free")
     ``ctx.pre(phase)``         presynaptic activity r_src, (batch x n_pre)
     ``ctx.post(phase)``        postsynaptic activity r_tgt, (batch x n_post)
     ``ctx.potential(phase, c)`` postsynaptic potential of compartment c ("soma" = u, or a
                                dendrite's v_c), (batch x n_post)
     ``ctx.stacked_pre()`` / ``ctx.stacked_post()``  all phases stacked along the batch axis
-                               in ``ctx.phases`` order (one matrix product covers every phase)
-    ``ctx.pre_clamped``        True when the source is a clamped input population (its
-                               activity is the same in every phase)
+    ``ctx.signal(name)``       what the protocol provides ("target", "error", "beta", ...);
+                               ``ctx.signals`` is the whole mapping
+    ``ctx.pre_clamped``        True when the source is a clamped input population
     ``ctx.beta``               signed nudge strength of the nudged phase (0 if none)
     ``ctx.batch_size``, ``ctx.projection`` (its description), ``ctx.weight`` (W, n_post x
-    n_pre, to be changed in place), ``ctx.lr_scale`` (the epoch's learning-rate factor)
+    n_pre, to be changed in place), ``ctx.lr_scale`` (the epoch's learning-rate factor),
+    ``ctx.epoch``, ``ctx.step`` (training steps so far), ``ctx.dt`` (time since the last
+    update in simulations; 1 in training), ``ctx.record`` (the whole PhaseRecord)
+
+What a population rule receives (:class:`PopulationContext`)
+    ``ctx.population`` (its description), ``ctx.weights`` (incoming weight matrices by
+    projection name, to be changed in place), ``ctx.bias`` (the per-neuron bias, n), and
+    ``ctx.activity(phase)``, ``ctx.potential(phase, c)``, ``ctx.pre(projection, phase)``,
+    ``ctx.signal(name)`` plus the same ``lr_scale``, ``epoch``, ``step``, ``dt``, ``record``.
 
 What a rule may change
-    ``ctx.weight`` in place, and its own state (``self``). Rule state that must survive a
-    checkpoint is returned by ``state_dict()`` and restored by ``load_state_dict()``.
+    Its weights (and a population rule its bias) in place, and its own state (``self``).
+    State that must survive a checkpoint is returned by ``state_dict()`` (tensors, numbers,
+    nested dicts) and restored by ``load_state_dict()``.
 
-Writing one's own rule: subclass :class:`PlasticityRule`, set ``name``, implement ``update``,
-and decorate with :func:`register_rule` to use it from TOML as ``{ type = "<name>", ... }``
-(or reference it as ``"package.module:ClassName"`` without registering).
+Per-rule settings every rule accepts in a model file, beside its own parameters
+    ``schedule``  an epoch schedule (neurosim.schedules) replacing the run's lr_schedule for
+                  this rule, e.g. ``{ type = "step", milestones = [60, 90], factor = 0.1 }``
+    ``warmup``    ``{ epochs = 5, mode = "frozen" }`` (the rule does not run in the first 5
+                  epochs) or ``mode = "alone"`` (only this rule, and other "alone" rules, run)
+
+Writing one's own rule: subclass :class:`PlasticityRule` (or :class:`PopulationRule`), set
+``name``, implement ``update`` (and/or ``derivative``), and decorate with :func:`register_rule`
+to use it from TOML as ``{ type = "<name>", ... }`` (or reference it as
+``"package.module:ClassName"`` without registering). See docs/plasticity.md.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-from typing import Callable, ClassVar, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
 
 import torch
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError
+from ..registry import Registry, check_arguments
+from ..schedules import EpochSchedule, make_epoch_schedule
+from .record import PhaseRecord
 
-RULES: dict[str, type["PlasticityRule"]] = {}
+
+@dataclass(frozen=True)
+class Warmup:
+    """The first ``epochs`` epochs: ``frozen`` (the rule does not run) or ``alone`` (only
+    rules with an ``alone`` warm-up run)."""
+
+    epochs: int
+    mode: str = "frozen"
+
+    @staticmethod
+    def from_spec(spec, where: str) -> "Warmup":
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f'{where}: warmup is a table, e.g. {{ epochs = 5, mode = "frozen" }}; '
+                              f"got {spec!r}.")
+        unknown_keys = set(spec) - {"epochs", "mode"}
+        if unknown_keys:
+            raise ConfigError(f"{where}: warmup has unknown keys {sorted(unknown_keys)}; valid: "
+                              "epochs, mode.")
+        epochs, mode = spec.get("epochs"), spec.get("mode", "frozen")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ConfigError(f"{where}: warmup epochs must be an integer >= 0, got {epochs!r}.")
+        if mode not in ("frozen", "alone"):
+            raise ConfigError(f'{where}: warmup mode must be "frozen" or "alone", got {mode!r}.')
+        return Warmup(epochs, mode)
 
 
-class SynapseContext:
-    """Local view of one projection after a training step's phases (see module docstring)."""
+class _Context:
+    """What projection and population contexts share."""
 
-    def __init__(self, *, projection, weight: torch.Tensor, phases: Sequence[str],
-                 activity: Callable[[str, str], torch.Tensor],
-                 stacked_activity: Callable[[str], torch.Tensor],
-                 potential: Callable[[str, str, str], torch.Tensor],
-                 beta: float, batch_size: int, lr_scale: float = 1.0, pre_clamped: bool = False):
-        self.projection = projection
-        self.pre_clamped = pre_clamped
-        self.weight = weight
-        self.phases = tuple(phases)
-        self.beta = beta
-        self.batch_size = batch_size
-        self.lr_scale = lr_scale
-        self._activity, self._stacked, self._potential = activity, stacked_activity, potential
+    def __init__(self, record: PhaseRecord, *, lr_scale: float, epoch: int, step: int,
+                 dt: float, grad: bool, who: str):
+        self.record = record
+        self.phases = record.phases
+        self.signals = record.signals
+        self.batch_size = record.batch_size
+        self.lr_scale, self.epoch, self.step, self.dt = lr_scale, epoch, step, dt
+        self.beta = float(record.signals.get("beta", 0.0))
+        self._grad, self._who = grad, who
+
+    def _out(self, tensor: torch.Tensor) -> torch.Tensor:
+        # rules that differentiate get ordinary tensors (inference tensors cannot be saved
+        # for backward)
+        return tensor.clone() if self._grad else tensor
 
     def _check(self, phase: str) -> None:
-        if phase not in self.phases:
-            raise ConfigError(f'rule on projection "{self.projection.name}" asked for phase '
-                              f'"{phase}".{did_you_mean(phase, self.phases)} '
-                              f"Phases of this protocol: {', '.join(self.phases)}.")
+        self.record.check_phase(phase, self._who)
+
+    def signal(self, name: str):
+        return self.record.signal(name, self._who)
+
+
+class SynapseContext(_Context):
+    """Local view of one projection after a step's phases (see module docstring)."""
+
+    def __init__(self, record: PhaseRecord, *, projection, weight: torch.Tensor,
+                 pre_clamped: bool = False, lr_scale: float = 1.0, epoch: int = 0,
+                 step: int = 0, dt: float = 1.0, grad: bool = False):
+        super().__init__(record, lr_scale=lr_scale, epoch=epoch, step=step, dt=dt, grad=grad,
+                         who=f'rule on projection "{projection.name}"')
+        self.projection, self.weight, self.pre_clamped = projection, weight, pre_clamped
 
     def pre(self, phase: str) -> torch.Tensor:
         self._check(phase)
-        return self._activity(self.projection.source, phase)
+        return self._out(self.record.activity(self.projection.source, phase))
 
     def post(self, phase: str) -> torch.Tensor:
         self._check(phase)
-        return self._activity(self.projection.target, phase)
+        return self._out(self.record.activity(self.projection.target, phase))
 
     def potential(self, phase: str, compartment: str = "soma") -> torch.Tensor:
         self._check(phase)
-        return self._potential(self.projection.target, compartment, phase)
+        return self._out(self.record.potential(self.projection.target, compartment, phase))
 
     def stacked_pre(self) -> torch.Tensor:
-        return self._stacked(self.projection.source)
+        return self._out(self.record.stacked(self.projection.source))
 
     def stacked_post(self) -> torch.Tensor:
-        return self._stacked(self.projection.target)
+        return self._out(self.record.stacked(self.projection.target))
+
+
+class PopulationContext(_Context):
+    """A population's view: its activity and potentials, every incoming weight, its bias."""
+
+    def __init__(self, record: PhaseRecord, *, population, incoming, weights: dict,
+                 bias: torch.Tensor, lr_scale: float = 1.0, epoch: int = 0, step: int = 0,
+                 dt: float = 1.0, grad: bool = False):
+        super().__init__(record, lr_scale=lr_scale, epoch=epoch, step=step, dt=dt, grad=grad,
+                         who=f'rule on population "{population.name}"')
+        self.population, self.incoming = population, list(incoming)
+        self.weights, self.bias = weights, bias
+
+    def activity(self, phase: str) -> torch.Tensor:
+        self._check(phase)
+        return self._out(self.record.activity(self.population.name, phase))
+
+    def potential(self, phase: str, compartment: str = "soma") -> torch.Tensor:
+        self._check(phase)
+        return self._out(self.record.potential(self.population.name, compartment, phase))
+
+    def pre(self, projection: str, phase: str) -> torch.Tensor:
+        """Presynaptic activity of an incoming projection in a phase."""
+        self._check(phase)
+        for q in self.incoming:
+            if q.name == projection:
+                return self._out(self.record.activity(q.source, phase))
+        from ..errors import unknown
+        raise unknown("incoming projection", projection, [q.name for q in self.incoming],
+                      self._who)
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The population's learnable tensors: ``bias`` and each incoming weight."""
+        return {"bias": self.bias, **self.weights}
 
 
 class PlasticityRule:
-    """Base class of plasticity rules (built-in and user-written alike)."""
+    """Base class of projection rules (built-in and user-written alike)."""
 
     name: ClassVar[str] = "rule"
-    #: whether the trainer's per-epoch learning-rate schedule scales this rule
+    #: "projection" rules attach to [[projection]] tables, "population" rules to populations
+    target: ClassVar[str] = "projection"
+    #: whether the run's per-epoch learning-rate schedule scales this rule
     scheduled: ClassVar[bool] = True
     #: phases the rule needs from the protocol
     needs_phases: ClassVar[tuple[str, ...]] = ()
+    #: run outside inference mode with autograd enabled (contexts hand out plain tensors)
+    needs_grad: ClassVar[bool] = False
+    #: set from the model file's per-rule keys (see module docstring)
+    schedule: EpochSchedule | None = None
+    warmup: Warmup | None = None
 
-    def update(self, ctx: SynapseContext) -> None:
+    def update(self, ctx) -> None:
+        """Change the weights in place. The default takes one Euler step of
+        :meth:`derivative`: W += dt * lr_scale * dW/dt."""
+        if not self.continuous:
+            raise NotImplementedError(f'rule "{self.name}" defines neither update(ctx) nor '
+                                      "derivative(ctx)")
+        ctx.weight.add_(self.derivative(ctx), alpha=ctx.dt * ctx.lr_scale)
+
+    def derivative(self, ctx) -> torch.Tensor:
+        """dW/dt (n_post x n_pre) for continuous plasticity; rules without one cannot run as
+        part of the ODE."""
         raise NotImplementedError
+
+    @property
+    def continuous(self) -> bool:
+        return type(self).derivative is not PlasticityRule.derivative
 
     def config(self) -> dict:
         """The constructor arguments, so the rule can be rebuilt from a checkpoint."""
@@ -115,27 +228,29 @@ class PlasticityRule:
         return f"{type(self).__name__}({args})"
 
 
+class PopulationRule(PlasticityRule):
+    """Base class of population rules: ``update(ctx: PopulationContext)`` sees every incoming
+    weight and the population's own bias."""
+
+    target = "population"
+
+    def update(self, ctx: PopulationContext) -> None:
+        raise NotImplementedError
+
+
+RULES = Registry("rule", base=PlasticityRule, unknown_as="rule type")
+
+
 def register_rule(cls: type[PlasticityRule]) -> type[PlasticityRule]:
     """Class decorator: make a rule available to model files as ``type = cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, PlasticityRule)):
         raise TypeError("register_rule expects a PlasticityRule subclass")
-    RULES[cls.name] = cls
-    return cls
+    return RULES.register(cls, name=cls.name)
 
 
 def rule_class(kind: str, where: str = "rule") -> type[PlasticityRule]:
     """The rule class registered as ``kind``, or imported from ``"package.module:ClassName"``."""
-    if ":" in kind:
-        module, _, attr = kind.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f'{where}: cannot import rule "{kind}": {err}. Is its directory '
-                              "on PYTHONPATH?") from None
-    if kind in RULES:
-        return RULES[kind]
-    raise ConfigError(f'{where}: unknown rule type "{kind}".{did_you_mean(kind, RULES)} '
-                      f"Valid types: {', '.join(sorted(RULES))}, or 'module:ClassName'.")
+    return RULES.lookup(kind, where)
 
 
 def rule_parameters(cls: type[PlasticityRule]) -> list[str]:
@@ -144,7 +259,8 @@ def rule_parameters(cls: type[PlasticityRule]) -> list[str]:
 
 
 def build_rule(spec, where: str = "rule") -> PlasticityRule:
-    """Build a rule from an instance or a table ``{type = "...", <constructor args>}``."""
+    """Build a rule from an instance or a table ``{type = "...", <constructor args>,
+    [schedule = {...}], [warmup = {...}]}``."""
     if isinstance(spec, PlasticityRule):
         return spec
     if not isinstance(spec, Mapping) or "type" not in spec:
@@ -152,15 +268,17 @@ def build_rule(spec, where: str = "rule") -> PlasticityRule:
                           '{ type = "ep_contrastive", lr = 0.1 }; got ' f"{spec!r}.")
     spec = dict(spec)
     kind = spec.pop("type")
+    schedule, warmup = spec.pop("schedule", None), spec.pop("warmup", None)
     cls = rule_class(kind, where)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    valid = rule_parameters(cls)
-    for key in spec:
-        if key not in params and not accepts_any:
-            raise ConfigError(f'{where}: rule "{kind}" has no parameter "{key}".'
-                              f"{did_you_mean(key, valid)} Parameters: {', '.join(valid)}.")
+    check_arguments(cls, spec, where, f'rule "{kind}"')
     try:
-        return cls(**spec)
+        rule = cls(**spec)
+    except ConfigError as err:
+        raise ConfigError(f'{where}: rule "{kind}": {err}') from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f'{where}: rule "{kind}": {err}') from None
+    if schedule is not None:
+        rule.schedule = make_epoch_schedule(schedule, f"{where} schedule")
+    if warmup is not None:
+        rule.warmup = Warmup.from_spec(warmup, f"{where}")
+    return rule

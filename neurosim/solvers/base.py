@@ -32,6 +32,9 @@ class SolveStats:
 
 
 class Solver:
+    """``supports_noise``: the solver takes discrete random steps (noise, stochastic
+    activations drawn once per step)."""
+
     name: ClassVar[str] = "solver"
     supports_noise: ClassVar[bool] = False
 
@@ -92,6 +95,12 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     if dynamics.stochastic and not solver.supports_noise:
         raise SimulationError(f'solver "{solver.name}" cannot integrate populations with noise; '
                               "use a fixed-step solver (euler, gs-euler) for stochastic networks.")
+    if dynamics.drawn and not solver.supports_noise:
+        raise SimulationError(
+            f'solver "{solver.name}" cannot integrate populations with stochastic activations '
+            f"({', '.join(dynamics.drawn)}): their activity is a fresh random draw per step, "
+            "not a function of u. Use euler or gs-euler, which draw it from the phase's "
+            "generator.")
     stats = SolveStats(steps=step0, t=t0)
     evals0 = dynamics.rhs_evals
     k, t = step0, t0

@@ -50,8 +50,9 @@ class TorchDiffEq(ContinuousSolver):
 
 class ScipyIVP(ContinuousSolver):
     """``scipy.integrate.solve_ivp`` on the flattened potentials (float64). Implicit methods
-    get the exact Jacobian, block-diagonal over samples:
-    J = diag(rate) (-diag(d) + K diag(sigma'(u)))."""
+    get the Jacobian, block-diagonal over samples (see :func:`_jacobian_function`): exact
+    for linear cells, J = diag(rate) (-diag(d) + K diag(sigma'(u))); from the cells'
+    ``partials`` or from autograd otherwise."""
 
     implicit = ("BDF", "Radau", "LSODA")
 
@@ -77,9 +78,7 @@ class ScipyIVP(ContinuousSolver):
         shape, dtype, device = state.u.shape, state.u.dtype, state.u.device
         # evaluate in float64 whatever the network's dtype: a float32 rhs is a staircase in y
         # that stalls the Newton iterations of implicit methods (step size -> 0)
-        work = dynamics if dtype == torch.float64 else PhaseDynamics(
-            dynamics.net, {k: v.to(torch.float64) for k, v in dynamics.operators.items()},
-            {k: v.to(torch.float64) for k, v in dynamics.currents.items()}, dynamics.generator)
+        work = dynamics if dtype == torch.float64 else dynamics.to(torch.float64)
         scratch = state.r.to(torch.float64, copy=True)
 
         def fun(_t, y):
@@ -88,7 +87,7 @@ class ScipyIVP(ContinuousSolver):
 
         kwargs = {}
         if self.method in self.implicit and shape[1] <= self.dense_jacobian_limit:
-            kwargs["jac"] = _jacobian_function(work, shape, sparse=self.method != "LSODA")
+            kwargs["jac"] = _jacobian_function(work, scratch, sparse=self.method != "LSODA")
         y0 = state.u.to(torch.float64).cpu().numpy().ravel()
         try:
             sol = solve_ivp(fun, (times[0], times[-1]), y0, method=self.method, t_eval=times,
@@ -108,32 +107,153 @@ class ScipyIVP(ContinuousSolver):
                 for i in range(sol.y.shape[1])]
 
 
-def _jacobian_function(dynamics: PhaseDynamics, shape, sparse: bool):
-    """Exact Jacobian of the Jacobi right-hand side (block-diagonal over the batch)."""
+def _jacobian_function(dynamics: PhaseDynamics, r: torch.Tensor, sparse: bool):
+    """J(t, y) = d(du/dt)/du of the Jacobi right-hand side at activities ``r`` (its clamped
+    columns are used), block-diagonal over the batch since samples are independent. The way
+    is chosen once and kept as ``jac.method``:
+
+    - "linear" (every cell linear, element-wise activations): exact,
+      J = diag(rate) (-diag(d) + K diag(sigma'(u)));
+    - "partials" (general cells whose ``partials(u, v)`` give a = d drift/du and
+      b_c = d drift/dv_c): rows of a general cell p are
+      diag(a) + sum_c diag(b_c) V_{p,c} diag(sigma'(u_src)) over the dynamic sources;
+    - "autograd" (a cell whose partials are None, or an activation that is not element-wise
+      such as softmax): every block by ``torch.func.jacrev`` of the right-hand side summed
+      over samples (sample b's rows depend on sample b's potentials only).
+    """
     import scipy.sparse as sp
-    n = shape[1]
+    shape = (r.shape[0], dynamics.net.n_dyn)
+    if not all(s.elementwise for s in dynamics.slots) or not _cells_have_partials(dynamics):
+        blocks = _autograd_blocks(dynamics, r)
+        method = "autograd"
+    elif dynamics.cells:
+        blocks = _partials_blocks(dynamics, r)
+        method = "partials"
+    else:
+        blocks = _linear_blocks(dynamics)
+        method = "linear"
+
+    def jac(_t, y):
+        u = torch.from_numpy(y).view(shape)
+        per_sample = list(blocks(u))
+        return sp.block_diag(per_sample, format="csc") if sparse else \
+            sp.block_diag(per_sample).toarray()
+
+    jac.method = method
+    return jac
+
+
+def _cells_have_partials(dynamics: PhaseDynamics) -> bool:
+    """Whether every general cell gives partials (probed once at u = 0, v = 0)."""
+    for slot in dynamics.cells:
+        zeros = torch.zeros(1, slot.size, dtype=torch.float64)
+        if slot.cell.partials(zeros, {c: zeros for c, _ in slot.inputs}) is None:
+            return False
+    return True
+
+
+def _coupling(dynamics: PhaseDynamics, key, cols: slice | None, rows: int) -> np.ndarray:
+    """The operator ``dynamics.operators[key]`` over source columns ``cols`` of r as a dense
+    matrix rows x N_dyn on the dynamic sources' potentials (zero where nothing projects)."""
+    dense = np.zeros((rows, dynamics.net.n_dyn))
+    kt = dynamics.operators.get(key)
+    if kt is None:
+        return dense
+    kt = kt.to(torch.float64).cpu().numpy()
+    for src in dynamics.slots:
+        lo = src.r_cols.start - cols.start
+        if 0 <= lo and src.r_cols.stop <= cols.stop:
+            dense[:, src.u_cols] = kt[lo:lo + src.size].T
+    return dense
+
+
+def _slopes(dynamics: PhaseDynamics, u: torch.Tensor) -> np.ndarray:
+    """sigma'(u) of every dynamic population (batch x N_dyn)."""
+    slope = np.empty(tuple(u.shape))
+    for slot in dynamics.slots:
+        slope[:, slot.u_cols] = slot.activation.derivative(u[:, slot.u_cols]).cpu().numpy()
+    return slope
+
+
+def _per_neuron(values, batch: int, size: int) -> np.ndarray:
+    """A partial derivative (tensor or number) broadcast to (batch, size), as numpy."""
+    values = torch.as_tensor(values, dtype=torch.float64).cpu().numpy()
+    return np.broadcast_to(values, (batch, size))
+
+
+def _linear_blocks(dynamics: PhaseDynamics):
+    """Exact blocks of linear cells: rate (K diag(sigma'(u)) - diag(d)); zero rows for
+    general cells."""
+    n = dynamics.net.n_dyn
     coupling = np.zeros((n, n))
     rate = np.zeros(n)
     decay = np.zeros(n)
     for slot in dynamics.slots:
         rate[slot.u_cols], decay[slot.u_cols] = slot.rate, slot.decay
-        kt = dynamics.operators.get(slot.name)
-        if kt is None:
-            continue
-        kt = kt.to(torch.float64).cpu().numpy()
-        for src in dynamics.slots:
-            lo = src.r_cols.start - slot.source_cols.start
-            if 0 <= lo and src.r_cols.stop <= slot.source_cols.stop:
-                coupling[slot.u_cols, src.u_cols] = kt[lo:lo + src.size].T
+        coupling[slot.u_cols] = _coupling(dynamics, slot.name, slot.source_cols, slot.size)
 
-    def jac(_t, y):
-        u = torch.from_numpy(y).view(shape)
-        slope = np.empty(shape)
+    def blocks(u):
+        slope = _slopes(dynamics, u)
+        return (rate[:, None] * (coupling * slope[b][None, :] - np.diag(decay))
+                for b in range(u.shape[0]))
+
+    return blocks
+
+
+def _partials_blocks(dynamics: PhaseDynamics, r: torch.Tensor):
+    """Blocks of linear cells as in :func:`_linear_blocks`; rows of general cells
+    diag(a) + sum_c diag(b_c) V_{p,c} diag(sigma'(u)), V_{p,soma} including the nudge's
+    -beta on the population's own potentials."""
+    linear = _linear_blocks(dynamics)
+    scratch = r.to(torch.float64, copy=True)
+    matrices = {}
+    for slot in dynamics.cells:
+        for comp, cols in slot.inputs:
+            dense = _coupling(dynamics, (slot.name, comp), cols, slot.size)
+            if comp == "soma" and slot.name in dynamics.cell_nudges:
+                dense[:, slot.u_cols] -= dynamics.cell_nudges[slot.name] * np.eye(slot.size)
+            matrices[slot.name, comp] = dense
+
+    def blocks(u):
+        out = np.stack(list(linear(u)))
+        slope = _slopes(dynamics, u)
+        u = u.to(scratch.device)
+        batch, diagonal = u.shape[0], np.arange(u.shape[1])
         for slot in dynamics.slots:
-            slope[:, slot.u_cols] = slot.activation.derivative(u[:, slot.u_cols]).numpy()
-        blocks = [rate[:, None] * (coupling * slope[b][None, :] - np.diag(decay))
-                  for b in range(shape[0])]
-        return sp.block_diag(blocks, format="csc") if sparse else \
-            sp.block_diag(blocks).toarray()
+            slot.activate(u[:, slot.u_cols], out=scratch[:, slot.r_cols])
+        for slot in dynamics.cells:
+            a, b = slot.cell.partials(u[:, slot.u_cols], dynamics.cell_inputs(slot, scratch))
+            rows = np.zeros((batch, slot.size, u.shape[1]))
+            own = diagonal[slot.u_cols]
+            rows[:, own - own[0], own] = _per_neuron(a, batch, slot.size)
+            for comp, partial in b.items():
+                if (slot.name, comp) not in matrices:
+                    raise ConfigError(
+                        f'population "{slot.name}": partials() returned a derivative for '
+                        f'compartment "{comp}", which it does not have (compartments: '
+                        f"{', '.join(c for c, _ in slot.inputs)}).")
+                rows += (_per_neuron(partial, batch, slot.size)[:, :, None] *
+                         matrices[slot.name, comp][None] * slope[:, None, :])
+            out[:, slot.u_cols] = rows
+        return out
 
-    return jac
+    return blocks
+
+
+def _autograd_blocks(dynamics: PhaseDynamics, r: torch.Tensor):
+    """Blocks by reverse-mode autograd of the summed right-hand side."""
+    # own float64 tensors, made outside inference mode (inference tensors cannot be saved
+    # for backward, and Simulation.run integrates under torch.inference_mode())
+    with torch.inference_mode(False):
+        frozen = dynamics.to(torch.float64)
+        clamped = r.to(torch.float64, copy=True)
+
+    def total(u):
+        return frozen.differentiable_rhs(u, clamped).sum(0)
+
+    def blocks(u):
+        with torch.inference_mode(False), torch.enable_grad():
+            jac = torch.func.jacrev(total)(u.to(clamped.device, copy=True))
+        return jac.permute(1, 0, 2).cpu().numpy()          # (batch, N_dyn, N_dyn)
+
+    return blocks

@@ -1,7 +1,9 @@
-"""Learning protocols and the training loop."""
-from .config import LRSchedule, TrainingConfig, build_network, training_config
-from .ep import EquilibriumPropagation
-from .trainer import History, Trainer, weight_angle
+"""The protocol-agnostic training loop and its run options. Protocols live in
+neurosim.protocols, metrics in neurosim.metrics, schedules in neurosim.schedules."""
+from ..metrics import weight_angle
+from ..protocols import EquilibriumPropagation
+from .config import TrainingConfig, build_network, training_config
+from .trainer import History, Trainer
 
-__all__ = ["LRSchedule", "TrainingConfig", "build_network", "training_config",
+__all__ = ["TrainingConfig", "build_network", "training_config",
            "EquilibriumPropagation", "History", "Trainer", "weight_angle"]

@@ -1,35 +1,49 @@
-"""Training runs: epochs of a learning protocol, metrics, checkpoints and exact resume.
+"""Training runs: epochs of any learning protocol, metrics, checkpoints and exact resume.
+
+A :class:`Trainer` is built from a network, a protocol, data and run options (Python), or
+from a model file's text (:meth:`Trainer.from_model_text`). Each epoch it
+
+1. shuffles the training rows (one torch.Generator, the run's) and calls
+   ``protocol.train_step`` batch by batch (running accuracy and loss from the predictions it
+   returns, when the protocol is supervised and the data labeled; its step metrics averaged);
+2. evaluates the validation split (if any) and the test set with ``protocol.infer``
+   (accuracy and loss for supervised runs) and the metric plug-ins
+   (``[training] metrics``) on the test set (else the validation set, else the training set);
+3. appends the row to the history and, in :meth:`fit`, checkpoints.
 
 A run directory holds
     model.toml    the model file the run was started from (exact text)
-    run.h5        checkpoint after the last finished epoch (atomic rewrite): weights, rule
-                  states, RNG states, progress, per-epoch metrics (/metrics/<name>)
-    metrics.csv   one row per epoch: epoch,train_accuracy,test_accuracy,train_loss,
-                  test_loss,angle_<ff>_<fb>...,corrinfo_<layer>...,lr_scale,seconds
-                  (corrinfo: log det(R + eps I) of each pyramidal layer's free-phase
-                  correlation R = <r r^T> on the test set, spec section 7)
+    run.h5        checkpoint after the last finished epoch (atomic rewrite): weights, biases,
+                  rule states, protocol state, RNG states, progress, validation indices,
+                  per-epoch metrics (/metrics/<name>)
+    metrics.csv   one row per epoch: epoch, train_accuracy, test_accuracy (when measured),
+                  then the other columns
 
 Resuming from run.h5 repeats exactly what an uninterrupted run computes: the data order and
-nudge signs come from one torch.Generator whose state is checkpointed with every other RNG.
+every random draw of the protocol come from the one generator whose state is checkpointed.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
 from ..dynamics import CompiledNetwork
 from ..errors import ConfigError, NeurosimError
-from ..graph import PyramidalPopulation, parse_model_text
-from ..solvers import get_solver, make_schedule
-from .config import TrainingConfig, build_network, data_config, training_config
-from .ep import EquilibriumPropagation
+from ..graph import Network, parse_model_text
+from ..metrics import MetricContext, build_metrics
+from ..protocols import LearningProtocol, build_protocol
+from .config import (TrainingConfig, build_network, data_config, split_tables,
+                     training_config_from_table)
 
 RUN_FILE, MODEL_FILE, METRICS_FILE = "run.h5", "model.toml", "metrics.csv"
 
@@ -57,144 +71,221 @@ class History:
             yield {k: self.columns[k][i] for k in keys}
 
 
-def reciprocal_pairs(net: CompiledNetwork) -> list[tuple[str, str]]:
-    """(forward, feedback) plastic projections between the same two populations in opposite
-    directions, e.g. CorInfoMax's (ff2, fb1); their angle measures weight (a)symmetry."""
-    pairs = []
-    projs = [p for p in net.network.projections if p.name in net.weights and p.rules]
-    for a in projs:
-        for b in projs:
-            if a.source == b.target and a.target == b.source and a.source != a.target \
-                    and a.compartment == "basal":
-                pairs.append((a.name, b.name))
-    return pairs
-
-
-def weight_angle(a: torch.Tensor, b_transposed: torch.Tensor) -> float:
-    """Angle in degrees between matrices: cos = tr(A^T B) / (|A|_F |B|_F).
-
-    Computed as 2 atan2(|a - b|, |a + b|) on the normalised matrices, which is accurate at
-    every angle (acos of the rounded cosine is not near 0 and 180 degrees): exactly 0 for
-    equal matrices, 180 for opposite ones."""
-    a, b = a.double(), b_transposed.double()
-    a, b = a / a.norm(), b / b.norm()
-    return math.degrees(2.0 * math.atan2(float((a - b).norm()), float((a + b).norm())))
-
-
 class Trainer:
-    """Builds network, protocol and data from a model file's text and trains epoch by epoch."""
+    """Trains a network with a protocol on a dataset, epoch by epoch (see module docstring).
 
-    def __init__(self, model_text: str, *, where: str = "model", progress: bool = True,
-                 **overrides):
-        self.model_text, self.where = model_text, where
-        data = parse_model_text(model_text, where)
-        self.config: TrainingConfig = training_config(data, where, **overrides)
-        self.overrides = {k: v for k, v in overrides.items() if v is not None}
-        cfg = self.config
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.network = build_network(data, where)
-        self.net = CompiledNetwork(self.network, dtype=cfg.torch_dtype, device=cfg.device,
-                                   seed=cfg.seed)
-        self.protocol = EquilibriumPropagation(
-            self.net, input=cfg.input, output=cfg.output, solver=get_solver(cfg.solver),
-            schedule=make_schedule(cfg.step, f"{where} [training] step"), T_free=cfg.T_free,
-            T_nudged=cfg.T_nudged, beta=cfg.beta, random_sign=cfg.random_sign)
-        self.data_spec = data_config(data, where)
+    ``network``: a :class:`~neurosim.graph.Network` (compiled here with the options' dtype,
+    device and seed) or a :class:`~neurosim.dynamics.CompiledNetwork`; ``protocol``: a
+    :class:`~neurosim.protocols.LearningProtocol` or its ``[protocol]`` table; ``data``: a
+    :class:`~neurosim.data.Dataset` or its ``[data]`` table; ``options``: a
+    :class:`TrainingConfig` or its ``[training]`` table; ``validation``: a fraction or a
+    count of training rows held out (seeded by the run's seed). Nothing global is changed,
+    except torch's thread count while :meth:`fit` runs when ``options.threads`` is set."""
+
+    def __init__(self, network: Network | CompiledNetwork, protocol, data,
+                 options: TrainingConfig | Mapping | None = None, *, validation=None,
+                 model_text: str | None = None, where: str = "trainer", progress: bool = True,
+                 base_dir: str | os.PathLike | None = None):
+        self.where, self.model_text, self.progress = where, model_text, progress
+        if not isinstance(options, TrainingConfig):
+            options = training_config_from_table(dict(options or {}), where)
+        self.config = cfg = options
+        if isinstance(network, CompiledNetwork):
+            self.net = network
+        elif isinstance(network, Network):
+            self.net = CompiledNetwork(network, dtype=cfg.torch_dtype, device=cfg.device,
+                                       seed=cfg.seed)
+        else:
+            raise ConfigError(f"{where}: network must be a Network or CompiledNetwork, got "
+                              f"{type(network).__name__}.")
+        self.network = self.net.network
+        self.protocol: LearningProtocol = build_protocol(protocol, f"{where} [protocol]")
+        try:
+            self.protocol.bind(self.net, input=cfg.input, output=cfg.output, seed=cfg.seed)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        self.metrics = build_metrics(list(cfg.metrics), f"{where} [training] metrics")
+        self.validation = validation
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self._data = data
+        self._dataset = None
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
+        self.steps = 0
         self.history = History()
-        self.progress = progress
-        self._dataset = None
+        self.overrides: dict = {}
+
+    @classmethod
+    def from_model_text(cls, model_text: str, *, where: str = "model", progress: bool = True,
+                        base_dir=None, **overrides) -> "Trainer":
+        """A trainer from a model file's text; ``overrides`` (not None) replace [training]
+        keys (epochs, seed, batch_size, device, dtype, threads, ...) or else [protocol] keys."""
+        data = parse_model_text(model_text, where)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        training, protocol = split_tables(data, where, overrides)
+        config = training_config_from_table(training, where)
+        spec = data_config(data, where)
+        network = build_network(data, where)
+        trainer = cls(network, protocol, spec, config, validation=spec.get("validation"),
+                      model_text=model_text, where=where, progress=progress, base_dir=base_dir)
+        trainer.overrides = overrides
+        return trainer
+
+    @classmethod
+    def from_model_file(cls, path, **kwargs) -> "Trainer":
+        from ..graph import load_model_file
+        model = load_model_file(path)
+        return cls.from_model_text(model.text, where=str(model.path),
+                                   base_dir=model.path.parent, **kwargs)
 
     # ------------------------------------------------------------------ data
     @property
     def dataset(self):
+        """The dataset (loaded on first use, checked against the network's sizes)."""
         if self._dataset is None:
-            from ..data import load_dataset
-            spec = self.data_spec
-            kwargs = {k: spec[k] for k in ("root", "normalization") if k in spec}
-            ds = load_dataset(spec["dataset"], dtype=self.config.torch_dtype, **kwargs)
-            self._dataset = ds.to(self.config.torch_dtype, self.config.device)
-            n_in = self.net.slots[self.config.input].size
-            n_out = self.net.slots[self.config.output].size
-            if ds.train_x.shape[1] != n_in or ds.n_classes != n_out:
-                raise ConfigError(
-                    f'{self.where}: dataset "{spec["dataset"]}" has {ds.train_x.shape[1]} '
-                    f"inputs and {ds.n_classes} classes but the network's input "
-                    f'"{self.config.input}" has {n_in} and output "{self.config.output}" '
-                    f"{n_out} neurons; fix sizes in the model file.")
+            self._dataset = self._load(self._data)
+            self._split()
         return self._dataset
+
+    def _load(self, data):
+        from ..data import Dataset, dataset_from_spec
+        cfg = self.config
+        if isinstance(data, Dataset):
+            ds = data
+        elif isinstance(data, Mapping):
+            ds = dataset_from_spec(data, where=f"{self.where} [data]", base_dir=self.base_dir,
+                                   dtype=cfg.torch_dtype)
+        else:
+            raise ConfigError(f"{self.where}: data must be a Dataset or a [data] table, got "
+                              f"{type(data).__name__}.")
+        ds = ds.to(cfg.torch_dtype, cfg.device)
+        n_in = self.net.slots[cfg.input].size
+        n_out = self.net.slots[cfg.output].size
+        labeled = ds.train_y is not None
+        if self.protocol.supervised and not labeled:
+            raise ConfigError(f'{self.where}: protocol "{self.protocol.name}" is supervised but '
+                              f'dataset "{ds.name}" has no labels (train_y); give labels or use '
+                              'an unsupervised protocol such as "relax".')
+        wrong_out = self.protocol.supervised and ds.n_classes != n_out
+        if ds.train_x.shape[1] != n_in or wrong_out:
+            classes = f" and {ds.n_classes} classes" if self.protocol.supervised else ""
+            outputs = f' and output "{cfg.output}" {n_out} neurons' if self.protocol.supervised \
+                else " neurons"
+            raise ConfigError(
+                f'{self.where}: dataset "{ds.name}" has {ds.train_x.shape[1]} inputs{classes} '
+                f'but the network\'s input "{cfg.input}" has {n_in}{outputs}; fix sizes in '
+                "the model file.")
+        return ds
+
+    def _split(self) -> None:
+        ds = self._dataset
+        self.train_x, self.train_y = ds.train_x, ds.train_y
+        self.val_x = self.val_y = self.validation_indices = None
+        if self.validation is None:
+            return
+        from ..data import validation_split
+        try:
+            train_idx, val_idx = validation_split(len(ds.train_x), self.validation,
+                                                  self.config.seed)
+        except NeurosimError as err:
+            raise ConfigError(f"{self.where} [data] validation: {err}") from None
+        self.validation_indices = val_idx
+        device = ds.train_x.device
+        train_idx, val_idx = train_idx.to(device), val_idx.to(device)
+        self.train_x, self.val_x = ds.train_x[train_idx], ds.train_x[val_idx]
+        if ds.train_y is not None:
+            self.train_y, self.val_y = ds.train_y[train_idx], ds.train_y[val_idx]
+
+    @property
+    def labeled(self) -> bool:
+        return self.protocol.supervised and self.dataset.train_y is not None
 
     def _one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         n_out = self.net.slots[self.config.output].size
         return torch.nn.functional.one_hot(labels, n_out).to(self.config.torch_dtype)
 
-    # ------------------------------------------------------------------ training
-    @property
-    def layers(self) -> list[str]:
-        """Pyramidal populations (the layers whose correlative information is recorded)."""
-        return [p.name for p in self.network.populations if isinstance(p, PyramidalPopulation)]
-
+    # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor,
-                 correlations: bool = False) -> tuple[float, float, dict]:
-        """(accuracy, loss, info) of free-phase predictions, argmax of the output (first on
-        ties); loss = 0.5 |r_out - onehot(y)|^2 averaged over samples. With ``correlations``,
-        info maps "corrinfo_<layer>" to the layer's correlative information
-        log det(R + eps I), R = <r r^T> over the samples of x (float64)."""
-        net, protocol, size = self.net, self.protocol, self.config.eval_batch_size
+    def evaluate(self, x: torch.Tensor, labels: torch.Tensor | None, prefix: str,
+                 metrics=()) -> dict:
+        """Columns ``<prefix>_accuracy`` and ``<prefix>_loss`` (argmax of the inferred output,
+        first on ties; the protocol's loss averaged over samples) when labeled, plus the
+        metrics' columns, over the rows of x in batches of eval_batch_size."""
+        protocol, size = self.protocol, self.config.eval_batch_size
+        supervised = labels is not None and protocol.supervised
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
         loss = torch.zeros((), dtype=torch.float64, device=x.device)
-        moments = {}
+        context = MetricContext(self.net, protocol, self.train_x)
+        for metric in metrics:
+            metric.reset(context)
         for start in range(0, len(x), size):
-            xb, yb = x[start:start + size], y[start:start + size]
-            state = protocol.relax(xb)
-            out = net.r_of(state, protocol.output)
-            correct += (out.argmax(dim=1) == yb).sum()
-            loss += 0.5 * ((out - self._one_hot(yb)) ** 2).sum(dtype=torch.float64)
-            for layer in self.layers if correlations else ():
-                r = net.r_of(state, layer).to(torch.float64)
-                moments[layer] = moments[layer].addmm_(r.T, r) if layer in moments else r.T @ r
-        info = {}
-        for layer, moment in moments.items():
-            eye = torch.eye(moment.shape[0], dtype=torch.float64, device=moment.device)
-            value = torch.linalg.slogdet(moment / len(x) + self.config.correlative_information_eps * eye)
-            info[f"corrinfo_{layer}"] = float(value.logabsdet)
-        return float(correct) / len(x), float(loss) / len(x), info
+            xb = x[start:start + size]
+            yb = labels[start:start + size] if labels is not None else None
+            state = protocol.infer(xb)
+            if supervised:
+                out = self.net.r_of(state, protocol.output)
+                correct += (out.argmax(dim=1) == yb).sum()
+                loss += protocol.loss(out, self._one_hot(yb))
+            for metric in metrics:
+                metric.observe(state, xb, yb)
+        row = {}
+        if supervised:
+            row[f"{prefix}_accuracy"] = float(correct) / len(x)
+            row[f"{prefix}_loss"] = float(loss) / len(x)
+        for metric in metrics:
+            row.update(metric.compute())
+        return row
 
+    # ------------------------------------------------------------------ training
     @torch.inference_mode()
     def train_epoch(self) -> dict:
-        """One pass over the shuffled training set, then evaluation; returns the metrics row."""
-        cfg, ds = self.config, self.dataset
+        """One pass over the shuffled training rows, then evaluation; returns the row."""
+        cfg, ds, protocol = self.config, self.dataset, self.protocol
         lr_scale = cfg.lr_schedule(self.epoch)
         start = time.perf_counter()
-        order = torch.randperm(len(ds.train_x), generator=self.generator).to(ds.train_x.device)
-        correct = torch.zeros((), dtype=torch.int64, device=ds.train_x.device)
-        loss = torch.zeros((), dtype=torch.float64, device=ds.train_x.device)
-        batches = range(0, len(order), cfg.batch_size)
-        bar = _progress(batches, self.progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        train_x, train_y = self.train_x, self.train_y if self.labeled else None
+        order = torch.randperm(len(train_x), generator=self.generator).to(train_x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=train_x.device)
+        loss = torch.zeros((), dtype=torch.float64, device=train_x.device)
+        sums: dict[str, Any] = {}
+        bar = _progress(range(0, len(order), cfg.batch_size), self.progress,
+                        f"epoch {self.epoch + 1}/{cfg.epochs}")
         for start_idx in bar:
             idx = order[start_idx:start_idx + cfg.batch_size]
-            x, labels = ds.train_x[idx], ds.train_y[idx]
-            target = self._one_hot(labels)
-            result = self.protocol.train_step(x, target, self.generator, lr_scale)
-            correct += (result.free_output.argmax(dim=1) == labels).sum()
-            loss += 0.5 * ((result.free_output - target) ** 2).sum(dtype=torch.float64)
+            x = train_x[idx]
+            labels = train_y[idx] if train_y is not None else None
+            target = self._one_hot(labels) if labels is not None else None
+            result = protocol.train_step(x, target, self.generator, lr_scale,
+                                         epoch=self.epoch, step=self.steps)
+            self.steps += 1
+            if labels is not None and result.prediction is not None:
+                correct += (result.prediction.argmax(dim=1) == labels).sum()
+                loss += protocol.loss(result.prediction, target)
+            for key, value in result.metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * len(x)
         train_time = time.perf_counter() - start
         row = {"epoch": self.epoch + 1}
-        if cfg.train_accuracy == "full":
-            row["train_accuracy"], row["train_loss"], _ = self.evaluate(ds.train_x, ds.train_y)
-        else:
-            row["train_accuracy"] = float(correct) / len(order)
-            row["train_loss"] = float(loss) / len(order)
-        row["test_accuracy"], row["test_loss"], info = self.evaluate(
-            ds.test_x, ds.test_y, correlations=cfg.correlative_information)
-        for fwd, fb in reciprocal_pairs(self.net):
-            row[f"angle_{fwd}_{fb}"] = weight_angle(self.net.weights[fwd],
-                                                    self.net.weights[fb].T)
-        row.update(info)
+        if train_y is not None:
+            if cfg.train_accuracy == "full":
+                row.update(self.evaluate(train_x, train_y, "train"))
+            else:
+                row["train_accuracy"] = float(correct) / len(order)
+                row["train_loss"] = float(loss) / len(order)
+        for key, value in sums.items():
+            row[f"train_{key}"] = float(value) / len(order)
+        evaluation_sets = []
+        if self.val_x is not None:
+            evaluation_sets.append(("validation", self.val_x, self.val_y))
+        if ds.test_x is not None:
+            evaluation_sets.append(("test", ds.test_x, ds.test_y))
+        if not evaluation_sets:
+            evaluation_sets.append(("train", None, None))
+        for i, (prefix, x, y) in enumerate(evaluation_sets):
+            metrics = self.metrics if i == len(evaluation_sets) - 1 else ()
+            if x is None:                      # no held-out data: metrics on the training set
+                row.update(self.evaluate(train_x, None, prefix, metrics))
+            else:
+                row.update(self.evaluate(x, y if self.labeled else None, prefix, metrics))
         row["lr_scale"] = lr_scale
         row["train_seconds"] = train_time
         row["seconds"] = time.perf_counter() - start
@@ -207,82 +298,134 @@ class Trainer:
         run_dir = Path(run_dir)
         self.dataset            # load and check the data against the network before writing
         run_dir.mkdir(parents=True, exist_ok=True)
-        # always the text this run trains (a stale model.toml from a failed or --force'd
-        # earlier start in the same directory must not survive)
-        _atomic_text(run_dir / MODEL_FILE, self.model_text)
+        if self.model_text is not None:
+            # always the text this run trains (a stale model.toml from a failed or --force'd
+            # earlier start in the same directory must not survive)
+            _atomic_text(run_dir / MODEL_FILE, self.model_text)
         target = self.config.epochs if epochs is None else epochs
-        while self.epoch < target:
-            row = self.train_epoch()
-            self.save(run_dir)
-            if log:
-                log(_format_row(row))
+        with _threads(self.config.threads):
+            while self.epoch < target:
+                row = self.train_epoch()
+                self.save(run_dir)
+                if log:
+                    log(_format_row(row))
         return self.history
 
     # ------------------------------------------------------------------ checkpoints
     def state_payload(self) -> dict:
         from ..io import capture_rng_state
-        rules = {}
-        for proj in self.network.projections:
-            for i, rule in enumerate(proj.rules):
-                state = rule.state_dict()
-                if state:
-                    rules[f"{proj.name}.{i}"] = state
-        return {
-            "network": {name: w for name, w in self.net.weights.items()},
-            "rules": rules,
+        payload = {
+            "network": dict(self.net.weights),
+            "biases": dict(self.net.biases),
+            "rules": self.protocol.rules.state_dict(),
+            "protocol": self.protocol.state_dict(),
             "rng": capture_rng_state({"trainer": self.generator}),
-            "progress": {"epoch": self.epoch},
+            "progress": {"epoch": self.epoch, "steps": self.steps},
             "metrics": {k: torch.tensor(v, dtype=torch.float64)
                         for k, v in self.history.columns.items()},
             "options": {"overrides": repr(sorted(self.overrides.items())),
-                        "training": repr(self.config.as_dict())},
+                        "training": repr(self.config.as_dict()),
+                        "protocol": repr(self.protocol.config())},
         }
+        if self.validation is not None:
+            self.dataset
+            payload["validation"] = {"indices": self.validation_indices}
+        return payload
 
     def save(self, run_dir) -> Path:
         from ..io import save_checkpoint
         path = Path(run_dir) / RUN_FILE
-        for name, w in self.net.weights.items():
-            if not bool(torch.isfinite(w).all()):
-                raise NeurosimError(f'weights of projection "{name}" became non-finite after '
-                                    f"epoch {self.epoch}; not overwriting the last good "
-                                    f"checkpoint {path}. Lower the learning rates or the step.")
-        save_checkpoint(path, self.state_payload(), kind="training", config_text=self.model_text,
-                        attrs={"overrides_json": _json(self.overrides), "epoch": self.epoch})
+        for kind, tensors in (("weights of projection", self.net.weights),
+                              ("bias of population", self.net.biases)):
+            for name, w in tensors.items():
+                if not bool(torch.isfinite(w).all()):
+                    raise NeurosimError(f'{kind} "{name}" became non-finite after epoch '
+                                        f"{self.epoch}; not overwriting the last good checkpoint "
+                                        f"{path}. Lower the learning rates or the step.")
+        save_checkpoint(path, self.state_payload(), kind="training",
+                        config_text=self.model_text or "",
+                        attrs={"overrides_json": _json(self.overrides), "epoch": self.epoch,
+                               "base_dir": str(self.base_dir.resolve()) if self.base_dir else ""})
         _atomic_text(Path(run_dir) / METRICS_FILE, _csv(self.history))
         return path
 
     @classmethod
     def resume(cls, run_dir, *, progress: bool = True, **overrides) -> "Trainer":
-        """Rebuild a trainer from run_dir/run.h5 exactly as it was after its last epoch."""
-        import json
-        from ..io import load_checkpoint, restore_rng_state
+        """Rebuild a trainer from run_dir/run.h5 exactly as it was after its last epoch (for
+        a trainer built in Python, build it again and call :meth:`restore`)."""
+        from ..io import load_checkpoint
+        path = cls._run_file(run_dir)
+        ckpt = load_checkpoint(path, kind="training")
+        if not ckpt.config_text:
+            raise ConfigError(f"{path} was written by a Trainer built in Python, so it holds no "
+                              "model text; build the same Trainer again and call "
+                              "trainer.restore(run_dir).")
+        saved = json.loads(ckpt.attrs.get("overrides_json", "{}"))
+        saved.update({k: v for k, v in overrides.items() if v is not None})
+        base_dir = ckpt.attrs.get("base_dir") or None     # where relative [data] paths point
+        trainer = cls.from_model_text(ckpt.config_text, where=str(path), progress=progress,
+                                      base_dir=base_dir, **saved)
+        trainer._restore(ckpt.payload, path)
+        return trainer
+
+    def restore(self, run_dir) -> "Trainer":
+        """Load run_dir/run.h5 into this trainer (same network, protocol, data, options)."""
+        from ..io import load_checkpoint
+        path = self._run_file(run_dir)
+        self._restore(load_checkpoint(path, kind="training").payload, path)
+        return self
+
+    @staticmethod
+    def _run_file(run_dir) -> Path:
         path = Path(run_dir) / RUN_FILE
         if not path.exists():
             raise NeurosimError(f"{run_dir} holds no {RUN_FILE}: it is not a training run "
                                 "directory (start one with `neurosim train MODEL.toml --out "
                                 f"{run_dir}`).")
-        ckpt = load_checkpoint(path, kind="training")
-        saved = json.loads(ckpt.attrs.get("overrides_json", "{}"))
-        saved.update({k: v for k, v in overrides.items() if v is not None})
-        trainer = cls(ckpt.config_text, where=str(path), progress=progress, **saved)
-        payload = ckpt.payload
-        for name, w in payload["network"].items():
-            if name not in trainer.net.weights:
-                raise NeurosimError(f"{path}: checkpoint has weights for unknown projection "
-                                    f'"{name}"; the model text and checkpoint disagree.')
-            trainer.net.weights[name].copy_(torch.as_tensor(w))
-        for proj in trainer.network.projections:
-            for i, rule in enumerate(proj.rules):
-                rule.load_state_dict(payload.get("rules", {}).get(f"{proj.name}.{i}", {}))
-        restore_rng_state(payload["rng"], {"trainer": trainer.generator})
-        trainer.epoch = int(payload["progress"]["epoch"])
+        return path
+
+    def _restore(self, payload: Mapping, path) -> None:
+        from ..io import restore_rng_state
+        net = self.net
+        for group, tensors, what in (("network", net.weights, "projection"),
+                                     ("biases", net.biases, "population")):
+            for name, w in payload.get(group, {}).items():
+                if name not in tensors:
+                    raise NeurosimError(f"{path}: checkpoint has {group} for unknown {what} "
+                                        f'"{name}"; the model text and checkpoint disagree.')
+                tensors[name].copy_(torch.as_tensor(w))
+        self.protocol.rules.load_state_dict(payload.get("rules", {}), str(path))
+        self.protocol.load_state_dict(payload.get("protocol", {}))
+        restore_rng_state(payload["rng"], {"trainer": self.generator})
+        self.epoch = int(payload["progress"]["epoch"])
+        self.steps = int(payload["progress"].get("steps", 0))
+        if "validation" in payload:
+            self.dataset
+            saved = torch.as_tensor(payload["validation"]["indices"])
+            if self.validation_indices is None or not torch.equal(saved, self.validation_indices):
+                raise NeurosimError(f"{path}: the checkpoint's validation split differs from "
+                                    "the one this model and data give; the data or the "
+                                    "[data] validation setting changed since the run started.")
+        self.history = History()
         for key, values in payload.get("metrics", {}).items():
-            trainer.history.columns[key] = [float(v) for v in torch.as_tensor(values).tolist()]
-        return trainer
+            self.history.columns[key] = [float(v) for v in torch.as_tensor(values).tolist()]
+
+
+@contextmanager
+def _threads(count: int | None):
+    """torch's intra-op thread count set to ``count`` for the block (restored after)."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _json(value) -> str:
-    import json
     return json.dumps(value, sort_keys=True)
 
 
@@ -296,7 +439,7 @@ def _progress(iterable, enabled: bool, desc: str):
 def _csv(history: History) -> str:
     buffer = io.StringIO()
     keys = list(history.columns)
-    front = ["epoch", "train_accuracy", "test_accuracy"]
+    front = [k for k in ("epoch", "train_accuracy", "test_accuracy") if k in keys]
     keys = front + [k for k in keys if k not in front]
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(keys)
@@ -315,7 +458,13 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _format_row(row: dict) -> str:
-    angles = " ".join(f"{k[6:]}={v:.1f}deg" for k, v in row.items() if k.startswith("angle_"))
-    return (f"epoch {int(row['epoch'])}: train {100 * row['train_accuracy']:.2f}% "
-            f"test {100 * row['test_accuracy']:.2f}% loss {row['test_loss']:.4f} {angles} "
-            f"({row['seconds']:.1f}s)")
+    parts = [f"epoch {int(row['epoch'])}:"]
+    for prefix in ("train", "validation", "test"):
+        if f"{prefix}_accuracy" in row:
+            parts.append(f"{prefix} {100 * row[f'{prefix}_accuracy']:.2f}%")
+    if "test_loss" in row:
+        parts.append(f"loss {row['test_loss']:.4f}")
+    parts += [f"{k[6:]}={v:.1f}deg" for k, v in row.items() if k.startswith("angle_")]
+    parts += [f"{k}={v:.4g}" for k, v in row.items()
+              if k.startswith(("pc_alignment_", "train_rate_"))]
+    return " ".join(parts) + f" ({row['seconds']:.1f}s)"

@@ -5,59 +5,83 @@ One training step on a mini-batch (x, y):
 1. free phase: u = r = 0, inputs clamped, ``T_free`` solver steps with beta = 0 -> r^0
 2. nudged phase: start from r^0 with the soma re-initialised to u = r^0, ``T_nudged`` steps
    with the output nudge ``beta_s (y - r_out)``, beta_s = +-beta (random sign per batch when
-   ``random_sign``) -> r^beta
-3. every plasticity rule of every projection runs on the two phases (see
-   neurosim.plasticity.base for what rules receive).
+   ``random_sign``, drawn from the run's generator) -> r^beta
+3. every plasticity rule runs on the record of the two phases "nudged" and "free" with the
+   signals ``beta`` (signed) and ``target``.
 
 Both phases live in one stacked state of 2B rows ([nudged; free]) so that rules can treat
 both phases with one matrix product. Evaluation runs the free phase only.
+
+``[protocol]`` keys: ``type = "ep"``, T_free, T_nudged, beta, random_sign, solver (any name of
+neurosim.solvers; the paper's scheme is "gs-euler"), step (a number or a step schedule such as
+``{ type = "slow", dt = 0.08 }``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..dynamics import CompiledNetwork, NeuralState
 from ..errors import ConfigError
-from ..plasticity import SynapseContext
-from ..solvers import Solver, solve
+from ..plasticity import PhaseRecord
+from ..solvers import Solver, get_solver, make_schedule, solve
+from .base import LearningProtocol, StepOutput, register_protocol
 
 PHASES = ("nudged", "free")
 
 
 @dataclass
-class StepResult:
-    """What one training step leaves for metrics: the free-phase output and the sign used."""
+class EPStep(StepOutput):
+    """A step's output plus the signed beta it used."""
 
-    free_output: torch.Tensor
-    beta: float
+    beta: float = 0.0
+
+    @property
+    def free_output(self) -> torch.Tensor:
+        return self.prediction
 
 
-class EquilibriumPropagation:
-    """The two-phase EP protocol driving a CompiledNetwork (see module docstring)."""
+def _positive_int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: must be a positive integer, got {value!r}.")
+    return value
 
+
+@register_protocol
+class EquilibriumPropagation(LearningProtocol):
+    """The two-phase EP protocol (see module docstring)."""
+
+    name = "ep"
     phases = PHASES
 
-    def __init__(self, net: CompiledNetwork, *, input: str, output: str, solver: Solver,
-                 schedule, T_free: int, T_nudged: int, beta: float = 1.0,
+    def __init__(self, net: CompiledNetwork | None = None, *, input: str = "x",
+                 output: str = "out", solver: Solver | str = "gs-euler", step: Any = 0.05,
+                 schedule=None, T_free: int = 30, T_nudged: int = 10, beta: float = 1.0,
                  random_sign: bool = True):
-        self.net, self.solver, self.schedule = net, solver, schedule
-        self.input, self.output = input, output
-        self.T_free, self.T_nudged = int(T_free), int(T_nudged)
-        self.beta, self.random_sign = float(beta), bool(random_sign)
-        net._slot(input)
-        net._slot(output, need_dynamic=True)
+        self.T_free = _positive_int(T_free, "T_free")
+        self.T_nudged = _positive_int(T_nudged, "T_nudged")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+            raise ConfigError(f"beta: must be a number, got {beta!r}.")
+        if not isinstance(random_sign, bool):
+            raise ConfigError(f"random_sign: true or false, got {random_sign!r}.")
+        self.beta, self.random_sign = float(beta), random_sign
+        self.solver = get_solver(solver)
+        self.step = step
+        self.schedule = schedule if schedule is not None else make_schedule(step, "step")
         self._ops: dict = {}
         self._buffers: dict[int, NeuralState] = {}
-        self._dynamic = [s for s in net.slots.values() if s.u_cols is not None]
-        self._plastic = [(q, rule) for q in net.network.projections for rule in q.rules]
-        for proj, rule in self._plastic:
-            missing = [p for p in rule.needs_phases if p not in PHASES]
-            if missing:
-                raise ConfigError(f'rule "{rule.name}" on projection "{proj.name}" needs the '
-                                  f"phases {missing}, which equilibrium propagation does not "
-                                  f"have (its phases: {', '.join(PHASES)}).")
+        if net is not None:
+            self.bind(net, input=input, output=output)
+
+    def config(self) -> dict:
+        return {"type": self.name, "T_free": self.T_free, "T_nudged": self.T_nudged,
+                "beta": self.beta, "random_sign": self.random_sign, "solver": self.solver.name,
+                "step": self.schedule.config()}
+
+    def setup(self) -> None:
+        self._dynamic = [s for s in self.net.slots.values() if s.u_cols is not None]
 
     def _state(self, rows: int) -> NeuralState:
         if rows not in self._buffers:
@@ -86,12 +110,10 @@ class EquilibriumPropagation:
         self._ops = self.net.build_operators(self._ops)
         return self.free_phase(x, self._ops)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Output activity after the free phase (batch x n_out)."""
-        return self.net.r_of(self.relax(x), self.output)
+    infer = relax
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator,
-                   lr_scale: float = 1.0) -> StepResult:
+                   lr_scale: float = 1.0, *, epoch: int = 0, step: int = 0) -> EPStep:
         """One EP step on a batch: free phase, nudged phase, all plasticity rules."""
         net, batch = self.net, x.shape[0]
         self._ops = ops = net.build_operators(self._ops)
@@ -110,32 +132,7 @@ class EquilibriumPropagation:
                              currents=currents)
         self._relax(dynamics, nudged, self.T_nudged)
         dynamics.check_finite(nudged, self.T_nudged)
-        self._apply_rules(both, batch, beta, lr_scale)
-        return StepResult(net.r_of(free, self.output), beta)
-
-    def _apply_rules(self, both: NeuralState, batch: int, beta: float, lr_scale: float) -> None:
-        net = self.net
-        rows = {"nudged": slice(0, batch), "free": slice(batch, 2 * batch)}
-
-        def activity(pop, phase):
-            return both.r[rows[phase], net.slots[pop].r_cols]
-
-        def stacked(pop):
-            return both.r[:, net.slots[pop].r_cols]
-
-        def potential(pop, compartment, phase):
-            view = NeuralState(both.u[rows[phase]], both.r[rows[phase]])
-            if compartment == "soma":
-                return net.u_of(view, pop)
-            return net.compartment_potential(view, pop, compartment)
-
-        for proj, rule in self._plastic:
-            weight = net.weights[proj.name]
-            ctx = SynapseContext(projection=proj, weight=weight, phases=PHASES,
-                                 activity=activity, stacked_activity=stacked,
-                                 potential=potential, beta=beta, batch_size=batch,
-                                 lr_scale=lr_scale if rule.scheduled else 1.0,
-                                 pre_clamped=net.slots[proj.source].u_cols is None)
-            rule.update(ctx)
-            if proj.name in net.masks:
-                weight.mul_(net.masks[proj.name])
+        record = PhaseRecord(net, {"nudged": nudged, "free": free}, stacked=both,
+                             signals={"beta": beta, "target": target}, batch_size=batch)
+        self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
+        return EPStep(net.r_of(free, self.output), beta=beta)

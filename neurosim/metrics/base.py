@@ -1,0 +1,65 @@
+"""Epoch metrics as plug-ins, chosen in the model file (``[training] metrics = [...]``).
+
+Each epoch, after the training pass, the trainer evaluates the test set (or the validation
+set when the run has no test set) batch by batch with the protocol's ``infer``; every metric
+sees each batch's state and writes named numbers into that epoch's row:
+
+    metric.reset(context)                # once per evaluation
+    metric.observe(state, x, labels)     # per evaluation batch (labels None if unlabeled)
+    metric.compute() -> {column: value}  # after the last batch
+
+``context`` (:class:`MetricContext`) gives the compiled network, the protocol and the
+training inputs. Add one: subclass :class:`EpochMetric`, set ``name``, register it with
+``METRICS.register`` or name it "package.module:Class" in the model file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..registry import Registry
+
+
+@dataclass
+class MetricContext:
+    """What a metric may read: the compiled network, the protocol, the training inputs."""
+
+    net: Any
+    protocol: Any
+    train_x: torch.Tensor | None = None
+
+
+class EpochMetric:
+    """Base class of epoch metrics (see module docstring)."""
+
+    name: ClassVar[str] = "metric"
+
+    def reset(self, context: MetricContext) -> None:
+        self.context = context
+
+    def observe(self, state, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Called once per evaluation batch; metrics of the weights alone ignore it."""
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+METRICS = Registry("metric", base=EpochMetric)
+
+
+def build_metrics(specs, where: str) -> list[EpochMetric]:
+    """Metrics from a list of names or tables ``{type = "...", <arguments>}``."""
+    if specs is None:
+        return []
+    if not isinstance(specs, (list, tuple)):
+        from ..errors import ConfigError
+        raise ConfigError(f'{where}: metrics is a list, e.g. metrics = ["weight_angle", '
+                          '{ type = "correlative_information", eps = 1e-3 }]; got '
+                          f"{specs!r}.")
+    return [spec if isinstance(spec, EpochMetric) else METRICS.build(spec, f"{where}[{i}]")
+            for i, spec in enumerate(specs)]

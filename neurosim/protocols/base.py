@@ -1,0 +1,153 @@
+"""The learning-protocol interface: what a protocol does, the trainer does not need to know.
+
+A protocol (equilibrium propagation, contrastive Hebbian learning, PEPITA, a user's own)
+
+- declares the ``phases`` it runs (their names are what rules ask for) and whether it is
+  ``supervised`` (needs targets);
+- is bound to a compiled network with :meth:`LearningProtocol.bind` (input and output
+  population names, the run's seed for any random matrices of its own);
+- runs one training step on a batch with :meth:`train_step`: its phases, then its rules over a
+  :class:`~neurosim.plasticity.PhaseRecord` (``self.rules.apply(record, ...)``), returning a
+  :class:`StepOutput` (the prediction used for the running accuracy, per-step metrics);
+- infers a state for evaluation (:meth:`infer`; :meth:`predict` is the output activity of it),
+  and scores predictions with :meth:`loss`;
+- returns whatever must survive a checkpoint from :meth:`state_dict` (random feedback
+  matrices, running statistics) and takes it back in :meth:`load_state_dict`.
+
+Its constructor's keyword arguments are the keys of the model file's ``[protocol]`` table
+(checked, with "did you mean" hints). Register a protocol with ``PROTOCOLS.register`` or name
+it ``type = "package.module:Class"``. See docs/protocols.md.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from ..errors import ConfigError
+from ..plasticity import RuleSet
+from ..registry import Registry, check_arguments
+
+#: constructor parameters supplied by the engine, never by a [protocol] table
+RESERVED = ("net", "input", "output")
+
+
+@dataclass
+class StepOutput:
+    """What one training step leaves for the trainer: ``prediction`` (output activity used
+    for the running accuracy and loss; None for unsupervised protocols) and ``metrics``
+    (name -> number, averaged over the epoch's steps weighted by batch size, written as
+    ``train_<name>``)."""
+
+    prediction: torch.Tensor | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class LearningProtocol:
+    """Base class of learning protocols (see module docstring)."""
+
+    name: ClassVar[str] = "protocol"
+    phases: ClassVar[tuple[str, ...]] = ()
+    supervised: ClassVar[bool] = True
+
+    net = None
+    input: str = "x"
+    output: str = "out"
+
+    def bind(self, net, *, input: str = "x", output: str = "out", seed: int = 0):
+        """Attach to a compiled network; builds the rule set (checked against ``phases``)."""
+        self.net, self.input, self.output, self.seed = net, input, output, int(seed)
+        net._slot(input)
+        net._slot(output, need_dynamic=True)
+        self.rules = RuleSet(net, phases=self.phases, who=f'protocol "{self.name}"')
+        self.setup()
+        return self
+
+    def setup(self) -> None:
+        """Called once bound: allocate buffers, draw the protocol's own random matrices
+        (from a generator seeded with ``self.seed``)."""
+
+    def train_step(self, x: torch.Tensor, target: torch.Tensor | None,
+                   generator: torch.Generator, lr_scale: float = 1.0, *, epoch: int = 0,
+                   step: int = 0) -> StepOutput:
+        """One training step on a batch (rows of x; target rows or None when unsupervised);
+        random draws come from ``generator`` (the run's, so resume stays exact)."""
+        raise NotImplementedError
+
+    def infer(self, x: torch.Tensor) -> Any:
+        """The network state after inference on x (a NeuralState; may be a reused buffer)."""
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Output activity after inference (batch x n_out)."""
+        return self.net.r_of(self.infer(x), self.output)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Summed over the batch (float64): 0.5 |r_out - target|^2 by default."""
+        return 0.5 * ((prediction - target) ** 2).sum(dtype=torch.float64)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state:
+            raise ConfigError(f'protocol "{self.name}" has no state but the checkpoint holds '
+                              f"{sorted(state)}.")
+
+    def config(self) -> dict:
+        params = inspect.signature(type(self).__init__).parameters
+        return {"type": self.name, **{k: getattr(self, k) for k in params
+                                      if k not in ("self", *RESERVED) and hasattr(self, k)}}
+
+
+PROTOCOLS = Registry("protocol", base=LearningProtocol)
+REQUIRED = ("train_step", "infer")
+
+
+def register_protocol(cls):
+    """Class decorator: make a protocol available to model files as ``type = cls.name``."""
+    return PROTOCOLS.register(cls, name=cls.name)
+
+
+def build_protocol(spec, where: str = "[protocol]") -> LearningProtocol:
+    """A protocol from an instance, a name or a ``[protocol]`` table ``{type = "...", ...}``."""
+    if isinstance(spec, LearningProtocol):
+        return spec
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, Mapping) or "type" not in spec:
+        raise ConfigError(f'{where}: give the protocol as a table with a "type", e.g. '
+                          f'[protocol] type = "ep"; got {spec!r}.')
+    spec = dict(spec)
+    kind = spec.pop("type")
+    cls = PROTOCOLS.lookup(kind, f"{where} type")
+    missing = [m for m in REQUIRED if getattr(cls, m) is getattr(LearningProtocol, m)]
+    if missing:
+        raise ConfigError(f'{where}: protocol "{kind}" ({cls.__module__}.{cls.__qualname__}) '
+                          f"lacks the required method(s) {', '.join(missing)}; a protocol "
+                          "implements train_step(x, target, generator, lr_scale, *, epoch, "
+                          "step) and infer(x) (docs/protocols.md).")
+    for key in spec:
+        if key in RESERVED:
+            raise ConfigError(f'{where}: "{key}" is not a protocol setting; the input and output '
+                              "populations are [training] input / output.")
+    check_arguments(cls, spec, where, f'protocol "{kind}"')
+    try:
+        return cls(**spec)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f'{where}: protocol "{kind}": {err}') from None
+
+
+def protocol_keys(kind: str, where: str) -> list[str]:
+    """The [protocol] keys a protocol type accepts (for routing overrides)."""
+    cls = PROTOCOLS.lookup(kind, where)
+    return [k for k in inspect.signature(cls.__init__).parameters
+            if k not in ("self", *RESERVED)]
+
+
+__all__ = ["LearningProtocol", "StepOutput", "PROTOCOLS", "register_protocol",
+           "build_protocol", "protocol_keys"]

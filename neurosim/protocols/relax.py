@@ -1,0 +1,73 @@
+"""Unsupervised learning on the relaxed network: one phase, then every rule (Hebbian, Oja,
+BCM, ...). No labels are used.
+
+One training step on a batch x: the free phase (u = 0, inputs clamped, ``T`` solver steps,
+or fewer when ``steady_tol`` is given and max |du/dt| falls below it), then every rule on
+the record of the single phase "free". Step metrics: the mean activity of every dynamic
+population (``train_rate_<population>``).
+
+``[protocol]`` keys: ``type = "relax"``, T, solver, step, steady_tol.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..dynamics import NeuralState
+from ..errors import ConfigError
+from ..plasticity import PhaseRecord
+from ..solvers import SteadyState, get_solver, make_schedule, solve
+from .base import LearningProtocol, StepOutput, register_protocol
+
+
+@register_protocol
+class Relax(LearningProtocol):
+    """Relax, then learn (see module docstring)."""
+
+    name = "relax"
+    phases = ("free",)
+    supervised = False
+
+    def __init__(self, net=None, *, input: str = "x", output: str = "out", T: int = 30,
+                 solver: str = "gs-euler", step: Any = 0.05, steady_tol: float | None = None):
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ConfigError(f"T: must be a positive integer, got {T!r}.")
+        if steady_tol is not None and (isinstance(steady_tol, bool) or
+                                       not isinstance(steady_tol, (int, float)) or steady_tol <= 0):
+            raise ConfigError(f"steady_tol: must be a positive number, got {steady_tol!r}.")
+        self.T, self.steady_tol = T, steady_tol
+        self.solver = get_solver(solver)
+        self.schedule = make_schedule(step, "step")
+        self._buffers: dict[int, NeuralState] = {}
+        if net is not None:
+            self.bind(net, input=input, output=output)
+
+    def config(self) -> dict:
+        return {"type": self.name, "T": self.T, "solver": self.solver.name,
+                "step": self.schedule.config(), "steady_tol": self.steady_tol}
+
+    def infer(self, x: torch.Tensor) -> NeuralState:
+        """The relaxed state on inputs x (a reused buffer)."""
+        net = self.net
+        if x.shape[0] not in self._buffers:
+            self._buffers[x.shape[0]] = net.zero_state(x.shape[0])
+        state = self._buffers[x.shape[0]]
+        state.u.zero_()
+        net.sync_activity(state)
+        net.clamp_inputs(state, {self.input: x})
+        dynamics = net.phase(net.build_operators(), {self.input: x}, at_rest=True)
+        steady = SteadyState(self.steady_tol, max_steps=self.T) if self.steady_tol else None
+        solve(dynamics, state, solver=self.solver, schedule=self.schedule, n_steps=self.T,
+              steady=steady, check_finite_every=0)
+        dynamics.check_finite(state, self.T)
+        return state
+
+    def train_step(self, x, target, generator, lr_scale: float = 1.0, *, epoch: int = 0,
+                   step: int = 0) -> StepOutput:
+        state = self.infer(x)
+        record = PhaseRecord(self.net, {"free": state})
+        rates = {f"rate_{p.name}": self.net.r_of(state, p.name).mean(dtype=torch.float64)
+                 for p in self.net.network.dynamic}
+        self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
+        return StepOutput(None, rates)
