@@ -28,7 +28,8 @@ def _simulate(args) -> None:
         text, where = sim.model_text, args.resume
     else:
         model = load_model_file(args.model)
-        sim = Simulation.from_model_text(model.text, where=str(model.path), **overrides)
+        sim = Simulation.from_model_text(model.text, where=str(model.path),
+                                         base_dir=model.path.parent, **overrides)
         text, where = model.text, str(model.path)
     monitors = monitors_from(parse_model_text(text, where), sim.network, where)
     if not monitors:

@@ -11,8 +11,11 @@ A model file's ``[simulation]`` table sets the run (all keys optional)::
     rtol = 1e-7               # adaptive solvers only
     atol = 1e-9
     steady_tol = 1e-6         # stop once max |du/dt| < steady_tol
-    inputs = { x = { type = "uniform", low = 0.0, high = 1.0 } }   # or constant / values
+    inputs = { x = { type = "uniform", low = 0.0, high = 1.0 } }   # or constant / values /
+                              # gaussian (mean, covariance): one draw per sample, fixed in time
     nudge = { out = { target = [0.0, 1.0], beta = 0.5 } }
+    plasticity = { every = 10 }   # rules run every 10 steps; "continuous" (weights in the
+                                  # ODE state, rules give dW/dt); "off"; default every step
 
     [[monitor]]
     population = "h"
@@ -21,7 +24,20 @@ A model file's ``[simulation]`` table sets the run (all keys optional)::
     indices = [0, 1, 2]       # optional, default all neurons
     every = 1                 # record every n-th step
 
-The recording layout is documented in neurosim.io.recorder.
+    [[monitor]]
+    projection = "x_h"        # a weight monitor: W (post x pre) every n-th step
+    every = 10
+
+Plasticity in a simulation: every rule attached to a projection or population runs on the
+single phase "now" (the current state). With ``every = N`` the rules run after every N-th
+step with ``ctx.dt`` the simulated time since their last run (a rule that only defines
+``derivative`` takes one Euler step of it); with ``"continuous"`` the plastic weights are part
+of the ODE state and every rule must define ``derivative(ctx)`` (dW/dt); solvers: euler,
+heun, rk4 and torchdiffeq methods. A rule that cannot run in the chosen mode is an error.
+Weight monitors record W as it is at that step (before that step's rule update).
+
+The recording layout is documented in neurosim.io.recorder; weights are recorded at
+``/recordings/<projection>/synapses/w`` (axes time, post, pre).
 """
 from __future__ import annotations
 
@@ -33,20 +49,63 @@ import torch
 
 from .dynamics import CompiledNetwork
 from .io import MonitorSpec
-from .errors import ConfigError, NeurosimError, unknown
+from .errors import ConfigError, NeurosimError, SimulationError, unknown
 from .graph import SOMA, Network, check_keys, network_from_dict, parse_model_text
-from .solvers import Observer, SteadyState, get_solver, make_schedule, solve
+from .plasticity import PhaseRecord, RuleSet
+from .plasticity.continuous import PlasticSystem
+from .registry import importable_from
+from .solvers import Observer, SolveStats, SteadyState, get_solver, make_schedule, solve
+from .solvers.system import check_system_solver, integrate_system
 
 SIM_KEYS = {"solver", "duration", "n_steps", "dt", "step", "batch", "seed", "rtol", "atol",
-            "steady_tol", "inputs", "nudge", "device", "dtype", "checkpoint_every"}
-MONITOR_KEYS = {"population", "compartment", "variable", "indices", "every"}
+            "steady_tol", "inputs", "nudge", "device", "dtype", "checkpoint_every", "plasticity"}
+MONITOR_KEYS = {"population", "compartment", "variable", "indices", "every", "projection"}
 UNITS = {"u": "1 (dimensionless potential)", "r": "1 (dimensionless rate)",
-         "v": "1 (dimensionless potential)"}
+         "v": "1 (dimensionless potential)", "w": "1 (dimensionless weight)"}
+SYNAPSES = "synapses"         # the "compartment" of a weight monitor
+
+
+def weight_monitor(projection: str, every: int = 1) -> MonitorSpec:
+    """A monitor of a projection's weight matrix W (post x pre)."""
+    return MonitorSpec(projection, SYNAPSES, "w", every=every, units=UNITS["w"])
+
+
+def plasticity_mode(spec, where: str) -> tuple[str, int] | None:
+    """("off" | "every" | "continuous", N) from None (the default), "off", "continuous",
+    N, { every = N } or { mode = "...", every = N }."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        spec = {"mode": spec}
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        spec = {"every": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f'{where}: plasticity is "off", "continuous", {{ every = N }} or N; got '
+                          f"{spec!r}.")
+    check_keys(spec, {"mode", "every"}, where)
+    mode = spec.get("mode", "every")
+    if mode not in ("off", "every", "continuous"):
+        raise unknown("plasticity mode", mode, ("off", "every", "continuous"), where)
+    every = spec.get("every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"{where}: every must be a positive number of steps, got {every!r}.")
+    if mode != "every" and "every" in spec:
+        raise ConfigError(f'{where}: every applies to mode "every" only.')
+    return mode, every
 
 
 def validate_monitor(monitor: MonitorSpec, network: Network, where: str = "monitor") -> None:
     """Check that a monitor names an existing population, compartment, variable and neurons.
-    Variables: "u" and "r" at the soma ("r" only for inputs), "v" in a dendrite."""
+    Variables: "u" and "r" at the soma ("r" only for inputs), "v" in a dendrite; "w" of a
+    projection's synapses (weight monitors)."""
+    if monitor.compartment == SYNAPSES:
+        projection = network.projection(monitor.population)
+        if projection.is_identity:
+            raise ConfigError(f'{where}: projection "{projection.name}" has no weight matrix '
+                              '(init "identity"); monitor a projection with weights.')
+        if monitor.variable != "w" or monitor.indices is not None:
+            raise ConfigError(f'{where}: a weight monitor records variable "w" of all synapses.')
+        return
     if monitor.population not in network.population_map:
         raise unknown("population", monitor.population, network.population_map, where)
     pop = network.population(monitor.population)
@@ -66,7 +125,9 @@ def validate_monitor(monitor: MonitorSpec, network: Network, where: str = "monit
 
 
 def read_monitor(monitor: MonitorSpec, net: CompiledNetwork, state) -> torch.Tensor:
-    """The monitored values (batch x neurons) of a state."""
+    """The monitored values (batch x neurons, or W for a weight monitor) of a state."""
+    if monitor.compartment == SYNAPSES:
+        return net.weights[monitor.population]
     if monitor.variable == "u":
         values = net.u_of(state, monitor.population)
     elif monitor.variable == "r":
@@ -94,6 +155,7 @@ class SimulationOptions:
     device: str = "cpu"
     dtype: str = "float32"
     checkpoint_every: int | None = None
+    plasticity: Any = None
 
     def total_steps(self) -> int:
         if self.n_steps is not None:
@@ -126,6 +188,7 @@ def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions
                           "available; use --device cpu.")
     if not isinstance(options.batch, int) or options.batch < 1:
         raise ConfigError(f"{where} [simulation] batch: must be a positive integer.")
+    plasticity_mode(options.plasticity, f"{where} [simulation] plasticity")
     return options
 
 
@@ -134,7 +197,16 @@ def monitors_from(data: dict, network: Network, where: str) -> list[MonitorSpec]
     monitors = []
     for i, table in enumerate(data.get("monitor", [])):
         label = f"{where} [[monitor]] #{i + 1}"
-        check_keys(table, MONITOR_KEYS, label, required=("population",))
+        if isinstance(table, dict) and "projection" in table:
+            check_keys(table, {"projection", "every"}, f"{label} (weight monitor)")
+            try:
+                monitor = weight_monitor(table["projection"], table.get("every", 1))
+            except NeurosimError as err:
+                raise ConfigError(f"{label}: {err}") from None
+            validate_monitor(monitor, network, label)
+            monitors.append(monitor)
+            continue
+        check_keys(table, MONITOR_KEYS - {"projection"}, label, required=("population",))
         table = {"compartment": SOMA, "variable": "u", **table}
         table["units"] = UNITS[table["variable"]] if table["variable"] in UNITS else ""
         try:
@@ -168,12 +240,51 @@ class Simulation:
         self.inputs = self._make_inputs(opt.inputs)
         self.net.clamp_inputs(self.state, self.inputs)
         self.nudges = self._make_nudges(opt.nudge)
+        self.plasticity, self.rules = self._make_plasticity(opt.plasticity)
+        self.last_update_t = 0.0
+        self.base_dir = ""
+
+    def _make_plasticity(self, spec) -> tuple[tuple[str, int], RuleSet]:
+        where = "[simulation] plasticity"
+        mode = plasticity_mode(spec, where)
+        if mode is not None and mode[0] == "off":
+            return mode, RuleSet(self.net)
+        try:
+            rules = RuleSet(self.net, phases=("now",), who="a simulation")
+        except ConfigError as err:
+            raise ConfigError(f'{err} Rules in a simulation see the single phase "now"; to '
+                              f'simulate with fixed weights set {where} = "off".') from None
+        if not rules:
+            if mode is not None and mode[0] != "off":
+                raise ConfigError(f"{where}: no projection or population of this network has "
+                                  "rules, so there is nothing to run; remove the key or attach "
+                                  "rules (rules = [...]).")
+            return ("off", 1), rules
+        mode = mode or ("every", 1)
+        if mode[0] == "continuous":
+            check_system_solver(self.solver)
+            PlasticSystem(self.net, rules, self.dynamics, self.state.r)     # checks the rules
+            dynamics = self.dynamics()
+            if dynamics.stochastic:
+                raise ConfigError(f"{where}: continuous plasticity integrates deterministic "
+                                  "networks only (a population has noise or a stochastic "
+                                  'activation); use plasticity = { every = N }.')
+            if self.options.steady_tol:
+                raise ConfigError(f"{where}: a steady-state stop (steady_tol) is not available "
+                                  "with continuous plasticity; give duration or n_steps.")
+        return mode, rules
 
     @classmethod
-    def from_model_text(cls, text: str, where: str = "model", **overrides) -> "Simulation":
+    def from_model_text(cls, text: str, where: str = "model", base_dir=None,
+                        **overrides) -> "Simulation":
+        """A simulation from a model file's text; "module:Class" plug-ins are imported from
+        ``base_dir`` (the model file's directory) first."""
         data = parse_model_text(text, where)
-        network = network_from_dict(data, where)
-        return cls(network, simulation_options(data, where, **overrides), model_text=text)
+        with importable_from(base_dir):
+            network = network_from_dict(data, where)
+            sim = cls(network, simulation_options(data, where, **overrides), model_text=text)
+        sim.base_dir = str(Path(base_dir).resolve()) if base_dir is not None else ""
+        return sim
 
     def _make_inputs(self, spec: Mapping) -> dict[str, torch.Tensor]:
         inputs = {}
@@ -188,7 +299,8 @@ class Simulation:
             where = f"[simulation] inputs.{name}"
             if isinstance(entry, (list, int, float)):
                 entry = {"type": "values", "values": entry}
-            check_keys(entry, {"type", "low", "high", "value", "values"}, where)
+            check_keys(entry, {"type", "low", "high", "value", "values", "mean", "covariance"},
+                       where)
             kind = entry.get("type", "values" if "values" in entry else "uniform")
             if kind == "uniform":
                 lo, hi = float(entry.get("low", 0.0)), float(entry.get("high", 1.0))
@@ -202,10 +314,33 @@ class Simulation:
                     raise ConfigError(f"{where}: values have shape {tuple(x.shape)}, expected "
                                       f"({size},) or (batch={self.options.batch}, {size}).")
                 x = x.expand(self.options.batch, -1)
+            elif kind == "gaussian":
+                x = self._gaussian_input(entry, size, gen, where)
             else:
-                raise ConfigError(f'{where}: unknown type "{kind}"; use uniform, constant or values.')
+                raise ConfigError(f'{where}: unknown type "{kind}"; use uniform, constant, '
+                                  "values or gaussian.")
             inputs[name] = x.to(self.net.device, self.net.dtype)
         return inputs
+
+    def _gaussian_input(self, entry: Mapping, size: int, gen, where: str) -> torch.Tensor:
+        """x ~ N(mean, covariance) per sample (row), fixed in time: x = mean + L z, C = L L^T."""
+        mean = torch.as_tensor(entry.get("mean", 0.0), dtype=torch.float64)
+        cov = torch.as_tensor(entry.get("covariance", 1.0), dtype=torch.float64)
+        if mean.ndim == 0:
+            mean = mean.expand(size)
+        if cov.ndim == 0:
+            cov = cov * torch.eye(size, dtype=torch.float64)
+        if tuple(mean.shape) != (size,) or tuple(cov.shape) != (size, size):
+            raise ConfigError(f"{where}: gaussian needs mean of shape ({size},) (or a number) and "
+                              f"covariance ({size}, {size}) (or a number); got "
+                              f"{tuple(mean.shape)} and {tuple(cov.shape)}.")
+        if not bool(torch.isfinite(cov).all() and torch.isfinite(mean).all()):
+            raise ConfigError(f"{where}: gaussian mean and covariance must be finite.")
+        factor, info = torch.linalg.cholesky_ex(cov)
+        if int(info) != 0 or not torch.equal(cov, cov.T):
+            raise ConfigError(f"{where}: covariance must be symmetric positive definite.")
+        z = torch.randn(self.options.batch, size, generator=gen, dtype=torch.float64)
+        return mean + z @ factor.T
 
     def _make_nudges(self, spec: Mapping) -> dict:
         nudges = {}
@@ -234,16 +369,18 @@ class Simulation:
             checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
             progress: bool = False):
         """Advance to step ``n_steps`` (absolute; default from the options), recording the
-        monitors into ``recorder`` and checkpointing every ``checkpoint_every`` steps."""
+        monitors (neurons or weights) into ``recorder``, running the rules as the plasticity
+        mode says and checkpointing every ``checkpoint_every`` steps."""
         total = self.options.total_steps() if n_steps is None else int(n_steps)
-        dynamics = self.dynamics()
         observers = []
         if recorder is not None:
             for m in monitors:
                 validate_monitor(m, self.network)
                 shape = tuple(read_monitor(m, self.net, self.state).shape)
-                recorder.add(m.key, m, shape, self.net.dtype,
-                             attrs={"solver": self.solver.name, "step_schedule": repr(self.schedule.config())})
+                axes = ("post", "pre") if m.compartment == SYNAPSES else None
+                recorder.add(m.key, m, shape, self.net.dtype, axes=axes,
+                             attrs={"solver": self.solver.name,
+                                    "step_schedule": repr(self.schedule.config())})
             if self.step == 0:
                 for m in monitors:
                     recorder.append(m.key, read_monitor(m, self.net, self.state), self.t)
@@ -262,21 +399,78 @@ class Simulation:
                 self.save_checkpoint(checkpoint)
                 last_saved[0] = k
 
-        steady = (SteadyState(self.options.steady_tol, max_steps=total - self.step)
-                  if self.options.steady_tol else None)
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=total - self.step, desc="simulate", unit="step", mininterval=0.5)
         try:
-            with torch.inference_mode():
-                stats = solve(dynamics, self.state, solver=self.solver, schedule=self.schedule,
-                              n_steps=total, step0=self.step, t0=self.t, observers=observers,
-                              steady=steady, progress=bar, after_step=after_step)
+            if self.plasticity[0] == "continuous":
+                with torch.no_grad():
+                    stats = self._run_continuous(total, observers, bar, after_step)
+            else:
+                with torch.inference_mode():
+                    stats = self._run_discrete(total, observers, bar, after_step)
         finally:
             if bar is not None:
                 bar.close()
         self.step, self.t = stats.steps, stats.t
+        return stats
+
+    def _steady(self, total: int):
+        return (SteadyState(self.options.steady_tol, max_steps=total - self.step)
+                if self.options.steady_tol else None)
+
+    def _run_discrete(self, total: int, observers, bar, after_step) -> SolveStats:
+        """Fixed weights, or rules after every N-th step (the solve is cut at multiples of N)."""
+        mode, every = self.plasticity
+        common = dict(solver=self.solver, schedule=self.schedule, observers=observers,
+                      progress=bar, after_step=after_step)
+        if mode == "off":
+            return solve(self.dynamics(), self.state, n_steps=total, step0=self.step,
+                         t0=self.t, steady=self._steady(total), **common)
+        evals, stats = 0, SolveStats(steps=self.step, t=self.t)
+        while self.step < total:
+            stop = min(total, (self.step // every + 1) * every)
+            stats = solve(self.dynamics(), self.state, n_steps=stop, step0=self.step,
+                          t0=self.t, steady=self._steady(total), **common)
+            evals += stats.rhs_evals
+            self.step, self.t = stats.steps, stats.t
+            if self.step % every == 0:
+                self.apply_rules()
+            if stats.converged:
+                break
+        stats.rhs_evals = evals
+        return stats
+
+    def apply_rules(self) -> None:
+        """Run every rule once on the current state (phase "now"); ``ctx.dt`` is the time
+        since the rules last ran."""
+        record = PhaseRecord(self.net, {"now": self.state})
+        self.rules.apply(record, dt=self.t - self.last_update_t, step=self.step)
+        self.last_update_t = self.t
+
+    def _run_continuous(self, total: int, observers, bar, after_step) -> SolveStats:
+        """Potentials and plastic weights integrated together (neurosim.plasticity.continuous)."""
+        system = PlasticSystem(self.net, self.rules, self.dynamics, self.state.r.clone())
+        stats = SolveStats(steps=self.step, t=self.t)
+        for k, t, y in integrate_system(system, system.initial(self.state), solver=self.solver,
+                                        schedule=self.schedule, n_steps=total,
+                                        step0=self.step, t0=self.t):
+            system.write_back(y, self.state)
+            for obs in observers:
+                if k % obs.every == 0:
+                    obs.callback(k, t, self.state)
+            if not all(bool(torch.isfinite(c).all()) for c in y):
+                raise SimulationError(
+                    f"non-finite potentials or weights at step {k} (t={t:g}) with continuous "
+                    "plasticity; reduce the step size (dt), the rules' learning rates, or use "
+                    "an adaptive solver (dopri5).")
+            stats.steps, stats.t = k, t
+            after_step(k, t)
+            if bar is not None:
+                bar.update(1)
+        self.last_update_t = stats.t
+        stats.rhs_evals = system.evals
         return stats
 
     # ------------------------------------------------------------------ checkpoints
@@ -284,19 +478,21 @@ class Simulation:
         from .io import capture_rng_state, save_checkpoint
         payload = {
             "network": dict(self.net.weights),
+            "biases": dict(self.net.biases),
+            "rules": self.rules.state_dict() if self.plasticity[0] != "off" else {},
             "state": {"u": self.state.u, "r": self.state.r},
             "inputs": dict(self.inputs),
             "nudge": {name: {"target": target, "beta": beta}
                       for name, (target, beta) in self.nudges.items()},
             "rng": capture_rng_state({"noise": self.generator}),
-            "progress": {"step": self.step, "t": self.t},
+            "progress": {"step": self.step, "t": self.t, "last_update_t": self.last_update_t},
             "solver": {"config": repr(self.solver.config()),
                        "schedule": repr(self.schedule.config())},
         }
         import json
         options = {k: v for k, v in self.options.__dict__.items() if k not in ("inputs", "nudge")}
         save_checkpoint(path, payload, kind="simulation", config_text=self.model_text or "",
-                        attrs={"options_json": json.dumps(options)})
+                        attrs={"options_json": json.dumps(options), "base_dir": self.base_dir})
 
     @classmethod
     def load_checkpoint(cls, path, network: Network | None = None, **overrides) -> "Simulation":
@@ -315,10 +511,15 @@ class Simulation:
                               "no model text; load it with Simulation.load_checkpoint(path, "
                               "network=<the same Network>).")
         else:
-            sim = cls.from_model_text(ckpt.config_text, where=str(path), **options)
+            sim = cls.from_model_text(ckpt.config_text, where=str(path),
+                                      base_dir=ckpt.attrs.get("base_dir") or None, **options)
         p = ckpt.payload
         for name, w in p["network"].items():
             sim.net.weights[name].copy_(torch.as_tensor(w))
+        for name, b in p.get("biases", {}).items():
+            sim.net.biases[name].copy_(torch.as_tensor(b))
+        if sim.plasticity[0] != "off":
+            sim.rules.load_state_dict(p.get("rules", {}), str(path))
         sim.state.u.copy_(torch.as_tensor(p["state"]["u"]))
         sim.state.r.copy_(torch.as_tensor(p["state"]["r"]))
         for name, x in p["inputs"].items():
@@ -327,4 +528,5 @@ class Simulation:
                              float(n["beta"])) for name, n in p.get("nudge", {}).items()}
         restore_rng_state(p["rng"], {"noise": sim.generator})
         sim.step, sim.t = int(p["progress"]["step"]), float(p["progress"]["t"])
+        sim.last_update_t = float(p["progress"].get("last_update_t", 0.0))
         return sim

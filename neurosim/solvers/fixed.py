@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..dynamics import NeuralState, PhaseDynamics
+from . import tableau as tableaux
 from .base import FixedStepSolver
 
 
@@ -11,6 +12,7 @@ class Euler(FixedStepSolver):
 
     name = "euler"
     order = 1
+    tableau = tableaux.EULER
     supports_noise = True
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
@@ -34,6 +36,7 @@ class Heun(FixedStepSolver):
 
     name = "heun"
     order = 2
+    tableau = tableaux.HEUN
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
         scratch = state.r.clone()
@@ -48,6 +51,7 @@ class RK4(FixedStepSolver):
 
     name = "rk4"
     order = 4
+    tableau = tableaux.RK4
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
         scratch = state.r.clone()

@@ -42,6 +42,7 @@ from ..errors import ConfigError, NeurosimError
 from ..graph import Network, parse_model_text
 from ..metrics import MetricContext, build_metrics
 from ..protocols import LearningProtocol, build_protocol
+from ..registry import importable_from
 from .config import (TrainingConfig, build_network, data_config, split_tables,
                      training_config_from_table)
 
@@ -119,15 +120,19 @@ class Trainer:
     def from_model_text(cls, model_text: str, *, where: str = "model", progress: bool = True,
                         base_dir=None, **overrides) -> "Trainer":
         """A trainer from a model file's text; ``overrides`` (not None) replace [training]
-        keys (epochs, seed, batch_size, device, dtype, threads, ...) or else [protocol] keys."""
+        keys (epochs, seed, batch_size, device, dtype, threads, ...) or else [protocol] keys.
+        ``base_dir`` (the model file's directory) is where relative [data] paths point and
+        where "module:Class" plug-ins are imported from first."""
         data = parse_model_text(model_text, where)
         overrides = {k: v for k, v in overrides.items() if v is not None}
         training, protocol = split_tables(data, where, overrides)
         config = training_config_from_table(training, where)
         spec = data_config(data, where)
-        network = build_network(data, where)
-        trainer = cls(network, protocol, spec, config, validation=spec.get("validation"),
-                      model_text=model_text, where=where, progress=progress, base_dir=base_dir)
+        with importable_from(base_dir):
+            network = build_network(data, where)
+            trainer = cls(network, protocol, spec, config, validation=spec.get("validation"),
+                          model_text=model_text, where=where, progress=progress,
+                          base_dir=base_dir)
         trainer.overrides = overrides
         return trainer
 
