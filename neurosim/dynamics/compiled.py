@@ -406,8 +406,15 @@ class CompiledNetwork:
         ``generator`` unless ``masks`` (as returned by an earlier call) gives them. Returns the
         new state and the masks used."""
         dropout, given = dict(dropout or {}), dict(masks or {})
-        for name in (*dropout, *given):
-            self._slot(name, need_dynamic=True)
+        dynamic = [p.name for p in self.network.dynamic]
+        for what, table in (("dropout", dropout), ("masks", given)):
+            for name in table:
+                if name in self.slots and name not in dynamic:
+                    raise ConfigError(f'feedforward {what}: population "{name}" is an input '
+                                      "(clamped); masks apply to the dynamic populations: "
+                                      f"{', '.join(dynamic)}.")
+                if name not in dynamic:
+                    raise unknown("population", name, dynamic, f"feedforward {what}")
         for name, p in dropout.items():
             if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
                 raise ConfigError(f'dropout for population "{name}": the drop probability must '
@@ -493,9 +500,10 @@ class PhaseDynamics:
 
     def to(self, dtype) -> "PhaseDynamics":
         """A copy of this phase evaluating in ``dtype`` (its own tensors)."""
-        return PhaseDynamics(self.net, {k: v.to(dtype, copy=True) for k, v in self.operators.items()},
-                             {k: v.to(dtype, copy=True) for k, v in self.currents.items()},
-                             self.generator, cell_nudges=dict(self.cell_nudges))
+        def copy(tensors):
+            return {k: v.to(dtype, copy=True) for k, v in tensors.items()}
+        return PhaseDynamics(self.net, copy(self.operators), copy(self.currents), self.generator,
+                             cell_nudges=dict(self.cell_nudges))
 
     def rhs(self, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Jacobi du/dt at soma potentials ``u``; ``r`` is a scratch activity buffer whose

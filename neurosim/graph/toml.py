@@ -65,7 +65,10 @@ def check_keys(table: Any, allowed: Iterable[str], where: str, required: Iterabl
 def population_kind(kind: Any, where: str) -> type[Population]:
     """The Population class a model file names: a registered kind (``POPULATION_KINDS``)
     or an import path "package.module:Class"."""
-    if isinstance(kind, str) and ":" in kind:
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}: type must be a string naming a population kind, got "
+                          f"{kind!r}.")
+    if ":" in kind:
         return POPULATION_KINDS.lookup(kind, where)
     if kind not in POPULATION_KINDS:
         raise ConfigError(f'{where}: unknown type "{kind}".{did_you_mean(kind, POPULATION_KINDS)}'
