@@ -2,8 +2,9 @@
 
 - a recording: every recorded variable against time, one panel per
   population/compartment/variable (first sample of the batch, up to 10 neurons);
-- a training run directory: train/test accuracy per epoch, the angle between forward and
-  feedback weights and each layer's correlative information (when recorded).
+- a training run directory: train/validation/test accuracy per epoch (when measured), the
+  angle between forward and feedback weights and each layer's correlative information (when
+  recorded), and every other metric column (e.g. pc_alignment_*, train_rate_*).
 """
 from __future__ import annotations
 
@@ -61,35 +62,44 @@ def plot_run(run_dir, out) -> Path:
     if not rows:
         raise NeurosimError(f"{metrics} has no epochs yet.")
     epochs = [int(r["epoch"]) for r in rows]
-    angles = [k for k in rows[0] if k.startswith("angle_")]
-    infos = [k for k in rows[0] if k.startswith("corrinfo_")]
-    panels = 1 + bool(angles) + bool(infos)
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
-    ax = axes[0, 0]
-    for key, label in (("train_accuracy", "train"), ("test_accuracy", "test")):
-        ax.plot(epochs, [100 * float(r[key]) for r in rows], marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"{Path(run_dir).name}: final test {100 * float(rows[-1]['test_accuracy']):.2f}%")
-    if angles:
-        ax = axes[0, 1]
-        for key in angles:
-            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key[6:])
+    columns = list(rows[0])
+    accuracies = [k for k in ("train_accuracy", "validation_accuracy", "test_accuracy")
+                  if k in columns]
+    angles = [k for k in columns if k.startswith("angle_")]
+    infos = [k for k in columns if k.startswith("corrinfo_")]
+    skip = {"epoch", "lr_scale", "seconds", "train_seconds", *accuracies, *angles, *infos}
+    others = [k for k in columns if k not in skip and not k.endswith("_loss")]
+    if not (accuracies or angles or infos or others):
+        raise NeurosimError(f"{metrics} has no metric columns to plot.")
+    panels = [p for p in (accuracies, angles, infos, others) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, keys in zip(axes[0], panels):
         ax.set_xlabel("epoch")
-        ax.set_ylabel("angle between W_ff and W_fb^T (degrees)")
         ax.grid(alpha=0.3)
-        ax.legend()
-    if infos:
-        ax = axes[0, panels - 1]
-        for key in infos:            # layers differ by orders of magnitude: plot the change
-            values = [float(r[key]) for r in rows]
-            ax.plot(epochs, [v - values[0] for v in values], marker="o", ms=3,
-                    label=f"{key[9:]} (epoch 1: {values[0]:.4g})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("correlative information log det(R + eps I),\nchange since epoch 1")
-        ax.grid(alpha=0.3)
+        if keys is accuracies:
+            for key in keys:
+                ax.plot(epochs, [100 * float(r[key]) for r in rows], marker="o", ms=3,
+                        label=key[:-len("_accuracy")])
+            ax.set_ylabel("accuracy (%)")
+            final = keys[-1]
+            ax.set_title(f"{Path(run_dir).name}: final {final[:-len('_accuracy')]} "
+                         f"{100 * float(rows[-1][final]):.2f}%")
+        elif keys is angles:
+            for key in keys:
+                ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key[6:])
+            ax.set_ylabel("angle between W_ff and W_fb^T (degrees)")
+        elif keys is infos:
+            for key in keys:        # layers differ by orders of magnitude: plot the change
+                values = [float(r[key]) for r in rows]
+                ax.plot(epochs, [v - values[0] for v in values], marker="o", ms=3,
+                        label=f"{key[9:]} (epoch 1: {values[0]:.4g})")
+            ax.set_ylabel("correlative information log det(R + eps I),\nchange since epoch 1")
+        else:
+            for key in keys:
+                ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key)
+            ax.set_ylabel("metric")
+            if not accuracies:
+                ax.set_title(Path(run_dir).name)
         ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
