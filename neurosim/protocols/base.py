@@ -102,6 +102,17 @@ class LearningProtocol:
                                       if k not in ("self", *RESERVED) and hasattr(self, k)}}
 
 
+def writable(buffers: dict) -> dict:
+    """``buffers`` (tensors or NeuralStates, reused across calls) without those made under
+    ``torch.inference_mode`` when called outside it: inference tensors cannot be written
+    there (e.g. ``protocol.predict(x)`` after ``Trainer.fit``). Inside inference mode, or when
+    nothing is stale, ``buffers`` itself."""
+    if torch.is_inference_mode_enabled():
+        return buffers
+    stale = [k for k, b in buffers.items() if getattr(b, "u", b).is_inference()]
+    return {k: b for k, b in buffers.items() if k not in stale} if stale else buffers
+
+
 PROTOCOLS = Registry("protocol", base=LearningProtocol)
 REQUIRED = ("train_step", "infer")
 

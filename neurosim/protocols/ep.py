@@ -27,7 +27,7 @@ from ..dynamics import CompiledNetwork, NeuralState
 from ..errors import ConfigError
 from ..plasticity import PhaseRecord
 from ..solvers import Solver, get_solver, make_schedule, solve
-from .base import LearningProtocol, StepOutput, register_protocol
+from .base import LearningProtocol, StepOutput, register_protocol, writable
 
 PHASES = ("nudged", "free")
 
@@ -84,6 +84,7 @@ class EquilibriumPropagation(LearningProtocol):
         self._dynamic = [s for s in self.net.slots.values() if s.u_cols is not None]
 
     def _state(self, rows: int) -> NeuralState:
+        self._buffers = writable(self._buffers)
         if rows not in self._buffers:
             self._buffers[rows] = self.net.zero_state(rows)
         return self._buffers[rows]
@@ -95,7 +96,8 @@ class EquilibriumPropagation(LearningProtocol):
     def free_phase(self, x: torch.Tensor, operators=None, currents=None,
                    state: NeuralState | None = None) -> NeuralState:
         """Relax the free phase from zero on inputs x; returns the state (a reused buffer)."""
-        operators = operators if operators is not None else self.net.build_operators(self._ops)
+        operators = operators if operators is not None else self.net.build_operators(
+            writable(self._ops))
         state = state if state is not None else self._state(x.shape[0])
         state.u.zero_()
         self.net.sync_activity(state)
@@ -107,7 +109,7 @@ class EquilibriumPropagation(LearningProtocol):
 
     def relax(self, x: torch.Tensor) -> NeuralState:
         """The free-phase state on inputs x with the current weights (a reused buffer)."""
-        self._ops = self.net.build_operators(self._ops)
+        self._ops = self.net.build_operators(writable(self._ops))
         return self.free_phase(x, self._ops)
 
     infer = relax
@@ -116,7 +118,7 @@ class EquilibriumPropagation(LearningProtocol):
                    lr_scale: float = 1.0, *, epoch: int = 0, step: int = 0) -> EPStep:
         """One EP step on a batch: free phase, nudged phase, all plasticity rules."""
         net, batch = self.net, x.shape[0]
-        self._ops = ops = net.build_operators(self._ops)
+        self._ops = ops = net.build_operators(writable(self._ops))
         currents = net.input_currents({self.input: x})
         both = self._state(2 * batch)
         nudged = NeuralState(both.u[:batch], both.r[:batch])

@@ -18,7 +18,7 @@ from ..dynamics import NeuralState
 from ..errors import ConfigError
 from ..plasticity import PhaseRecord
 from ..solvers import SteadyState, get_solver, make_schedule, solve
-from .base import LearningProtocol, StepOutput, register_protocol
+from .base import LearningProtocol, StepOutput, register_protocol, writable
 
 
 @register_protocol
@@ -50,6 +50,7 @@ class Relax(LearningProtocol):
     def infer(self, x: torch.Tensor) -> NeuralState:
         """The relaxed state on inputs x (a reused buffer)."""
         net = self.net
+        self._buffers = writable(self._buffers)
         if x.shape[0] not in self._buffers:
             self._buffers[x.shape[0]] = net.zero_state(x.shape[0])
         state = self._buffers[x.shape[0]]

@@ -216,6 +216,7 @@ class Trainer:
         """Columns ``<prefix>_accuracy`` and ``<prefix>_loss`` (argmax of the inferred output,
         first on ties; the protocol's loss averaged over samples) when labeled, plus the
         metrics' columns, over the rows of x in batches of eval_batch_size."""
+        self.dataset                     # loaded (and split) on first use: sets train_x
         protocol, size = self.protocol, self.config.eval_batch_size
         supervised = labels is not None and protocol.supervised
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -404,11 +405,13 @@ class Trainer:
         restore_rng_state(payload["rng"], {"trainer": self.generator})
         self.epoch = int(payload["progress"]["epoch"])
         self.steps = int(payload["progress"].get("steps", 0))
-        if "validation" in payload:
+        if "validation" in payload or self.validation is not None:
             self.dataset
-            saved = torch.as_tensor(payload["validation"]["indices"])
-            if self.validation_indices is None or not torch.equal(saved, self.validation_indices):
-                raise NeurosimError(f"{path}: the checkpoint's validation split differs from "
+            saved = payload.get("validation", {}).get("indices")
+            if saved is None or self.validation_indices is None or \
+                    not torch.equal(torch.as_tensor(saved), self.validation_indices):
+                raise NeurosimError(f"{path}: the checkpoint's validation split (or its absence) "
+                                    "differs from "
                                     "the one this model and data give; the data or the "
                                     "[data] validation setting changed since the run started.")
         self.history = History()
