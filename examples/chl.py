@@ -27,7 +27,7 @@ import torch
 from neurosim.dynamics import NeuralState
 from neurosim.errors import ConfigError
 from neurosim.plasticity import PhaseRecord, PlasticityRule
-from neurosim.protocols import LearningProtocol, StepOutput
+from neurosim.protocols import LearningProtocol, StepOutput, writable
 from neurosim.solvers import get_solver, make_schedule, solve
 
 
@@ -87,7 +87,8 @@ class ContrastiveHebbian(LearningProtocol):
             self.net.weights[feedback].copy_(self.net.weights[forward].T)
 
     def _state(self, name: str, rows: int) -> NeuralState:
-        if (name, rows) not in self._buffers:
+        self._buffers = writable(self._buffers)    # buffers made in inference mode are
+        if (name, rows) not in self._buffers:      # read-only outside it
             self._buffers[name, rows] = self.net.zero_state(rows)
         return self._buffers[name, rows]
 
@@ -123,6 +124,6 @@ class ContrastiveHebbian(LearningProtocol):
               n_steps=self.T_clamped, check_finite_every=0, after_step=hold)
         dynamics.check_finite(clamped, self.T_clamped)
         record = PhaseRecord(net, {"free": free, "clamped": clamped}, signals={"target": target})
-        self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
+        reported = self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
         self._tie()
-        return StepOutput(net.r_of(free, self.output))
+        return StepOutput(net.r_of(free, self.output), reported)

@@ -203,6 +203,7 @@ class PopulationProbe(PopulationRule):
         self.seen = dict(
             population=ctx.population.name, incoming=[q.name for q in ctx.incoming],
             weights={k: (w.data_ptr(), w.clone()) for k, w in ctx.weights.items()},
+            fixed={k: w.data_ptr() for k, w in ctx.fixed_weights.items()},
             bias=(ctx.bias.data_ptr(), ctx.bias.clone()), parameters=list(ctx.parameters()),
             phases=ctx.phases, batch=ctx.batch_size,
             pre={q.name: ctx.pre(q.name, "free").clone() for q in ctx.incoming},
@@ -256,8 +257,9 @@ def test_a_population_rule_sees_every_incoming_weight_and_its_bias():
     seen = probe.seen
     assert seen["population"] == "h" and seen["phases"] == ("free",) and seen["batch"] == 8
     assert seen["incoming"] == ["x_h", "c_h", "o_h", "aut_h"]     # declaration order
-    assert list(seen["weights"]) == ["x_h", "c_h", "o_h"]          # those with a matrix
-    assert seen["parameters"] == ["bias", "x_h", "c_h", "o_h"]
+    assert list(seen["weights"]) == ["x_h", "o_h"]       # plastic, with a matrix
+    assert seen["fixed"] == {"c_h": net.weights["c_h"].data_ptr()}    # plastic = false
+    assert seen["parameters"] == ["bias", "x_h", "o_h"]
     for name, (ptr, value) in seen["weights"].items():             # the live tensors
         assert ptr == net.weights[name].data_ptr() and torch.equal(value, before[name])
     assert seen["bias"][0] == net.biases["h"].data_ptr()
@@ -276,8 +278,7 @@ def test_a_population_rule_sees_every_incoming_weight_and_its_bias():
     mask = net.masks["x_h"]
     assert torch.equal(net.weights["x_h"], (before["x_h"] + 0.01) * mask)
     assert net.weights["x_h"][0, :3].abs().max() == 0
-    # NB: a population rule can write the weights of a plastic=False projection too
-    assert torch.allclose(net.weights["c_h"], before["c_h"] + 0.01)
+    assert torch.equal(net.weights["c_h"], before["c_h"])          # plastic = false: fixed
     assert torch.equal(net.weights["h_o"], before["h_o"])          # not incoming: untouched
     # the bias a rule learns drives the dynamics (the input-free rest state moves with it)
     with torch.inference_mode():

@@ -842,3 +842,61 @@ def test_protocol_state_round_trip(tmp_path):
                                                 f"{ME}:StatelessFeedback"}), progress=False)
     with pytest.raises(ConfigError, match="has no state but the checkpoint holds \\['feedback'\\]"):
         stateless.restore(tmp_path / "b")
+
+
+# --------------------------------------------------------------------------- rule hooks
+@register_rule
+class ReportingOja(OjaForTest):
+    """Oja's rule that reports |w| each step and checks its projection at setup."""
+
+    name = "test_reporting_oja"
+
+    def setup(self, net, owner) -> None:
+        if net.weights[owner.name].shape[0] != 1:
+            raise ConfigError("needs exactly one output neuron")
+
+    def update(self, ctx) -> None:
+        super().update(ctx)
+        ctx.report("norm", ctx.weight.norm())
+
+
+def test_rules_report_step_metrics_and_check_themselves_at_setup(tmp_path):
+    x, _ = _gaussian(400)
+    np.savez(tmp_path / "gauss.npz", train_x=x, test_x=x[:50])
+    text = OJA_TEXT.replace('type = "test_oja"', 'type = "test_reporting_oja"')
+    trainer = Trainer.from_model_text(text, base_dir=tmp_path, progress=False, epochs=2)
+    trainer.fit(tmp_path / "run", log=None)
+    norms = trainer.history.columns["train_w_norm"]
+    assert len(norms) == 2 and 0.2 < norms[0] and abs(norms[1] - 1.0) < 0.3
+    wide = text.replace('size = 1\n', 'size = 2\n')
+    with pytest.raises(ConfigError, match='rule "test_reporting_oja" on w: needs exactly one '
+                                          'output neuron'):
+        Trainer.from_model_text(wide, base_dir=tmp_path, progress=False)
+
+
+def test_a_schedule_on_an_unscheduled_rule_is_an_error():
+    text = PROBE_TEXT.replace('rules = [{ type = "test_schedule_probe" }]',
+                              'rules = [{ type = "test_unscheduled_probe", schedule = '
+                              '{ type = "step", milestones = [1] } }]')
+    with pytest.raises(ConfigError, match='"test_unscheduled_probe" is not scheduled'):
+        Trainer.from_model_text(text, progress=False)
+
+
+def test_resume_leaves_global_rngs_alone_and_detects_changed_data_of_the_same_size(tmp_path):
+    _small_digits(tmp_path / "small.npz", 200)
+    text = _dfa(**{'dataset = "digits"': 'path = "small.npz"\nvalidation = 0.25',
+                   "epochs = 2": "epochs = 1"})
+    (tmp_path / "model.toml").write_text(text)
+    Trainer.from_model_file(tmp_path / "model.toml", progress=False).fit(tmp_path / "run",
+                                                                          log=None)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    before = _global_rng()
+    Trainer.resume(tmp_path / "run", progress=False)
+    assert _same_global_rng(before, _global_rng())
+    data = dict(np.load(tmp_path / "small.npz"))
+    data["train_x"] = data["train_x"][::-1].copy()                     # same rows, reordered
+    np.savez(tmp_path / "small.npz", **data)
+    with pytest.raises(NeurosimError, match="validation split \\(or its absence\\) differs"):
+        Trainer.resume(tmp_path / "run", progress=False)

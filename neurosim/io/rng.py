@@ -38,8 +38,11 @@ def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -
 
 
 def restore_rng_state(state: Mapping[str, Any],
-                      generators: Mapping[str, torch.Generator] | None = None) -> None:
-    """Restore a :func:`capture_rng_state` snapshot, including the named generators.
+                      generators: Mapping[str, torch.Generator] | None = None, *,
+                      global_state: bool = True) -> None:
+    """Restore a :func:`capture_rng_state` snapshot, including the named generators (with
+    ``global_state=False`` only those: torch's, numpy's and Python's global states are left
+    as they are).
 
     Saved CUDA states are restored to the devices that exist; if CUDA is unavailable (or has
     fewer devices) the rest is restored and a warning says which states were skipped.
@@ -48,14 +51,15 @@ def restore_rng_state(state: Mapping[str, Any],
     if missing:
         raise CheckpointError(f"RNG state lacks {', '.join(missing)} (has: {', '.join(state)}); "
                               f"pass a dict made by capture_rng_state().")
-    torch.set_rng_state(_cpu_bytes(state["torch"]))
-    _restore_cuda(state.get("cuda") or {})
-    n = state["numpy"]
-    np.random.set_state((str(n["bit_generator"]), np.asarray(n["keys"], dtype=np.uint32),
-                         int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
-    p = state["python"]
-    random.setstate((int(p["version"]), tuple(int(x) for x in np.asarray(p["internal"])),
-                     p["gauss_next"]))
+    if global_state:
+        torch.set_rng_state(_cpu_bytes(state["torch"]))
+        _restore_cuda(state.get("cuda") or {})
+        n = state["numpy"]
+        np.random.set_state((str(n["bit_generator"]), np.asarray(n["keys"], dtype=np.uint32),
+                             int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
+        p = state["python"]
+        random.setstate((int(p["version"]), tuple(int(x) for x in np.asarray(p["internal"])),
+                         p["gauss_next"]))
     saved = state.get("generators") or {}
     for name, gen in (generators or {}).items():
         if name not in saved:

@@ -5,9 +5,11 @@ When a rule runs
     mini-batch, it hands a :class:`~neurosim.plasticity.record.PhaseRecord` to its rule set,
     which calls ``rule.update(ctx)`` for every rule of every projection (declaration order),
     then every population rule (declaration order), under ``torch.inference_mode`` unless the
-    rule sets ``needs_grad = True``. Every rule sees the weights as they were before any rule of
-    this step ran, as long as it reads only its own weights (built-in rules do); the fixed
-    connectivity mask is re-applied after. In a plain simulation rules run every N steps on the
+    rule sets ``needs_grad = True``. A projection rule sees its weight as it was during the
+    phases unless an earlier rule on the same projection changed it in this step; a population
+    rule runs after every projection rule, so it sees their updates. The fixed connectivity
+    mask is re-applied after each rule. ``rule.setup(net, owner)`` runs once when the rule set
+    is built (check settings against the network there). In a plain simulation rules run every N steps on the
     single phase "now" (``ctx.dt`` = the time since the last update) or continuously: a rule
     with ``derivative(ctx)`` (dW/dt) then has its weights integrated with the potentials.
 
@@ -25,11 +27,14 @@ What a projection rule receives (:class:`SynapseContext`, read-only except ``ctx
     ``ctx.batch_size``, ``ctx.projection`` (its description), ``ctx.weight`` (W, n_post x
     n_pre, to be changed in place), ``ctx.lr_scale`` (the epoch's learning-rate factor),
     ``ctx.epoch``, ``ctx.step`` (training steps so far), ``ctx.dt`` (time since the last
-    update in simulations; 1 in training), ``ctx.record`` (the whole PhaseRecord)
+    update in simulations; 1 in training), ``ctx.record`` (the whole PhaseRecord),
+    ``ctx.report(name, value)`` (a step metric: training writes its epoch mean as
+    ``train_<owner>_<name>``)
 
 What a population rule receives (:class:`PopulationContext`)
-    ``ctx.population`` (its description), ``ctx.weights`` (incoming weight matrices by
-    projection name, to be changed in place), ``ctx.bias`` (the per-neuron bias, n), and
+    ``ctx.population`` (its description), ``ctx.weights`` (incoming *plastic* weight matrices
+    by projection name, to be changed in place), ``ctx.fixed_weights`` (the other incoming
+    ones, read only), ``ctx.bias`` (the per-neuron bias, n), and
     ``ctx.activity(phase)``, ``ctx.potential(phase, c)``, ``ctx.pre(projection, phase)``,
     ``ctx.signal(name)`` plus the same ``lr_scale``, ``epoch``, ``step``, ``dt``, ``record``.
 
@@ -92,8 +97,10 @@ class _Context:
     """What projection and population contexts share."""
 
     def __init__(self, record: PhaseRecord, *, lr_scale: float, epoch: int, step: int,
-                 dt: float, grad: bool, who: str):
+                 dt: float, grad: bool, who: str, owner: str):
         self.record = record
+        self.reported: dict = {}
+        self._owner = owner
         self.phases = record.phases
         self.signals = record.signals
         self.batch_size = record.batch_size
@@ -112,6 +119,11 @@ class _Context:
     def signal(self, name: str):
         return self.record.signal(name, self._who)
 
+    def report(self, name: str, value) -> None:
+        """Report a step metric (a number or 0-d tensor); in training its mean over the
+        epoch's steps becomes the column ``train_<owner>_<name>``."""
+        self.reported[f"{self._owner}_{name}"] = value
+
 
 class SynapseContext(_Context):
     """Local view of one projection after a step's phases (see module docstring)."""
@@ -120,7 +132,7 @@ class SynapseContext(_Context):
                  pre_clamped: bool = False, lr_scale: float = 1.0, epoch: int = 0,
                  step: int = 0, dt: float = 1.0, grad: bool = False):
         super().__init__(record, lr_scale=lr_scale, epoch=epoch, step=step, dt=dt, grad=grad,
-                         who=f'rule on projection "{projection.name}"')
+                         who=f'rule on projection "{projection.name}"', owner=projection.name)
         self.projection, self.weight, self.pre_clamped = projection, weight, pre_clamped
 
     def pre(self, phase: str) -> torch.Tensor:
@@ -146,12 +158,13 @@ class PopulationContext(_Context):
     """A population's view: its activity and potentials, every incoming weight, its bias."""
 
     def __init__(self, record: PhaseRecord, *, population, incoming, weights: dict,
-                 bias: torch.Tensor, lr_scale: float = 1.0, epoch: int = 0, step: int = 0,
-                 dt: float = 1.0, grad: bool = False):
+                 bias: torch.Tensor, fixed_weights: dict | None = None, lr_scale: float = 1.0,
+                 epoch: int = 0, step: int = 0, dt: float = 1.0, grad: bool = False):
         super().__init__(record, lr_scale=lr_scale, epoch=epoch, step=step, dt=dt, grad=grad,
-                         who=f'rule on population "{population.name}"')
+                         who=f'rule on population "{population.name}"', owner=population.name)
         self.population, self.incoming = population, list(incoming)
         self.weights, self.bias = weights, bias
+        self.fixed_weights = dict(fixed_weights or {})
 
     def activity(self, phase: str) -> torch.Tensor:
         self._check(phase)
@@ -172,7 +185,7 @@ class PopulationContext(_Context):
                       self._who)
 
     def parameters(self) -> dict[str, torch.Tensor]:
-        """The population's learnable tensors: ``bias`` and each incoming weight."""
+        """The population's learnable tensors: ``bias`` and each incoming plastic weight."""
         return {"bias": self.bias, **self.weights}
 
 
@@ -191,6 +204,11 @@ class PlasticityRule:
     #: set from the model file's per-rule keys (see module docstring)
     schedule: EpochSchedule | None = None
     warmup: Warmup | None = None
+
+    def setup(self, net, owner) -> None:
+        """Called once when the rule set is built, with the compiled network and the
+        projection or population the rule is attached to; raise a ConfigError for settings
+        that do not fit them."""
 
     def update(self, ctx) -> None:
         """Change the weights in place. The default takes one Euler step of
@@ -278,6 +296,9 @@ def build_rule(spec, where: str = "rule") -> PlasticityRule:
     except (TypeError, ValueError) as err:
         raise ConfigError(f'{where}: rule "{kind}": {err}') from None
     if schedule is not None:
+        if not rule.scheduled:
+            raise ConfigError(f'{where}: rule "{kind}" is not scheduled (its factor is not a '
+                              "learning rate), so a schedule would have no effect; remove it.")
         rule.schedule = make_epoch_schedule(schedule, f"{where} schedule")
     if warmup is not None:
         rule.warmup = Warmup.from_spec(warmup, f"{where}")

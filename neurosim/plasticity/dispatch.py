@@ -38,6 +38,11 @@ class RuleSet:
                     raise ConfigError(f'rule "{rule.name}" on population "{pop.name}" is a '
                                       "projection rule; attach it to a [[projection]] instead.")
                 self.population_rules.append((f"{pop.name}.{i}", pop, rule))
+        for key, owner, rule in self.entries:
+            try:
+                rule.setup(net, owner)
+            except ConfigError as err:
+                raise ConfigError(f'rule "{rule.name}" on {key.split(".")[0]}: {err}') from None
         if phases is not None:
             for key, _, rule in self.entries:
                 missing = [p for p in rule.needs_phases if p not in phases]
@@ -75,9 +80,11 @@ class RuleSet:
         return rule.schedule(epoch) if rule.schedule is not None else lr_scale
 
     def apply(self, record: PhaseRecord, *, lr_scale: float = 1.0, epoch: int = 0,
-              step: int = 0, dt: float = 1.0) -> None:
-        """Run every active rule once on ``record`` (see neurosim.plasticity.base)."""
+              step: int = 0, dt: float = 1.0) -> dict:
+        """Run every active rule once on ``record`` (see neurosim.plasticity.base); returns
+        the step metrics the rules reported (``ctx.report``)."""
         net = self.net
+        reported: dict = {}
         for key, owner, rule in self._active(epoch):
             common = dict(lr_scale=self.lr_scale_of(rule, lr_scale, epoch), epoch=epoch,
                           step=step, dt=dt, grad=rule.needs_grad)
@@ -94,15 +101,19 @@ class RuleSet:
                 else:
                     incoming = net.network.incoming(owner.name)
                     weights = {q.name: net.weights[q.name] for q in incoming
-                               if q.name in net.weights}
+                               if q.name in net.weights and q.plastic}
+                    fixed = {q.name: net.weights[q.name] for q in incoming
+                             if q.name in net.weights and not q.plastic}
                     ctx = PopulationContext(record, population=owner, incoming=incoming,
-                                            weights=weights, bias=net.biases[owner.name],
-                                            **common)
+                                            weights=weights, fixed_weights=fixed,
+                                            bias=net.biases[owner.name], **common)
                     rule.update(ctx)
                     touched = list(weights)
             for name in touched:
                 if name in net.masks:
                     net.weights[name].mul_(net.masks[name])
+            reported.update(ctx.reported)
+        return reported
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -81,8 +81,10 @@ class LearningProtocol:
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Output activity after inference (batch x n_out)."""
-        return self.net.r_of(self.infer(x), self.output)
+        """Output activity after inference (batch x n_out, a new tensor)."""
+        with torch.inference_mode():
+            out = self.net.r_of(self.infer(x), self.output).clone()
+        return out.clone() if not torch.is_inference_mode_enabled() else out
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Summed over the batch (float64): 0.5 |r_out - target|^2 by default."""
@@ -141,6 +143,9 @@ def build_protocol(spec, where: str = "[protocol]") -> LearningProtocol:
                           "implements train_step(x, target, generator, lr_scale, *, epoch, "
                           "step) and infer(x) (docs/protocols.md).")
     for key in spec:
+        if key == "net":
+            raise ConfigError(f'{where}: "net" is not a protocol setting; the engine binds the '
+                              "protocol to the model's network.")
         if key in RESERVED:
             raise ConfigError(f'{where}: "{key}" is not a protocol setting; the input and output '
                               "populations are [training] input / output.")
@@ -161,4 +166,4 @@ def protocol_keys(kind: str, where: str) -> list[str]:
 
 
 __all__ = ["LearningProtocol", "StepOutput", "PROTOCOLS", "register_protocol",
-           "build_protocol", "protocol_keys"]
+           "build_protocol", "protocol_keys", "writable"]

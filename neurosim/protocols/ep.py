@@ -136,5 +136,5 @@ class EquilibriumPropagation(LearningProtocol):
         dynamics.check_finite(nudged, self.T_nudged)
         record = PhaseRecord(net, {"nudged": nudged, "free": free}, stacked=both,
                              signals={"beta": beta, "target": target}, batch_size=batch)
-        self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
-        return EPStep(net.r_of(free, self.output), beta=beta)
+        reported = self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
+        return EPStep(net.r_of(free, self.output), reported, beta=beta)

@@ -70,5 +70,5 @@ class Relax(LearningProtocol):
         record = PhaseRecord(self.net, {"free": state})
         rates = {f"rate_{p.name}": self.net.r_of(state, p.name).mean(dtype=torch.float64)
                  for p in self.net.network.dynamic}
-        self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
+        rates.update(self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step))
         return StepOutput(None, rates)

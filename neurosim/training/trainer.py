@@ -110,6 +110,7 @@ class Trainer:
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self._data = data
         self._dataset = None
+        self._digest: str | None = None
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
         self.steps = 0
@@ -335,7 +336,8 @@ class Trainer:
         }
         if self.validation is not None:
             self.dataset
-            payload["validation"] = {"indices": self.validation_indices}
+            payload["validation"] = {"indices": self.validation_indices,
+                                     "data_digest": self._data_digest()}
         return payload
 
     def save(self, run_dir) -> Path:
@@ -391,32 +393,50 @@ class Trainer:
         return path
 
     def _restore(self, payload: Mapping, path) -> None:
+        """Load a checkpoint payload: everything is checked before anything is changed. Only
+        the run's own generator is restored (torch's, numpy's and Python's global random
+        states are left alone)."""
         from ..io import restore_rng_state
         net = self.net
         for group, tensors, what in (("network", net.weights, "projection"),
                                      ("biases", net.biases, "population")):
-            for name, w in payload.get(group, {}).items():
+            for name in payload.get(group, {}):
                 if name not in tensors:
                     raise NeurosimError(f"{path}: checkpoint has {group} for unknown {what} "
                                         f'"{name}"; the model text and checkpoint disagree.')
+        if "validation" in payload or self.validation is not None:
+            self.dataset
+            saved = payload.get("validation", {})
+            if "indices" not in saved or self.validation_indices is None or \
+                    not torch.equal(torch.as_tensor(saved["indices"]), self.validation_indices) \
+                    or saved.get("data_digest") != self._data_digest():
+                raise NeurosimError(f"{path}: the checkpoint's validation split (or its absence) "
+                                    "differs from the one this model and data give; the data or "
+                                    "the [data] validation setting changed since the run "
+                                    "started.")
+        for group, tensors, _ in (("network", net.weights, ""), ("biases", net.biases, "")):
+            for name, w in payload.get(group, {}).items():
                 tensors[name].copy_(torch.as_tensor(w))
         self.protocol.rules.load_state_dict(payload.get("rules", {}), str(path))
         self.protocol.load_state_dict(payload.get("protocol", {}))
-        restore_rng_state(payload["rng"], {"trainer": self.generator})
+        restore_rng_state(payload["rng"], {"trainer": self.generator}, global_state=False)
         self.epoch = int(payload["progress"]["epoch"])
         self.steps = int(payload["progress"].get("steps", 0))
-        if "validation" in payload or self.validation is not None:
-            self.dataset
-            saved = payload.get("validation", {}).get("indices")
-            if saved is None or self.validation_indices is None or \
-                    not torch.equal(torch.as_tensor(saved), self.validation_indices):
-                raise NeurosimError(f"{path}: the checkpoint's validation split (or its absence) "
-                                    "differs from "
-                                    "the one this model and data give; the data or the "
-                                    "[data] validation setting changed since the run started.")
         self.history = History()
         for key, values in payload.get("metrics", {}).items():
             self.history.columns[key] = [float(v) for v in torch.as_tensor(values).tolist()]
+
+    def _data_digest(self) -> str:
+        """A fingerprint of the training rows (BLAKE2 of their bytes, computed once), stored
+        with the validation split and checked on resume."""
+        if self._digest is None:
+            import hashlib
+            digest = hashlib.blake2b(digest_size=16)
+            for tensor in (self.dataset.train_x, self.dataset.train_y):
+                if tensor is not None:
+                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._digest = digest.hexdigest()
+        return self._digest
 
 
 @contextmanager
