@@ -16,13 +16,24 @@ from pathlib import Path
 from .errors import NeurosimError
 
 
+def _plasticity(text: str):
+    """--plasticity: "off", "continuous" or a positive number of steps."""
+    if text in ("off", "continuous"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return {"every": int(text)}
+    raise argparse.ArgumentTypeError(f'use "off", "continuous" or a positive number of steps, '
+                                     f"got {text!r}")
+
+
 def _simulate(args) -> None:
     from .graph import load_model_file, parse_model_text
     from .io import MonitorSpec, Recorder
     from .simulation import UNITS, Simulation, monitors_from
     overrides = dict(solver=args.solver, duration=args.duration, n_steps=args.steps, dt=args.dt,
                      batch=args.batch, seed=args.seed, device=args.device, dtype=args.dtype,
-                     rtol=args.rtol, atol=args.atol, steady_tol=args.steady_tol)
+                     rtol=args.rtol, atol=args.atol, steady_tol=args.steady_tol,
+                     plasticity=args.plasticity)
     if args.resume:
         sim = Simulation.load_checkpoint(args.resume, **overrides)
         text, where = sim.model_text, args.resume
@@ -114,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rtol", type=float)
     sim.add_argument("--atol", type=float)
     sim.add_argument("--steady-tol", type=float, help="stop once max |du/dt| < this")
+    sim.add_argument("--plasticity", type=_plasticity,
+                     help='rules: "off", "continuous", or N (run every N steps)')
     sim.add_argument("--chunk-size", type=int, default=256, help="records per HDF5 write")
     sim.add_argument("--checkpoint", help="checkpoint file written during/after the run")
     sim.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

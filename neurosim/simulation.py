@@ -50,11 +50,12 @@ import torch
 from .dynamics import CompiledNetwork
 from .io import MonitorSpec
 from .errors import ConfigError, NeurosimError, SimulationError, unknown
-from .graph import SOMA, Network, check_keys, network_from_dict, parse_model_text
+from .graph import SOMA, Network, check_keys, parse_model_text
 from .plasticity import PhaseRecord, RuleSet
 from .plasticity.continuous import PlasticSystem
 from .registry import importable_from
-from .solvers import Observer, SolveStats, SteadyState, get_solver, make_schedule, solve
+from .solvers import (Observer, SolveStats, SteadyState, TorchDiffEq, get_solver,
+                      make_schedule, solve)
 from .solvers.system import check_system_solver, integrate_system
 
 SIM_KEYS = {"solver", "duration", "n_steps", "dt", "step", "batch", "seed", "rtol", "atol",
@@ -253,7 +254,8 @@ class Simulation:
             rules = RuleSet(self.net, phases=("now",), who="a simulation")
         except ConfigError as err:
             raise ConfigError(f'{err} Rules in a simulation see the single phase "now"; to '
-                              f'simulate with fixed weights set {where} = "off".') from None
+                              f'simulate with fixed weights set {where} = "off" (command '
+                              "line: --plasticity off).") from None
         if not rules:
             if mode is not None and mode[0] != "off":
                 raise ConfigError(f"{where}: no projection or population of this network has "
@@ -261,6 +263,12 @@ class Simulation:
                                   "rules (rules = [...]).")
             return ("off", 1), rules
         mode = mode or ("every", 1)
+        for key, _, rule in rules.entries:
+            if rule.warmup is not None or rule.schedule is not None:
+                raise ConfigError(f'rule "{rule.name}" on {key.split(".")[0]}: warmup and '
+                                  "schedule count training epochs; a simulation has none. "
+                                  "Remove them from the rule (or simulate with plasticity = "
+                                  '"off").')
         if mode[0] == "continuous":
             check_system_solver(self.solver)
             PlasticSystem(self.net, rules, self.dynamics, self.state.r)     # checks the rules
@@ -279,9 +287,10 @@ class Simulation:
                         **overrides) -> "Simulation":
         """A simulation from a model file's text; "module:Class" plug-ins are imported from
         ``base_dir`` (the model file's directory) first."""
+        from .training.config import build_network
         data = parse_model_text(text, where)
         with importable_from(base_dir):
-            network = network_from_dict(data, where)
+            network = build_network(data, where)
             sim = cls(network, simulation_options(data, where, **overrides), model_text=text)
         sim.base_dir = str(Path(base_dir).resolve()) if base_dir is not None else ""
         return sim
@@ -301,26 +310,37 @@ class Simulation:
                 entry = {"type": "values", "values": entry}
             check_keys(entry, {"type", "low", "high", "value", "values", "mean", "covariance"},
                        where)
-            kind = entry.get("type", "values" if "values" in entry else "uniform")
-            if kind == "uniform":
-                lo, hi = float(entry.get("low", 0.0)), float(entry.get("high", 1.0))
-                x = lo + (hi - lo) * torch.rand(self.options.batch, size, generator=gen,
-                                                dtype=torch.float64)
-            elif kind == "constant":
-                x = torch.full((self.options.batch, size), float(entry.get("value", 0.0)))
-            elif kind == "values":
-                x = torch.as_tensor(entry["values"], dtype=torch.float64)
-                if tuple(x.shape) not in ((size,), (self.options.batch, size)):
-                    raise ConfigError(f"{where}: values have shape {tuple(x.shape)}, expected "
-                                      f"({size},) or (batch={self.options.batch}, {size}).")
-                x = x.expand(self.options.batch, -1)
-            elif kind == "gaussian":
-                x = self._gaussian_input(entry, size, gen, where)
-            else:
-                raise ConfigError(f'{where}: unknown type "{kind}"; use uniform, constant, '
-                                  "values or gaussian.")
+            try:
+                x = self._input_values(entry, size, gen, where)
+            except (TypeError, ValueError, RuntimeError) as err:
+                if isinstance(err, ConfigError):
+                    raise
+                raise ConfigError(f"{where}: every value must be a number (or a list of "
+                                  f"numbers of the right shape); {err}.") from None
             inputs[name] = x.to(self.net.device, self.net.dtype)
+            if not bool(torch.isfinite(inputs[name]).all()):
+                raise ConfigError(f"{where}: input values must be finite.")
         return inputs
+
+    def _input_values(self, entry: Mapping, size: int, gen, where: str) -> torch.Tensor:
+        """One input population's clamped values (batch x size, float64)."""
+        batch = self.options.batch
+        kind = entry.get("type", "values" if "values" in entry else "uniform")
+        if kind == "uniform":
+            lo, hi = float(entry.get("low", 0.0)), float(entry.get("high", 1.0))
+            return lo + (hi - lo) * torch.rand(batch, size, generator=gen, dtype=torch.float64)
+        if kind == "constant":
+            return torch.full((batch, size), float(entry.get("value", 0.0)), dtype=torch.float64)
+        if kind == "values":
+            x = torch.as_tensor(entry["values"], dtype=torch.float64)
+            if tuple(x.shape) not in ((size,), (batch, size)):
+                raise ConfigError(f"{where}: values have shape {tuple(x.shape)}, expected "
+                                  f"({size},) or (batch={batch}, {size}).")
+            return x.expand(batch, -1)
+        if kind == "gaussian":
+            return self._gaussian_input(entry, size, gen, where)
+        raise ConfigError(f'{where}: unknown type "{kind}"; use uniform, constant, values or '
+                          "gaussian.")
 
     def _gaussian_input(self, entry: Mapping, size: int, gen, where: str) -> torch.Tensor:
         """x ~ N(mean, covariance) per sample (row), fixed in time: x = mean + L z, C = L L^T."""
@@ -392,8 +412,12 @@ class Simulation:
         last_saved = [self.step]
 
         def after_step(k: int, t: float) -> None:
-            # continuous solvers report only at segment ends: save once a period has passed
+            # continuous solvers report only at segment ends: save once a period has passed.
+            # On a step where the rules are due, the checkpoint waits until they have run.
             self.step, self.t = k, t
+            if self.plasticity[0] == "every" and k % self.plasticity[1] == 0 and \
+                    self.last_update_t != t:
+                return
             if checkpoint is not None and checkpoint_every and \
                     k // checkpoint_every > last_saved[0] // checkpoint_every:
                 self.save_checkpoint(checkpoint)
@@ -437,6 +461,7 @@ class Simulation:
             self.step, self.t = stats.steps, stats.t
             if self.step % every == 0:
                 self.apply_rules()
+                after_step(self.step, self.t)        # the checkpoint that waited for the rules
             if stats.converged:
                 break
         stats.rhs_evals = evals
@@ -466,7 +491,9 @@ class Simulation:
                     "plasticity; reduce the step size (dt), the rules' learning rates, or use "
                     "an adaptive solver (dopri5).")
             stats.steps, stats.t = k, t
-            after_step(k, t)
+            if not isinstance(self.solver, TorchDiffEq) or k % self.solver.segment == 0 \
+                    or k == total:      # mid-segment states of odeint would not resume exactly
+                after_step(k, t)
             if bar is not None:
                 bar.update(1)
         self.last_update_t = stats.t

@@ -127,3 +127,33 @@ def test_gaussian_inputs_have_the_declared_covariance():
     assert torch.allclose(torch.cov(x.T), torch.as_tensor(C), atol=0.08)
     with pytest.raises(ConfigError, match="symmetric positive definite"):
         Simulation.from_model_text(OJA_TEXT.replace("0.3755", "-5.0"), base_dir=OJA.parent)
+
+
+@pytest.mark.parametrize("options", [{"plasticity": {"every": 4}},
+                                     {"plasticity": "continuous", "solver": "rk4"},
+                                     {"plasticity": "continuous", "solver": "dopri5"}])
+def test_checkpoints_written_during_a_plastic_run_resume_exactly(tmp_path, options):
+    """Checkpoints every 10 steps during run(128): a rule update due on a checkpoint step is
+    in the checkpoint, and odeint segments are never cut."""
+    straight = _sim(n_steps=140, **options)
+    straight.run()
+    ckpt = tmp_path / "sim.h5"
+    _sim(n_steps=140, **options).run(128, checkpoint=ckpt, checkpoint_every=10)
+    resumed = Simulation.load_checkpoint(ckpt)
+    assert resumed.step == (128 if options.get("solver") == "dopri5" else 120)
+    resumed.run()
+    assert torch.equal(resumed.net.weights["w"], straight.net.weights["w"])
+    assert torch.equal(resumed.state.u, straight.state.u)
+
+
+def test_warmup_and_schedules_are_refused_in_simulations_and_cli_plasticity_flag(tmp_path,
+                                                                                capsys):
+    text = OJA_TEXT.replace('lr = 0.1 }', 'lr = 0.1, warmup = { epochs = 2 } }')
+    with pytest.raises(ConfigError, match="warmup and schedule count training epochs"):
+        Simulation.from_model_text(text, base_dir=OJA.parent)
+    template = ROOT / "models" / "corinfomax_digits.toml"       # EP rules, a [model] template
+    out = tmp_path / "x.h5"
+    assert cli(["simulate", str(template), "--out", str(out), "--steps", "5", "--quiet"]) == 2
+    assert "--plasticity off" in capsys.readouterr().err
+    assert cli(["simulate", str(template), "--out", str(out), "--steps", "5", "--quiet",
+                "--plasticity", "off"]) == 0
