@@ -34,11 +34,11 @@ the objective over the evaluation set each epoch: columns ``objective_<populatio
 ``reconstruction_<population>`` (the mean squared-error term, 1/2 <|x - W^T r|^2>) and
 ``sparsity_<population>`` (the summed KL).
 
-Model file: ``examples/local_objective_digits.toml`` (digits, relax protocol). From the
-command line the import paths need this directory on the Python path:
+Model file: ``examples/local_objective_digits.toml`` (digits, relax protocol); its
+"local_objective:..." import paths are found next to it:
 
-    PYTHONPATH=examples neurosim train examples/local_objective_digits.toml --out runs/lo
-    PYTHONPATH=examples neurosim resume runs/lo --epochs 20
+    neurosim train examples/local_objective_digits.toml --out runs/lo
+    neurosim resume runs/lo --epochs 20
 """
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ class Registry(dict):
                 obj = importlib.import_module(module)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except (ImportError, AttributeError) as err:
+            except (ImportError, AttributeError, ValueError, TypeError) as err:
                 raise ConfigError(f'{where}: cannot import {self.kind} "{key}": {err}. Is its '
                                   "directory on PYTHONPATH (or next to the model file)?") from None
             if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
@@ -94,9 +94,7 @@ class Registry(dict):
         check_arguments(factory, spec, where, f'{self.kind} "{kind}"')
         try:
             return factory(**spec, **extra)
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError) as err:       # ConfigError included
             raise ConfigError(f'{where}: {self.kind} "{kind}": {err}') from None
 
 

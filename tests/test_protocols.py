@@ -633,7 +633,7 @@ def test_validation_split_columns_steps_and_checkpoint(tmp_path):
     resumed = Trainer.resume(tmp_path / "run", progress=False)
     assert torch.equal(resumed.validation_indices, val)
     _small_digits(tmp_path / "small.npz", 400)
-    with pytest.raises(NeurosimError, match="validation split \\(or its absence\\) differs"):
+    with pytest.raises(NeurosimError, match="the training data differ"):
         Trainer.resume(tmp_path / "run2", progress=False)
     # ... and so does restore, for a trainer built in Python with another split or none
     _small_digits(tmp_path / "small.npz", 410)
@@ -837,11 +837,13 @@ def test_protocol_state_round_trip(tmp_path):
             assert torch.equal(w, p["network"][name]), (run, name)
         _same_metrics(pa["metrics"], p["metrics"])
 
-    # a protocol without state refuses a checkpoint that holds some
+    # another protocol is refused by restore; a protocol without state refuses saved state
     stateless = Trainer.from_model_text(_dfa(**{f"{ME}:DirectFeedback":
                                                 f"{ME}:StatelessFeedback"}), progress=False)
-    with pytest.raises(ConfigError, match="has no state but the checkpoint holds \\['feedback'\\]"):
+    with pytest.raises(NeurosimError, match="trained with the protocol .*test_direct_feedback"):
         stateless.restore(tmp_path / "b")
+    with pytest.raises(ConfigError, match="has no state but the checkpoint holds \\['feedback'\\]"):
+        stateless.protocol.load_state_dict(pa["protocol"])
 
 
 # --------------------------------------------------------------------------- rule hooks
@@ -882,7 +884,7 @@ def test_a_schedule_on_an_unscheduled_rule_is_an_error():
         Trainer.from_model_text(text, progress=False)
 
 
-def test_resume_leaves_global_rngs_alone_and_detects_changed_data_of_the_same_size(tmp_path):
+def test_resume_leaves_global_rngs_alone_and_detects_reordered_data(tmp_path):
     _small_digits(tmp_path / "small.npz", 200)
     text = _dfa(**{'dataset = "digits"': 'path = "small.npz"\nvalidation = 0.25',
                    "epochs = 2": "epochs = 1"})
@@ -898,5 +900,5 @@ def test_resume_leaves_global_rngs_alone_and_detects_changed_data_of_the_same_si
     data = dict(np.load(tmp_path / "small.npz"))
     data["train_x"] = data["train_x"][::-1].copy()                     # same rows, reordered
     np.savez(tmp_path / "small.npz", **data)
-    with pytest.raises(NeurosimError, match="validation split \\(or its absence\\) differs"):
+    with pytest.raises(NeurosimError, match="the training data differ"):
         Trainer.resume(tmp_path / "run", progress=False)

@@ -83,7 +83,8 @@ class PopulationSlot:
     inputs: tuple = ()                  # general cells: (compartment, dynamic source range|None)
     stochastic: bool = False            # r is a random draw
     elementwise: bool = True            # r_i = sigma(u_i) with sigma' = activation.derivative
-    bias_current: bool = False          # the bias enters du/dt (nonzero, or learnable by rules)
+    bias_current: bool = False          # the bias always enters du/dt (nonzero or learnable at
+                                        # compile time; otherwise only once it is nonzero)
 
     def step_size(self, dt: float) -> float:
         """h in u <- u + h du/dt for a discrete step of size dt."""
@@ -380,7 +381,7 @@ class CompiledNetwork:
             kt[off:off + slot.size].diagonal().sub_(beta)
             operators[name] = kt
         for name, slot in self.slots.items():
-            if slot.bias_current:
+            if slot.u_cols is not None and (slot.bias_current or bool(self.biases[name].any())):
                 bias = self.biases[name].unsqueeze(0)
                 key = name if slot.cell is None else (name, SOMA)
                 currents[key] = currents[key] + bias if key in currents else bias.clone()

@@ -4,6 +4,7 @@ Each epoch, after the training pass, the trainer evaluates the test set (or the 
 set when the run has no test set) batch by batch with the protocol's ``infer``; every metric
 sees each batch's state and writes named numbers into that epoch's row:
 
+    metric.setup(net)                    # once, when the trainer is built (check settings)
     metric.reset(context)                # once per evaluation
     metric.observe(state, x, labels)     # per evaluation batch (labels None if unlabeled)
     metric.compute() -> {column: value}  # after the last batch
@@ -35,6 +36,10 @@ class EpochMetric:
     """Base class of epoch metrics (see module docstring)."""
 
     name: ClassVar[str] = "metric"
+
+    def setup(self, net) -> None:
+        """Called once with the compiled network when the trainer is built: raise a
+        ConfigError for settings that do not fit it (unknown populations, projections)."""
 
     def reset(self, context: MetricContext) -> None:
         self.context = context

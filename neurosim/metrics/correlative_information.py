@@ -25,17 +25,19 @@ class CorrelativeInformation(EpochMetric):
         self.eps = float(eps)
         self.populations = None if populations is None else list(populations)
 
-    def reset(self, context: MetricContext) -> None:
+    def setup(self, net) -> None:
         from ..graph import PyramidalPopulation
-        super().reset(context)
-        network = context.net.network
+        network = net.network
         if self.populations is None:
             self.layers = [p.name for p in network.populations
                            if isinstance(p, PyramidalPopulation)]
         else:
             for name in self.populations:
-                network.population(name)
+                net._slot(name, need_dynamic=True)
             self.layers = self.populations
+
+    def reset(self, context: MetricContext) -> None:
+        super().reset(context)
         self.moments: dict[str, torch.Tensor] = {}
         self.count = 0
 

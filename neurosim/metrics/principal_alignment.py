@@ -25,13 +25,15 @@ class PrincipalAlignment(EpochMetric):
         self.projection, self.center = projection, bool(center)
         self._basis = None
 
-    def reset(self, context: MetricContext) -> None:
-        super().reset(context)
-        net = context.net
+    def setup(self, net) -> None:
         proj = net.network.projection(self.projection)
         if not net.network.population(proj.source).is_input or proj.name not in net.weights:
             raise ConfigError(f'principal_alignment: projection "{self.projection}" must carry '
                               "a weight matrix from an input population.")
+
+    def reset(self, context: MetricContext) -> None:
+        super().reset(context)
+        net = context.net
         if context.train_x is None:
             raise ConfigError("principal_alignment needs the training inputs.")
         if self._basis is None:

@@ -51,14 +51,19 @@ class WeightAngle(EpochMetric):
                               f"got {pairs!r}.")
         self.pairs = None if pairs is None else [tuple(p) for p in pairs]
 
+    def setup(self, net) -> None:
+        from ..errors import unknown
+        for fwd, fb in self.pairs or ():
+            for name in (fwd, fb):
+                if name not in net.weights:
+                    raise unknown("projection", name, net.weights,
+                                  "weight_angle pairs (projections with weights)")
+            if net.weights[fwd].shape != net.weights[fb].T.shape:
+                raise ConfigError(f'weight_angle pairs: "{fb}" must have the transposed shape '
+                                  f'of "{fwd}".')
+
     def compute(self) -> dict[str, float]:
         net = self.context.net
         pairs = reciprocal_pairs(net) if self.pairs is None else self.pairs
-        out = {}
-        for fwd, fb in pairs:
-            for name in (fwd, fb):
-                if name not in net.weights:
-                    from ..errors import unknown
-                    raise unknown("projection with weights", name, net.weights, "weight_angle")
-            out[f"angle_{fwd}_{fb}"] = weight_angle(net.weights[fwd], net.weights[fb].T)
-        return out
+        return {f"angle_{fwd}_{fb}": weight_angle(net.weights[fwd], net.weights[fb].T)
+                for fwd, fb in pairs}

@@ -110,14 +110,15 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
 
 def _rule(table, default: str, key: str, value: float) -> dict:
     """A rule table: the built-in one, or the user's with ``key`` filled in when it takes it."""
-    from ..plasticity.base import rule_class, rule_parameters
+    from ..plasticity.base import rule_class
+    from ..registry import parameters
     if table is None:
         return {"type": default, key: value}
     if not isinstance(table, dict) or "type" not in table:
         raise ConfigError(f'corinfomax: a rule override is a table with a "type", e.g. '
                           f'{{ type = "{default}" }}; got {table!r}.')
     table = dict(table)
-    if key not in table and key in rule_parameters(rule_class(table["type"], "corinfomax")):
+    if key not in table and key in parameters(rule_class(table["type"], "corinfomax")):
         table[key] = value
     return table
 

@@ -19,7 +19,8 @@ What a projection rule receives (:class:`SynapseContext`, read-only except ``ctx
     ``ctx.post(phase)``        postsynaptic activity r_tgt, (batch x n_post)
     ``ctx.potential(phase, c)`` postsynaptic potential of compartment c ("soma" = u, or a
                                dendrite's v_c), (batch x n_post)
-    ``ctx.stacked_pre()`` / ``ctx.stacked_post()``  all phases stacked along the batch axis
+    ``ctx.stacked_pre(phases)`` / ``ctx.stacked_post(phases)``  the activities of ``phases``
+                               (default: all) stacked along the batch axis in that order
     ``ctx.signal(name)``       what the protocol provides ("target", "error", "beta", ...);
                                ``ctx.signals`` is the whole mapping
     ``ctx.pre_clamped``        True when the source is a clamped input population
@@ -34,7 +35,7 @@ What a projection rule receives (:class:`SynapseContext`, read-only except ``ctx
 What a population rule receives (:class:`PopulationContext`)
     ``ctx.population`` (its description), ``ctx.weights`` (incoming *plastic* weight matrices
     by projection name, to be changed in place), ``ctx.fixed_weights`` (the other incoming
-    ones, read only), ``ctx.bias`` (the per-neuron bias, n), and
+    ones: live tensors, to be read only), ``ctx.bias (the per-neuron bias, n), and
     ``ctx.activity(phase)``, ``ctx.potential(phase, c)``, ``ctx.pre(projection, phase)``,
     ``ctx.signal(name)`` plus the same ``lr_scale``, ``epoch``, ``step``, ``dt``, ``record``.
 
@@ -63,7 +64,7 @@ from typing import ClassVar, Mapping
 import torch
 
 from ..errors import ConfigError
-from ..registry import Registry, check_arguments
+from ..registry import Registry
 from ..schedules import EpochSchedule, make_epoch_schedule
 from .record import PhaseRecord
 
@@ -147,11 +148,17 @@ class SynapseContext(_Context):
         self._check(phase)
         return self._out(self.record.potential(self.projection.target, compartment, phase))
 
-    def stacked_pre(self) -> torch.Tensor:
-        return self._out(self.record.stacked(self.projection.source))
+    def stacked_pre(self, phases=None) -> torch.Tensor:
+        """Presynaptic activities of every phase (or of ``phases``, in that order) stacked
+        along the batch axis."""
+        for phase in phases or ():
+            self._check(phase)
+        return self._out(self.record.stacked(self.projection.source, phases))
 
-    def stacked_post(self) -> torch.Tensor:
-        return self._out(self.record.stacked(self.projection.target))
+    def stacked_post(self, phases=None) -> torch.Tensor:
+        for phase in phases or ():
+            self._check(phase)
+        return self._out(self.record.stacked(self.projection.target, phases))
 
 
 class PopulationContext(_Context):
@@ -271,11 +278,6 @@ def rule_class(kind: str, where: str = "rule") -> type[PlasticityRule]:
     return RULES.lookup(kind, where)
 
 
-def rule_parameters(cls: type[PlasticityRule]) -> list[str]:
-    """Constructor parameter names of a rule class."""
-    return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
-
-
 def build_rule(spec, where: str = "rule") -> PlasticityRule:
     """Build a rule from an instance or a table ``{type = "...", <constructor args>,
     [schedule = {...}], [warmup = {...}]}``."""
@@ -287,14 +289,7 @@ def build_rule(spec, where: str = "rule") -> PlasticityRule:
     spec = dict(spec)
     kind = spec.pop("type")
     schedule, warmup = spec.pop("schedule", None), spec.pop("warmup", None)
-    cls = rule_class(kind, where)
-    check_arguments(cls, spec, where, f'rule "{kind}"')
-    try:
-        rule = cls(**spec)
-    except ConfigError as err:
-        raise ConfigError(f'{where}: rule "{kind}": {err}') from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f'{where}: rule "{kind}": {err}') from None
+    rule = RULES.build({"type": kind, **spec}, where)
     if schedule is not None:
         if not rule.scheduled:
             raise ConfigError(f'{where}: rule "{kind}" is not scheduled (its factor is not a '

@@ -24,17 +24,15 @@ class EPContrastive(PlasticityRule):
         self.lr = float(lr)
 
     def update(self, ctx: SynapseContext) -> None:
-        if ctx.phases[:2] != ("nudged", "free"):
-            raise ValueError('ep_contrastive needs the phases ("nudged", "free")')
         if ctx.beta == 0:
             return
         scale = self.lr * ctx.lr_scale / (ctx.beta * ctx.batch_size)
         if ctx.pre_clamped:
-            post = ctx.stacked_post()
+            post = ctx.stacked_post(self.needs_phases)
             diff = post[:ctx.batch_size] - post[ctx.batch_size:2 * ctx.batch_size]
             ctx.weight.addmm_(diff.T, ctx.pre("free"), alpha=scale)
             return
-        pre = ctx.stacked_pre()                    # [r_s^beta; r_s^0]
-        err = ctx.stacked_post()[: len(pre)].addmm(pre, ctx.weight.T, alpha=-1.0)
+        pre = ctx.stacked_pre(self.needs_phases)   # [r_s^beta; r_s^0]
+        err = ctx.stacked_post(self.needs_phases).addmm(pre, ctx.weight.T, alpha=-1.0)
         err[ctx.batch_size:].neg_()                # the free phase enters with a minus sign
         ctx.weight.addmm_(err.T, pre, alpha=scale)

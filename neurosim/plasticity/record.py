@@ -50,7 +50,7 @@ class PhaseRecord:
         """Activities of every phase (or of ``phases``) stacked along the batch axis, in
         phase order; a view of the shared buffer when the protocol keeps one."""
         phases = tuple(phases) if phases is not None else self.phases
-        if self._stacked is not None and phases == self.phases:
+        if self._stacked is not None and phases == self.phases:      # one view, no copy
             return self.net.r_of(self._stacked, population)
         return torch.cat([self.activity(population, p) for p in phases])
 

@@ -1,10 +1,10 @@
 """Learning protocols: the phases a training step runs and what its rules see (see
 :mod:`.base`). Built-in: "ep" (equilibrium propagation), "relax" (unsupervised: relax, then
 learn). Others are found by name once registered, or as "package.module:Class"."""
-from .base import (PROTOCOLS, LearningProtocol, StepOutput, build_protocol, protocol_keys,
+from .base import (PROTOCOLS, LearningProtocol, StepOutput, build_protocol,
                    register_protocol, writable)
 from .ep import EPStep, EquilibriumPropagation
 from .relax import Relax
 
-__all__ = ["PROTOCOLS", "LearningProtocol", "StepOutput", "build_protocol", "protocol_keys",
+__all__ = ["PROTOCOLS", "LearningProtocol", "StepOutput", "build_protocol",
            "register_protocol", "writable", "EPStep", "EquilibriumPropagation", "Relax"]

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import ConfigError
 from ..plasticity import RuleSet
-from ..registry import Registry, check_arguments
+from ..registry import Registry
 
 #: constructor parameters supplied by the engine, never by a [protocol] table
 RESERVED = ("net", "input", "output")
@@ -60,7 +60,8 @@ class LearningProtocol:
         """Attach to a compiled network; builds the rule set (checked against ``phases``)."""
         self.net, self.input, self.output, self.seed = net, input, output, int(seed)
         net._slot(input)
-        net._slot(output, need_dynamic=True)
+        if self.supervised or output in net.slots:      # unsupervised ones may have none
+            net._slot(output, need_dynamic=True)
         self.rules = RuleSet(net, phases=self.phases, who=f'protocol "{self.name}"')
         self.setup()
         return self
@@ -149,21 +150,8 @@ def build_protocol(spec, where: str = "[protocol]") -> LearningProtocol:
         if key in RESERVED:
             raise ConfigError(f'{where}: "{key}" is not a protocol setting; the input and output '
                               "populations are [training] input / output.")
-    check_arguments(cls, spec, where, f'protocol "{kind}"')
-    try:
-        return cls(**spec)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f'{where}: protocol "{kind}": {err}') from None
-
-
-def protocol_keys(kind: str, where: str) -> list[str]:
-    """The [protocol] keys a protocol type accepts (for routing overrides)."""
-    cls = PROTOCOLS.lookup(kind, where)
-    return [k for k in inspect.signature(cls.__init__).parameters
-            if k not in ("self", *RESERVED)]
+    return PROTOCOLS.build({"type": kind, **spec}, where)
 
 
 __all__ = ["LearningProtocol", "StepOutput", "PROTOCOLS", "register_protocol",
-           "build_protocol", "protocol_keys", "writable"]
+           "build_protocol", "writable"]

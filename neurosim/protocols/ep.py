@@ -69,7 +69,8 @@ class EquilibriumPropagation(LearningProtocol):
         self.beta, self.random_sign = float(beta), random_sign
         self.solver = get_solver(solver)
         self.step = step
-        self.schedule = schedule if schedule is not None else make_schedule(step, "step")
+        self.schedule = make_schedule(schedule if schedule is not None else step,
+                                      "schedule" if schedule is not None else "step")
         self._ops: dict = {}
         self._buffers: dict[int, NeuralState] = {}
         if net is not None:

@@ -9,8 +9,9 @@
 
 Model files written before protocols were plug-ins kept EP's settings (T_free, T_nudged,
 beta, random_sign, solver, step) and the correlative-information switches in [training];
-such files are read as ``[protocol] type = "ep"`` with those settings and
-``metrics = ["weight_angle", "correlative_information"]``.
+such files (and any file without a [protocol] table) are read as ``[protocol] type = "ep"``
+with those settings and, unless [training] sets metrics, ``metrics = ["weight_angle",
+"correlative_information"]``, which the old trainer always measured.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def split_tables(data: dict, where: str, overrides: dict) -> tuple[dict, dict]:
                 protocol[key] = training.pop(key)
         on = training.pop("correlative_information", True)
         eps = training.pop("correlative_information_eps", 1e-3)
-        if legacy and "metrics" not in training:
+        if "metrics" not in training:      # the old trainer always measured these
             if not isinstance(on, bool):
                 raise ConfigError(f"{where} [training] correlative_information: true or false, "
                                   f"got {on!r}.")
@@ -109,7 +110,11 @@ def training_config_from_table(table: dict, where: str) -> TrainingConfig:
         raise ConfigError(f'{where} [training] metrics: a list, e.g. metrics = ["weight_angle"]; '
                           f"got {metrics!r}.")
     table["metrics"] = tuple(metrics)
-    config = TrainingConfig(**table)
+    return check_training_config(TrainingConfig(**table), where)
+
+
+def check_training_config(config: TrainingConfig, where: str) -> TrainingConfig:
+    """Raise a ConfigError naming the key for any invalid run option; return ``config``."""
     for key in ("epochs", "batch_size", "eval_batch_size", "seed"):
         value = getattr(config, key)
         low = 0 if key in ("epochs", "seed") else 1
@@ -120,21 +125,30 @@ def training_config_from_table(table: dict, where: str) -> TrainingConfig:
         if not isinstance(getattr(config, key), str):
             raise ConfigError(f"{where} [training] {key}: a population name, got "
                               f"{getattr(config, key)!r}.")
-    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
+    threads = config.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
         raise ConfigError(f"{where} [training] threads: must be a positive integer (CPU threads "
-                          f"for torch), got {config.threads!r}.")
+                          f"for torch), got {threads!r}.")
     if config.dtype not in DTYPES:
         raise ConfigError(f'{where} [training] dtype: "{config.dtype}" is not one of '
                           f"{', '.join(DTYPES)}.")
     if config.train_accuracy not in ("running", "full"):
         raise ConfigError(f'{where} [training] train_accuracy: use "running" (predictions of '
                           'the training steps) or "full" (evaluate the whole training set).')
-    if not str(config.device).startswith(("cpu", "cuda")):
+    try:
+        device = torch.device(config.device)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise ConfigError(f'{where} [training] device: "{config.device}" is not a device; use '
-                          '"cpu" or "cuda".')
-    if str(config.device).startswith("cuda") and not torch.cuda.is_available():
+                          '"cpu", "cuda" or "cuda:N".')
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f'{where} [training] device: "{config.device}" requested but CUDA is '
                           'not available on this machine; use device = "cpu".')
+    if not isinstance(config.lr_schedule, EpochSchedule):
+        raise ConfigError(f"{where} [training] lr_schedule: an epoch schedule "
+                          f"(neurosim.schedules), got {config.lr_schedule!r}.")
     return config
 
 

@@ -43,8 +43,8 @@ from ..graph import Network, parse_model_text
 from ..metrics import MetricContext, build_metrics
 from ..protocols import LearningProtocol, build_protocol
 from ..registry import importable_from
-from .config import (TrainingConfig, build_network, data_config, split_tables,
-                     training_config_from_table)
+from .config import (TrainingConfig, build_network, check_training_config, data_config,
+                     split_tables, training_config_from_table)
 
 RUN_FILE, MODEL_FILE, METRICS_FILE = "run.h5", "model.toml", "metrics.csv"
 
@@ -90,8 +90,13 @@ class Trainer:
         self.where, self.model_text, self.progress = where, model_text, progress
         if not isinstance(options, TrainingConfig):
             options = training_config_from_table(dict(options or {}), where)
-        self.config = cfg = options
+        self.config = cfg = check_training_config(options, where)
         if isinstance(network, CompiledNetwork):
+            if network.dtype != cfg.torch_dtype or network.device != torch.device(cfg.device):
+                raise ConfigError(f"{where}: the compiled network is {network.dtype} on "
+                                  f"{network.device} but the options say {cfg.dtype} on "
+                                  f"{cfg.device}; compile it with the same dtype and device, "
+                                  "or pass the Network.")
             self.net = network
         elif isinstance(network, Network):
             self.net = CompiledNetwork(network, dtype=cfg.torch_dtype, device=cfg.device,
@@ -106,6 +111,13 @@ class Trainer:
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         self.metrics = build_metrics(list(cfg.metrics), f"{where} [training] metrics")
+        for i, metric in enumerate(self.metrics):
+            try:
+                metric.setup(self.net)
+            except ConfigError as err:
+                raise ConfigError(f"{where} [training] metrics[{i}]: {err}") from None
+        if validation is None and isinstance(data, Mapping):
+            validation = data.get("validation")
         self.validation = validation
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self._data = data
@@ -192,7 +204,7 @@ class Trainer:
         from ..data import validation_split
         try:
             train_idx, val_idx = validation_split(len(ds.train_x), self.validation,
-                                                  self.config.seed)
+                                                  self.config.seed + 1)
         except NeurosimError as err:
             raise ConfigError(f"{self.where} [data] validation: {err}") from None
         self.validation_indices = val_idx
@@ -255,6 +267,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=train_x.device)
         loss = torch.zeros((), dtype=torch.float64, device=train_x.device)
         sums: dict[str, Any] = {}
+        predicted = False
         bar = _progress(range(0, len(order), cfg.batch_size), self.progress,
                         f"epoch {self.epoch + 1}/{cfg.epochs}")
         for start_idx in bar:
@@ -266,6 +279,7 @@ class Trainer:
                                          epoch=self.epoch, step=self.steps)
             self.steps += 1
             if labels is not None and result.prediction is not None:
+                predicted = True
                 correct += (result.prediction.argmax(dim=1) == labels).sum()
                 loss += protocol.loss(result.prediction, target)
             for key, value in result.metrics.items():
@@ -275,7 +289,7 @@ class Trainer:
         if train_y is not None:
             if cfg.train_accuracy == "full":
                 row.update(self.evaluate(train_x, train_y, "train"))
-            else:
+            elif predicted:
                 row["train_accuracy"] = float(correct) / len(order)
                 row["train_loss"] = float(loss) / len(order)
         for key, value in sums.items():
@@ -285,7 +299,7 @@ class Trainer:
             evaluation_sets.append(("validation", self.val_x, self.val_y))
         if ds.test_x is not None:
             evaluation_sets.append(("test", ds.test_x, ds.test_y))
-        if not evaluation_sets:
+        if not evaluation_sets and self.metrics:
             evaluation_sets.append(("train", None, None))
         for i, (prefix, x, y) in enumerate(evaluation_sets):
             metrics = self.metrics if i == len(evaluation_sets) - 1 else ()
@@ -316,7 +330,15 @@ class Trainer:
                 self.save(run_dir)
                 if log:
                     log(_format_row(row))
+        self._leave_inference_mode()
         return self.history
+
+    def _leave_inference_mode(self) -> None:
+        """Rule and protocol state made during training are inference tensors, read-only
+        outside ``torch.inference_mode``; hand them back as ordinary copies."""
+        self.protocol.rules.load_state_dict(_copied(self.protocol.rules.state_dict()),
+                                            self.where)
+        self.protocol.load_state_dict(_copied(self.protocol.state_dict()))
 
     # ------------------------------------------------------------------ checkpoints
     def state_payload(self) -> dict:
@@ -334,10 +356,11 @@ class Trainer:
                         "training": repr(self.config.as_dict()),
                         "protocol": repr(self.protocol.config())},
         }
+        if self._dataset is not None:
+            payload["data"] = {"digest": self._data_digest()}
         if self.validation is not None:
             self.dataset
-            payload["validation"] = {"indices": self.validation_indices,
-                                     "data_digest": self._data_digest()}
+            payload["validation"] = {"indices": self.validation_indices}
         return payload
 
     def save(self, run_dir) -> Path:
@@ -400,25 +423,42 @@ class Trainer:
         net = self.net
         for group, tensors, what in (("network", net.weights, "projection"),
                                      ("biases", net.biases, "population")):
-            for name in payload.get(group, {}):
+            saved = payload.get(group, {})
+            for name, w in saved.items():
                 if name not in tensors:
                     raise NeurosimError(f"{path}: checkpoint has {group} for unknown {what} "
                                         f'"{name}"; the model text and checkpoint disagree.')
+                if tuple(torch.as_tensor(w).shape) != tuple(tensors[name].shape):
+                    raise NeurosimError(f'{path}: {what} "{name}" has shape '
+                                        f"{tuple(torch.as_tensor(w).shape)} in the checkpoint "
+                                        f"but {tuple(tensors[name].shape)} in this model; the "
+                                        "model and the checkpoint disagree.")
+            missing = sorted(set(tensors) - set(saved)) if group == "network" else []
+            if missing:
+                raise NeurosimError(f"{path}: the checkpoint lacks the weights of {missing}; "
+                                    "the model and the checkpoint disagree.")
+        saved_protocol = payload.get("options", {}).get("protocol")
+        if saved_protocol is not None and saved_protocol != repr(self.protocol.config()):
+            raise NeurosimError(f"{path}: the checkpoint was trained with the protocol "
+                                f"{saved_protocol}, this trainer has {self.protocol.config()!r}; "
+                                "build it with the same protocol settings.")
+        if "data" in payload and payload["data"]["digest"] != self._data_digest():
+            raise NeurosimError(f"{path}: the training data differ from those the run was "
+                                "trained on (their digest changed).")
         if "validation" in payload or self.validation is not None:
             self.dataset
             saved = payload.get("validation", {})
             if "indices" not in saved or self.validation_indices is None or \
-                    not torch.equal(torch.as_tensor(saved["indices"]), self.validation_indices) \
-                    or saved.get("data_digest") != self._data_digest():
+                    not torch.equal(torch.as_tensor(saved["indices"]), self.validation_indices):
                 raise NeurosimError(f"{path}: the checkpoint's validation split (or its absence) "
                                     "differs from the one this model and data give; the data or "
                                     "the [data] validation setting changed since the run "
                                     "started.")
-        for group, tensors, _ in (("network", net.weights, ""), ("biases", net.biases, "")):
-            for name, w in payload.get(group, {}).items():
-                tensors[name].copy_(torch.as_tensor(w))
         self.protocol.rules.load_state_dict(payload.get("rules", {}), str(path))
         self.protocol.load_state_dict(payload.get("protocol", {}))
+        for group, tensors in (("network", net.weights), ("biases", net.biases)):
+            for name, w in payload.get(group, {}).items():
+                tensors[name].copy_(torch.as_tensor(w))
         restore_rng_state(payload["rng"], {"trainer": self.generator}, global_state=False)
         self.epoch = int(payload["progress"]["epoch"])
         self.steps = int(payload["progress"].get("steps", 0))
@@ -437,6 +477,17 @@ class Trainer:
                     digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             self._digest = digest.hexdigest()
         return self._digest
+
+
+def _copied(tree):
+    """A nested dict/list of tensors with every tensor cloned (outside inference mode)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, Mapping):
+        return {k: _copied(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_copied(v) for v in tree)
+    return tree
 
 
 @contextmanager
