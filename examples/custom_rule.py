@@ -1,6 +1,6 @@
 """Train CorInfoMax on the embedded digits dataset with a user-written plasticity rule.
 
-    python examples/custom_rule.py [--epochs 5] [--out runs/digits_momentum] [--momentum 0.5]
+    python examples/custom_rule.py [--epochs 5] [--out runs/local/digits_momentum] [--momentum 0.5]
 
 The rule (EP with momentum and weight decay) lives in examples/momentum_rule.py; see
 docs/plasticity.md for the protocol it follows. This script
@@ -16,7 +16,7 @@ docs/plasticity.md for the protocol it follows. This script
    metrics.csv).
 
 Because the model file names the rule by import path, the run can be continued from the
-command line: ``PYTHONPATH=examples neurosim resume runs/digits_momentum --epochs 10``.
+command line: ``PYTHONPATH=examples neurosim resume runs/local/digits_momentum --epochs 10``.
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def model_text_with_rule(model_file, make_rule) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--out", default="runs/digits_momentum")
+    parser.add_argument("--out", default="runs/local/digits_momentum")
     parser.add_argument("--momentum", type=float, default=0.5)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--force", action="store_true", help="start over if --out exists")

@@ -1,6 +1,6 @@
 """A population rule that maximises a local objective with autograd and Adam.
 
-    python examples/local_objective.py [--epochs 10] [--out runs/local_objective] [--force]
+    python examples/local_objective.py [--epochs 10] [--out runs/local/local_objective] [--force]
 
 The population ``h`` is fed by one input projection ``W`` (onto its basal dendrite) and has a
 per-neuron bias ``b``. With the linear cell of the model file (leak 0, basal conductance 1,
@@ -37,8 +37,8 @@ the objective over the evaluation set each epoch: columns ``objective_<populatio
 Model file: ``examples/local_objective_digits.toml`` (digits, relax protocol); its
 "local_objective:..." import paths are found next to it:
 
-    neurosim train examples/local_objective_digits.toml --out runs/lo
-    neurosim resume runs/lo --epochs 20
+    neurosim train examples/local_objective_digits.toml --out runs/local/lo
+    neurosim resume runs/local/lo --epochs 20
 """
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ class LocalObjectiveMetric(EpochMetric):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--out", default="runs/local_objective")
+    parser.add_argument("--out", default="runs/local/local_objective")
     parser.add_argument("--force", action="store_true", help="start over if --out exists")
     args = parser.parse_args(argv)
     if str(HERE) not in sys.path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
+__all__ = ["NeurosimError", "ConfigError", "SimulationError", "did_you_mean", "unknown"]
+
 
 class NeurosimError(Exception):
     """Base class of all errors neurosim raises on purpose."""

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError, did_you_mean
 
+__all__ = ["Registry", "importable_from", "parameters", "check_arguments"]
+
 
 @contextmanager
 def importable_from(directory):

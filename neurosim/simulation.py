@@ -10,6 +10,8 @@ A model file's ``[simulation]`` table sets the run (all keys optional)::
     seed = 0                  # weights and noise
     rtol = 1e-7               # adaptive solvers only
     atol = 1e-9
+    max_rhs_evals = 10000     # adaptive solvers: right-hand-side evaluations allowed per
+                              # output interval (dt) before the run stops with an error
     steady_tol = 1e-6         # stop once max |du/dt| < steady_tol
     inputs = { x = { type = "uniform", low = 0.0, high = 1.0 } }   # or constant / values /
                               # gaussian (mean, covariance): one draw per sample, fixed in time
@@ -37,10 +39,18 @@ heun, rk4 and torchdiffeq methods. A rule that cannot run in the chosen mode is 
 Weight monitors record W as it is at that step (before that step's rule update).
 
 The recording layout is documented in neurosim.io.recorder; weights are recorded at
-``/recordings/<projection>/synapses/w`` (axes time, post, pre).
+``/recordings/<projection>/synapses/w`` (axes time, post, pre). A simulation resumed from a
+checkpoint continues the recording of the run that wrote it when given
+``Recorder(path, append=True)``: the records after the checkpoint's step are dropped first
+(root attr ``first_step`` says where a recording starts), so the finished file equals the
+recording of an uninterrupted run. The recorder is flushed before every checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,15 +60,22 @@ import torch
 from .dynamics import CompiledNetwork
 from .io import MonitorSpec
 from .errors import ConfigError, NeurosimError, SimulationError, unknown
-from .graph import SOMA, Network, check_keys, parse_model_text
+from .graph import SOMA, Network, check_finite, check_keys, parse_model_text
 from .plasticity import PhaseRecord, RuleSet
 from .plasticity.continuous import PlasticSystem
 from .registry import importable_from
 from .solvers import (Observer, SolveStats, SteadyState, TorchDiffEq, get_solver,
                       make_schedule, solve)
+from .solvers.limits import check_max_rhs_evals
 from .solvers.system import check_system_solver, integrate_system
+from .stimuli import CURRENT_UNITS, RATE_UNITS, Drive, Stimulus, stimuli_from
+
+__all__ = ["Simulation", "SimulationOptions", "NamedTensors", "simulation_options",
+           "monitors_from", "validate_monitor", "read_monitor", "weight_monitor",
+           "plasticity_mode", "UNITS"]
 
 SIM_KEYS = {"solver", "duration", "n_steps", "dt", "step", "batch", "seed", "rtol", "atol",
+            "max_rhs_evals",
             "steady_tol", "inputs", "nudge", "device", "dtype", "checkpoint_every", "plasticity"}
 MONITOR_KEYS = {"population", "compartment", "variable", "indices", "every", "projection"}
 UNITS = {"u": "1 (dimensionless potential)", "r": "1 (dimensionless rate)",
@@ -150,6 +167,7 @@ class SimulationOptions:
     seed: int = 0
     rtol: float | None = None
     atol: float | None = None
+    max_rhs_evals: int | None = None      # None: the solver's default (adaptive solvers only)
     steady_tol: float | None = None
     inputs: dict = field(default_factory=dict)
     nudge: dict = field(default_factory=dict)
@@ -170,9 +188,48 @@ class SimulationOptions:
         return max(1, round(self.duration / schedule.dt))
 
 
+def _check_option_values(options: SimulationOptions, where: str) -> None:
+    """Every number of the run in range, naming its [simulation] key and command-line flag."""
+    def number(value, integer=False):
+        kind = numbers.Integral if integer else numbers.Real
+        return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+
+    def refuse(key, flag, what):
+        return ConfigError(f"{where} [simulation] {key} ({flag}): must be {what}, got "
+                           f"{getattr(options, key)!r}.")
+
+    for key, flag in (("duration", "--duration"), ("rtol", "--rtol"), ("atol", "--atol"),
+                      ("steady_tol", "--steady-tol")):
+        value = getattr(options, key)
+        if value is not None and not (number(value) and value > 0):
+            raise refuse(key, flag, "a finite number > 0")
+    for key, flag in (("n_steps", "--steps"), ("checkpoint_every", "--checkpoint-every")):
+        value = getattr(options, key)
+        if value is not None and not (number(value, integer=True) and value >= 1):
+            raise refuse(key, flag, "a whole number >= 1")
+    if not (number(options.seed, integer=True) and options.seed >= 0):
+        raise refuse("seed", "--seed", "a whole number >= 0")
+    if isinstance(options.step, (int, float)) and not (number(options.step) and options.step > 0):
+        raise ConfigError(f"{where} [simulation] dt (--dt): must be a finite number > 0, got "
+                          f"{options.step!r}.")
+    try:
+        device = torch.device(options.device)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f'{where} [simulation] device (--device): "{options.device}" is not a '
+                          'device; use "cpu", "cuda" or "cuda:N".')
+
+
 def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions:
     table = dict(data.get("simulation", {}))
     check_keys(table, SIM_KEYS, f"{where} [simulation]")
+    check_finite(table, f"{where} [simulation]")
+    check_finite({k: v for k, v in overrides.items() if v is not None}, f"{where} [simulation]")
+    if "duration" in table and "n_steps" in table:
+        raise ConfigError(f"{where} [simulation]: give duration or n_steps, not both.")
+    if overrides.get("duration") is not None and overrides.get("n_steps") is None:
+        table.pop("n_steps", None)              # --duration replaces the file's n_steps
     if "dt" in table:
         if "step" in table:
             raise ConfigError(f"{where} [simulation]: give dt or step, not both.")
@@ -182,6 +239,7 @@ def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions
     overrides.pop("dt", None)
     table.update({k: v for k, v in overrides.items() if v is not None})
     options = SimulationOptions(**table)
+    _check_option_values(options, where)
     if options.dtype not in ("float32", "float64"):
         raise ConfigError(f'{where} [simulation] dtype: use "float32" or "float64".')
     if options.device.startswith("cuda") and not torch.cuda.is_available():
@@ -189,6 +247,9 @@ def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions
                           "available; use --device cpu.")
     if not isinstance(options.batch, int) or options.batch < 1:
         raise ConfigError(f"{where} [simulation] batch: must be a positive integer.")
+    if options.max_rhs_evals is not None:
+        check_max_rhs_evals(options.max_rhs_evals,
+                            f"{where} [simulation] max_rhs_evals (--max-rhs-evals)")
     plasticity_mode(options.plasticity, f"{where} [simulation] plasticity")
     return options
 
@@ -219,11 +280,30 @@ def monitors_from(data: dict, network: Network, where: str) -> list[MonitorSpec]
     return monitors
 
 
+class NamedTensors(MappingABC):
+    """Tensors by name (read-only mapping of live tensors); an unknown name is a ConfigError
+    with a "did you mean" hint."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], kind: str, where: str):
+        self._tensors, self._kind, self._where = tensors, kind, where
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._tensors:
+            raise unknown(self._kind, name, self._tensors, self._where)
+        return self._tensors[name]
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
 class Simulation:
     """A network, a solver and an explicit state that can be run, recorded and checkpointed."""
 
     def __init__(self, network: Network, options: SimulationOptions | None = None, *,
-                 model_text: str | None = None):
+                 model_text: str | None = None, stimuli: list[Stimulus] = ()):
         self.network, self.options = network, options or SimulationOptions()
         self.model_text = model_text
         opt = self.options
@@ -232,14 +312,17 @@ class Simulation:
                               'use device "cpu".')
         dtype = {"float32": torch.float32, "float64": torch.float64}[opt.dtype]
         self.net = CompiledNetwork(network, dtype=dtype, device=opt.device, seed=opt.seed)
-        solver_kwargs = {k: getattr(opt, k) for k in ("rtol", "atol") if getattr(opt, k) is not None}
+        solver_kwargs = {k: getattr(opt, k) for k in ("rtol", "atol", "max_rhs_evals")
+                         if getattr(opt, k) is not None}
         self.solver = get_solver(opt.solver, **solver_kwargs)
         self.schedule = make_schedule(opt.step, "[simulation] step")
         self.generator = torch.Generator(device=opt.device).manual_seed(opt.seed + 1)
         self.state = self.net.zero_state(opt.batch)
         self.step, self.t = 0, 0.0
-        self.inputs = self._make_inputs(opt.inputs)
+        self.stimuli = [s if isinstance(s, Stimulus) else Stimulus(**s) for s in stimuli]
+        self.inputs = self._make_inputs(opt.inputs, {s.population for s in self.stimuli})
         self.net.clamp_inputs(self.state, self.inputs)
+        self.drive = self._make_drive()
         self.nudges = self._make_nudges(opt.nudge)
         self.plasticity, self.rules = self._make_plasticity(opt.plasticity)
         self.last_update_t = 0.0
@@ -291,11 +374,26 @@ class Simulation:
         data = parse_model_text(text, where)
         with importable_from(base_dir):
             network = build_network(data, where)
-            sim = cls(network, simulation_options(data, where, **overrides), model_text=text)
+            sim = cls(network, simulation_options(data, where, **overrides), model_text=text,
+                      stimuli=stimuli_from(data, where, base_dir))
         sim.base_dir = str(Path(base_dir).resolve()) if base_dir is not None else ""
         return sim
 
-    def _make_inputs(self, spec: Mapping) -> dict[str, torch.Tensor]:
+    def _make_drive(self) -> Drive | None:
+        """The stimuli compiled against the network (None without stimuli); time-varying
+        inputs are clamped at the current time."""
+        if not self.stimuli:
+            return None
+        schedule = self.schedule
+        drive = Drive(self.net, self.stimuli, batch=self.options.batch, seed=self.options.seed,
+                      dt=schedule.dt if schedule.name == "constant" else None,
+                      base_inputs=self.inputs)
+        drive.clamp(self.state, self.t)
+        return drive
+
+    def _make_inputs(self, spec: Mapping, driven=frozenset()) -> dict[str, torch.Tensor]:
+        """Static values of the input populations (an input driven by a stimulus and absent
+        from ``spec`` is 0; other absent ones are uniform in [0, 1))."""
         inputs = {}
         gen = torch.Generator().manual_seed(self.options.seed + 2)
         names = [p.name for p in self.network.inputs]
@@ -304,7 +402,8 @@ class Simulation:
                 raise unknown("input population", name, names, "[simulation] inputs")
         for name in names:
             size = self.net.slots[name].size
-            entry = spec.get(name, {"type": "uniform"})
+            entry = spec.get(name, {"type": "constant", "value": 0.0} if name in driven
+                             else {"type": "uniform"})
             where = f"[simulation] inputs.{name}"
             if isinstance(entry, (list, int, float)):
                 entry = {"type": "values", "values": entry}
@@ -333,6 +432,8 @@ class Simulation:
             return torch.full((batch, size), float(entry.get("value", 0.0)), dtype=torch.float64)
         if kind == "values":
             x = torch.as_tensor(entry["values"], dtype=torch.float64)
+            if x.ndim == 0:                   # one number for every neuron
+                x = x.expand(size)
             if tuple(x.shape) not in ((size,), (batch, size)):
                 raise ConfigError(f"{where}: values have shape {tuple(x.shape)}, expected "
                                   f"({size},) or (batch={batch}, {size}).")
@@ -381,19 +482,69 @@ class Simulation:
             nudges[name] = (target, float(entry["beta"]))
         return nudges
 
+    @property
+    def weights(self) -> "NamedTensors":
+        """Weights by projection name, W (post x pre); the live tensors (writing to them
+        changes the network)."""
+        return NamedTensors(self.net.weights, "projection with weights",
+                            f'network "{self.network.name}"')
+
+    @property
+    def biases(self) -> "NamedTensors":
+        """Per-neuron biases b (n,) by population name; the live tensors."""
+        return NamedTensors(self.net.biases, "dynamic population", f'network "{self.network.name}"')
+
+    def run_attrs(self) -> dict:
+        """Root attributes of a recording of this simulation."""
+        return {"model": self.network.name, "solver": self.solver.name,
+                "schedule": repr(self.schedule.config()), "batch": self.options.batch,
+                "dt": float(getattr(self.schedule, "dt", 0.0))}
+
     def dynamics(self):
-        return self.net.phase(self.net.build_operators(), self.inputs, self.nudges,
-                              generator=self.generator)
+        """The network's dynamics with the current weights, inputs, nudges and stimuli."""
+        phase = self.net.phase(self.net.build_operators(), self.inputs, self.nudges,
+                               generator=self.generator)
+        phase.drive = self.drive
+        return phase
+
+    def stimulus_monitors(self, monitors=()) -> list[tuple[MonitorSpec, str]]:
+        """(monitor, stimulus name) for every recorded stimulus: key
+        ``<population>/<compartment>/stimulus_<name>``, every step that a neuron monitor
+        records (the most frequent one's ``every``, or 1) unless the stimulus sets its own."""
+        every = min((m.every for m in monitors if m.compartment != SYNAPSES), default=1)
+        out = []
+        for stim in self.stimuli:
+            if stim.record is False:
+                continue
+            units = RATE_UNITS if self.net.slots[stim.population].u_cols is None \
+                else CURRENT_UNITS
+            spec = MonitorSpec(stim.population, stim.compartment, f"stimulus_{stim.name}",
+                               indices=stim.indices,
+                               every=every if stim.record is True else int(stim.record),
+                               units=units)
+            out.append((spec, stim.name))
+        return out
+
+    def _stimulus_kind(self, name: str) -> str:
+        return next(s.waveform.kind for s in self.stimuli if s.name == name)
+
+    def _stimulus_value(self, name: str, t: float) -> torch.Tensor:
+        return self.drive.values(t)[name].expand(self.options.batch, -1)
 
     def run(self, n_steps: int | None = None, *, monitors=(), recorder=None,
             checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
             progress: bool = False):
         """Advance to step ``n_steps`` (absolute; default from the options), recording the
         monitors (neurons or weights) into ``recorder``, running the rules as the plasticity
-        mode says and checkpointing every ``checkpoint_every`` steps."""
+        mode says and checkpointing every ``checkpoint_every`` steps (the recorder is flushed
+        first). A recorder opened with append=True is continued from this step (see the module
+        docstring)."""
         total = self.options.total_steps() if n_steps is None else int(n_steps)
         observers = []
         if recorder is not None:
+            recorder.annotate(self.run_attrs())
+            monitors = [m if m.units or m.variable not in UNITS else
+                        dataclasses.replace(m, units=UNITS[m.variable]) for m in monitors]
             for m in monitors:
                 validate_monitor(m, self.network)
                 shape = tuple(read_monitor(m, self.net, self.state).shape)
@@ -401,13 +552,31 @@ class Simulation:
                 recorder.add(m.key, m, shape, self.net.dtype, axes=axes,
                              attrs={"solver": self.solver.name,
                                     "step_schedule": repr(self.schedule.config())})
+            stimuli = self.stimulus_monitors(monitors)
+            for m, name in stimuli:
+                recorder.add(m.key, m, (self.options.batch, self.drive.columns[name].numel()
+                                        if self.drive.columns[name] is not None else
+                                        self.net.slots[m.population].size),
+                             self.net.dtype, attrs={"stimulus": name,
+                                                    "waveform": self._stimulus_kind(name)})
+            if recorder.resuming:     # append=True: keep the records up to this step, go on
+                records, last_times = self._records_so_far(recorder)
+                recorder.truncate(records, last_times=last_times)
+            else:
+                recorder.annotate({"first_step": self.step})
             if self.step == 0:
                 for m in monitors:
                     recorder.append(m.key, read_monitor(m, self.net, self.state), self.t)
+                for m, name in stimuli:
+                    recorder.append(m.key, self._stimulus_value(name, self.t), self.t)
             for m in monitors:
                 observers.append(Observer(
                     lambda k, t, s, m=m: recorder.append(m.key, read_monitor(m, self.net, s), t),
                     m.every))
+            for m, name in stimuli:
+                observers.append(Observer(
+                    lambda k, t, s, m=m, name=name: recorder.append(
+                        m.key, self._stimulus_value(name, t), t), m.every))
 
         last_saved = [self.step]
 
@@ -420,13 +589,16 @@ class Simulation:
                 return
             if checkpoint is not None and checkpoint_every and \
                     k // checkpoint_every > last_saved[0] // checkpoint_every:
+                if recorder is not None:    # every record up to the checkpoint is on disk
+                    recorder.flush()
                 self.save_checkpoint(checkpoint)
                 last_saved[0] = k
 
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=total - self.step, desc="simulate", unit="step", mininterval=0.5)
+            bar = tqdm(total=total - self.step, desc="simulate", unit="step", mininterval=0.5,
+                       disable=None)    # no bar when stderr is not a terminal (logs)
         try:
             if self.plasticity[0] == "continuous":
                 with torch.no_grad():
@@ -439,6 +611,31 @@ class Simulation:
                 bar.close()
         self.step, self.t = stats.steps, stats.t
         return stats
+
+    def _records_so_far(self, recorder) -> tuple[dict[int, int], dict[int, float]]:
+        """For continuing ``recorder``'s file at this step: how many records each of its time
+        axes holds up to this step (a recording starting at step s0 = root attr first_step has
+        those of the multiples of every in [0, step], or in (s0, step] when s0 > 0; none at
+        step 0, where run() records the initial state again), and the time of the last one
+        where that is this step."""
+        where = f"cannot continue recording {recorder.path}"
+        text = recorder.config_text
+        if self.model_text and text is not None and text != self.model_text:
+            raise ConfigError(f"{where}: it was recorded from another model text than this "
+                              "simulation's; write to another file (or replace it: --force).")
+        first = recorder.file_attrs.get("first_step")
+        if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first <= self.step:
+            found = "is missing" if first is None else f"is {first!r}"
+            raise ConfigError(f"{where} at step {self.step}: its root attribute first_step (the "
+                              f"step of its first record) {found}, so it is not a recording this "
+                              "simulation can continue; write to another file.")
+        records, last_times = {}, {}
+        for every in recorder.rates:
+            n = self.step // every - first // every + (first == 0) if self.step else 0
+            records[every] = n
+            if self.step % every == 0 and n:
+                last_times[every] = self.t
+        return records, last_times
 
     def _steady(self, total: int):
         return (SteadyState(self.options.steady_tol, max_steps=total - self.step)
@@ -512,6 +709,7 @@ class Simulation:
             "nudge": {name: {"target": target, "beta": beta}
                       for name, (target, beta) in self.nudges.items()},
             "rng": capture_rng_state({"noise": self.generator}),
+            "stimuli": self.drive.state_dict() if self.drive is not None else {},
             "progress": {"step": self.step, "t": self.t, "last_update_t": self.last_update_t},
             "solver": {"config": repr(self.solver.config()),
                        "schedule": repr(self.schedule.config())},
@@ -522,9 +720,11 @@ class Simulation:
                         attrs={"options_json": json.dumps(options), "base_dir": self.base_dir})
 
     @classmethod
-    def load_checkpoint(cls, path, network: Network | None = None, **overrides) -> "Simulation":
+    def load_checkpoint(cls, path, network: Network | None = None, *, stimuli=(),
+                        **overrides) -> "Simulation":
         """Rebuild a simulation exactly where the checkpoint left it. A simulation built in
-        Python (no model file) stores no graph text: pass the same ``network`` again."""
+        Python (no model file) stores no graph text: pass the same ``network`` (and
+        ``stimuli``) again."""
         import json
         from .io import load_checkpoint, restore_rng_state
         ckpt = load_checkpoint(path, kind="simulation")
@@ -532,7 +732,7 @@ class Simulation:
         options.update({k: v for k, v in overrides.items() if v is not None})
         if network is not None:
             sim = cls(network, SimulationOptions(**{**options, "inputs": {}, "nudge": {}}),
-                      model_text=ckpt.config_text or None)
+                      model_text=ckpt.config_text or None, stimuli=stimuli)
         elif not ckpt.config_text:
             raise ConfigError(f"{path} was saved by a Simulation built in Python, so it holds "
                               "no model text; load it with Simulation.load_checkpoint(path, "
@@ -554,6 +754,8 @@ class Simulation:
         sim.nudges = {name: (torch.as_tensor(n["target"]).to(sim.net.device, sim.net.dtype),
                              float(n["beta"])) for name, n in p.get("nudge", {}).items()}
         restore_rng_state(p["rng"], {"noise": sim.generator})
+        if sim.drive is not None:
+            sim.drive.load_state_dict(p.get("stimuli", {}))
         sim.step, sim.t = int(p["progress"]["step"]), float(p["progress"]["t"])
         sim.last_update_t = float(p["progress"].get("last_update_t", 0.0))
         return sim

@@ -18,6 +18,7 @@ import torch
 
 from neurosim.cli import main
 from neurosim.io import load_checkpoint, open_recording
+from neurosim.sizing import format_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "three_compartment.toml"
@@ -56,7 +57,8 @@ def test_console_script_simulate_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # --quiet: no progress bar
     assert proc.stdout.strip() == (f"{N_STEPS} steps to t=20 with rk4 ({4 * N_STEPS} "
-                                   f"right-hand-side evaluations); recording written to {out}")
+                                   f"right-hand-side evaluations); recording written to {out} "
+                                   f"({format_bytes(out.stat().st_size)})")
     with open_recording(out) as rec:
         assert rec.complete and rec.variables() == DEMO_KEYS
         assert rec.attrs["solver"] == "rk4" and rec.attrs["model"] == "three_compartment_demo"
@@ -111,7 +113,8 @@ def test_simulate_prints_its_summary(tmp_path, capsys):
                  "--steps", "7", "--dt", "0.1", "--batch", "3", "--dtype", "float64"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == (
-        f"7 steps to t=0.7 with euler (7 right-hand-side evaluations); recording written to {out}")
+        f"7 steps to t=0.7 with euler (7 right-hand-side evaluations); recording written to {out} "
+        f"({format_bytes(out.stat().st_size)})")
     with open_recording(out) as rec:
         var = rec.read("upper/soma/r")
         assert var.values.shape == (8, 3, 8) and var.values.dtype == np.float64
@@ -189,7 +192,7 @@ def test_missing_model_file_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--solver", "rk5"], 'unknown solver "rk5". Did you mean "rk45"?'),
-    (["--dt", "-1"], "dt must be a positive number, got -1.0."),
+    (["--dt", "-1"], "argument --dt: must be a finite number > 0, got '-1'"),
     (["--device", "cuda"], 'device "cuda" requested but CUDA is not available'),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, args, message):

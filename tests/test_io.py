@@ -18,9 +18,10 @@ import torch
 import neurosim
 from neurosim.errors import NeurosimError
 from neurosim.io import (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointError,
-                         MonitorSpec, Recorder, RecordingError, TreeError, atomic_h5,
-                         capture_rng_state, describe_h5, load_checkpoint, open_recording,
-                         read_tree, restore_rng_state, save_checkpoint, write_tree)
+                         DamagedCheckpointError, MonitorSpec, Recorder, RecordingError,
+                         TreeError, atomic_h5, capture_rng_state, describe_h5, load_checkpoint,
+                         open_recording, read_tree, restore_rng_state, save_checkpoint,
+                         write_tree)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,8 +264,12 @@ def test_load_non_hdf5_file(tmp_path):
     path.write_text("not hdf5 at all")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
-    assert (f"{path} is truncated or not an HDF5 file (a write may have been interrupted); use "
-            f"an earlier checkpoint") in str(err.value)
+    # a lone file: no "use an earlier checkpoint" when there is none (a run directory's
+    # kept ones are named: tests/test_resume_recovery.py)
+    assert (f"{path} is truncated or not an HDF5 file (a write may have been interrupted); no "
+            f"earlier checkpoint is kept next to it") in str(err.value)
+    assert isinstance(err.value, DamagedCheckpointError)
+    assert err.value.reason == "truncated or not an HDF5 file"
 
 
 def test_load_truncated_checkpoint(tmp_path):
@@ -314,9 +319,10 @@ def test_load_wrong_format_version(tmp_path, version, message):
 def test_load_incomplete_checkpoint(tmp_path, complete):
     path = save_checkpoint(tmp_path / "c.h5", {}, kind="training")
     _edit_attrs(path, complete=complete)
-    with pytest.raises(CheckpointError, match=r"is incomplete \(root attribute 'complete' is "
-                                              r"missing or false\).*Use an earlier checkpoint"):
+    with pytest.raises(DamagedCheckpointError, match=r"is incomplete \(root attribute "
+                       r"'complete' is missing or false\).*No earlier checkpoint is kept") as err:
         load_checkpoint(path)
+    assert err.value.reason == "incomplete"
 
 
 def test_load_wrong_kind(tmp_path):

@@ -254,11 +254,11 @@ def test_scipy_bdf_on_a_float32_network_does_not_stall(monkeypatch):
 
     rhs, calls = PhaseDynamics.rhs, [0]
 
-    def capped_rhs(self, u, r):
+    def capped_rhs(self, u, r, t=None):
         calls[0] += 1
         if calls[0] > 20_000:
             raise RuntimeError("BDF stalled: more than 20,000 rhs evaluations")
-        return rhs(self, u, r)
+        return rhs(self, u, r, t)
 
     monkeypatch.setattr(PhaseDynamics, "rhs", capped_rhs)
     text = (Path(__file__).resolve().parents[1] / "models" / "three_compartment.toml").read_text()

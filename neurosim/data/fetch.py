@@ -209,7 +209,7 @@ def _download(urls: Sequence[str], tmp: Path, progress: bool) -> Path:
             with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out, \
                     tqdm(total=int(response.headers.get("Content-Length") or 0) or None,
                          unit="B", unit_scale=True, desc=target.name,
-                         disable=not progress) as bar:
+                         disable=None if progress else True) as bar:   # None: TTY only
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))

@@ -1,4 +1,6 @@
 """Vectorised network dynamics compiled from a graph."""
-from .compiled import CompiledNetwork, NeuralState, PhaseDynamics, PopulationSlot
+from .compiled import (CompiledNetwork, NeuralState, PhaseDynamics, PopulationSlot,
+                       PopulationState)
 
-__all__ = ["CompiledNetwork", "NeuralState", "PhaseDynamics", "PopulationSlot"]
+__all__ = ["CompiledNetwork", "NeuralState", "PhaseDynamics", "PopulationSlot",
+           "PopulationState"]

@@ -55,13 +55,63 @@ NARROW_RATIO = 4      # ... at least this many times as many source columns run 
 
 @dataclass
 class NeuralState:
-    """Explicit network state: soma potentials ``u`` and activities ``r`` (samples as rows)."""
+    """Explicit network state: soma potentials ``u`` and activities ``r`` (samples as rows).
+
+    A state made by :meth:`CompiledNetwork.zero_state` knows its layout: ``state["h"]`` is
+    population h's part of it (:class:`PopulationState`)."""
 
     u: torch.Tensor
     r: torch.Tensor
+    net: "CompiledNetwork | None" = field(default=None, repr=False, compare=False)
 
     def clone(self) -> "NeuralState":
-        return NeuralState(self.u.clone(), self.r.clone())
+        return NeuralState(self.u.clone(), self.r.clone(), self.net)
+
+    def __getitem__(self, population: str) -> "PopulationState":
+        if self.net is None:
+            raise ConfigError("this NeuralState carries no layout; index the state of a "
+                              "Simulation (sim.state) or one made by CompiledNetwork.zero_state.")
+        self.net._slot(population)
+        return PopulationState(self, population)
+
+    @property
+    def populations(self) -> list[str]:
+        """Names of the populations, in the order of ``r``'s columns."""
+        return list(self.net.slots) if self.net is not None else []
+
+
+class PopulationState:
+    """One population's part of a :class:`NeuralState`: ``u`` and ``r`` are views (batch x
+    neurons; writing to them writes the state), ``v`` the dendritic potentials
+    ``v_c = sum_{q -> c} gain_q W_q r_src`` (computed, batch x neurons per compartment)."""
+
+    def __init__(self, state: NeuralState, population: str):
+        self.state, self.name = state, population
+
+    @property
+    def u(self) -> torch.Tensor:
+        """Soma potentials (a view; inputs have none)."""
+        return self.state.net.u_of(self.state, self.name)
+
+    @property
+    def r(self) -> torch.Tensor:
+        """Activities r = sigma(u), or the clamped values of an input (a view)."""
+        return self.state.net.r_of(self.state, self.name)
+
+    @property
+    def v(self) -> dict[str, torch.Tensor]:
+        """Dendritic potentials by compartment (empty for inputs and interneurons)."""
+        net = self.state.net
+        pop = net.network.population(self.name)
+        if pop.is_input:
+            return {}
+        return {c: net.compartment_potential(self.state, self.name, c) for c in pop.compartments}
+
+    def __repr__(self) -> str:
+        slot = self.state.net.slots[self.name]
+        kind = "input" if slot.u_cols is None else "dynamic"
+        return f"PopulationState({self.name!r}, {kind}, batch={self.state.r.shape[0]}, " \
+               f"neurons={slot.size})"
 
 
 @dataclass(frozen=True)
@@ -177,7 +227,8 @@ class CompiledNetwork:
         """u = 0 everywhere, r = sigma(0) for dynamic populations, inputs 0. Stochastic
         populations start at r = 0 (the mean of a +-1 unit at u = 0) until a step draws them."""
         z = dict(device=self.device, dtype=self.dtype)
-        state = NeuralState(torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z))
+        state = NeuralState(torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z),
+                            self)
         for slot in self.slots.values():
             if slot.u_cols is not None and not slot.stochastic:
                 slot.activate(state.u[:, slot.u_cols], out=state.r[:, slot.r_cols])
@@ -469,7 +520,13 @@ class PhaseDynamics:
     """Right-hand side and in-place steps for one phase (operators and drive fixed).
 
     ``cell_nudges``: population -> beta for nudged general cells (their ``beta y`` is in
-    ``currents[(population, "soma")]``, their ``-beta r`` is added per evaluation)."""
+    ``currents[(population, "soma")]``, their ``-beta r`` is added per evaluation).
+
+    ``drive``: time-varying input (neurosim.stimuli.Drive) or None. Its ``currents(t)`` are
+    added to ``currents`` (same keys) wherever the right-hand side is evaluated at time t, and
+    its ``clamp(state, t)`` writes time-varying clamped inputs into ``state.r``. ``t`` is the
+    time of the state being stepped; :func:`neurosim.solvers.solve` sets it (:meth:`set_time`)
+    before every step, and Runge-Kutta stages evaluate at ``t + c_i dt``."""
 
     net: CompiledNetwork
     operators: Mapping
@@ -477,7 +534,10 @@ class PhaseDynamics:
     generator: torch.Generator | None = None
     silent: set = field(default_factory=set)     # populations with r = 0 exactly, until a step
     cell_nudges: Mapping[str, float] = field(default_factory=dict)
+    drive: object | None = None
+    t: float = 0.0
     rhs_evals: int = field(default=0)
+    _driven: tuple = field(default=(None, None), repr=False)
     _plan: list = field(default_factory=list, repr=False)
     _plan_key: tuple = field(default=(), repr=False)
 
@@ -504,33 +564,56 @@ class PhaseDynamics:
         def copy(tensors):
             return {k: v.to(dtype, copy=True) for k, v in tensors.items()}
         return PhaseDynamics(self.net, copy(self.operators), copy(self.currents), self.generator,
-                             cell_nudges=dict(self.cell_nudges))
+                             cell_nudges=dict(self.cell_nudges), drive=self.drive, t=self.t)
 
-    def rhs(self, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """Jacobi du/dt at soma potentials ``u``; ``r`` is a scratch activity buffer whose
-        input columns hold the clamped inputs (its deterministic dynamic columns are
-        overwritten with sigma(u); stochastic ones are read as drawn)."""
+    def set_time(self, state: NeuralState, t: float) -> None:
+        """Make ``t`` the time of ``state`` (the next step starts there); a drive writes its
+        clamped inputs at t into ``state.r``."""
+        self.t = float(t)
+        if self.drive is not None:
+            self.drive.clamp(state, self.t)
+
+    def currents_at(self, t: float | None = None) -> Mapping:
+        """Constant currents plus the drive's currents at time t (default: :attr:`t`)."""
+        if self.drive is None:
+            return self.currents
+        t = self.t if t is None else float(t)
+        if self._driven[0] == t:
+            return self._driven[1]
+        merged = dict(self.currents)
+        for key, value in self.drive.currents(t).items():
+            merged[key] = merged[key] + value if key in merged else value
+        self._driven = (t, merged)
+        return merged
+
+    def rhs(self, u: torch.Tensor, r: torch.Tensor, t=None) -> torch.Tensor:
+        """Jacobi du/dt at soma potentials ``u`` and time ``t`` (default :attr:`t`; only a
+        drive depends on it); ``r`` is a scratch activity buffer whose input columns hold the
+        clamped inputs (its deterministic dynamic columns are overwritten with sigma(u);
+        stochastic ones are read as drawn)."""
         self.rhs_evals += 1
+        currents = self.currents_at(None if t is None or self.drive is None else float(t))
         du = torch.empty_like(u)
         for slot in self._deterministic:
             slot.activate(u[:, slot.u_cols], out=r[:, slot.r_cols])
         for slot in self.slots:
             if slot.cell is None:
-                self._drift(slot, u, r, du[:, slot.u_cols])
+                self._drift(slot, u, r, du[:, slot.u_cols], currents)
             else:
-                du[:, slot.u_cols] = self._cell_drift(slot, u, r)
+                du[:, slot.u_cols] = self._cell_drift(slot, u, r, currents)
         return du
 
-    def differentiable_rhs(self, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def differentiable_rhs(self, u: torch.Tensor, r: torch.Tensor, t=None) -> torch.Tensor:
         """du/dt like :meth:`rhs` but without writing into its arguments, so that autograd
         (``torch.func``) can differentiate it with respect to ``u``; ``r`` gives the clamped
         columns."""
+        currents = self.currents_at(t)
         r = torch.cat([r[:, s.r_cols] if s.u_cols is None or s.stochastic else
                        s.activate(u[:, s.u_cols]) for s in self.net.slots.values()], dim=1)
-        return torch.cat([self._drift(s, u, r) if s.cell is None else self._cell_drift(s, u, r)
-                          for s in self.slots], dim=1)
+        return torch.cat([self._drift(s, u, r, currents=currents) if s.cell is None else
+                          self._cell_drift(s, u, r, currents) for s in self.slots], dim=1)
 
-    def _drift(self, slot: PopulationSlot, u, r, out=None) -> torch.Tensor:
+    def _drift(self, slot: PopulationSlot, u, r, out=None, currents=None) -> torch.Tensor:
         """Linear cell: rate [-d u_p + r_src KT_p + I_p], into ``out`` (or a new tensor)."""
         u_p = u[:, slot.u_cols]
         kt = self.operators.get(slot.name)
@@ -539,24 +622,27 @@ class PhaseDynamics:
             out.add_(u_p, alpha=-slot.decay)
         else:
             out = torch.mul(u_p, -slot.decay, out=out)
-        current = self.currents.get(slot.name)
+        current = (self.currents if currents is None else currents).get(slot.name)
         if current is not None:
             out.add_(current)
         if slot.rate != 1.0:
             out.mul_(slot.rate)
         return out
 
-    def _cell_drift(self, slot: PopulationSlot, u, r) -> torch.Tensor:
+    def _cell_drift(self, slot: PopulationSlot, u, r, currents=None) -> torch.Tensor:
         """General cell: drift(u_p, v) with v from :meth:`cell_inputs`."""
-        return slot.cell.drift(u[:, slot.u_cols], self.cell_inputs(slot, r))
+        return slot.cell.drift(u[:, slot.u_cols], self.cell_inputs(slot, r, currents))
 
-    def cell_inputs(self, slot: PopulationSlot, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    def cell_inputs(self, slot: PopulationSlot, r: torch.Tensor,
+                    currents=None) -> dict[str, torch.Tensor]:
         """A general cell's compartment inputs at activities ``r`` (batch x n each, read
-        only): v_c = r_src VT_{p,c} + clamped part; v_soma also holds the bias and the nudge
+        only): v_c = r_src VT_{p,c} + clamped part (+ the drive's currents, ``currents``
+        defaulting to those at :attr:`t`); v_soma also holds the bias and the nudge
         beta (y - r_p)."""
         batch, v = r.shape[0], {}
+        currents = self.currents_at() if currents is None else currents
         for comp, cols in slot.inputs:
-            total = self.currents.get((slot.name, comp))
+            total = currents.get((slot.name, comp))
             if cols is not None:
                 product = torch.mm(r[:, cols], self.operators[slot.name, comp])
                 total = product if total is None else product + total
@@ -583,7 +669,10 @@ class PhaseDynamics:
         u_p <- u_p + (h / rate_p) drift_p(u_p, v); then r_p <- sigma(u_p))."""
         self.rhs_evals += 1
         silent = self.silent
+        driven = self.currents_at() if self.drive is not None else None
         for slot, u_p, product, current, r_p in self._bind(state):
+            if driven is not None:
+                current = driven.get(slot.name)
             h = slot.fixed_step if slot.fixed_step is not None else dt * slot.rate
             if product is not None and not (silent and self.sources[slot.name] <= silent):
                 target, left, right = product
@@ -591,7 +680,7 @@ class PhaseDynamics:
             elif slot.cell is None:
                 u_p.mul_(1.0 - h * slot.decay)
             else:
-                u_p.add_(self._cell_drift(slot, state.u, state.r), alpha=h / slot.rate)
+                u_p.add_(self._cell_drift(slot, state.u, state.r, driven), alpha=h / slot.rate)
             silent.discard(slot.name)
             if current is not None:
                 u_p.add_(current, alpha=h)
@@ -648,5 +737,20 @@ class PhaseDynamics:
                 raise SimulationError(
                     f'non-finite soma potential in population "{slot.name}", compartment '
                     f'"soma", at step {step} (sample {sample}, neuron {neuron}). The dynamics '
-                    "diverged: reduce the step size (dt) or use an implicit/adaptive solver "
-                    "(e.g. --solver bdf or dopri5).")
+                    f"diverged: reduce the step size (dt), {self._divergence_advice()}.")
+
+    def _divergence_advice(self) -> str:
+        """What to use instead of a step that diverged: an implicit solver when the linear
+        cells' decay rates (rate * d) span orders of magnitude (a stiff network, where an
+        explicit adaptive solver would crawl), else an adaptive one."""
+        rates = [(s.name, s.rate * s.decay) for s in self.slots if s.cell is None and s.decay > 0]
+        fast = max(rates, key=lambda item: item[1], default=None)
+        slow = min(rates, key=lambda item: item[1], default=None)
+        if fast is not None and fast[1] >= 1e3 * slow[1]:
+            return (f"or, as the network looks stiff (decay rates span a ratio "
+                    f"~{fast[1] / slow[1]:.2g}: \"{fast[0]}\" {fast[1]:.3g}, \"{slow[0]}\" "
+                    f"{slow[1]:.3g}), use an implicit solver (--solver bdf, lsoda or radau)")
+        return ("or use an adaptive solver: an implicit one (--solver bdf, lsoda or radau) if "
+                "the network's time scales span orders of magnitude (stiff), else dopri5; "
+                "if every solver diverges, the activity itself grows without bound (check "
+                "weights and gains)")

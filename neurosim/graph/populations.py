@@ -32,6 +32,7 @@ See docs/cells.md.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Mapping, Sequence
@@ -92,6 +93,11 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value) -> bool:
+    """A number that is neither NaN nor infinite."""
+    return _number(value) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class DynamicPopulation(Population):
     """A population with a soma equation; the base of every cell model (a linear cell).
@@ -109,23 +115,33 @@ class DynamicPopulation(Population):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.fixed_step is not None and (not _number(self.fixed_step)
+        if self.fixed_step is not None and (not _finite(self.fixed_step)
                                             or not self.fixed_step > 0):
-            raise ConfigError(f'population "{self.name}": fixed_step must be a number > 0 or '
-                              f"absent, got {self.fixed_step!r}.")
+            raise ConfigError(f'population "{self.name}": fixed_step must be a finite number '
+                              f"> 0 or absent, got {self.fixed_step!r}.")
         check_activation(self.activation, f'population "{self.name}"')
         for key in ("leak", "rate", "noise"):
             value = getattr(self, key)
             if not _number(value):
                 raise ConfigError(f'population "{self.name}": {key} must be a number, got {value!r}.')
+            if not _finite(value):
+                raise ConfigError(f'population "{self.name}": {key} must be a finite number, '
+                                  f"got {value!r}.")
         if self.leak < 0 or self.rate <= 0 or self.noise < 0:
             raise ConfigError(f'population "{self.name}": need leak >= 0, rate > 0 and noise >= 0 '
                               f"(got leak={self.leak}, rate={self.rate}, noise={self.noise}).")
+        if _number(self.bias) and not _finite(self.bias):
+            raise ConfigError(f'population "{self.name}": bias must be a finite number, got '
+                              f"{self.bias!r}.")
         if not _number(self.bias):
             values = self.bias if isinstance(self.bias, (list, tuple)) else None
             if values is None or len(values) != self.size or not all(map(_number, values)):
                 raise ConfigError(f'population "{self.name}": bias must be a number or a list '
                                   f"of {self.size} numbers (one per neuron), got {self.bias!r}.")
+            bad = [i for i, b in enumerate(values) if not _finite(b)]
+            if bad:
+                raise ConfigError(f'population "{self.name}": bias[{bad[0]}] must be a finite '
+                                  f"number, got {values[bad[0]]!r}.")
             object.__setattr__(self, "bias", tuple(float(b) for b in values))
         object.__setattr__(self, "rules", tuple(self.rules))
         for rule in self.rules:
@@ -218,9 +234,10 @@ class PyramidalPopulation(DynamicPopulation):
     def __post_init__(self):
         super().__post_init__()
         for comp, g in self.compartments.items():
-            if not _number(g) or g < 0:
+            if not _finite(g) or g < 0:
+                key = comp if comp in ("basal", "apical") else f"dendrites.{comp}"
                 raise ConfigError(f'population "{self.name}": conductance of compartment '
-                                  f'"{comp}" must be a number >= 0, got {g!r}.')
+                                  f'"{comp}" ({key}) must be a finite number >= 0, got {g!r}.')
             if comp == SOMA:
                 raise ConfigError(f'population "{self.name}": "soma" is not a dendrite name.')
 

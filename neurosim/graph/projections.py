@@ -98,6 +98,8 @@ class Projection:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}: {key} must be a number, got {value!r}.")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}.")
         if self.is_identity:
             self.plastic = False
         self.rules = list(self.rules)
@@ -121,13 +123,34 @@ class Projection:
                 raise ConfigError(f'projection "{self.name}": weight has shape '
                                   f"{tuple(weight.shape)} but {self.target} x {self.source} "
                                   f"needs {shape}.")
+            self._check_finite(weight, "init (explicit weights)")
             return weight.clone()
-        weight = INITIALISERS.lookup(init, f'projection "{self.name}" init')(
-            n_post, n_pre, generator, dtype, self.scale)
+        initialise = INITIALISERS.lookup(init, f'projection "{self.name}" init')
+        try:
+            weight = initialise(n_post, n_pre, generator, dtype, self.scale)
+        except (MemoryError, RuntimeError) as err:
+            from ..sizing import format_bytes, is_allocation_error
+            if not is_allocation_error(err):
+                raise
+            nbytes = n_post * n_pre * torch.empty(0, dtype=dtype).element_size()
+            raise ConfigError(f'projection "{self.name}" needs {n_post} x {n_pre} '
+                              f"{str(dtype).removeprefix('torch.')} weights = "
+                              f"{format_bytes(nbytes)} while it is initialised, more than this "
+                              f"machine could allocate; make populations \"{self.target}\" or "
+                              f'"{self.source}" smaller.') from None
         if weight is not None and tuple(weight.shape) != shape:
             raise ConfigError(f'projection "{self.name}": initialiser "{init}" returned shape '
                               f"{tuple(weight.shape)}, needs {shape}.")
+        if weight is not None:
+            self._check_finite(weight, f'initialiser "{init}" (scale {self.scale})')
         return weight
+
+    def _check_finite(self, weight: torch.Tensor, what: str) -> None:
+        bad = ~torch.isfinite(weight)
+        if bool(bad.any()):
+            i, j = (int(k) for k in bad.nonzero()[0])
+            raise ConfigError(f'projection "{self.name}": {what} gave weight [{i}, {j}] = '
+                              f"{float(weight[i, j])!r}; weights must be finite numbers.")
 
     def initial_mask(self, n_post: int, n_pre: int) -> torch.Tensor | None:
         """The fixed connectivity mask as a float 0/1 tensor, or None."""

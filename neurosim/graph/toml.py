@@ -35,6 +35,7 @@ try:
     import tomllib
 except ModuleNotFoundError:          # Python 3.10
     import tomli as tomllib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -60,6 +61,30 @@ def check_keys(table: Any, allowed: Iterable[str], where: str, required: Iterabl
     for key in required:
         if key not in table:
             raise ConfigError(f'{where}: missing required key "{key}".')
+
+
+def check_finite(value: Any, where: str, key: str = "") -> None:
+    """Reject NaN and infinite numbers anywhere in a (nested) table, naming the key path,
+    e.g. "inputs.x.values[3]" (arrays and tensors are checked element-wise)."""
+    at = f"{where} {key}" if key else where
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{at}: {value!r} is not a finite number; give a finite value.")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, where, f"{key}[{i}]")
+    elif hasattr(value, "shape") and hasattr(value, "dtype"):      # numpy array, tensor
+        import numpy as np
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            raise ConfigError(f"{at}{list(index)}: {array[index]!r} is not a finite number; "
+                              "give finite values.")
 
 
 def population_kind(kind: Any, where: str) -> type[Population]:
@@ -119,6 +144,7 @@ def network_from_dict(data: dict, where: str = "model") -> Network:
         label = f'{where} [[population]] #{i + 1}'
         if isinstance(table, dict) and "name" in table:
             label += f' "{table["name"]}"'
+        check_finite(table, label)
         populations.append(_population(table, label))
     projections = []
     for i, table in enumerate(data.get("projection", [])):
@@ -126,6 +152,7 @@ def network_from_dict(data: dict, where: str = "model") -> Network:
         if isinstance(table, dict) and "name" in table:
             label += f' "{table["name"]}"'
         check_keys(table, _PROJ_KEYS, label, required=("name", "source", "target"))
+        check_finite(table, label)
         kwargs = dict(table)
         rules = kwargs.pop("rules", [])
         if not isinstance(rules, list):
@@ -154,18 +181,49 @@ class ModelFile:
         return network_from_dict(self.data, where=str(self.path))
 
 
+# the top-level tables of a model file and who reads them
+MODEL_TABLES = {
+    "network": "the graph", "population": "the graph", "projection": "the graph",
+    "model": "templates (neurosim.models)", "simulation": "neurosim simulate",
+    "monitor": "neurosim simulate", "stimulus": "neurosim simulate",
+    "training": "neurosim train", "protocol": "neurosim train", "data": "neurosim train",
+}
+
+
 def parse_model_text(text: str, where: str = "<string>") -> dict:
+    """Parse a model file's TOML; an unknown top-level table is an error (a misspelt
+    ``[[stimuli]]`` would otherwise be ignored silently)."""
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}. Check the line it names.") from None
+    for key in data:
+        if key not in MODEL_TABLES:
+            raise ConfigError(f'{where}: unknown top-level table or key "{key}".'
+                              f"{did_you_mean(key, MODEL_TABLES)} Valid: "
+                              f"{', '.join(sorted(MODEL_TABLES))}.")
+    return data
 
 
 def load_model_file(path) -> ModelFile:
     """Read and parse a TOML model file with clear errors for missing or malformed files."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"model file {path} is a directory; give the path of a model file "
+                          "(TOML), e.g. models/three_compartment.toml.")
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist. Example model files live in "
                           "the repository's models/ directory.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"model file {path} is not a text (TOML) file: byte {err.start} is "
+                          "not UTF-8; give a model file such as models/three_compartment.toml."
+                          ) from None
+    except OSError as err:
+        raise ConfigError(f"model file {path} cannot be read ({err.strerror}); check its "
+                          "permissions.") from None
+    if "\x00" in text:
+        raise ConfigError(f"model file {path} is a binary file, not TOML text; give a model "
+                          "file such as models/three_compartment.toml.")
     return ModelFile(path, text, parse_model_text(text, str(path)))

@@ -11,7 +11,9 @@ previous checkpoint at the same path)::
     /config_text         optional str dataset: the config file the run was started from
 
 :func:`load_checkpoint` checks format, version, ``complete`` and (optionally) kind before
-reading, and raises :class:`CheckpointError` naming the file and the fix.
+reading, and raises :class:`CheckpointError` naming the file and the fix; for a missing,
+truncated, non-HDF5 or incomplete file the subclass :class:`DamagedCheckpointError`, whose
+message names the earlier checkpoints kept next to it, if any (see :mod:`.series`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import h5py
 from neurosim.io.atomic import atomic_h5
 from neurosim.io.attrs import read_attrs, write_attrs
 from neurosim.io.describe import describe_h5
-from neurosim.io.errors import CheckpointError, TreeError
+from neurosim.io.errors import CheckpointError, DamagedCheckpointError, TreeError
 from neurosim.io.files import check_format, open_readonly, truncated_message
 from neurosim.io.tree import read_tree, write_tree
 
@@ -109,16 +111,24 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> Chec
     With ``kind``, also check that the checkpoint is of that kind (e.g. "training").
     """
     path = Path(path)
-    with open_readonly(path, "checkpoint", CheckpointError) as f:
+    damaged = "truncated or not an HDF5 file"
+    try:
+        f = open_readonly(path, "checkpoint", CheckpointError, _advice(path))
+    except CheckpointError as e:
+        reason = damaged if path.is_file() else "missing" if not path.exists() else "not a file"
+        raise DamagedCheckpointError(str(e), reason) from e.__cause__
+    with f:
         try:
             attrs = read_attrs(f)
             _check_header(path, attrs, kind)
             payload = read_tree(f, exclude=(CONFIG_TEXT,))
             config_text = f[CONFIG_TEXT].asstr()[()] if CONFIG_TEXT in f else None
-        except (OSError, KeyError, RuntimeError) as e:  # damage found while reading the body
-            raise CheckpointError(truncated_message(path, e, "checkpoint")) from e
         except TreeError as e:
             raise CheckpointError(f"cannot load checkpoint {path}: {e}") from e
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as e:
+            # damage found while reading the body (garbled metadata, unreadable blocks)
+            raise DamagedCheckpointError(
+                truncated_message(path, e, "checkpoint", _advice(path)), damaged) from e
     return Checkpoint(path=path, kind=attrs["kind"], attrs=attrs, payload=payload,
                       config_text=config_text)
 
@@ -126,9 +136,25 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> Chec
 def _check_header(path: Path, attrs: Mapping[str, Any], kind: str | None) -> None:
     check_format(path, attrs, CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointError)
     if attrs.get("complete") is not True:
-        raise CheckpointError(f"{path} is incomplete (root attribute 'complete' is missing or "
-                              f"false): its write did not finish. Use an earlier checkpoint.")
+        advice = _advice(path)
+        raise DamagedCheckpointError(f"{path} is incomplete (root attribute 'complete' is missing "
+                                     f"or false): its write did not finish. "
+                                     f"{advice[0].upper()}{advice[1:]}.", "incomplete")
     found = attrs.get("kind")
     if kind is not None and found != kind:
         raise CheckpointError(f"{path} is a {found!r} checkpoint, but a {kind!r} checkpoint is "
                               f"expected here; pass a {kind} checkpoint.")
+
+
+def _advice(path: Path) -> str:
+    """What to do instead of loading a damaged checkpoint: the earlier ones kept beside it
+    (a training run's checkpoints/), named, or that there are none."""
+    from neurosim.io.series import earlier_checkpoints
+
+    earlier = earlier_checkpoints(path)
+    if not earlier:
+        return ("no earlier checkpoint is kept next to it, so it has to be made again (re-run "
+                "what wrote it)")
+    names = ", ".join(str(p) for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+    return (f"use an earlier checkpoint kept next to it (newest first: {names}); `neurosim "
+            f"resume` falls back to them by itself")

@@ -12,6 +12,18 @@ class CheckpointError(NeurosimIOError):
     """A checkpoint cannot be written or loaded."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file is unusable as such: missing, truncated, not HDF5, or incomplete.
+
+    ``reason`` is a short phrase for listings ("truncated or not an HDF5 file", "incomplete",
+    "missing"). A run directory's loader falls back to an earlier checkpoint on this error, and
+    only on this one (a newer format version or the wrong kind is not damage)."""
+
+    def __init__(self, message: str, reason: str = "damaged") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RecordingError(NeurosimIOError):
     """A recording cannot be written or read."""
 

@@ -17,11 +17,13 @@ KNOWN_FORMATS = {"neurosim-checkpoint": "checkpoint", "neurosim-recording": "rec
 
 
 def open_readonly(path: str | os.PathLike, what: str = "file",
-                  error: type[NeurosimIOError] = NeurosimIOError) -> h5py.File:
+                  error: type[NeurosimIOError] = NeurosimIOError,
+                  advice: str | None = None) -> h5py.File:
     """Open ``path`` read-only, raising ``error`` with a clear message if it cannot be read.
 
     Tries without HDF5 file locking first, so a recording can be read while another process
     is still writing it; falls back to locking when this process has the file open already.
+    ``advice`` replaces the default "use an earlier ..." of the message for a damaged file.
     """
     path = Path(path)
     if not path.exists():
@@ -36,14 +38,17 @@ def open_readonly(path: str | os.PathLike, what: str = "file",
                 raise
             return h5py.File(path, "r", track_order=True)
     except OSError as e:
-        raise error(truncated_message(path, e, what)) from e
+        raise error(truncated_message(path, e, what, advice)) from e
 
 
-def truncated_message(path: Path, cause: BaseException, what: str = "file") -> str:
-    """The message for a file HDF5 cannot parse."""
-    earlier = f"an earlier {what}" if what in ("checkpoint", "recording") else "an intact copy"
-    return (f"{path} is truncated or not an HDF5 file (a write may have been interrupted); use "
-            f"{earlier}. (HDF5 said: {cause})")
+def truncated_message(path: Path, cause: BaseException, what: str = "file",
+                      advice: str | None = None) -> str:
+    """The message for a file HDF5 cannot parse; ``advice`` replaces "use an earlier ..."."""
+    if advice is None:
+        earlier = f"an earlier {what}" if what in ("checkpoint", "recording") else "an intact copy"
+        advice = f"use {earlier}"
+    return (f"{path} is truncated or not an HDF5 file (a write may have been interrupted); "
+            f"{advice}. (HDF5 said: {cause})")
 
 
 def check_format(path: Path, attrs: Mapping[str, Any], expected: str, version: int,

@@ -34,6 +34,17 @@ device of the first appended values, so :meth:`Recorder.append` is a device-side
 host synchronisation; data move to the CPU only when a chunk is written. Pass ``t`` as a Python
 float (a CUDA tensor would force a sync). :meth:`Recorder.append` stores every call: the caller
 decides which steps to record (:meth:`MonitorSpec.due` helps); ``every`` only labels the rate.
+
+Continuing a recording (``Recorder(path, append=True)``, used when a simulation resumes from a
+checkpoint and records into the same file): the file is opened as it is and checked to be a
+recording of the same model text (if ``config_text`` is given), root attrs and monitors (each
+add() must match a dataset there: name, every, indices, units, shape, dtype, attrs; the file
+may record nothing else). Nothing in it changes until :meth:`Recorder.truncate`, which drops
+the records after the resume point (written after the checkpoint, before the crash), sets
+``complete`` False and removes ``aborted``; appends then continue the same datasets and time
+axes, so the finished file equals the recording of an uninterrupted run. A Recorder that is
+closed before truncate() leaves the file untouched. Simulation.run does all this and writes
+root attr ``first_step`` (the step of a new recording's first record) to count records by.
 """
 from __future__ import annotations
 
@@ -48,7 +59,7 @@ import numpy as np
 import torch
 
 from neurosim.errors import did_you_mean
-from neurosim.io.attrs import read_attrs, write_attrs
+from neurosim.io.attrs import decode_attr, encode_attr, read_attrs, write_attrs
 from neurosim.io.errors import RecordingError, TreeError
 from neurosim.io.files import check_format, open_readonly
 
@@ -143,12 +154,15 @@ class Recorder:
     """Stream monitored variables into an HDF5 recording (see the module docstring).
 
     Use as a context manager, or call :meth:`close`; either flushes the last partial chunk.
-    An existing file at ``path`` is only replaced with ``overwrite=True``.
+    An existing file at ``path`` is only replaced with ``overwrite=True``, or continued with
+    ``append=True`` (see "Continuing a recording" in the module docstring).
     """
 
     def __init__(self, path: str | os.PathLike, *, chunk_size: int = 256,
-                 attrs: Mapping[str, Any] | None = None, time_units: str = "ms",
-                 config_text: str | None = None, overwrite: bool = False) -> None:
+                 attrs: Mapping[str, Any] | None = None,
+                 time_units: str = "1 (model time)",
+                 config_text: str | None = None, overwrite: bool = False,
+                 append: bool = False) -> None:
         from neurosim import __version__
 
         self.path = Path(path)
@@ -162,7 +176,10 @@ class Recorder:
         if not self.path.parent.is_dir():
             raise RecordingError(f"cannot create recording {self.path}: directory "
                                  f"{self.path.parent} does not exist; create it first.")
-        if self.path.exists() and not overwrite:
+        if append and overwrite:
+            raise RecordingError(f"Recorder({self.path}): pass append=True (continue the "
+                                 f"recording) or overwrite=True (replace it), not both.")
+        if self.path.exists() and not (overwrite or append):
             raise RecordingError(f"recording {self.path} already exists; choose another path or "
                                  f"pass overwrite=True to replace it.")
         self.chunk_size = chunk_size
@@ -172,6 +189,12 @@ class Recorder:
         self._started = False
         self._closed = False
         self._time_units = time_units
+        self._append = append          # continuing an existing file: see truncate()
+        self._truncated = False
+        self._pending_attrs: dict[str, Any] = {}
+        if append:
+            self._open_existing(attrs, config_text)
+            return
         self._file = h5py.File(self.path, "w", track_order=True)
         try:
             f = self._file
@@ -196,7 +219,68 @@ class Recorder:
                 raise RecordingError(f"Recorder({self.path}): {e}") from e
             raise
 
+    def _open_existing(self, attrs: Mapping[str, Any] | None, config_text: str | None) -> None:
+        """append=True: open the recording to continue it. It must be a recording of the same
+        model text (when given) and attrs (those it has); nothing in it changes before
+        :meth:`truncate`."""
+        if not self.path.is_file():
+            raise RecordingError(f"cannot continue recording {self.path}: it does not exist; "
+                                 f"create it without append=True.")
+        try:
+            self._file = h5py.File(self.path, "r+", track_order=True)
+        except OSError as e:
+            raise RecordingError(f"cannot open recording {self.path} to continue it ({e}); if "
+                                 f"it is truncated or not an HDF5 file, write to another "
+                                 f"file.") from e
+        try:
+            stored = read_attrs(self._file)
+            check_format(self.path, stored, RECORDING_FORMAT, RECORDING_FORMAT_VERSION,
+                         RecordingError)
+            if not isinstance(self._file.get("time"), h5py.Group) or \
+                    not isinstance(self._file.get("recordings"), h5py.Group):
+                raise RecordingError(f"cannot continue recording {self.path}: it has no /time "
+                                     f"or /recordings group (damaged); write to another file.")
+            if config_text is not None and self.config_text != config_text:
+                raise RecordingError(
+                    f"cannot continue recording {self.path}: it was recorded from another model "
+                    f"text (its /config_text differs from this run's); write to another file, or "
+                    f"replace it (overwrite=True, on the command line --force).")
+            self._pending_attrs.update(self._same_attrs(attrs or {}, "cannot continue"))
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _same_attrs(self, attrs: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """Check ``attrs`` against the root attributes of the file being continued; return
+        those it does not have yet (written by truncate())."""
+        stored = read_attrs(self._file)
+        differ = [f"{k} = {stored[k]!r} there, {v!r} here" for k, v in attrs.items()
+                  if k in stored and not _same_attr(stored[k], v)]
+        if differ:
+            raise RecordingError(f"{what} recording {self.path}: it was recorded by another run "
+                                 f"({'; '.join(differ)}); write to another file, or replace it "
+                                 f"(overwrite=True, on the command line --force).")
+        return {k: v for k, v in attrs.items() if k not in stored}
+
     # -- setup -------------------------------------------------------------------------------
+
+    def annotate(self, attrs: Mapping[str, Any]) -> None:
+        """Add root attributes describing the run (model, solver, ...); header names are
+        reserved. Used by Simulation.run so that Python and CLI recordings carry the same.
+        While a recording opened with append=True waits for :meth:`truncate`, they are checked
+        against the file's (a different value is an error) and written by truncate()."""
+        self._check_open()
+        clash = sorted(set(attrs) & set(_ROOT_ATTRS))
+        if clash:
+            raise RecordingError(f"Recorder({self.path}): attrs {clash} are reserved for the "
+                                 "file header; rename them.")
+        if self.resuming:
+            self._pending_attrs.update(self._same_attrs(attrs, "cannot continue"))
+            return
+        try:
+            write_attrs(self._file, attrs)
+        except TreeError as e:
+            raise RecordingError(f"Recorder({self.path}): {e}") from e
 
     def add(self, name: str, spec: MonitorSpec, record_shape: tuple[int, ...],
             dtype: torch.dtype | np.dtype | str = torch.float32,
@@ -227,6 +311,9 @@ class Recorder:
         clash = sorted(set(attrs or {}) & set(_DATASET_ATTRS))
         if clash:
             raise RecordingError(f"{where}: attrs {clash} are set by the recorder; rename them.")
+        if self._append:
+            self._adopt(name, spec, shape, buffer_dtype, storage, axes, attrs or {}, where)
+            return
 
         clock = self._clock(spec.every)
         record_bytes = int(np.prod(shape, dtype=np.int64)) * _itemsize(storage)
@@ -261,6 +348,137 @@ class Recorder:
         self._monitors[name] = _Monitor(name, spec, ds, shape, buffer_dtype, storage)
         self._file.flush()
 
+    def _adopt(self, name: str, spec: MonitorSpec, shape: tuple[int, ...],
+               buffer_dtype: torch.dtype, storage: torch.dtype, axes: tuple[str, ...],
+               attrs: Mapping[str, Any], where: str) -> None:
+        """add() while continuing a recording: take over its dataset of ``spec.key`` after
+        checking that it was recorded the same way."""
+        ds = self._file["recordings"].get(spec.key)
+        if not isinstance(ds, h5py.Dataset):
+            have = ", ".join(self._stored_keys()) or "nothing"
+            raise RecordingError(f"{where}: recording {self.path} has no {spec.key}, so it was "
+                                 f"made with other monitors (it records {have}); write to another "
+                                 f"file, or replace it (overwrite=True, on the command line "
+                                 f"--force).")
+        expected = {"monitor": name, "every": spec.every, "units": spec.units,
+                    "indices": ("all" if spec.indices is None
+                                else np.asarray(spec.indices, dtype=np.int64)),
+                    "axes": ", ".join(("time", *axes)),
+                    "torch_dtype": str(buffer_dtype).removeprefix("torch."),
+                    "time": f"/time/every_{spec.every}", **attrs}
+        stored = read_attrs(ds)
+        differ = [f"{k} = {stored.get(k)!r} there, {v!r} here" for k, v in expected.items()
+                  if not _same_attr(stored.get(k), v)]
+        if ds.shape[1:] != shape:
+            differ.insert(0, f"record shape {ds.shape[1:]} there, {shape} here")
+        if ds.dtype != _numpy_dtype(storage):
+            differ.insert(0, f"dtype {ds.dtype} there, {_numpy_dtype(storage)} here")
+        if differ:
+            raise RecordingError(f"{where}: recording {self.path} holds {spec.key} recorded "
+                                 f"another way ({'; '.join(differ)}); write to another file, or "
+                                 f"replace it (overwrite=True, on the command line --force).")
+        if spec.every not in self._clocks:
+            clock_ds = self._file["time"].get(f"every_{spec.every}")
+            if not isinstance(clock_ds, h5py.Dataset):
+                raise RecordingError(f"{where}: recording {self.path} lacks its time axis "
+                                     f"/time/every_{spec.every} (damaged); write to another file.")
+            self._clocks[spec.every] = _Clock(clock_ds, np.empty(self.chunk_size, np.float64),
+                                              written=clock_ds.shape[0])
+        self._monitors[name] = _Monitor(name, spec, ds, shape, buffer_dtype, storage,
+                                        written=ds.shape[0])
+
+    def _stored_keys(self) -> list[str]:
+        """The "pop/comp/var" keys of the datasets in the file's /recordings."""
+        root = self._file["recordings"]
+        return [f"{pop}/{comp}/{var}" for pop in root if isinstance(root[pop], h5py.Group)
+                for comp in root[pop] if isinstance(root[pop][comp], h5py.Group)
+                for var in root[pop][comp] if isinstance(root[pop][comp][var], h5py.Dataset)]
+
+    @property
+    def resuming(self) -> bool:
+        """True while a recording opened with append=True waits for :meth:`truncate`."""
+        return self._append and not self._truncated and not self._closed
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        """The ``every`` of each time axis of the monitors added so far, ascending."""
+        return tuple(sorted(self._clocks))
+
+    @property
+    def file_attrs(self) -> dict[str, Any]:
+        """The root attributes now in the file."""
+        self._check_open()
+        return read_attrs(self._file)
+
+    @property
+    def config_text(self) -> str | None:
+        """The model text in the file (root dataset config_text), or None."""
+        self._check_open()
+        return self._file[CONFIG_TEXT].asstr()[()] if CONFIG_TEXT in self._file else None
+
+    def truncate(self, records: Mapping[int, int], *,
+                 last_times: Mapping[int, float] | None = None) -> None:
+        """Continue a recording opened with append=True after its first ``records[every]``
+        records on each time axis (every monitor sampled at that ``every``): later records
+        (written after the checkpoint a run resumed from) are dropped and appends follow.
+
+        Checks first, changing nothing if one fails: the file records exactly the monitors
+        added, holds at least that many records on each axis (none lost before the resume
+        point), and, for the ``every`` in ``last_times``, that the last record kept is at that
+        time. Then marks the recording incomplete (until :meth:`close`) and clears
+        ``aborted``. Called once, after every add() and before the first append()."""
+        where = f"Recorder({self.path}).truncate"
+        self._check_open()
+        if not self.resuming or self._started:
+            raise RecordingError(f"{where}: only for a recording opened with append=True, once, "
+                                 f"after add() and before the first append().")
+        extra = sorted(set(self._stored_keys()) - {m.spec.key for m in self._monitors.values()})
+        if extra:
+            raise RecordingError(f"cannot continue recording {self.path}: it also records "
+                                 f"{', '.join(extra)}, which this run does not (other monitors); "
+                                 f"write to another file, or replace it (overwrite=True, on the "
+                                 f"command line --force).")
+        if set(records) != set(self._clocks):
+            raise RecordingError(f"{where}: records must give a count for each every in "
+                                 f"{list(self.rates)}, got {dict(records)}.")
+        for every, clock in self._clocks.items():
+            n = records[every]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise RecordingError(f"{where}: records[{every}] must be an int >= 0, got {n!r}.")
+            found = min([clock.ds.shape[0], *(m.ds.shape[0] for m in self._monitors.values()
+                                              if m.spec.every == every)])
+            if found < n:
+                raise RecordingError(
+                    f"cannot continue recording {self.path}: it holds {found} records on its time "
+                    f"axis every_{every}, but the run continues after record {n}, so {n - found} "
+                    f"are missing (it was cut off before the checkpoint was written, or is from "
+                    f"another run); write to another file.")
+            t = (last_times or {}).get(every)
+            if t is not None and n > 0 and float(clock.ds[n - 1]) != float(t):
+                raise RecordingError(
+                    f"cannot continue recording {self.path}: its record {n - 1} on time axis "
+                    f"every_{every} is at t={float(clock.ds[n - 1])!r}, but the run continues "
+                    f"from t={float(t)!r}; it is from another run (another step size or start). "
+                    f"Write to another file.")
+        f = self._file
+        f.attrs["complete"] = False
+        if "aborted" in f.attrs:
+            del f.attrs["aborted"]
+        try:
+            write_attrs(f, self._pending_attrs)
+        except TreeError as e:
+            raise RecordingError(f"Recorder({self.path}): {e}") from e
+        for every, clock in self._clocks.items():
+            n = records[every]
+            clock.ds.resize((n,))
+            clock.written, clock.fill = n, 0
+        for m in self._monitors.values():
+            n = records[m.spec.every]
+            m.ds.resize(n, axis=0)
+            m.written, m.fill = n, 0
+        self._truncated = True
+        f.flush()
+
     def _clock(self, every: int) -> _Clock:
         if every not in self._clocks:
             ds = self._file["time"].create_dataset(
@@ -277,6 +495,9 @@ class Recorder:
     def append(self, name: str, values: torch.Tensor, t: float) -> None:
         """Add one record of monitor ``name`` taken at time ``t``; writes a chunk when full."""
         self._check_open()
+        if self.resuming:
+            raise RecordingError(f"Recorder({self.path}) continues an existing recording: call "
+                                 f"truncate() (Simulation.run does) before the first append().")
         m = self._monitors.get(name)
         if m is None:
             raise RecordingError(f'Recorder({self.path}): no monitor "{name}".'
@@ -361,6 +582,8 @@ class Recorder:
         if self._closed:
             return
         try:
+            if self.resuming:   # append=True but never continued: leave the file as it was
+                return
             self.flush()
             self._file.attrs["complete"] = complete
             if aborted is not None:
@@ -384,6 +607,19 @@ class Recorder:
             self.close()
         else:  # keep the data, but do not claim the run finished
             self._finish(complete=False, aborted=f"{exc_type.__name__}: {exc}"[:1000])
+
+
+def _same_attr(stored: Any, value: Any) -> bool:
+    """Whether attribute value ``value`` (as given to write_attrs) equals ``stored`` (as read)."""
+    try:
+        value = decode_attr(encode_attr("value", value))
+    except TreeError:
+        return False
+    if isinstance(stored, np.ndarray) or isinstance(value, np.ndarray):
+        a, b = np.asarray(stored), np.asarray(value)
+        return a.dtype.kind in "biufc" and b.dtype.kind in "biufc" and a.shape == b.shape \
+            and bool(np.array_equal(a, b))
+    return isinstance(stored, bool) == isinstance(value, bool) and stored == value
 
 
 def _record_shape(record_shape: Any, where: str) -> tuple[int, ...]:
@@ -479,8 +715,14 @@ class RecordingFile:
         return [f"{pop}/{comp}/{var}" for pop in root for comp in root[pop]
                 for var in root[pop][comp] if isinstance(root[pop][comp][var], h5py.Dataset)]
 
-    def read(self, key: str, as_tensor: bool = False) -> RecordedVariable:
-        """Read variable ``key`` ("pop/comp/var") with its times, as numpy or a CPU tensor."""
+    def read(self, key: str, as_tensor: bool = False, *, rows: slice | None = None,
+             index: tuple = ()) -> RecordedVariable:
+        """Read variable ``key`` ("pop/comp/var") with its times, as numpy or a CPU tensor.
+
+        Only a part is loaded when ``rows`` (a slice of the records: times and values alike)
+        or ``index`` (a selection of the record axes after time, e.g. ``(0, [2, 5])`` for
+        sample 0, neurons 2 and 5: ints, slices and at most one increasing list, as h5py
+        allows) is given."""
         keys = self.variables()
         if key not in keys:
             raise RecordingError(f'{self.path}: no recorded variable "{key}".'
@@ -490,7 +732,13 @@ class RecordingFile:
             ds = self._file["recordings"][key]
             time_ds = self._file[ds.attrs["time"]]
             n = min(ds.shape[0], time_ds.shape[0])  # equal unless cut off between two writes
-            values, time = ds[:n], time_ds[:n]
+            span = slice(0, n) if rows is None else slice(*rows.indices(n))
+            try:
+                values, time = ds[(span, *index)], time_ds[span]
+            except (TypeError, ValueError, IndexError) as e:
+                raise RecordingError(f"{self.path}: cannot select rows {rows!r}, index "
+                                     f"{index!r} of {key}, records of shape {ds.shape[1:]} "
+                                     f"({e}).") from None
             attrs = read_attrs(ds)
         except (OSError, KeyError) as e:
             raise RecordingError(f"{self.path}: cannot read {key} ({e}); if the recording is "

@@ -50,7 +50,8 @@ class PlasticSystem:
         for name, w in zip(self.names, weights):
             net.weights[name].copy_(w)
         dynamics = self.make_dynamics()
-        du = dynamics.rhs(u, self.scratch)
+        dynamics.set_time(NeuralState(u, self.scratch), t)     # time-varying clamped inputs
+        du = dynamics.rhs(u, self.scratch, t)
         self.evals += 1
         record = PhaseRecord(net, {"now": NeuralState(u, self.scratch)})
         rates = {name: torch.zeros_like(net.weights[name]) for name in self.names}

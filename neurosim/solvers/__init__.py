@@ -3,7 +3,8 @@
 Names: "euler", "gs-euler" (layer-ordered Gauss-Seidel Euler, CorInfoMax's scheme), "heun",
 "rk4"; any torchdiffeq method as "dopri5", "bosh3", "adaptive_heun", "dopri8" or
 "torchdiffeq:<method>"; scipy ``solve_ivp`` as "bdf", "lsoda", "radau", "rk45" or
-"scipy:<method>". Adaptive solvers take ``rtol``/``atol``.
+"scipy:<method>". Adaptive solvers take ``rtol``/``atol`` and ``max_rhs_evals``, the
+right-hand-side evaluations allowed per output interval (see neurosim.solvers.limits).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .base import (ContinuousSolver, FixedStepSolver, Observer, SolveStats, Solv
                    solve)
 from .external import ScipyIVP, TorchDiffEq
 from .fixed import RK4, Euler, GaussSeidelEuler, Heun
+from .limits import DEFAULT_MAX_RHS_EVALS, StiffnessWarning
 from .schedules import ConstantStep, InverseTimeDecay, make_schedule
 
 FIXED_STEP = {cls.name: cls for cls in (Euler, GaussSeidelEuler, Heun, RK4)}
@@ -24,7 +26,7 @@ SOLVER_NAMES = (*FIXED_STEP, *TORCHDIFFEQ_SHORT, *SCIPY_SHORT, "torchdiffeq:<met
 
 def get_solver(name: str, **options) -> Solver:
     """Build a solver by name (see module docstring); ``options`` go to its constructor
-    (e.g. rtol, atol for adaptive ones)."""
+    (e.g. rtol, atol, max_rhs_evals for adaptive ones)."""
     if isinstance(name, Solver):
         return name
     key = str(name).lower()
@@ -33,7 +35,7 @@ def get_solver(name: str, **options) -> Solver:
     if key in FIXED_STEP:
         if options:
             raise ConfigError(f'solver "{name}" takes no options (got {sorted(options)}); '
-                              "rtol/atol apply to adaptive solvers only.")
+                              "rtol, atol and max_rhs_evals apply to adaptive solvers only.")
         return FIXED_STEP[key]()
     if key.startswith("torchdiffeq:"):
         return TorchDiffEq(key.split(":", 1)[1], **options)
@@ -50,4 +52,4 @@ def get_solver(name: str, **options) -> Solver:
 __all__ = ["ContinuousSolver", "FixedStepSolver", "Observer", "SolveStats", "Solver",
            "SteadyState", "solve", "ScipyIVP", "TorchDiffEq", "RK4", "Euler", "GaussSeidelEuler",
            "Heun", "ConstantStep", "InverseTimeDecay", "make_schedule", "get_solver",
-           "SOLVER_NAMES"]
+           "SOLVER_NAMES", "DEFAULT_MAX_RHS_EVALS", "StiffnessWarning"]

@@ -55,6 +55,9 @@ class ContinuousSolver(Solver):
     """A solver that integrates from times[0] to each later time, returning the potentials."""
 
     segment: int = 64
+    # (schedule, step0, n_steps, t0) of the solve in progress, set by :func:`solve`: lets a
+    # solver that gives up say how far the run had to go (neurosim.solvers.limits.run_end)
+    horizon: tuple | None = None
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState,
                   times: list[float]) -> list[torch.Tensor]:
@@ -104,6 +107,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     stats = SolveStats(steps=step0, t=t0)
     evals0 = dynamics.rhs_evals
     k, t = step0, t0
+    dynamics.set_time(state, t)
 
     def visit(k: int, t: float) -> bool:
         for obs in observers:
@@ -120,23 +124,26 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
 
     done = False
     if isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
-                                                    or progress or after_step):
+                                                    or progress or after_step or dynamics.drive):
         for j in range(k, n_steps):      # fast path: nothing to do between steps
             dt = schedule(j)
             solver.step(dynamics, state, dt)
             t += dt
         k = max(k, n_steps)
+        dynamics.t = t
     elif isinstance(solver, FixedStepSolver):
         while k < n_steps and not done:
             dt = schedule(k)
             solver.step(dynamics, state, dt)
             k, t = k + 1, t + dt
+            dynamics.set_time(state, t)
             done = visit(k, t)
             if after_step is not None:
                 after_step(k, t)
             if progress is not None:
                 progress.update(1)
     else:
+        solver.horizon = (schedule, k, n_steps, t)
         while k < n_steps and not done:
             end = min(n_steps, (k // solver.segment + 1) * solver.segment)
             times = [t]
@@ -147,6 +154,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
                 state.u.copy_(u)
                 dynamics.net.sync_activity(state)
                 k, t = k + 1, times[i]
+                dynamics.set_time(state, t)
                 done = visit(k, t)
                 if progress is not None:
                     progress.update(1)

@@ -8,13 +8,15 @@ import torch
 from ..dynamics import NeuralState, PhaseDynamics
 from ..errors import ConfigError, SimulationError
 from .base import ContinuousSolver
+from .limits import (DEFAULT_MAX_RHS_EVALS, IMPLICIT_ADVICE, RhsBudget, check_max_rhs_evals,
+                     decay_rates)
 
 
 class TorchDiffEq(ContinuousSolver):
     """``torchdiffeq.odeint`` with a given method ("dopri5", "bosh3", "rk4", "euler", ...)."""
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9,
-                 segment: int = 64, **options):
+                 segment: int = 64, max_rhs_evals: int | None = None, **options):
         try:
             import torchdiffeq  # noqa: F401
         except ImportError:
@@ -27,13 +29,33 @@ class TorchDiffEq(ContinuousSolver):
         self.method, self.rtol, self.atol, self.segment = method, rtol, atol, segment
         self.options = options
         self.name = method
+        # max_rhs_evals bounds the adaptive Runge-Kutta methods (see neurosim.solvers.limits)
+        self.max_rhs_evals = check_max_rhs_evals(
+            DEFAULT_MAX_RHS_EVALS if max_rhs_evals is None else max_rhs_evals)
+        try:
+            from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+            self.adaptive = issubclass(methods[method], RKAdaptiveStepsizeODESolver)
+        except (ImportError, TypeError):
+            self.adaptive = method in ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 
     def config(self) -> dict:
         return {"name": self.name, "rtol": self.rtol, "atol": self.atol, "segment": self.segment,
-                **self.options}
+                "max_rhs_evals": self.max_rhs_evals, **self.options}
+
+    def bounded(self, odeint, times, *, decay=(), evals_so_far=None,
+                stiff_advice: str = IMPLICIT_ADVICE):
+        """``odeint`` limited to ``max_rhs_evals`` right-hand-side evaluations per output
+        interval of ``times``, with a stiffness diagnosis (neurosim.solvers.limits); unchanged
+        for fixed-grid methods."""
+        if not self.adaptive:
+            return odeint
+        return RhsBudget(self, times, limit=self.max_rhs_evals, explicit=True, decay=decay,
+                         evals_so_far=evals_so_far, stiff_advice=stiff_advice).torchdiffeq(odeint)
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
         from torchdiffeq import odeint
+        odeint = self.bounded(odeint, times, decay=decay_rates(dynamics.slots),
+                              evals_so_far=lambda: dynamics.rhs_evals)
         t = torch.tensor(times, dtype=torch.float64, device=state.u.device)
         options = dict(self.options)
         if self.method in ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams") \
@@ -43,7 +65,7 @@ class TorchDiffEq(ContinuousSolver):
             # cloned outside inference mode: rhs writes into it in place (Simulation.run
             # integrates under torch.inference_mode())
             scratch = state.r.clone()
-            path = odeint(lambda _t, u: dynamics.rhs(u, scratch), state.u.clone(), t.to(state.u.dtype),
+            path = odeint(lambda _t, u: dynamics.rhs(u, scratch, _t), state.u.clone(), t.to(state.u.dtype),
                           method=self.method, rtol=self.rtol, atol=self.atol, options=options)
         return list(path)
 
@@ -55,9 +77,11 @@ class ScipyIVP(ContinuousSolver):
     ``partials`` or from autograd otherwise."""
 
     implicit = ("BDF", "Radau", "LSODA")
+    stages = {"RK45": 6, "RK23": 3, "DOP853": 12}     # evaluations per step (explicit ones)
 
     def __init__(self, method: str = "BDF", rtol: float = 1e-7, atol: float = 1e-9,
-                 segment: int = 64, dense_jacobian_limit: int = 4096):
+                 segment: int = 64, dense_jacobian_limit: int = 4096,
+                 max_rhs_evals: int | None = None):
         methods = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
         upper = {m.upper(): m for m in methods}
         if method.upper() not in upper:
@@ -69,12 +93,21 @@ class ScipyIVP(ContinuousSolver):
         self.rtol, self.atol, self.segment = rtol, atol, segment
         self.dense_jacobian_limit = dense_jacobian_limit
         self.name = f"scipy-{self.method.lower()}"
+        # right-hand-side evaluations allowed per output interval (neurosim.solvers.limits)
+        self.max_rhs_evals = check_max_rhs_evals(
+            DEFAULT_MAX_RHS_EVALS if max_rhs_evals is None else max_rhs_evals)
 
     def config(self) -> dict:
-        return {"name": self.name, "rtol": self.rtol, "atol": self.atol, "segment": self.segment}
+        return {"name": self.name, "rtol": self.rtol, "atol": self.atol, "segment": self.segment,
+                "max_rhs_evals": self.max_rhs_evals}
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
         from scipy.integrate import solve_ivp
+        solve_ivp = RhsBudget(
+            self, times, limit=self.max_rhs_evals, explicit=self.method not in self.implicit,
+            stages=self.stages.get(self.method), decay=decay_rates(dynamics.slots),
+            evals_so_far=lambda: dynamics.rhs_evals + (work.rhs_evals if work is not dynamics
+                                                       else 0)).scipy(solve_ivp)
         shape, dtype, device = state.u.shape, state.u.dtype, state.u.device
         # evaluate in float64 whatever the network's dtype: a float32 rhs is a staircase in y
         # that stalls the Newton iterations of implicit methods (step size -> 0)
@@ -83,7 +116,7 @@ class ScipyIVP(ContinuousSolver):
 
         def fun(_t, y):
             u = torch.from_numpy(y).to(device).view(shape)
-            return work.rhs(u, scratch).cpu().numpy().ravel()
+            return work.rhs(u, scratch, _t).cpu().numpy().ravel()
 
         kwargs = {}
         if self.method in self.implicit and shape[1] <= self.dense_jacobian_limit:
@@ -134,6 +167,7 @@ def _jacobian_function(dynamics: PhaseDynamics, r: torch.Tensor, sparse: bool):
         method = "linear"
 
     def jac(_t, y):
+        dynamics.t = float(_t)          # a drive's currents enter general cells' partials
         u = torch.from_numpy(y).view(shape)
         per_sample = list(blocks(u))
         return sp.block_diag(per_sample, format="csc") if sparse else \
@@ -249,7 +283,7 @@ def _autograd_blocks(dynamics: PhaseDynamics, r: torch.Tensor):
         clamped = r.to(torch.float64, copy=True)
 
     def total(u):
-        return frozen.differentiable_rhs(u, clamped).sum(0)
+        return frozen.differentiable_rhs(u, clamped, dynamics.t).sum(0)
 
     def blocks(u):
         with torch.inference_mode(False), torch.enable_grad():

@@ -39,9 +39,9 @@ class Heun(FixedStepSolver):
     tableau = tableaux.HEUN
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
-        scratch = state.r.clone()
-        k1 = dynamics.rhs(state.u, scratch)
-        k2 = dynamics.rhs(state.u + dt * k1, scratch)
+        scratch, t = state.r.clone(), dynamics.t
+        k1 = dynamics.rhs(state.u, scratch, t)
+        k2 = dynamics.rhs(state.u + dt * k1, scratch, t + dt)
         state.u.add_(k1 + k2, alpha=dt / 2)
         dynamics.net.sync_activity(state)
 
@@ -54,11 +54,10 @@ class RK4(FixedStepSolver):
     tableau = tableaux.RK4
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
-        scratch = state.r.clone()
-        u = state.u
-        k1 = dynamics.rhs(u, scratch)
-        k2 = dynamics.rhs(u + (dt / 2) * k1, scratch)
-        k3 = dynamics.rhs(u + (dt / 2) * k2, scratch)
-        k4 = dynamics.rhs(u + dt * k3, scratch)
+        scratch, u, t = state.r.clone(), state.u, dynamics.t
+        k1 = dynamics.rhs(u, scratch, t)
+        k2 = dynamics.rhs(u + (dt / 2) * k1, scratch, t + dt / 2)
+        k3 = dynamics.rhs(u + (dt / 2) * k2, scratch, t + dt / 2)
+        k4 = dynamics.rhs(u + dt * k3, scratch, t + dt)
         u.add_(k1 + 2 * k2 + 2 * k3 + k4, alpha=dt / 6)
         dynamics.net.sync_activity(state)

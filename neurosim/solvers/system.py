@@ -11,7 +11,15 @@ import torch
 from ..errors import ConfigError
 from .base import FixedStepSolver, Solver
 from .external import TorchDiffEq
+from .limits import decay_rates
 from .tableau import explicit_rk_step
+
+#: what to do when the joint system is stiff (no implicit solver integrates tuple states)
+SYSTEM_STIFF_ADVICE = (
+    "Implicit solvers cannot integrate plastic weights together with the potentials: run the "
+    "rules every N steps instead (--plasticity N, or plasticity = { every = N } in "
+    "[simulation]) with --solver bdf, or use a fixed-step solver (euler, heun, rk4) with a dt "
+    "below the fastest time scale")
 
 State = tuple[torch.Tensor, ...]
 
@@ -42,6 +50,10 @@ def integrate_system(f: Callable[[float, State], State], y: Sequence[torch.Tenso
             yield k, t, y
         return
     from torchdiffeq import odeint
+    unbounded = odeint          # bounded per segment below (max_rhs_evals per output interval)
+    solver.horizon = (schedule, step0, n_steps, t0)
+    net = getattr(f, "net", None)
+    decay = decay_rates(net.slots.values()) if net is not None else ()
     while k < n_steps:
         end = min(n_steps, (k // solver.segment + 1) * solver.segment)
         times = [t]
@@ -52,6 +64,8 @@ def integrate_system(f: Callable[[float, State], State], y: Sequence[torch.Tenso
                 and "step_size" not in options:
             options["step_size"] = float(min(b - a for a, b in zip(times, times[1:])))
         grid = torch.tensor(times, dtype=y[0].dtype, device=y[0].device)
+        odeint = solver.bounded(unbounded, times, decay=decay, stiff_advice=SYSTEM_STIFF_ADVICE,
+                                evals_so_far=(lambda: f.evals) if hasattr(f, "evals") else None)
         path = odeint(lambda s, state: f(float(s), state), y, grid, method=solver.method,
                       rtol=solver.rtol, atol=solver.atol, options=options)
         for i in range(1, len(times)):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from ..errors import ConfigError, did_you_mean
-from ..graph import Network, check_keys, network_from_dict
+from ..graph import Network, check_finite, check_keys, network_from_dict
 from ..schedules import EpochSchedule, make_epoch_schedule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -41,6 +41,7 @@ class TrainingConfig:
     dtype: str = "float32"
     train_accuracy: str = "running"
     threads: int | None = None
+    keep_checkpoints: int = 3
     lr_schedule: EpochSchedule = field(default_factory=lambda: make_epoch_schedule(None, ""))
     metrics: tuple = ()
 
@@ -90,6 +91,8 @@ def split_tables(data: dict, where: str, overrides: dict) -> tuple[dict, dict]:
     for key, value in overrides.items():
         if value is not None:
             (training if key in TRAINING_KEYS else protocol)[key] = value
+    check_finite(training, f"{where} [training]")
+    check_finite(protocol, f"{where} [protocol]")
     return training, protocol
 
 
@@ -115,7 +118,7 @@ def training_config_from_table(table: dict, where: str) -> TrainingConfig:
 
 def check_training_config(config: TrainingConfig, where: str) -> TrainingConfig:
     """Raise a ConfigError naming the key for any invalid run option; return ``config``."""
-    for key in ("epochs", "batch_size", "eval_batch_size", "seed"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "seed", "keep_checkpoints"):
         value = getattr(config, key)
         low = 0 if key in ("epochs", "seed") else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -159,6 +162,7 @@ def build_network(data: dict, where: str) -> Network:
     if "model" not in data:
         return network_from_dict(data, where=where)
     spec = dict(data["model"])
+    check_finite(spec, f"{where} [model]")
     template = spec.pop("template", None)
     if not isinstance(template, str) or (":" not in template and template not in TEMPLATES):
         raise ConfigError(f'{where} [model] template: unknown template "{template}".'
@@ -192,5 +196,6 @@ def data_config(data: dict, where: str) -> dict:
         raise ConfigError(f'{where}: missing [data] table; add e.g. [data] dataset = "digits".')
     if not isinstance(table, dict):
         raise ConfigError(f"{where} [data]: expected a table.")
+    check_finite(table, f"{where} [data]")
     return dict(table)
 

@@ -16,11 +16,17 @@ A run directory holds
     run.h5        checkpoint after the last finished epoch (atomic rewrite): weights, biases,
                   rule states, protocol state, RNG states, progress, validation indices,
                   per-epoch metrics (/metrics/<name>)
+    checkpoints/  epoch_NNNN.h5: the checkpoints of the epochs before, the newest
+                  ``keep_checkpoints - 1`` of them ([training] keep_checkpoints, default 3,
+                  counts run.h5 too); see neurosim.io.series
     metrics.csv   one row per epoch: epoch, train_accuracy, test_accuracy (when measured),
                   then the other columns
 
 Resuming from run.h5 repeats exactly what an uninterrupted run computes: the data order and
 every random draw of the protocol come from the one generator whose state is checkpointed.
+When run.h5 is damaged (missing, truncated, not HDF5, incomplete), :meth:`Trainer.resume`
+and :meth:`Trainer.restore` warn and continue from the newest intact kept checkpoint, just
+as exactly; they then put that checkpoint back at run.h5 and cut metrics.csv to its epoch.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -128,6 +135,10 @@ class Trainer:
         self.steps = 0
         self.history = History()
         self.overrides: dict = {}
+        # the run directory whose run.h5 this trainer wrote or loaded last, and that epoch
+        # (None: run.h5 there is not known to be intact); decides what save() keeps
+        self._run_dir: Path | None = None
+        self._run_file_epoch: int | None = None
 
     @classmethod
     def from_model_text(cls, model_text: str, *, where: str = "model", progress: bool = True,
@@ -364,8 +375,14 @@ class Trainer:
         return payload
 
     def save(self, run_dir) -> Path:
+        """Checkpoint to run_dir/run.h5 (atomically) and rewrite metrics.csv. The run.h5 this
+        replaces, if this trainer wrote or loaded it, is kept as checkpoints/epoch_NNNN.h5;
+        once the new run.h5 is complete, kept checkpoints beyond the newest
+        ``keep_checkpoints - 1`` (and any of this or later epochs, or of another run) go."""
         from ..io import save_checkpoint
-        path = Path(run_dir) / RUN_FILE
+        from ..io.series import keep_copy, kept_path, prune
+        run_dir = Path(run_dir)
+        path = run_dir / RUN_FILE
         for kind, tensors in (("weights of projection", self.net.weights),
                               ("bias of population", self.net.biases)):
             for name, w in tensors.items():
@@ -373,20 +390,27 @@ class Trainer:
                     raise NeurosimError(f'{kind} "{name}" became non-finite after epoch '
                                         f"{self.epoch}; not overwriting the last good checkpoint "
                                         f"{path}. Lower the learning rates or the step.")
+        keep = self.config.keep_checkpoints
+        mine = self._run_dir is not None and self._run_dir == run_dir.resolve()
+        previous = self._run_file_epoch if mine else None
+        if keep > 1 and previous is not None and previous < self.epoch and path.is_file():
+            keep_copy(path, kept_path(run_dir, previous))
         save_checkpoint(path, self.state_payload(), kind="training",
                         config_text=self.model_text or "",
                         attrs={"overrides_json": _json(self.overrides), "epoch": self.epoch,
                                "base_dir": str(self.base_dir.resolve()) if self.base_dir else ""})
-        _atomic_text(Path(run_dir) / METRICS_FILE, _csv(self.history))
+        self._run_dir, self._run_file_epoch = run_dir.resolve(), self.epoch
+        _atomic_text(run_dir / METRICS_FILE, _csv(self.history))
+        prune(run_dir, keep=keep - 1 if mine else 0, before=self.epoch)
         return path
 
     @classmethod
-    def resume(cls, run_dir, *, progress: bool = True, **overrides) -> "Trainer":
+    def resume(cls, run_dir, *, progress: bool = True, warn=None, **overrides) -> "Trainer":
         """Rebuild a trainer from run_dir/run.h5 exactly as it was after its last epoch (for
-        a trainer built in Python, build it again and call :meth:`restore`)."""
-        from ..io import load_checkpoint
-        path = cls._run_file(run_dir)
-        ckpt = load_checkpoint(path, kind="training")
+        a trainer built in Python, build it again and call :meth:`restore`). A damaged run.h5
+        is passed over for the newest intact kept checkpoint, as in :meth:`restore`."""
+        ckpt, skipped = cls._load_run(run_dir)
+        path = ckpt.path
         if not ckpt.config_text:
             raise ConfigError(f"{path} was written by a Trainer built in Python, so it holds no "
                               "model text; build the same Trainer again and call "
@@ -397,23 +421,52 @@ class Trainer:
         trainer = cls.from_model_text(ckpt.config_text, where=str(path), progress=progress,
                                       base_dir=base_dir, **saved)
         trainer._restore(ckpt.payload, path)
+        trainer._adopt(run_dir, ckpt, skipped, warn)
         return trainer
 
-    def restore(self, run_dir) -> "Trainer":
-        """Load run_dir/run.h5 into this trainer (same network, protocol, data, options)."""
-        from ..io import load_checkpoint
-        path = self._run_file(run_dir)
-        self._restore(load_checkpoint(path, kind="training").payload, path)
+    def restore(self, run_dir, *, warn=None) -> "Trainer":
+        """Load run_dir/run.h5 into this trainer (same network, protocol, data, options).
+
+        If run.h5 is damaged (missing, truncated, not HDF5, incomplete), the newest intact
+        checkpoint in run_dir/checkpoints/ is loaded instead: ``warn`` (default: a line on
+        stderr) is told which files were passed over and which was loaded, that checkpoint is
+        put back at run.h5 and metrics.csv is cut to its epoch. With none intact, the error
+        lists every file tried."""
+        ckpt, skipped = self._load_run(run_dir)
+        self._restore(ckpt.payload, ckpt.path)
+        self._adopt(run_dir, ckpt, skipped, warn)
         return self
 
     @staticmethod
-    def _run_file(run_dir) -> Path:
-        path = Path(run_dir) / RUN_FILE
-        if not path.exists():
+    def _load_run(run_dir):
+        """(newest intact checkpoint of run_dir, damaged files passed over)."""
+        from ..io import kept_checkpoints, load_newest
+        run_dir = Path(run_dir)
+        if not (run_dir / RUN_FILE).exists() and not kept_checkpoints(run_dir):
             raise NeurosimError(f"{run_dir} holds no {RUN_FILE}: it is not a training run "
                                 "directory (start one with `neurosim train MODEL.toml --out "
                                 f"{run_dir}`).")
-        return path
+        model = run_dir / MODEL_FILE
+        again = (f"`neurosim train {model} --out {run_dir} --force`" if model.is_file()
+                 else "Trainer.fit")
+        return load_newest(run_dir, kind="training",
+                           fix=f"none is intact, so the run cannot continue: start it again "
+                               f"({again})")
+
+    def _adopt(self, run_dir, ckpt, skipped, warn) -> None:
+        """Note that run_dir's run.h5 holds this epoch (what save() keeps next). After a
+        fallback: warn, put the loaded checkpoint back at run.h5 and cut metrics.csv to it."""
+        from ..io.series import keep_copy
+        run_dir = Path(run_dir)
+        if skipped:
+            damaged = "; ".join(f"{path} is missing" if reason == "missing" else
+                                f"{path} is damaged ({reason})" for path, reason in skipped)
+            (warn or _warn)(f"{damaged}; continuing from {ckpt.path} (epoch {self.epoch}), "
+                            f"which is now also {run_dir / RUN_FILE}")
+            # a copy, not a link: damage to one of the two files then leaves the other
+            keep_copy(ckpt.path, run_dir / RUN_FILE, link=False)
+            _atomic_text(run_dir / METRICS_FILE, _csv(self.history))
+        self._run_dir, self._run_file_epoch = run_dir.resolve(), self.epoch
 
     def _restore(self, payload: Mapping, path) -> None:
         """Load a checkpoint payload: everything is checked before anything is changed. Only
@@ -504,6 +557,10 @@ def _threads(count: int | None):
         torch.set_num_threads(before)
 
 
+def _warn(message: str) -> None:
+    print(f"neurosim: warning: {message}", file=sys.stderr)
+
+
 def _json(value) -> str:
     return json.dumps(value, sort_keys=True)
 
@@ -512,7 +569,9 @@ def _progress(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, leave=False, mininterval=0.5, unit="batch")
+    # disable=None: no bar when stderr is not a terminal (CI logs, `> log 2>&1`); the epoch
+    # lines that fit() prints stay
+    return tqdm(iterable, desc=desc, leave=False, mininterval=0.5, unit="batch", disable=None)
 
 
 def _csv(history: History) -> str:
