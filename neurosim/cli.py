@@ -200,7 +200,8 @@ def _training_checks(args, run_dir: Path) -> None:
     data = parse_model_text(model.text, where)
     overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed,
                                        batch_size=args.batch_size, device=args.device,
-                                       dtype=args.dtype, threads=args.threads).items()
+                                       dtype=args.dtype, threads=args.threads,
+                                       keep_checkpoints=args.keep_checkpoints).items()
                  if v is not None}
     training, _ = split_tables(data, where, overrides)
     config = training_config_from_table(training, where)
@@ -446,6 +447,12 @@ def main(argv=None) -> int:
             raise
         message = allocation_message(getattr(args, "size_estimate", None), err)
         print(f"neurosim: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:           # disk full, permissions, a file vanishing mid-run
+        where = f" {err.filename}" if err.filename else ""
+        print(f"neurosim: error: cannot read or write{where}: {err.strerror or err}. Free disk "
+              "space or choose another path; checkpoints and recordings are written so that "
+              "the last complete one stays readable.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neurosim: interrupted; the last checkpoint written is intact.", file=sys.stderr)

@@ -177,6 +177,8 @@ class SimulationOptions:
     plasticity: Any = None
 
     def total_steps(self) -> int:
+        """Steps of the run: ``n_steps``, else ``max(1, round(duration / dt))`` for a constant
+        step; ConfigError when neither is given or the step schedule decays."""
         if self.n_steps is not None:
             return int(self.n_steps)
         schedule = make_schedule(self.step, "[simulation] step")
@@ -222,6 +224,9 @@ def _check_option_values(options: SimulationOptions, where: str) -> None:
 
 
 def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions:
+    """Checked run options from a model file's ``[simulation]`` table (``data`` is the parsed
+    file) and the non-None command-line ``overrides`` (``dt`` sets the step; ``duration``
+    replaces the file's ``n_steps``); a ConfigError names the offending key."""
     table = dict(data.get("simulation", {}))
     check_keys(table, SIM_KEYS, f"{where} [simulation]")
     check_finite(table, f"{where} [simulation]")
@@ -699,6 +704,9 @@ class Simulation:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path) -> None:
+        """Write what :meth:`load_checkpoint` needs to resume exactly: weights, biases, rule
+        states, u and r, inputs, nudges, random generators, stimuli, progress, the model text
+        and the options."""
         from .io import capture_rng_state, save_checkpoint
         payload = {
             "network": dict(self.net.weights),
@@ -729,7 +737,12 @@ class Simulation:
         from .io import load_checkpoint, restore_rng_state
         ckpt = load_checkpoint(path, kind="simulation")
         options = json.loads(ckpt.attrs["options_json"])
-        options.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "duration" in given:           # a new end replaces the saved one, in either form
+            options["n_steps"] = None
+        if "n_steps" in given:
+            options["duration"] = None
+        options.update(given)
         if network is not None:
             sim = cls(network, SimulationOptions(**{**options, "inputs": {}, "nudge": {}}),
                       model_text=ckpt.config_text or None, stimuli=stimuli)

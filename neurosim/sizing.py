@@ -299,8 +299,9 @@ def estimate_simulation(network, options=None, monitors: Iterable = (), *,
 def estimate_training(network, config, *, run_dir=None) -> SizeEstimate:
     """The size of a training run of ``network`` with ``config`` (a TrainingConfig): the
     network at the larger of batch_size and eval_batch_size, the protocol's states, and the
-    checkpoint run.h5 in ``run_dir`` (weights, biases and a rule state as large as the
-    weights, written beside the previous one). The dataset is not counted."""
+    checkpoints in ``run_dir``: run.h5 (weights, biases and a rule state as large as the
+    weights) and the ``keep_checkpoints - 1`` kept before it, plus the new one written beside
+    them. The dataset is not counted."""
     net = _graph(network)
     dtype = _dtype_name(config.dtype)
     batch = max(int(config.batch_size), int(config.eval_batch_size))
@@ -310,10 +311,11 @@ def estimate_training(network, config, *, run_dir=None) -> SizeEstimate:
                  f"{TRAINING_STATE_COPIES} copies of the state at batch {batch}")
     if run_dir is not None:
         biases = sum(p.size for p in net.populations if not p.is_input) * ITEMSIZE[dtype]
-        nbytes = 2 * (2 * sizes["weights"] + biases) + HDF5_OVERHEAD
+        files = int(getattr(config, "keep_checkpoints", 1)) + 1
+        nbytes = files * (2 * sizes["weights"] + biases + HDF5_OVERHEAD)
         estimate.add("checkpoint", "run.h5", nbytes, "disk",
-                     "weights, biases and rule state, a new copy beside the old one",
-                     str(run_dir))
+                     f"weights, biases and rule state; {files} files at most (the kept ones "
+                     "and a new one beside them)", str(run_dir))
     return estimate
 
 

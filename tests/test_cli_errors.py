@@ -128,7 +128,8 @@ def test_cuda_requested_without_cuda(recording, run_dir, capsys):
                      'device "cuda" requested but CUDA is not available', "--device cpu")
     before = snapshot(run_dir)
     refused(capsys, ["train", DIGITS, "--out", run_dir, "--force", "--quiet", "--device",
-                     "cuda"], '[training] device: "cuda" requested but CUDA is not available')
+                     "cuda"], '[training] device (--device): "cuda" requested but CUDA is not',
+            "--device cpu")
     assert snapshot(run_dir) == before
 
 
@@ -494,3 +495,25 @@ def test_console_script_errors_are_one_line(tmp_path):
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith("neurosim: error: ") and fragment in proc.stderr
         assert not (tmp_path / "x.h5").exists()
+
+
+# ---------------------------------------------------------------------------- during a run
+def test_a_failing_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "r.h5"))
+    monkeypatch.setattr(Simulation, "run", full)
+    refused(capsys, ["simulate", DEMO, "--out", tmp_path / "r.h5", "--steps", "2", "--quiet"],
+            "No space left on device", str(tmp_path / "r.h5"))
+
+
+def test_resume_with_a_new_end_in_either_form(tmp_path):
+    ckpt, out = tmp_path / "c.h5", tmp_path / "r.h5"
+    assert main(["simulate", str(DEMO), "--steps", "10", "--checkpoint", str(ckpt), "--out",
+                 str(out), "--quiet"]) == 0
+    for flag, value, steps in (("--duration", "1.0", 20), ("--steps", "30", 30)):
+        sim = Simulation.load_checkpoint(ckpt, **{"duration" if flag == "--duration" else
+                                                  "n_steps": float(value) if flag ==
+                                                  "--duration" else int(value)})
+        assert sim.options.total_steps() == steps, flag
+        assert main(["simulate", "--resume", str(ckpt), flag, value, "--out", str(out),
+                     "--quiet"]) == 0

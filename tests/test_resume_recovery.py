@@ -82,7 +82,19 @@ def mark_incomplete(path: Path) -> None:
         f.attrs["complete"] = False
 
 
-DAMAGE = {"truncated": truncate, "overwritten": overwrite, "incomplete": mark_incomplete}
+def corrupt_weights(path: Path) -> None:
+    """Flip bytes inside a weight matrix's data: the file stays valid HDF5, only the CRC-32
+    stored with the weights tells."""
+    with h5py.File(path, "r") as f:
+        name = next(k for k in f["network"])
+        offset = f["network"][name].id.get_offset()
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 16)
+        fh.write(b"\x7f\x7f\x7f\x7f")
+
+
+DAMAGE = {"truncated": truncate, "overwritten": overwrite, "incomplete": mark_incomplete,
+          "corrupted weights": corrupt_weights}
 
 
 def assert_same_training_state(a_dir: Path, b_dir: Path) -> None:

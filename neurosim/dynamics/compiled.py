@@ -65,6 +65,7 @@ class NeuralState:
     net: "CompiledNetwork | None" = field(default=None, repr=False, compare=False)
 
     def clone(self) -> "NeuralState":
+        """A copy with its own ``u`` and ``r`` tensors (sharing the layout)."""
         return NeuralState(self.u.clone(), self.r.clone(), self.net)
 
     def __getitem__(self, population: str) -> "PopulationState":
@@ -235,9 +236,13 @@ class CompiledNetwork:
         return state
 
     def u_of(self, state: NeuralState, population: str) -> torch.Tensor:
+        """A dynamic population's soma potentials in ``state`` (a batch x n view of ``u``);
+        ConfigError for an input population."""
         return state.u[:, self._slot(population, need_dynamic=True).u_cols]
 
     def r_of(self, state: NeuralState, population: str) -> torch.Tensor:
+        """A population's activities in ``state`` (a batch x n view of ``r``; the clamped
+        values for an input)."""
         return state.r[:, self._slot(population).r_cols]
 
     def _slot(self, population: str, need_dynamic: bool = False) -> PopulationSlot:

@@ -131,7 +131,10 @@ for _factory in (clip, relu, leaky_relu, linear, sigmoid, tanh, softmax, stochas
 
 
 def get_activation(name: str) -> Activation:
-    """Look an activation up by name (see module docstring)."""
+    """Build an activation by name: "clip" (= "clip[0,1]"), "clip[lo,hi]", "relu",
+    "leaky_relu" or "leaky_relu[slope]", "linear", "sigmoid", "tanh", "softmax",
+    "stochastic_sign", a registered name or "package.module:function" (see
+    neurosim.graph.activations)."""
     if not isinstance(name, str):
         raise ConfigError(f"activation must be a string, got {name!r}.")
     match = _BRACKET.match(name)

@@ -74,19 +74,23 @@ class Network:
 
     @property
     def population_map(self) -> dict[str, Population]:
+        """Populations by name, in layer order."""
         return {p.name: p for p in self.populations}
 
     @property
     def projection_map(self) -> dict[str, Projection]:
+        """Projections by name, in declaration order."""
         return {p.name: p for p in self.projections}
 
     def population(self, name: str) -> Population:
+        """The population called ``name``; ConfigError (with suggestions) if there is none."""
         pops = self.population_map
         if name not in pops:
             raise unknown("population", name, pops, f'network "{self.name}"')
         return pops[name]
 
     def projection(self, name: str) -> Projection:
+        """The projection called ``name``; ConfigError (with suggestions) if there is none."""
         projs = self.projection_map
         if name not in projs:
             raise unknown("projection", name, projs, f'network "{self.name}"')
@@ -94,11 +98,15 @@ class Network:
 
     @property
     def inputs(self) -> list[Population]:
+        """The clamped input populations, in layer order."""
         return [p for p in self.populations if p.is_input]
 
     @property
     def dynamic(self) -> list[Population]:
+        """The populations with a soma equation (every non-input one), in layer order."""
         return [p for p in self.populations if not p.is_input]
 
     def incoming(self, population: str) -> list[Projection]:
+        """The projections that target ``population`` (any compartment), in declaration
+        order."""
         return [p for p in self.projections if p.target == population]

@@ -70,6 +70,7 @@ class Population:
 
     @property
     def is_input(self) -> bool:
+        """Whether the activity is clamped by the experiment (no soma equation)."""
         return False
 
     @classmethod
@@ -86,6 +87,7 @@ class InputPopulation(Population):
 
     @property
     def is_input(self) -> bool:
+        """True: an input population's activity is clamped, ``r = x``."""
         return True
 
 
@@ -223,7 +225,11 @@ class DynamicPopulation(Population):
 class PyramidalPopulation(DynamicPopulation):
     """Pyramidal neurons: soma plus basal and apical dendrites (conductances ``g_B``, ``g_A``).
 
-    Extra dendrites can be given in ``dendrites`` (name -> conductance)."""
+        tau du/dt = -g_lk u + g_B (v_B - u) + g_A (v_A - u) + v_soma + sigma_noise xi(t)
+
+    with 1/tau = ``rate``, g_lk = ``leak``, sigma_noise = ``noise``, r = sigma(u)
+    (``activation``) and the ``bias`` in v_soma. Extra dendrites can be given in
+    ``dendrites`` (name -> conductance); each adds its g_c (v_c - u)."""
 
     basal: float = 1.0
     apical: float = 1.0
@@ -248,7 +254,8 @@ class PyramidalPopulation(DynamicPopulation):
 
 @dataclass(frozen=True)
 class InterneuronPopulation(DynamicPopulation):
-    """Point neurons (soma only), e.g. one inhibitory unit per layer; inputs target the soma."""
+    """Point neurons (soma only), e.g. one inhibitory unit per layer; inputs target the soma:
+    tau du/dt = -g_lk u + v_soma + sigma_noise xi(t), r = sigma(u) (default relu)."""
 
     activation: str = "relu"
     kind = "interneuron"

@@ -72,7 +72,9 @@ INITIALISERS.register(lambda o, i, g, dtype, scale: None, name="identity")
 
 @dataclass
 class Projection:
-    """A synaptic pathway ``source -> target.compartment`` with weight ``W`` and ``gain``."""
+    """A synaptic pathway ``source -> target.compartment`` with weight ``W`` and ``gain``: it
+    adds ``gain * W r_src`` to the compartment's potential v_c (to the soma current for
+    "soma"); W is (target.size x source.size), created by ``init`` times ``scale``."""
 
     name: str
     source: str
@@ -110,6 +112,8 @@ class Projection:
 
     @property
     def is_identity(self) -> bool:
+        """Whether this is a structural ``init = "identity"`` projection (``r_src`` onto the
+        same neuron, no weight tensor, never plastic)."""
         return isinstance(self.init, str) and self.init == "identity"
 
     def initial_weight(self, n_post: int, n_pre: int, generator: torch.Generator,

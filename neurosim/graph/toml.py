@@ -178,6 +178,8 @@ class ModelFile:
     data: dict
 
     def network(self) -> Network:
+        """Build and validate the Network from the file's [network], [[population]] and
+        [[projection]] tables."""
         return network_from_dict(self.data, where=str(self.path))
 
 

@@ -9,8 +9,8 @@ from neurosim.io.atomic import atomic_h5, fsync_dir, fsync_file
 from neurosim.io.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, Checkpoint,
                                     load_checkpoint, save_checkpoint)
 from neurosim.io.describe import describe_h5
-from neurosim.io.errors import (CheckpointError, DamagedCheckpointError, NeurosimIOError,
-                                RecordingError, TreeError)
+from neurosim.io.errors import (CheckpointError, ChecksumError, DamagedCheckpointError,
+                                NeurosimIOError, RecordingError, TreeError)
 from neurosim.io.recorder import (RECORDING_FORMAT, RECORDING_FORMAT_VERSION, MonitorSpec,
                                   RecordedVariable, Recorder, RecordingFile, open_recording)
 from neurosim.io.rng import capture_rng_state, restore_rng_state
@@ -26,5 +26,5 @@ __all__ = [
     "RECORDING_FORMAT", "RECORDING_FORMAT_VERSION", "MonitorSpec", "Recorder",
     "RecordedVariable", "RecordingFile", "open_recording",
     "NeurosimIOError", "CheckpointError", "DamagedCheckpointError", "RecordingError",
-    "TreeError",
+    "TreeError", "ChecksumError",
 ]

@@ -28,7 +28,7 @@ import h5py
 from neurosim.io.atomic import atomic_h5
 from neurosim.io.attrs import read_attrs, write_attrs
 from neurosim.io.describe import describe_h5
-from neurosim.io.errors import CheckpointError, DamagedCheckpointError, TreeError
+from neurosim.io.errors import ChecksumError, CheckpointError, DamagedCheckpointError, TreeError
 from neurosim.io.files import check_format, open_readonly, truncated_message
 from neurosim.io.tree import read_tree, write_tree
 
@@ -123,6 +123,10 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> Chec
             _check_header(path, attrs, kind)
             payload = read_tree(f, exclude=(CONFIG_TEXT,))
             config_text = f[CONFIG_TEXT].asstr()[()] if CONFIG_TEXT in f else None
+        except ChecksumError as e:
+            raise DamagedCheckpointError(f"cannot load checkpoint {path}: {e} "
+                                         f"{_advice(path)[0].upper()}{_advice(path)[1:]}.",
+                                         "contents damaged (checksum mismatch)") from e
         except TreeError as e:
             raise CheckpointError(f"cannot load checkpoint {path}: {e}") from e
         except (OSError, KeyError, RuntimeError, ValueError, TypeError) as e:

@@ -18,11 +18,11 @@ import numpy as np
 from neurosim.io.attrs import read_attrs
 from neurosim.io.errors import NeurosimIOError
 from neurosim.io.files import open_readonly, truncated_message
-from neurosim.io.tree import TYPE_ATTR
+from neurosim.io.tree import CRC_ATTR, TYPE_ATTR
 
-#: Attributes :mod:`.tree` uses to rebuild leaves; folded into the type label instead.
+#: Attributes :mod:`.tree` uses to rebuild and check leaves; folded into the type label.
 _TREE_ATTRS = frozenset({TYPE_ATTR, "torch_dtype", "torch_view", "numpy_dtype", "numpy_scalar",
-                         "shape", "container"})
+                         "shape", "container", CRC_ATTR})
 
 
 def describe_h5(path: str | os.PathLike, *, max_children: int = 50, width: int = 60) -> str:

@@ -30,3 +30,7 @@ class RecordingError(NeurosimIOError):
 
 class TreeError(NeurosimError, ValueError):
     """A nested dict cannot be stored in HDF5 (bad key or unsupported leaf type)."""
+
+
+class ChecksumError(TreeError):
+    """A stored leaf's bytes do not match the CRC-32 written with them: the file is damaged."""

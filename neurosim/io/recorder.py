@@ -151,11 +151,11 @@ class _Monitor:
 
 
 class Recorder:
-    """Stream monitored variables into an HDF5 recording (see the module docstring).
+    """Stream monitored variables into an HDF5 recording (layout: neurosim.io.recorder).
 
     Use as a context manager, or call :meth:`close`; either flushes the last partial chunk.
     An existing file at ``path`` is only replaced with ``overwrite=True``, or continued with
-    ``append=True`` (see "Continuing a recording" in the module docstring).
+    ``append=True`` (see "Continuing a recording" in neurosim.io.recorder).
     """
 
     def __init__(self, path: str | os.PathLike, *, chunk_size: int = 256,
@@ -570,6 +570,8 @@ class Recorder:
 
     @property
     def closed(self) -> bool:
+        """Whether the file has been closed (by :meth:`close` or at the end of its ``with``
+        block)."""
         return self._closed
 
     # -- closing -----------------------------------------------------------------------------
@@ -705,6 +707,8 @@ class RecordingFile:
 
     @property
     def config_text(self) -> str | None:
+        """The model text the run was started from (``/config_text``), or None if it was
+        not stored."""
         return self._file[CONFIG_TEXT].asstr()[()] if CONFIG_TEXT in self._file else None
 
     def variables(self) -> list[str]:
@@ -754,6 +758,7 @@ class RecordingFile:
         return RecordedVariable(key=key, time=time, values=values, attrs=attrs)
 
     def close(self) -> None:
+        """Close the file (also done at the end of a ``with`` block)."""
         self._file.close()
 
     def __enter__(self) -> "RecordingFile":

@@ -20,6 +20,10 @@ neurosim_type    stored as
 ``bytes``        a uint8 array.
 ===============  ==========================================================================
 
+Every leaf also carries attr ``crc32``, the CRC-32 of the bytes stored (for ``json``, of the
+UTF-8 text); :func:`read_leaf` checks it and raises :class:`ChecksumError` on a mismatch, so
+bytes damaged inside a dataset are found, not loaded (files without the attr load unchecked).
+
 Keys must be non-empty ``str`` without ``/`` and other than ``.``. Lost on purpose:
 ``requires_grad``, the device, and tensor subclasses (``nn.Parameter`` comes back a tensor).
 """
@@ -27,15 +31,17 @@ from __future__ import annotations
 
 import ast
 import json
+import zlib
 from typing import Any, Mapping
 
 import h5py
 import numpy as np
 import torch
 
-from neurosim.io.errors import TreeError
+from neurosim.io.errors import ChecksumError, TreeError
 
 TYPE_ATTR = "neurosim_type"
+CRC_ATTR = "crc32"
 _SCALARS = (bool, int, float, str, type(None))
 _VIEW_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _STRING = h5py.string_dtype("utf-8")
@@ -88,6 +94,18 @@ def _check_key(key: Any, where: str) -> None:
                         f'e.g. "{key.replace("/", "_") or "_"}".')
 
 
+def _crc(data) -> int:
+    """CRC-32 of an array's bytes (C order) or of a str's UTF-8 text."""
+    if isinstance(data, str):
+        return zlib.crc32(data.encode("utf-8"))
+    data = np.ascontiguousarray(data)
+    return zlib.crc32(data.reshape(-1).view(np.uint8)) if data.size else 0
+
+
+def _seal(ds: h5py.Dataset, data) -> None:
+    ds.attrs[CRC_ATTR] = np.uint32(_crc(data))
+
+
 def _write_leaf(group: h5py.Group, key: str, value: Any, path: str) -> None:
     try:
         if isinstance(value, torch.Tensor):
@@ -95,8 +113,10 @@ def _write_leaf(group: h5py.Group, key: str, value: Any, path: str) -> None:
         elif isinstance(value, (np.ndarray, np.generic)):
             _write_numpy(group, key, value, path)
         elif isinstance(value, bytes):
-            ds = group.create_dataset(key, data=np.frombuffer(value, dtype=np.uint8))
+            data = np.frombuffer(value, dtype=np.uint8)
+            ds = group.create_dataset(key, data=data)
             ds.attrs[TYPE_ATTR] = "bytes"
+            _seal(ds, data)
         elif isinstance(value, _SCALARS):
             _write_json(group, key, value)
         elif isinstance(value, (list, tuple)):
@@ -117,9 +137,10 @@ def _write_leaf(group: h5py.Group, key: str, value: Any, path: str) -> None:
 
 
 def _write_json(group: h5py.Group, key: str, value: Any) -> None:
-    ds = group.create_dataset(key, data=json.dumps(list(value) if isinstance(value, tuple)
-                                                   else value), dtype=_STRING)
+    text = json.dumps(list(value) if isinstance(value, tuple) else value)
+    ds = group.create_dataset(key, data=text, dtype=_STRING)
     ds.attrs[TYPE_ATTR] = "json"
+    _seal(ds, text)
     if isinstance(value, tuple):
         ds.attrs["container"] = "tuple"
 
@@ -136,6 +157,7 @@ def _write_tensor(group: h5py.Group, key: str, value: torch.Tensor, path: str) -
         arr = t.view(_VIEW_DTYPES[t.element_size()]).numpy()
         view = True
     ds = group.create_dataset(key, data=arr)
+    _seal(ds, arr)
     ds.attrs[TYPE_ATTR] = "torch"
     ds.attrs["torch_dtype"] = str(t.dtype).removeprefix("torch.")
     if view:
@@ -149,8 +171,11 @@ def _write_numpy(group: h5py.Group, key: str, value: np.ndarray | np.generic, pa
                         f"dtype, or a list of str.")
     if arr.dtype.kind in "biufc":
         ds = group.create_dataset(key, data=arr)
+        _seal(ds, arr)
     else:  # keep exotic dtypes bit-exact as raw bytes (HDF5 would strip NULs from b"..." etc.)
-        ds = group.create_dataset(key, data=np.frombuffer(arr.tobytes(), dtype=np.uint8))
+        raw = np.frombuffer(arr.tobytes(), dtype=np.uint8)
+        ds = group.create_dataset(key, data=raw)
+        _seal(ds, raw)
         ds.attrs["numpy_dtype"] = repr(np.lib.format.dtype_to_descr(arr.dtype))
         ds.attrs["shape"] = np.asarray(arr.shape, dtype=np.int64)
     ds.attrs[TYPE_ATTR] = "numpy"
@@ -158,18 +183,28 @@ def _write_numpy(group: h5py.Group, key: str, value: np.ndarray | np.generic, pa
         ds.attrs["numpy_scalar"] = True
 
 
+def _stored(ds: h5py.Dataset, text: bool = False):
+    """A dataset's stored value (a str for json), checked against its CRC-32 when it has one."""
+    data = ds.asstr()[()] if text else np.array(ds[()])  # own, writable copy
+    expected = ds.attrs.get(CRC_ATTR)
+    if expected is not None and _crc(data) != int(expected):
+        raise ChecksumError(f"{ds.file.filename}:{ds.name}: the stored bytes do not match their "
+                            "checksum (CRC-32); the file is damaged.")
+    return data
+
+
 def read_leaf(ds: h5py.Dataset) -> Any:
-    """Rebuild one leaf written by :func:`write_tree`."""
+    """Rebuild one leaf written by :func:`write_tree`, checking its CRC-32."""
     kind = ds.attrs.get(TYPE_ATTR)
     if kind is None:
         return np.asarray(ds[()])
     if kind == "json":
-        value = json.loads(ds.asstr()[()])
+        value = json.loads(_stored(ds, text=True))
         return tuple(value) if ds.attrs.get("container") == "tuple" else value
     if kind == "bytes":
-        return np.asarray(ds[()]).tobytes()
+        return _stored(ds).tobytes()
     if kind == "torch":
-        arr = np.array(ds[()])  # own, writable copy (torch.from_numpy shares memory)
+        arr = _stored(ds)  # own, writable copy (torch.from_numpy shares memory)
         t = torch.from_numpy(arr)
         dtype = getattr(torch, str(ds.attrs["torch_dtype"]))
         return t.view(dtype) if bool(ds.attrs.get("torch_view", False)) else t
@@ -177,9 +212,9 @@ def read_leaf(ds: h5py.Dataset) -> Any:
         if "numpy_dtype" in ds.attrs:
             dtype = np.lib.format.descr_to_dtype(ast.literal_eval(str(ds.attrs["numpy_dtype"])))
             shape = tuple(int(n) for n in ds.attrs["shape"])
-            arr = np.frombuffer(np.asarray(ds[()]).tobytes(), dtype=dtype).reshape(shape).copy()
+            arr = np.frombuffer(_stored(ds).tobytes(), dtype=dtype).reshape(shape).copy()
         else:
-            arr = np.array(ds[()])
+            arr = _stored(ds)
         return arr[()] if bool(ds.attrs.get("numpy_scalar", False)) else arr
     raise TreeError(f'{ds.file.filename}:{ds.name}: unknown neurosim_type "{kind}"; the file was '
                     f"probably written by a newer neurosim. Upgrade neurosim to read it.")

@@ -33,7 +33,9 @@ class MetricContext:
 
 
 class EpochMetric:
-    """Base class of epoch metrics (see module docstring)."""
+    """Base class of epoch metrics (see neurosim.metrics.base): ``setup(net)`` once,
+    ``reset(context)`` per evaluation, ``observe(state, x, labels)`` per batch, then
+    ``compute()``."""
 
     name: ClassVar[str] = "metric"
 
@@ -42,12 +44,15 @@ class EpochMetric:
         ConfigError for settings that do not fit it (unknown populations, projections)."""
 
     def reset(self, context: MetricContext) -> None:
+        """Start an evaluation: keep ``context`` as ``self.context``; subclasses also clear
+        their running sums here (calling ``super().reset(context)``)."""
         self.context = context
 
     def observe(self, state, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         """Called once per evaluation batch; metrics of the weights alone ignore it."""
 
     def compute(self) -> dict[str, float]:
+        """The epoch's values, ``{column: number}``, after the last batch."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

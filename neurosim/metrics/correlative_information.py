@@ -16,6 +16,9 @@ from .base import METRICS, EpochMetric, MetricContext
 
 @METRICS.register
 class CorrelativeInformation(EpochMetric):
+    """Correlative information of each layer, I_corr = log det(R + eps I) with R = <r r^T>
+    over the evaluation set; ``populations`` defaults to every pyramidal population."""
+
     name = "correlative_information"
 
     def __init__(self, eps: float = 1e-3, populations: Sequence[str] | None = None):
@@ -37,11 +40,13 @@ class CorrelativeInformation(EpochMetric):
             self.layers = self.populations
 
     def reset(self, context: MetricContext) -> None:
+        """Clear the summed second moments sum r r^T and the sample count."""
         super().reset(context)
         self.moments: dict[str, torch.Tensor] = {}
         self.count = 0
 
     def observe(self, state, x, labels) -> None:
+        """Add sum_n r_n r_n^T of each layer over the batch to the running moments."""
         net = self.context.net
         self.count += x.shape[0]
         for layer in self.layers:
@@ -50,6 +55,8 @@ class CorrelativeInformation(EpochMetric):
             self.moments[layer] = moment.addmm_(r.T, r) if moment is not None else r.T @ r
 
     def compute(self) -> dict[str, float]:
+        """``corrinfo_<layer>`` = log det(R + eps I), R = (1/N) sum_n r_n r_n^T over the N
+        evaluated samples."""
         info = {}
         for layer, moment in self.moments.items():
             eye = torch.eye(moment.shape[0], dtype=torch.float64, device=moment.device)

@@ -17,6 +17,10 @@ from .base import METRICS, EpochMetric, MetricContext
 
 @METRICS.register
 class PrincipalAlignment(EpochMetric):
+    """Alignment (1/k) sum_i cos theta_i, theta_i the principal angles between the row space
+    of ``projection``'s W (k x n) and the top-k principal subspace of the training inputs
+    (``center``: subtract their mean first)."""
+
     name = "principal_alignment"
 
     def __init__(self, projection: str, center: bool = True):
@@ -32,6 +36,9 @@ class PrincipalAlignment(EpochMetric):
                               "a weight matrix from an input population.")
 
     def reset(self, context: MetricContext) -> None:
+        """Keep ``context``; on the first call also compute the top k eigenvectors E of the
+        training inputs' covariance C = <(x - m)(x - m)^T> (m = 0 without ``center``), kept
+        for the rest of the run."""
         super().reset(context)
         net = context.net
         if context.train_x is None:
@@ -46,6 +53,8 @@ class PrincipalAlignment(EpochMetric):
             self._basis = vectors[:, -k:]
 
     def compute(self) -> dict[str, float]:
+        """``pc_alignment_<projection>`` = mean of cos theta_i, the singular values of Q^T E
+        (Q: an orthonormal basis of W's row space)."""
         w = self.context.net.weights[self.projection].to(torch.float64)
         q, _ = torch.linalg.qr(w.T)                        # orthonormal basis of the row space
         cosines = torch.linalg.svdvals(q.T @ self._basis.to(q.device)).clamp(max=1.0)

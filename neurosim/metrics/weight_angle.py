@@ -42,6 +42,10 @@ def reciprocal_pairs(net) -> list[tuple[str, str]]:
 
 @METRICS.register
 class WeightAngle(EpochMetric):
+    """Angle in degrees between forward and feedback weights, cos = tr(A^T B) / (|A|_F |B|_F)
+    with A = W_forward, B = W_feedback^T, per ``[forward, feedback]`` pair (default:
+    :func:`reciprocal_pairs`)."""
+
     name = "weight_angle"
 
     def __init__(self, pairs: Sequence[Sequence[str]] | None = None):
@@ -63,6 +67,8 @@ class WeightAngle(EpochMetric):
                                   f'of "{fwd}".')
 
     def compute(self) -> dict[str, float]:
+        """``angle_<forward>_<feedback>`` for each pair: the angle with
+        cos = tr(A^T B) / (|A|_F |B|_F), A = W_forward, B = W_feedback^T (in [0, 180])."""
         net = self.context.net
         pairs = reciprocal_pairs(net) if self.pairs is None else self.pairs
         return {f"angle_{fwd}_{fb}": weight_angle(net.weights[fwd], net.weights[fb].T)

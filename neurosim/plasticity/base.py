@@ -79,6 +79,8 @@ class Warmup:
 
     @staticmethod
     def from_spec(spec, where: str) -> "Warmup":
+        """Build from a rule's ``warmup`` table ``{ epochs = N, mode = "frozen"|"alone" }``;
+        ConfigError for unknown keys or values."""
         if not isinstance(spec, Mapping):
             raise ConfigError(f'{where}: warmup is a table, e.g. {{ epochs = 5, mode = "frozen" }}; '
                               f"got {spec!r}.")
@@ -127,7 +129,8 @@ class _Context:
 
 
 class SynapseContext(_Context):
-    """Local view of one projection after a step's phases (see module docstring)."""
+    """Local view of one projection after a step's phases (see neurosim.plasticity.base for
+    every attribute: ``phases``, ``signal``, ``beta``, ``weight``, ``lr_scale``, ``dt``, ...)."""
 
     def __init__(self, record: PhaseRecord, *, projection, weight: torch.Tensor,
                  pre_clamped: bool = False, lr_scale: float = 1.0, epoch: int = 0,
@@ -137,14 +140,18 @@ class SynapseContext(_Context):
         self.projection, self.weight, self.pre_clamped = projection, weight, pre_clamped
 
     def pre(self, phase: str) -> torch.Tensor:
+        """Presynaptic activity r_src in ``phase`` (batch x n_pre)."""
         self._check(phase)
         return self._out(self.record.activity(self.projection.source, phase))
 
     def post(self, phase: str) -> torch.Tensor:
+        """Postsynaptic activity r_tgt in ``phase`` (batch x n_post)."""
         self._check(phase)
         return self._out(self.record.activity(self.projection.target, phase))
 
     def potential(self, phase: str, compartment: str = "soma") -> torch.Tensor:
+        """Postsynaptic soma potential u ("soma") or dendritic potential v_c in ``phase``
+        (batch x n_post)."""
         self._check(phase)
         return self._out(self.record.potential(self.projection.target, compartment, phase))
 
@@ -156,6 +163,8 @@ class SynapseContext(_Context):
         return self._out(self.record.stacked(self.projection.source, phases))
 
     def stacked_post(self, phases=None) -> torch.Tensor:
+        """Postsynaptic activities of every phase (or of ``phases``, in that order) stacked
+        along the batch axis."""
         for phase in phases or ():
             self._check(phase)
         return self._out(self.record.stacked(self.projection.target, phases))
@@ -174,10 +183,13 @@ class PopulationContext(_Context):
         self.fixed_weights = dict(fixed_weights or {})
 
     def activity(self, phase: str) -> torch.Tensor:
+        """The population's activity r in ``phase`` (batch x n)."""
         self._check(phase)
         return self._out(self.record.activity(self.population.name, phase))
 
     def potential(self, phase: str, compartment: str = "soma") -> torch.Tensor:
+        """The population's soma potential u ("soma") or dendritic potential v_c in ``phase``
+        (batch x n)."""
         self._check(phase)
         return self._out(self.record.potential(self.population.name, compartment, phase))
 
@@ -232,6 +244,8 @@ class PlasticityRule:
 
     @property
     def continuous(self) -> bool:
+        """Whether the rule defines :meth:`derivative`, so it can run as continuous
+        plasticity (dW/dt integrated with the potentials)."""
         return type(self).derivative is not PlasticityRule.derivative
 
     def config(self) -> dict:
@@ -241,9 +255,13 @@ class PlasticityRule:
                                       if k != "self" and hasattr(self, k)}}
 
     def state_dict(self) -> dict:
+        """The rule's own state to save with a checkpoint (tensors, numbers, nested dicts);
+        empty for stateless rules."""
         return {}
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Restore what :meth:`state_dict` returned; a stateless rule refuses a non-empty
+        state."""
         if state:
             raise ConfigError(f'rule "{self.name}" has no state but the checkpoint holds '
                               f"{sorted(state)}.")
@@ -260,6 +278,8 @@ class PopulationRule(PlasticityRule):
     target = "population"
 
     def update(self, ctx: PopulationContext) -> None:
+        """Change the incoming plastic weights (``ctx.weights``) and the bias (``ctx.bias``)
+        in place; every population rule implements it."""
         raise NotImplementedError
 
 

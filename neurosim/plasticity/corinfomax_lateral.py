@@ -13,6 +13,13 @@ from .base import PlasticityRule, SynapseContext, register_rule
 
 @register_rule
 class CorInfoMaxLateral(PlasticityRule):
+    """CorInfoMax lateral update of B, which tracks the inverse of the layer's correlation
+    matrix R = <r r^T> (forgetting factor ``lam``; not scaled by the lr schedule):
+
+        B <- (1/lam) ( B - gamma <(B r)(B r)^T> ),     gamma = (1 - lam) / lam
+
+    r the target's activity in ``phase`` (default "nudged")."""
+
     name = "corinfomax_lateral"
     scheduled = False
 
@@ -24,8 +31,11 @@ class CorInfoMaxLateral(PlasticityRule):
 
     @property
     def gamma(self) -> float:
+        """gamma = (1 - lam) / lam."""
         return (1.0 - self.lam) / self.lam
 
     def update(self, ctx: SynapseContext) -> None:
+        """Apply the update above to B (``ctx.weight``) in place, using B before the
+        update."""
         z = ctx.post(self.phase) @ ctx.weight.T
         ctx.weight.addmm_(z.T, z, beta=1.0 / self.lam, alpha=-self.gamma / (self.lam * ctx.batch_size))

@@ -53,6 +53,8 @@ class RuleSet:
 
     @property
     def entries(self) -> list:
+        """``(key, owner, rule)`` for every rule, projection rules first; ``key`` is
+        "<projection or population>.<index>" and ``owner`` its Projection or Population."""
         return self.projection_rules + self.population_rules
 
     def __bool__(self) -> bool:
@@ -126,6 +128,8 @@ class RuleSet:
         return states
 
     def load_state_dict(self, states: Mapping, where: str = "checkpoint") -> None:
+        """Restore the states :meth:`state_dict` saved into each rule; ConfigError for a key
+        the model has no rule for."""
         keys = {key for key, _, _ in self.entries}
         stray = sorted(set(states) - keys)
         if stray:

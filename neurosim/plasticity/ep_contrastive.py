@@ -17,6 +17,12 @@ from .base import PlasticityRule, SynapseContext, register_rule
 
 @register_rule
 class EPContrastive(PlasticityRule):
+    """EP contrastive rule with local prediction errors ``e = r_k - W r_s`` (W: s -> k):
+
+        dW = (lr * lr_scale / beta) [ <e^beta (r_s^beta)^T> - <e^0 (r_s^0)^T> ]
+
+    <.> the batch mean, beta the signed nudge; CorInfoMax's basal and apical synapses."""
+
     name = "ep_contrastive"
     needs_phases = ("nudged", "free")
 
@@ -24,6 +30,8 @@ class EPContrastive(PlasticityRule):
         self.lr = float(lr)
 
     def update(self, ctx: SynapseContext) -> None:
+        """W += dW (above) from the "nudged" and "free" phases, the errors taken with the
+        pre-update W; no change when beta = 0."""
         if ctx.beta == 0:
             return
         scale = self.lr * ctx.lr_scale / (ctx.beta * ctx.batch_size)

@@ -18,7 +18,7 @@ from ..errors import ConfigError, did_you_mean
 
 
 class PhaseRecord:
-    """Per-phase network states plus protocol signals (see module docstring)."""
+    """Per-phase network states plus protocol signals (see neurosim.plasticity.record)."""
 
     def __init__(self, net, phases: Mapping[str, Any], *, signals: Mapping[str, Any] | None = None,
                  stacked=None, batch_size: int | None = None):
@@ -31,6 +31,7 @@ class PhaseRecord:
         self.batch_size = int(batch_size if batch_size is not None else first.r.shape[0])
 
     def check_phase(self, phase: str, who: str) -> None:
+        """ConfigError naming ``who`` and the recorded phases unless ``phase`` is one."""
         if phase not in self.states:
             raise ConfigError(f'{who} asked for phase "{phase}".{did_you_mean(phase, self.phases)} '
                               f"Phases of this protocol: {', '.join(self.phases)}.")

@@ -46,7 +46,7 @@ class StepOutput:
 
 
 class LearningProtocol:
-    """Base class of learning protocols (see module docstring)."""
+    """Base class of learning protocols (see neurosim.protocols.base)."""
 
     name: ClassVar[str] = "protocol"
     phases: ClassVar[tuple[str, ...]] = ()
@@ -92,14 +92,20 @@ class LearningProtocol:
         return 0.5 * ((prediction - target) ** 2).sum(dtype=torch.float64)
 
     def state_dict(self) -> dict:
+        """What must survive a checkpoint (random feedback matrices, running statistics);
+        empty by default."""
         return {}
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Take back what :meth:`state_dict` returned; the default refuses a non-empty
+        state."""
         if state:
             raise ConfigError(f'protocol "{self.name}" has no state but the checkpoint holds '
                               f"{sorted(state)}.")
 
     def config(self) -> dict:
+        """The ``[protocol]`` table that rebuilds this protocol (``type`` and its settings);
+        a resumed run must have the same."""
         params = inspect.signature(type(self).__init__).parameters
         return {"type": self.name, **{k: getattr(self, k) for k in params
                                       if k not in ("self", *RESERVED) and hasattr(self, k)}}

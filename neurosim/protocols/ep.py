@@ -40,6 +40,8 @@ class EPStep(StepOutput):
 
     @property
     def free_output(self) -> torch.Tensor:
+        """The output activity r_out^0 of the free phase (the same tensor as
+        ``prediction``)."""
         return self.prediction
 
 
@@ -51,7 +53,12 @@ def _positive_int(value, key: str) -> int:
 
 @register_protocol
 class EquilibriumPropagation(LearningProtocol):
-    """The two-phase EP protocol (see module docstring)."""
+    """The two-phase EP protocol (neurosim.protocols.ep). Per batch: a free phase (u = 0,
+    inputs clamped, ``T_free`` steps) gives r^0; a nudged phase from u = r^0 (``T_nudged``
+    steps) adds ``beta_s (y - r_out)`` to the output's soma, beta_s = +-``beta`` (a random
+    sign per batch with ``random_sign``), giving r^beta; then every rule runs on the phases
+    "nudged" and "free" with the signals ``beta`` (signed) and ``target``. Evaluation runs
+    the free phase only."""
 
     name = "ep"
     phases = PHASES

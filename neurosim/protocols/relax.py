@@ -23,7 +23,10 @@ from .base import LearningProtocol, StepOutput, register_protocol, writable
 
 @register_protocol
 class Relax(LearningProtocol):
-    """Relax, then learn (see module docstring)."""
+    """Relax, then learn, without labels (neurosim.protocols.relax): per batch the free phase
+    (u = 0, inputs clamped, ``T`` steps, or fewer once max |du/dt| < ``steady_tol``), then
+    every rule on the single phase "free". Step metrics ``train_rate_<population>``: each
+    dynamic population's mean activity."""
 
     name = "relax"
     phases = ("free",)

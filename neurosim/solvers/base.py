@@ -39,6 +39,7 @@ class Solver:
     supports_noise: ClassVar[bool] = False
 
     def config(self) -> dict:
+        """The solver's name and settings (its repr is saved with simulation checkpoints)."""
         return {"name": self.name}
 
 
@@ -48,6 +49,7 @@ class FixedStepSolver(Solver):
     order: ClassVar[int] = 1
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        """Advance ``state`` in place by one step of size ``dt``: u, then r = sigma(u)."""
         raise NotImplementedError
 
 
@@ -61,6 +63,8 @@ class ContinuousSolver(Solver):
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState,
                   times: list[float]) -> list[torch.Tensor]:
+        """Integrate du/dt = f(t, u) from ``state`` (at ``times[0]``, left unchanged) and return
+        u at every one of ``times``, the start included."""
         raise NotImplementedError
 
 

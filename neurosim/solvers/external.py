@@ -53,6 +53,9 @@ class TorchDiffEq(ContinuousSolver):
                          evals_so_far=evals_so_far, stiff_advice=stiff_advice).torchdiffeq(odeint)
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
+        """u at every one of ``times`` by ``odeint`` of du/dt = f(t, u) (adaptive methods: at
+        most ``max_rhs_evals`` evaluations per output interval; fixed-grid methods step by the
+        smallest interval unless ``step_size`` is given)."""
         from torchdiffeq import odeint
         odeint = self.bounded(odeint, times, decay=decay_rates(dynamics.slots),
                               evals_so_far=lambda: dynamics.rhs_evals)
@@ -102,6 +105,8 @@ class ScipyIVP(ContinuousSolver):
                 "max_rhs_evals": self.max_rhs_evals}
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
+        """u at every one of ``times`` by ``solve_ivp`` of du/dt = f(t, u) in float64 (implicit
+        methods get J = df/du); SimulationError if it fails or exceeds ``max_rhs_evals``."""
         from scipy.integrate import solve_ivp
         solve_ivp = RhsBudget(
             self, times, limit=self.max_rhs_evals, explicit=self.method not in self.implicit,

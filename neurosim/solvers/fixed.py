@@ -16,6 +16,9 @@ class Euler(FixedStepSolver):
     supports_noise = True
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        """For all populations at once, u_p <- u_p + (h_p / rate_p) f_p(t, u) +
+        sigma_p sqrt(h_p rate_p) xi with h_p = dt rate_p (so u <- u + dt f) or the population's
+        ``fixed_step``, sigma_p its noise, xi ~ N(0, 1); then r <- sigma(u)."""
         dynamics.euler_step_(state, dt)
 
 
@@ -28,6 +31,9 @@ class GaussSeidelEuler(FixedStepSolver):
     supports_noise = True
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        """For each population p in declaration order: u_p <- u_p + (h_p / rate_p) f_p(t, u, r)
+        (plus noise, h_p as in Euler) with the activities already updated in this step, then
+        r_p <- sigma(u_p)."""
         dynamics.gauss_seidel_step_(state, dt)
 
 
@@ -39,6 +45,7 @@ class Heun(FixedStepSolver):
     tableau = tableaux.HEUN
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        """k1 = f(t, u), k2 = f(t + dt, u + dt k1); u <- u + dt (k1 + k2) / 2; r <- sigma(u)."""
         scratch, t = state.r.clone(), dynamics.t
         k1 = dynamics.rhs(state.u, scratch, t)
         k2 = dynamics.rhs(state.u + dt * k1, scratch, t + dt)
@@ -54,6 +61,8 @@ class RK4(FixedStepSolver):
     tableau = tableaux.RK4
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
+        """k1 = f(t, u), k2 = f(t + dt/2, u + dt k1/2), k3 = f(t + dt/2, u + dt k2/2),
+        k4 = f(t + dt, u + dt k3); u <- u + dt (k1 + 2 k2 + 2 k3 + k4) / 6; r <- sigma(u)."""
         scratch, u, t = state.r.clone(), state.u, dynamics.t
         k1 = dynamics.rhs(u, scratch, t)
         k2 = dynamics.rhs(u + (dt / 2) * k1, scratch, t + dt / 2)

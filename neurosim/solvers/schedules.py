@@ -14,9 +14,12 @@ class ConstantStep:
     name = "constant"
 
     def __call__(self, k: int) -> float:
+        """dt_k, the same for every step k."""
         return self.dt
 
     def config(self) -> dict:
+        """The schedule as a table, ``{"type": "constant", "dt": dt}`` (make_schedule
+        rebuilds it)."""
         return {"type": self.name, "dt": self.dt}
 
 
@@ -31,9 +34,12 @@ class InverseTimeDecay:
     name = "inverse_time"
 
     def __call__(self, k: int) -> float:
+        """dt_k = max(dt / (1 + decay k), minimum) for step k of the phase."""
         return max(self.dt / (1.0 + self.decay * k), self.minimum)
 
     def config(self) -> dict:
+        """The schedule as a table with type, dt, decay and minimum (make_schedule rebuilds
+        it)."""
         return {"type": self.name, "dt": self.dt, "decay": self.decay, "minimum": self.minimum}
 
 

@@ -47,9 +47,12 @@ class TrainingConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype (torch.float32 or torch.float64)."""
         return DTYPES[self.dtype]
 
     def as_dict(self) -> dict:
+        """Every option as plain values (the lr_schedule as its table, metrics as names,
+        tables or reprs), as saved with checkpoints and shown by ``neurosim inspect``."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["lr_schedule"] = self.lr_schedule.config()
         data["metrics"] = [m if isinstance(m, (str, dict)) else repr(m) for m in self.metrics]
@@ -147,8 +150,9 @@ def check_training_config(config: TrainingConfig, where: str) -> TrainingConfig:
         raise ConfigError(f'{where} [training] device: "{config.device}" is not a device; use '
                           '"cpu", "cuda" or "cuda:N".')
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f'{where} [training] device: "{config.device}" requested but CUDA is '
-                          'not available on this machine; use device = "cpu".')
+        raise ConfigError(f'{where} [training] device (--device): "{config.device}" requested '
+                          'but CUDA is not available on this machine; use device = "cpu" '
+                          "(--device cpu).")
     if not isinstance(config.lr_schedule, EpochSchedule):
         raise ConfigError(f"{where} [training] lr_schedule: an epoch schedule "
                           f"(neurosim.schedules), got {config.lr_schedule!r}.")

@@ -74,13 +74,15 @@ class History:
         return len(next(iter(self.columns.values()), []))
 
     def rows(self):
+        """Yield one ``{column: value}`` dict per epoch, in order."""
         keys = list(self.columns)
         for i in range(len(self)):
             yield {k: self.columns[k][i] for k in keys}
 
 
 class Trainer:
-    """Trains a network with a protocol on a dataset, epoch by epoch (see module docstring).
+    """Trains a network with a protocol on a dataset, epoch by epoch (see
+    neurosim.training.trainer for the epoch loop, the run directory and exact resume).
 
     ``network``: a :class:`~neurosim.graph.Network` (compiled here with the options' dtype,
     device and seed) or a :class:`~neurosim.dynamics.CompiledNetwork`; ``protocol``: a
@@ -162,6 +164,8 @@ class Trainer:
 
     @classmethod
     def from_model_file(cls, path, **kwargs) -> "Trainer":
+        """A trainer from a model file; its directory is the ``base_dir`` and ``kwargs`` are
+        those of :meth:`from_model_text` (overrides, progress)."""
         from ..graph import load_model_file
         model = load_model_file(path)
         return cls.from_model_text(model.text, where=str(model.path),
@@ -227,6 +231,8 @@ class Trainer:
 
     @property
     def labeled(self) -> bool:
+        """Whether training and evaluation use labels: a supervised protocol on a dataset
+        with ``train_y``."""
         return self.protocol.supervised and self.dataset.train_y is not None
 
     def _one_hot(self, labels: torch.Tensor) -> torch.Tensor:
@@ -353,6 +359,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_payload(self) -> dict:
+        """Everything a checkpoint holds to resume exactly: weights, biases, rule and protocol
+        states, the random generator, progress, the metric history, the options, the data's
+        digest and the validation split."""
         from ..io import capture_rng_state
         payload = {
             "network": dict(self.net.weights),
