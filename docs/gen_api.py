@@ -77,10 +77,13 @@ def undocumented() -> list[str]:
 
 
 def signature(obj) -> str:
+    """The call signature without private parameters (a dataclass's ``_cache`` fields)."""
     try:
-        return str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return "(...)"
+    return str(sig.replace(parameters=[p for p in sig.parameters.values()
+                                       if not p.name.startswith("_")]))
 
 
 def doc(obj) -> str:

@@ -138,7 +138,8 @@ class PopulationSlot:
                                         # compile time; otherwise only once it is nonzero)
 
     def step_size(self, dt: float) -> float:
-        """h in u <- u + h du/dt for a discrete step of size dt."""
+        """h in u <- u + (h / rate) du/dt for a discrete step of size dt: dt rate, or the
+        population's ``fixed_step``."""
         return self.fixed_step if self.fixed_step is not None else dt * self.rate
 
 

@@ -1,13 +1,15 @@
 """Network graphs: populations of multi-compartment neurons and the projections between them."""
-from .activations import Activation, get_activation
+from .activations import ACTIVATIONS, Activation, get_activation
 from .network import Network
-from .populations import (SOMA, InputPopulation, InterneuronPopulation, Population,
-                          PyramidalPopulation)
-from .projections import Projection
+from .populations import (POPULATION_KINDS, SOMA, DynamicPopulation, InputPopulation,
+                          InterneuronPopulation, Population, PyramidalPopulation,
+                          register_population)
+from .projections import INITIALISERS, Projection
 from .toml import (ModelFile, check_finite, check_keys, load_model_file, network_from_dict,
                    parse_model_text)
 
-__all__ = ["Activation", "get_activation", "Network", "SOMA", "InputPopulation",
-           "InterneuronPopulation", "Population", "PyramidalPopulation", "Projection",
+__all__ = ["Activation", "get_activation", "ACTIVATIONS", "Network", "SOMA", "InputPopulation",
+           "InterneuronPopulation", "Population", "DynamicPopulation", "PyramidalPopulation",
+           "POPULATION_KINDS", "register_population", "Projection", "INITIALISERS",
            "ModelFile", "check_finite", "check_keys", "load_model_file", "network_from_dict",
            "parse_model_text"]

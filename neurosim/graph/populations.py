@@ -169,6 +169,7 @@ class DynamicPopulation(Population):
 
     @property
     def has_bias(self) -> bool:
+        """Whether a bias is set: per-neuron values, or a number other than 0."""
         return not (_number(self.bias) and self.bias == 0.0)
 
     def linear_coefficients(self) -> tuple[float, Mapping[str, float]]:
@@ -218,6 +219,8 @@ class DynamicPopulation(Population):
 
     def activate(self, u: torch.Tensor, generator: torch.Generator | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """r = sigma(u) (into ``out``); a stochastic activation draws from ``generator``.
+        Override it for an activation that is not one of the registered ones."""
         return self.activation_function.forward(u, out=out, generator=generator)
 
 

@@ -8,7 +8,7 @@ For a projection W: source s -> target k, with the local error of the target's p
 where <.> is the batch mean and beta the signed nudge of the nudged phase. Used for the
 feedforward (basal) and the feedback (apical) synapses of CorInfoMax networks. When the source
 is clamped (r_s^beta = r_s^0 = x) the prediction terms cancel exactly and the update is
-computed as (lr/beta) <(r_k^beta - r_k^0) x^T>: one matrix product instead of three.
+computed as (lr * lr_scale / beta) <(r_k^beta - r_k^0) x^T>: one matrix product instead of three.
 """
 from __future__ import annotations
 

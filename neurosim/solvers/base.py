@@ -32,7 +32,8 @@ class SolveStats:
 
 
 class Solver:
-    """``supports_noise``: the solver takes discrete random steps (noise, stochastic
+    """Base of every solver (:class:`FixedStepSolver`, :class:`ContinuousSolver`).
+    ``supports_noise``: the solver takes discrete random steps (noise, stochastic
     activations drawn once per step)."""
 
     name: ClassVar[str] = "solver"
