@@ -110,7 +110,13 @@ def _check_output_file(path, flag: str, what: str, force: bool) -> Path:
 
 def _check_simulate_outputs(args) -> None:
     """simulate: --out and --checkpoint writable, not clobbered without --force, distinct
-    from each other and from --resume; checked before anything is read or written."""
+    from each other, from --resume and from the model file; checked before anything is read
+    or written."""
+    for path, flag in ((args.out, "--out"), (args.checkpoint, "--checkpoint")):
+        if _same_file(path, args.model):
+            raise NeurosimError(f"{flag} {path} is the model file; write the "
+                                f"{'recording' if flag == '--out' else 'checkpoint'} to another "
+                                "file (an .h5 path).")
     # with --resume an existing --out is continued (the recording of the run resumed)
     _check_output_file(args.out, "--out", "recording", args.force or bool(args.resume))
     if _same_file(args.out, args.resume):
@@ -125,9 +131,12 @@ def _check_simulate_outputs(args) -> None:
                            args.force or _same_file(args.checkpoint, args.resume))
 
 
-def _check_run_dir(run_dir: Path, force: bool) -> None:
+def _check_run_dir(run_dir: Path, force: bool, model=None) -> None:
     """train --out: a directory (new or existing) that can be written and holds no run,
-    unless --force."""
+    unless --force, and is not the ``model`` file."""
+    if _same_file(run_dir, model):
+        raise NeurosimError(f"--out {run_dir} is the model file; a training run is a directory: "
+                            "give a new or empty directory path.")
     if run_dir.exists() and not run_dir.is_dir():
         raise NeurosimError(f"--out {run_dir} is a file; a training run is a directory: give a "
                             "new or empty directory path.")
@@ -194,7 +203,7 @@ def _training_checks(args, run_dir: Path) -> None:
     from .graph import load_model_file, parse_model_text
     from .registry import importable_from
     from .training.config import build_network, split_tables, training_config_from_table
-    _check_run_dir(run_dir, args.force)
+    _check_run_dir(run_dir, args.force, args.model)
     model = load_model_file(args.model)
     where = str(model.path)
     data = parse_model_text(model.text, where)
@@ -231,6 +240,10 @@ def _simulate(args) -> None:
     if args.resume:
         sim = Simulation.load_checkpoint(args.resume, **overrides)
         text, where = sim.model_text, args.resume
+        if sim.options.total_steps() <= sim.step:
+            raise NeurosimError(f"checkpoint {args.resume} is already at step {sim.step} "
+                                f"(t={sim.t:g}), the end of its run; give a larger --steps or "
+                                "--duration to continue it.")
     else:
         model = load_model_file(args.model)
         _simulation_size_check(args, model, overrides)
@@ -241,10 +254,9 @@ def _simulate(args) -> None:
     if not monitors:
         monitors = [MonitorSpec(p.name, "soma", "u", units=UNITS["u"]) for p in sim.network.dynamic]
     _recording_size_check(args, sim, monitors)
-    attrs = {"model": sim.network.name, "solver": sim.solver.name,
-             "schedule": repr(sim.schedule.config()), "batch": sim.options.batch,
-             "dt": float(getattr(sim.schedule, "dt", 0.0))}
+    attrs = sim.run_attrs()
     # resuming into the recording of the run that wrote the checkpoint: continue that file
+    # (Simulation.run refuses a finished recording that goes on past the checkpoint)
     append = bool(args.resume) and not args.force and Path(args.out).exists()
     with Recorder(args.out, chunk_size=args.chunk_size, attrs=attrs, time_units="1 (model time)",
                   config_text=text, overwrite=args.force, append=append) as recorder:
@@ -335,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--atol", type=positive_float, help="absolute tolerance (adaptive solvers)")
     sim.add_argument("--max-rhs-evals", type=positive_int, metavar="N",
                      help="adaptive solvers: right-hand-side evaluations allowed per output "
-                     "interval (dt) before the run stops (default 10000)")
+                     "interval (dt) before the run stops (default 10000); a run may also "
+                     "average at most max(200, N / 50) per output step")
     sim.add_argument("--steady-tol", type=positive_float, help="stop once max |du/dt| < this")
     sim.add_argument("--plasticity", type=_plasticity,
                      help='rules: "off", "continuous", or N (run every N steps)')
@@ -348,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dtype", choices=["float32", "float64"])
     sim.add_argument("--force", action="store_true",
                      help="overwrite an existing --out (and --checkpoint) file; with --resume, "
-                     "an existing --out is otherwise continued")
+                     "an existing --out is otherwise continued: the recording of a crashed run, "
+                     "or one that ends at the checkpoint")
     sim.add_argument("--no-size-check", action="store_true",
                      help="start even if the memory or disk estimate exceeds what is free")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -425,6 +439,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_command(args) -> None:
+    """``args.func(args)``, with neurosim's warnings (:class:`~neurosim.errors.NeurosimWarning`,
+    e.g. a StiffnessWarning) printed as one line each, ``neurosim: warning: ...``, above the
+    progress bar; other warnings are shown as Python shows them."""
+    import warnings
+    from .errors import NeurosimWarning
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, NeurosimWarning):
+            return shown(message, category, filename, lineno, file, line)
+        text = "neurosim: warning: " + " ".join(str(message).split())
+        try:
+            from tqdm import tqdm
+            tqdm.write(text, file=file or sys.stderr)
+        except ImportError:
+            print(text, file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        args.func(args)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -437,7 +474,7 @@ def main(argv=None) -> int:
     except SystemExit as stop:        # --help, --version, or a usage error (one line, status 2)
         return stop.code if isinstance(stop.code, int) else 2
     try:
-        args.func(args)
+        _run_command(args)
     except NeurosimError as err:
         print(f"neurosim: error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-__all__ = ["NeurosimError", "ConfigError", "SimulationError", "did_you_mean", "unknown"]
+__all__ = ["NeurosimError", "ConfigError", "SimulationError", "NeurosimWarning", "did_you_mean",
+           "unknown"]
 
 
 class NeurosimError(Exception):
@@ -18,6 +19,11 @@ class ConfigError(NeurosimError, ValueError):
 
 class SimulationError(NeurosimError, RuntimeError):
     """The integration failed (non-finite state, solver failure)."""
+
+
+class NeurosimWarning(UserWarning):
+    """Base class of the warnings neurosim issues on purpose (a Python warning for library
+    users; the command line prints each as one ``neurosim: warning: ...`` line)."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -7,20 +7,26 @@
   ``populations``, ``compartments``, ``variables``  which neuron recordings (default: all);
   ``samples``      batch rows (default: sample 0);
   ``neurons``      neuron ids within the population (default: the first 10 recorded); a
-                   monitor with ``indices`` recorded only those ids, and asking for another
-                   one is an error that lists them;
+                   monitor with ``indices`` recorded only those ids. Without ``populations``,
+                   each of several panels draws the ids it recorded (a note names those it
+                   lacks) and only ids recorded in no panel are an error; with
+                   ``populations``, or when one panel is chosen, an id that panel did not
+                   record is an error that lists those it did;
   ``projections``  which weight recordings (``/recordings/<projection>/synapses/w``, time x
                    post x pre; default: all);
   ``synapses``     ``"post:pre"`` entries of the weight matrices (default: every synapse of a
                    matrix with at most 16 of them; a larger matrix is left out with a note
                    naming ``--synapses``, since a few arbitrary synapses of a big matrix say
-                   little);
+                   little; a projection named in ``projections`` is drawn in full up to 100
+                   synapses, and a larger one is an error naming ``--synapses``);
   ``t_start``, ``t_stop``  the time window (default: the whole recording).
 
   Naming only neuron selections (the first five) draws neuron recordings only, naming only
   weight selections (``projections``, ``synapses``) draws weights only, naming none or both
   draws both. Every bad choice is one :class:`~neurosim.errors.ConfigError` that names the
-  flag, the valid choices and the closest one.
+  flag, the valid choices and the closest one. The image format follows the extension of
+  ``out`` (png, pdf, svg, ...: what matplotlib's Agg canvas writes); another one is an
+  error naming ``--out`` and the supported formats.
 - a training run directory: train/validation/test accuracy per epoch (when measured), the
   angle between forward and feedback weights and each layer's correlative information (when
   recorded), and every other metric column (e.g. pc_alignment_*, train_rate_*).
@@ -46,6 +52,7 @@ _NEURON_KEYS = ("populations", "compartments", "variables", "samples", "neurons"
 _WEIGHT_KEYS = ("projections", "synapses")
 MAX_NEURONS = 10     # neurons drawn per panel unless --neurons says which
 MAX_SYNAPSES = 16    # weight matrices up to this many synapses are drawn in full by default
+MAX_NAMED_SYNAPSES = 100   # ... and up to this many when --projections names the projection
 _SYNAPSES = "synapses"   # the "compartment" of weight recordings (neurosim.simulation.SYNAPSES)
 _STYLES = ("-", "--", ":", "-.")
 
@@ -59,6 +66,21 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _check_format(out) -> Path:
+    """``out`` as a Path whose extension names a format matplotlib's Agg canvas writes, or a
+    ConfigError naming --out and the supported formats (checked before anything is read)."""
+    _pyplot()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    formats = sorted(FigureCanvasAgg.get_supported_filetypes())
+    out = Path(out)
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        what = f'"{out.suffix}" is not an image format' if suffix else "has no file extension"
+        raise ConfigError(f"--out {out}: {what}; end the file name with .png (or .pdf, .svg; "
+                          f"supported: {', '.join(formats)}).")
+    return out
 
 
 def _save(plt, fig, out) -> None:
@@ -276,13 +298,14 @@ def _layout(rec, key: str) -> tuple[tuple[int, ...], np.ndarray, dict]:
     return shape, time, meta.attrs
 
 
-def _neuron_panel(rec, key: str, sel: dict, where: str, max_neurons: int,
-                  several: bool) -> _Panel:
+def _neuron_panel(rec, key: str, sel: dict, where: str, max_neurons: int, lenient: bool,
+                  notes: list[str], absent: dict) -> _Panel | None:
+    """The panel of one neuron recording. ``lenient`` (several panels, no --populations):
+    draw the requested neurons the recording has, note those it lacks, and return None when
+    it has none of them (their ids go to ``absent[key]``); else a missing one is an error."""
     shape, time, attrs = _layout(rec, key)
     batch, n = _matrix_shape(shape)
     population = key.split("/")[0]
-    hint = (" (choose the population with --populations)"
-            if several and sel["populations"] is None else "")
     samples = sel["samples"] if sel["samples"] is not None else [0]
     for s in samples:
         if not 0 <= s < batch:
@@ -295,14 +318,22 @@ def _neuron_panel(rec, key: str, sel: dict, where: str, max_neurons: int,
         columns = list(range(min(n, max_neurons)))
     else:
         columns = []
-        for i in sel["neurons"]:
-            if i not in ids:
-                what = (f"its monitor recorded only neurons {_ids(ids)}" if recorded is not None
-                        else f'population "{population}" has {n} neuron{"" if n == 1 else "s"} '
-                             f"(valid: {_ids(ids)})")
-                raise ConfigError(f'{where}: --neurons: neuron {i} of population "{population}" '
-                                  f"is not recorded in {key}: {what}{hint}.")
-            columns.append(ids.index(i))
+        what = (f"its monitor recorded only neurons {_ids(ids)}" if recorded is not None
+                else f'population "{population}" has {n} neuron{"" if n == 1 else "s"} '
+                     f"(valid: {_ids(ids)})")
+        missing = [i for i in sel["neurons"] if i not in ids]
+        if missing and not lenient:
+            raise ConfigError(f'{where}: --neurons: neuron {missing[0]} of population '
+                              f'"{population}" is not recorded in {key}: {what}.')
+        if missing:
+            absent[key] = ids
+            if len(missing) == len(sel["neurons"]):
+                notes.append(f"{key}: none of --neurons {_ids(missing)} recorded ({what}); "
+                             "not plotted.")
+                return None
+            notes.append(f"{key}: --neurons {_ids(missing)} not recorded ({what}); drawn: "
+                         f"{_ids([i for i in sel['neurons'] if i in ids])}.")
+        columns = [ids.index(i) for i in sel["neurons"] if i in ids]
     rows = _window(time, sel, where, key)
     units = attrs.get("units", "")
     panel = _Panel(key, f"{key}\n[{units}]" if units else key)
@@ -320,7 +351,14 @@ def _weight_panel(rec, key: str, sel: dict, where: str, max_synapses: int, sever
     shape, time, attrs = _layout(rec, key)
     posts, pres = _matrix_shape(shape)
     if sel["synapses"] is None:
-        if posts * pres > max_synapses:
+        named = sel["projections"] is not None and key.split("/")[0] in sel["projections"]
+        cap = max(MAX_NAMED_SYNAPSES, max_synapses)
+        if named and posts * pres > cap:
+            raise ConfigError(f"{where}: --projections {key.split('/')[0]}: {key} has {posts} x "
+                              f"{pres} = {posts * pres} synapses, more than the {cap} drawn at "
+                              "once; choose some with --synapses POST:PRE (e.g. --synapses 0:0 "
+                              "0:1).")
+        if not named and posts * pres > max_synapses:
             notes.append(f"{key}: {posts} x {pres} = {posts * pres} synapses, more than "
                          f"{max_synapses}: not plotted; choose some with --synapses POST:PRE "
                          "(e.g. --synapses 0:0 0:1).")
@@ -368,9 +406,17 @@ def _panels(rec, sel: dict, where: str, max_neurons: int,
     if named_neurons or not named_weights:
         chosen = (_choose(neuron_keys, sel, where, weights=False, others=weight_keys)
                   if neuron_keys else [])
-        for key in chosen:
-            panels.append(_neuron_panel(rec, key, sel, where, max_neurons,
-                                        several=len({k.split("/")[0] for k in chosen}) > 1))
+        # --neurons without --populations over several panels: each draws those it recorded
+        lenient = sel["neurons"] is not None and sel["populations"] is None and len(chosen) > 1
+        absent: dict[str, list[int]] = {}
+        drawn = [panel for key in chosen if (panel := _neuron_panel(
+            rec, key, sel, where, max_neurons, lenient, notes, absent)) is not None]
+        panels += drawn
+        if chosen and not drawn:
+            recorded = "; ".join(f"{key}: {_ids(ids)}" for key, ids in absent.items())
+            raise ConfigError(f"{where}: --neurons: none of neurons {_ids(sel['neurons'])} is "
+                              f"recorded in any chosen recording ({recorded}); choose recorded "
+                              "neurons, or a population with --populations.")
     if named_weights or not named_neurons:
         chosen = (_choose(weight_keys, sel, where, weights=True, others=neuron_keys)
                   if weight_keys else [])
@@ -406,6 +452,7 @@ def plot_recording(path, out, *, max_neurons: int = MAX_NEURONS,
     see the module docstring); notes on what was left out go to ``log``."""
     from .io import open_recording
     where = str(path)
+    out = _check_format(out)
     sel = _check_selection(selection, where)
     max_neurons = _positive(max_neurons, "max_neurons", where)
     max_synapses = _positive(max_synapses, "max_synapses", where)
@@ -436,6 +483,8 @@ def plot_recording(path, out, *, max_neurons: int = MAX_NEURONS,
 
 
 def plot_run(run_dir, out) -> Path:
+    """Draw the metrics per epoch of the training run ``run_dir`` into the image ``out``."""
+    out = _check_format(out)
     plt = _pyplot()
     metrics = Path(run_dir) / "metrics.csv"
     if not metrics.exists():

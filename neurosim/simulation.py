@@ -11,7 +11,8 @@ A model file's ``[simulation]`` table sets the run (all keys optional)::
     rtol = 1e-7               # adaptive solvers only
     atol = 1e-9
     max_rhs_evals = 10000     # adaptive solvers: right-hand-side evaluations allowed per
-                              # output interval (dt) before the run stops with an error
+                              # output interval (dt) before the run stops with an error; a
+                              # run may average max(200, max_rhs_evals / 50) per output step
     steady_tol = 1e-6         # stop once max |du/dt| < steady_tol
     inputs = { x = { type = "uniform", low = 0.0, high = 1.0 } }   # or constant / values /
                               # gaussian (mean, covariance): one draw per sample, fixed in time
@@ -43,7 +44,11 @@ The recording layout is documented in neurosim.io.recorder; weights are recorded
 checkpoint continues the recording of the run that wrote it when given
 ``Recorder(path, append=True)``: the records after the checkpoint's step are dropped first
 (root attr ``first_step`` says where a recording starts), so the finished file equals the
-recording of an uninterrupted run. The recorder is flushed before every checkpoint.
+recording of an uninterrupted run. The recorder is flushed before every checkpoint. Only an
+incomplete recording (a crashed run's) or one without records after the checkpoint's step is
+continued; the run's root attributes (run_attrs: model, solver, seed, stimuli digest, ...) must
+match the file's. A resumed run keeps the checkpoint's batch, seed, dtype and step
+(Simulation.load_checkpoint).
 """
 from __future__ import annotations
 
@@ -58,14 +63,15 @@ from typing import Any, Mapping
 import torch
 
 from .dynamics import CompiledNetwork
+from .dynamics.compiled import dendritic_potential
 from .io import MonitorSpec
 from .errors import ConfigError, NeurosimError, SimulationError, unknown
 from .graph import SOMA, Network, check_finite, check_keys, parse_model_text
 from .plasticity import PhaseRecord, RuleSet
 from .plasticity.continuous import PlasticSystem
 from .registry import importable_from
-from .solvers import (Observer, SolveStats, SteadyState, TorchDiffEq, get_solver,
-                      make_schedule, solve)
+from .solvers import (FixedStepSolver, Observer, SolveStats, SteadyState, TorchDiffEq,
+                      get_solver, make_schedule, solve)
 from .solvers.limits import check_max_rhs_evals
 from .solvers.system import check_system_solver, integrate_system
 from .stimuli import CURRENT_UNITS, RATE_UNITS, Drive, Stimulus, stimuli_from
@@ -143,7 +149,8 @@ def validate_monitor(monitor: MonitorSpec, network: Network, where: str = "monit
 
 
 def read_monitor(monitor: MonitorSpec, net: CompiledNetwork, state) -> torch.Tensor:
-    """The monitored values (batch x neurons, or W for a weight monitor) of a state."""
+    """The monitored values (batch x neurons, or W for a weight monitor) of a state; a
+    dendrite's v includes the stimuli injected into it (at ``state.t``)."""
     if monitor.compartment == SYNAPSES:
         return net.weights[monitor.population]
     if monitor.variable == "u":
@@ -151,8 +158,106 @@ def read_monitor(monitor: MonitorSpec, net: CompiledNetwork, state) -> torch.Ten
     elif monitor.variable == "r":
         values = net.r_of(state, monitor.population)
     else:
-        values = net.compartment_potential(state, monitor.population, monitor.compartment)
+        values = dendritic_potential(state, monitor.population, monitor.compartment)
     return values[:, list(monitor.indices)] if monitor.indices is not None else values
+
+
+# attributes a waveform gets from the simulation when it is bound (shape, seed, label)
+_BOUND_ATTRS = frozenset({"batch", "size", "where", "seed"})
+
+
+def _digest_value(value):
+    """A JSON-able, repr-stable description of one waveform attribute: numbers as floats,
+    arrays as shape and SHA-256 of their float64 bytes, callables as module:qualname."""
+    import hashlib
+    import numpy as np
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        array = np.ascontiguousarray(torch.as_tensor(value).detach().cpu().double().numpy())
+        return {"shape": list(array.shape), "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+    if isinstance(value, (list, tuple)):
+        return [_digest_value(v) for v in value]
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}:" \
+               f"{getattr(value, '__qualname__', type(value).__qualname__)}"
+    return type(value).__qualname__
+
+
+def _stimuli_digest(stimuli) -> str:
+    """A short digest of what the stimuli inject: each one's name, population, compartment,
+    indices, waveform kind and public parameters ("none" without stimuli). Stored in
+    checkpoints and recordings, so that a run is not continued with other stimuli."""
+    import hashlib
+    import json
+    import numpy as np
+    if not stimuli:
+        return "none"
+    described = []
+    for stim in stimuli:
+        wave = stim.waveform
+        public = sorted(getattr(wave, "__dict__", {}).items())
+        params = {k: _digest_value(v) for k, v in public
+                  if not k.startswith("_") and k not in _BOUND_ATTRS}
+        indices = stim.indices
+        if isinstance(indices, torch.Tensor):
+            indices = indices.cpu()
+        indices = None if indices is None else np.asarray(indices).tolist()
+        described.append({"name": stim.name, "population": stim.population,
+                          "compartment": stim.compartment, "indices": indices,
+                          "waveform": {"kind": wave.kind,
+                                       "class": f"{type(wave).__module__}:"
+                                                f"{type(wave).__qualname__}",
+                                       **params}})
+    text = json.dumps(described, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# options a resumed run keeps from its checkpoint (the state and the noise depend on them)
+_FIXED_ON_RESUME = (("batch", "--batch"), ("seed", "--seed"), ("dtype", "--dtype"),
+                    ("step", "--dt"))
+
+
+def _check_fixed_on_resume(path, saved: Mapping, given: Mapping) -> None:
+    """load_checkpoint: batch, seed, dtype and the step schedule cannot change."""
+    for key, flag in _FIXED_ON_RESUME:
+        if key not in given or key not in saved:
+            continue
+        old, new = saved[key], given[key]
+        if key == "step":
+            where = f"load_checkpoint({path}) step (--dt)"
+            same = repr(make_schedule(old, where).config()) == \
+                repr(make_schedule(new, where).config())
+        else:
+            same = old == new and isinstance(old, bool) == isinstance(new, bool)
+        if not same:
+            name = "dt" if key == "step" else key
+            raise ConfigError(f"{path}: {name} ({flag}) cannot change on resume: the "
+                              f"checkpoint's run has {name} = {old!r} and continues with it, not "
+                              f"{new!r}; leave it out, or start a new run from the model "
+                              f"with {name} = {new!r}.")
+
+
+def _check_same_stimuli(path, attrs: Mapping, sim, from_text: bool) -> None:
+    """load_checkpoint: the simulation rebuilt has the stimuli the checkpoint was saved with
+    (their digest; checkpoints written before digests were stored are not checked)."""
+    saved = attrs.get("stimuli_digest")
+    if saved is None or saved == _stimuli_digest(sim.stimuli):
+        return
+    names = attrs.get("stimuli", "?")
+    here = ", ".join(s.name for s in sim.stimuli) or "none"
+    if from_text:
+        raise ConfigError(f"{path}: the stimuli built from its model text ({here}) differ from "
+                          f"those it was saved with ({names}); a stimulus file (array) has "
+                          "changed since: restore it, or start a new run.")
+    if not sim.stimuli:
+        raise ConfigError(f"{path} was saved with stimuli ({names}) but none were given; pass "
+                          "the same stimuli=[...] to Simulation.load_checkpoint.")
+    raise ConfigError(f"{path}: the stimuli given ({here}) differ from those it was saved with "
+                      f"({names}) in population, compartment, indices, waveform or parameters; "
+                      "pass the same stimuli to continue the run, or start a new one.")
 
 
 @dataclass
@@ -190,15 +295,22 @@ class SimulationOptions:
         return max(1, round(self.duration / schedule.dt))
 
 
-def _check_option_values(options: SimulationOptions, where: str) -> None:
-    """Every number of the run in range, naming its [simulation] key and command-line flag."""
+def _check_option_values(options: SimulationOptions, where: str | None) -> None:
+    """Every option of the run in range. ``where`` is the model file: messages name the
+    [simulation] key and its command-line flag; None (options built in Python): they name the
+    SimulationOptions field."""
     def number(value, integer=False):
         kind = numbers.Integral if integer else numbers.Real
         return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
 
-    def refuse(key, flag, what):
-        return ConfigError(f"{where} [simulation] {key} ({flag}): must be {what}, got "
-                           f"{getattr(options, key)!r}.")
+    def label(key, flag, field=None):
+        if where is None:
+            return f"SimulationOptions.{field or key}"
+        return f"{where} [simulation] {key} ({flag})"
+
+    def refuse(key, flag, what, field=None):
+        value = getattr(options, field or key)
+        return ConfigError(f"{label(key, flag, field)}: must be {what}, got {value!r}.")
 
     for key, flag in (("duration", "--duration"), ("rtol", "--rtol"), ("atol", "--atol"),
                       ("steady_tol", "--steady-tol")):
@@ -211,16 +323,27 @@ def _check_option_values(options: SimulationOptions, where: str) -> None:
             raise refuse(key, flag, "a whole number >= 1")
     if not (number(options.seed, integer=True) and options.seed >= 0):
         raise refuse("seed", "--seed", "a whole number >= 0")
-    if isinstance(options.step, (int, float)) and not (number(options.step) and options.step > 0):
-        raise ConfigError(f"{where} [simulation] dt (--dt): must be a finite number > 0, got "
-                          f"{options.step!r}.")
+    if not (number(options.batch, integer=True) and options.batch >= 1):
+        raise refuse("batch", "--batch", "a whole number >= 1")
+    if isinstance(options.step, (numbers.Real, bool)) and \
+            not (number(options.step) and options.step > 0):
+        raise refuse("dt", "--dt", "a finite number > 0", field="step")
+    if options.dtype not in ("float32", "float64"):
+        raise refuse("dtype", "--dtype", '"float32" or "float64"')
     try:
         device = torch.device(options.device)
     except (RuntimeError, TypeError, ValueError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ConfigError(f'{where} [simulation] device (--device): "{options.device}" is not a '
+        raise ConfigError(f'{label("device", "--device")}: "{options.device}" is not a '
                           'device; use "cpu", "cuda" or "cuda:N".')
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fix = "--device cpu" if where is not None else 'device="cpu"'
+        raise ConfigError(f'{where or "SimulationOptions"}: device "{options.device}" requested '
+                          f"but CUDA is not available; use {fix}.")
+    if options.max_rhs_evals is not None:
+        check_max_rhs_evals(options.max_rhs_evals, label("max_rhs_evals", "--max-rhs-evals"))
+    plasticity_mode(options.plasticity, label("plasticity", "--plasticity"))
 
 
 def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions:
@@ -245,17 +368,6 @@ def simulation_options(data: dict, where: str, **overrides) -> SimulationOptions
     table.update({k: v for k, v in overrides.items() if v is not None})
     options = SimulationOptions(**table)
     _check_option_values(options, where)
-    if options.dtype not in ("float32", "float64"):
-        raise ConfigError(f'{where} [simulation] dtype: use "float32" or "float64".')
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f'{where}: device "{options.device}" requested but CUDA is not '
-                          "available; use --device cpu.")
-    if not isinstance(options.batch, int) or options.batch < 1:
-        raise ConfigError(f"{where} [simulation] batch: must be a positive integer.")
-    if options.max_rhs_evals is not None:
-        check_max_rhs_evals(options.max_rhs_evals,
-                            f"{where} [simulation] max_rhs_evals (--max-rhs-evals)")
-    plasticity_mode(options.plasticity, f"{where} [simulation] plasticity")
     return options
 
 
@@ -312,9 +424,10 @@ class Simulation:
         self.network, self.options = network, options or SimulationOptions()
         self.model_text = model_text
         opt = self.options
-        if str(opt.device).startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f'device "{opt.device}" requested but CUDA is not available; '
-                              'use device "cpu".')
+        if not isinstance(opt, SimulationOptions):
+            raise ConfigError(f"Simulation: options must be a SimulationOptions, got "
+                              f"{type(opt).__name__}; build one with SimulationOptions(...).")
+        _check_option_values(opt, None)      # from a model file: checked there, naming keys
         dtype = {"float32": torch.float32, "float64": torch.float64}[opt.dtype]
         self.net = CompiledNetwork(network, dtype=dtype, device=opt.device, seed=opt.seed)
         solver_kwargs = {k: getattr(opt, k) for k in ("rtol", "atol", "max_rhs_evals")
@@ -393,7 +506,19 @@ class Simulation:
         drive = Drive(self.net, self.stimuli, batch=self.options.batch, seed=self.options.seed,
                       dt=schedule.dt if schedule.name == "constant" else None,
                       base_inputs=self.inputs)
+        if isinstance(self.solver, FixedStepSolver):
+            step = schedule(0)
+            for stim in drive.stimuli:
+                if stim.waveform.kind == "white_noise" and stim.waveform.dt < step * (1 - 1e-9):
+                    where = stim.where or f'stimulus "{stim.name}"'
+                    raise ConfigError(
+                        f"{where}: white noise on a grid "
+                        f"(dt {stim.waveform.dt:g}) finer than the solver's step ({step:g}) is "
+                        f"sampled once per step by {self.solver.name}, which would misstate its "
+                        f"strength; give dt >= {step:g} (the default is the step) or use an "
+                        "adaptive solver (dopri5).")
         drive.clamp(self.state, self.t)
+        self.state.drive, self.state.t = drive, self.t
         return drive
 
     def _make_inputs(self, spec: Mapping, driven=frozenset()) -> dict[str, torch.Tensor]:
@@ -500,10 +625,14 @@ class Simulation:
         return NamedTensors(self.net.biases, "dynamic population", f'network "{self.network.name}"')
 
     def run_attrs(self) -> dict:
-        """Root attributes of a recording of this simulation."""
+        """Root attributes of a recording of this simulation: model, solver, schedule, batch,
+        dt, seed and ``stimuli_digest`` (a digest of the stimuli's populations, waveforms and
+        parameters; "none" without stimuli). A recording is only continued by a run with the
+        same ones."""
         return {"model": self.network.name, "solver": self.solver.name,
                 "schedule": repr(self.schedule.config()), "batch": self.options.batch,
-                "dt": float(getattr(self.schedule, "dt", 0.0))}
+                "dt": float(getattr(self.schedule, "dt", 0.0)), "seed": self.options.seed,
+                "stimuli_digest": _stimuli_digest(self.stimuli)}
 
     def dynamics(self):
         """The network's dynamics with the current weights, inputs, nudges and stimuli."""
@@ -545,8 +674,18 @@ class Simulation:
         first). A recorder opened with append=True is continued from this step (see the module
         docstring)."""
         total = self.options.total_steps() if n_steps is None else int(n_steps)
+        if total < self.step:
+            end = f"run({n_steps!r})" if n_steps is not None else \
+                "the end of its options (duration or n_steps)"
+            raise ConfigError(f"the simulation is already at step {self.step} (t={self.t:g}), "
+                              f"after {end} at step {total}; n_steps is the absolute step to "
+                              f"run to, so give one >= {self.step}.")
+        self._inputs_from_state()
+        self.state.t = self.t
         observers = []
         if recorder is not None:
+            if self.drive is not None:      # dendritic v of a record includes the stimuli at t
+                observers.append(Observer(lambda k, t, s: setattr(s, "t", t), 1))
             recorder.annotate(self.run_attrs())
             monitors = [m if m.units or m.variable not in UNITS else
                         dataclasses.replace(m, units=UNITS[m.variable]) for m in monitors]
@@ -563,7 +702,9 @@ class Simulation:
                                         if self.drive.columns[name] is not None else
                                         self.net.slots[m.population].size),
                              self.net.dtype, attrs={"stimulus": name,
-                                                    "waveform": self._stimulus_kind(name)})
+                                                    "waveform": self._stimulus_kind(name),
+                                                    "solver": self.solver.name,
+                                                    "step_schedule": repr(self.schedule.config())})
             if recorder.resuming:     # append=True: keep the records up to this step, go on
                 records, last_times = self._records_so_far(recorder)
                 recorder.truncate(records, last_times=last_times)
@@ -615,7 +756,32 @@ class Simulation:
             if bar is not None:
                 bar.close()
         self.step, self.t = stats.steps, stats.t
+        self.state.t = self.t
+        self._clamped = {name: self.net.r_of(self.state, name).clone() for name in self.inputs}
         return stats
+
+    def _inputs_from_state(self) -> None:
+        """Reconcile the inputs with the state before a run: a clamped value written into the
+        state (``sim.state["x"].r[:] = ...``) becomes the input, one set with
+        ``sim.inputs["x"] = ...`` is clamped into the state. A stimulated input's rate is
+        x0 + I(t), so writing it in the state is an error (set x0 in sim.inputs)."""
+        driven = {s.population for s in self.stimuli}
+        last = getattr(self, "_clamped", {})
+        for name, value in self.inputs.items():
+            current = self.net.r_of(self.state, name)
+            if name in driven:
+                expected = self.state.clone()
+                self.drive.clamp(expected, self.t)
+                if name in last and not torch.equal(current, last[name]):
+                    raise ConfigError(f'input "{name}" is driven by a stimulus, so its rate is '
+                                      f'x0 + I(t); set x0 with sim.inputs["{name}"] = ... '
+                                      "instead of writing sim.state[...].r.")
+                current.copy_(self.net.r_of(expected, name))
+            elif name in last and not torch.equal(current, last[name]):
+                self.inputs[name] = current.clone()
+            elif not torch.equal(current, value.expand_as(current)):
+                self.net.clamp_inputs(self.state, {name: value})
+        self._clamped = {name: self.net.r_of(self.state, name).clone() for name in self.inputs}
 
     def _records_so_far(self, recorder) -> tuple[dict[int, int], dict[int, float]]:
         """For continuing ``recorder``'s file at this step: how many records each of its time
@@ -640,11 +806,32 @@ class Simulation:
             records[every] = n
             if self.step % every == 0 and n:
                 last_times[every] = self.t
+        # a finished recording is continued only where it ends: its records after this step
+        # are not those of a crashed run's last moments but results that truncate() would drop
+        later = [(every, held - records[every])
+                 for every, held in recorder.records_held.items() if held > records[every]]
+        if later and recorder.file_attrs.get("complete") is True:
+            every, extra = later[0]
+            raise ConfigError(
+                f"{where} at step {self.step} (t={self.t:g}): it is a finished recording that "
+                f"goes on past this step ({extra} records after it on time axis every_{every}), "
+                "which continuing would drop; resume from a checkpoint at its end, write to "
+                "another file (on the command line another --out), or replace it "
+                "(overwrite=True; on the command line --force, a new recording from this step).")
         return records, last_times
 
     def _steady(self, total: int):
-        return (SteadyState(self.options.steady_tol, max_steps=total - self.step)
-                if self.options.steady_tol else None)
+        """The steady-state stop, not before the stimuli have stopped changing."""
+        if not self.options.steady_tol:
+            return None
+        after = self.drive.settles_at() if self.drive is not None else -math.inf
+        if math.isinf(after) and after > 0:
+            raise ConfigError("[simulation] steady_tol (--steady-tol): a stimulus of this "
+                              "simulation never stops changing (noise, a sine or pulses "
+                              "without stop/count, a Python function), so there is no steady "
+                              "state to stop at; give duration or n_steps instead, or end the "
+                              "stimulus (stop = ...).")
+        return SteadyState(self.options.steady_tol, max_steps=total - self.step, after=after)
 
     def _run_discrete(self, total: int, observers, bar, after_step) -> SolveStats:
         """Fixed weights, or rules after every N-th step (the solve is cut at multiples of N)."""
@@ -684,6 +871,8 @@ class Simulation:
                                         schedule=self.schedule, n_steps=total,
                                         step0=self.step, t0=self.t):
             system.write_back(y, self.state)
+            if self.drive is not None:
+                self.drive.clamp(self.state, t)
             for obs in observers:
                 if k % obs.every == 0:
                     obs.callback(k, t, self.state)
@@ -724,20 +913,35 @@ class Simulation:
         }
         import json
         options = {k: v for k, v in self.options.__dict__.items() if k not in ("inputs", "nudge")}
+        names = ", ".join(stim.name for stim in self.stimuli) or "none"
         save_checkpoint(path, payload, kind="simulation", config_text=self.model_text or "",
-                        attrs={"options_json": json.dumps(options), "base_dir": self.base_dir})
+                        attrs={"options_json": json.dumps(options), "base_dir": self.base_dir,
+                               "stimuli": names, "stimuli_digest": _stimuli_digest(self.stimuli)})
 
     @classmethod
     def load_checkpoint(cls, path, network: Network | None = None, *, stimuli=(),
                         **overrides) -> "Simulation":
         """Rebuild a simulation exactly where the checkpoint left it. A simulation built in
-        Python (no model file) stores no graph text: pass the same ``network`` (and
-        ``stimuli``) again."""
+        Python (no model file) stores no graph text: pass the same ``network`` and
+        ``stimuli`` again (other stimuli, or none where it had some, are a ConfigError).
+
+        ``overrides`` are SimulationOptions fields (``dt`` for ``step``). A new end
+        (``duration`` or ``n_steps``, after the checkpoint's step) replaces the saved one;
+        solver, tolerances, max_rhs_evals, steady_tol, plasticity and device may change (the
+        run then differs from an uninterrupted one); ``batch``, ``seed``, ``dtype`` and the
+        step are the checkpoint's and cannot."""
         import json
         from .io import load_checkpoint, restore_rng_state
         ckpt = load_checkpoint(path, kind="simulation")
         options = json.loads(ckpt.attrs["options_json"])
         given = {k: v for k, v in overrides.items() if v is not None}
+        if "dt" in given:
+            given["step"] = given.pop("dt")
+        fields = {f.name for f in dataclasses.fields(SimulationOptions)} - {"inputs", "nudge"}
+        for key in given:
+            if key not in fields:
+                raise unknown("option", key, sorted(fields), f"load_checkpoint({path})")
+        _check_fixed_on_resume(path, options, given)
         if "duration" in given:           # a new end replaces the saved one, in either form
             options["n_steps"] = None
         if "n_steps" in given:
@@ -749,10 +953,15 @@ class Simulation:
         elif not ckpt.config_text:
             raise ConfigError(f"{path} was saved by a Simulation built in Python, so it holds "
                               "no model text; load it with Simulation.load_checkpoint(path, "
-                              "network=<the same Network>).")
+                              "network=<the same Network>, stimuli=<the same stimuli>).")
+        elif stimuli:
+            raise ConfigError(f"{path} holds its model text, whose [[stimulus]] tables give the "
+                              "stimuli; load it without stimuli= (or rebuild it in Python with "
+                              "network= and stimuli=).")
         else:
             sim = cls.from_model_text(ckpt.config_text, where=str(path),
                                       base_dir=ckpt.attrs.get("base_dir") or None, **options)
+        _check_same_stimuli(path, ckpt.attrs, sim, from_text=network is None)
         p = ckpt.payload
         for name, w in p["network"].items():
             sim.net.weights[name].copy_(torch.as_tensor(w))
@@ -771,4 +980,10 @@ class Simulation:
             sim.drive.load_state_dict(p.get("stimuli", {}))
         sim.step, sim.t = int(p["progress"]["step"]), float(p["progress"]["t"])
         sim.last_update_t = float(p["progress"].get("last_update_t", 0.0))
+        for key, flag in (("duration", "--duration"), ("n_steps", "--steps")):
+            if key in given and sim.options.total_steps() <= sim.step:
+                at = f" (step {sim.options.total_steps()})" if key == "duration" else ""
+                raise ConfigError(f"{path}: the checkpoint is already at step {sim.step} "
+                                  f"(t={sim.t:g}), so {key} ({flag}) = {given[key]!r}{at} leaves "
+                                  "nothing to run; give a larger end to continue it.")
         return sim

@@ -41,9 +41,11 @@ orders its evaluations, and every resumed run sees the same realisation.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -61,6 +63,12 @@ COMMON_KEYS = {"population", "type", "compartment", "indices", "name", "record",
 CURRENT_UNITS = "1 (dimensionless current)"
 RATE_UNITS = "1 (dimensionless rate)"
 _MASK = (1 << 64) - 1
+
+
+def _snap(t: float) -> float:
+    """t nudged past rounding: a time within 1e-9 (relative) of an edge counts as at or after
+    it, so edges on the step grid fall where they are written (right-continuous)."""
+    return t + 1e-9 * max(1.0, abs(t))
 
 
 def _splitmix(x: int) -> int:
@@ -127,6 +135,10 @@ class Waveform:
         """The waveform at time t, without ``offset``."""
         raise NotImplementedError
 
+    def settles_at(self) -> float:
+        """The time after which the waveform no longer changes (inf: it never settles)."""
+        return math.inf
+
     def __call__(self, t: float) -> torch.Tensor:
         """``I(t) = value(t) + offset`` as float64."""
         return torch.as_tensor(self.value(t), dtype=torch.float64) + self.offset
@@ -155,6 +167,8 @@ class _Windowed(Waveform):
         return {"amplitude": self.amplitude}
 
     def on(self, t: float) -> bool:
+        """Whether t lies in ``[start, stop)`` (edges on the step grid exact, see _snap)."""
+        t = _snap(t)
         return self.start <= t < self.stop
 
 
@@ -167,6 +181,10 @@ class Step(_Windowed):
     def value(self, t):
         """``amplitude`` on ``[start, stop)``, else 0."""
         return self.amplitude if self.on(t) else 0.0
+
+    def settles_at(self):
+        """``stop`` (or ``start`` when it never stops)."""
+        return self.stop if math.isfinite(self.stop) else self.start
 
 
 class Pulses(Waveform):
@@ -194,12 +212,18 @@ class Pulses(Waveform):
 
     def value(self, t):
         """``amplitude`` inside a pulse, else 0."""
+        t = _snap(t)
         if t < self.start:
             return 0.0
         k, phase = divmod(t - self.start, self.period)
         if self.count is not None and k >= self.count:
             return 0.0
         return self.amplitude if phase < self.width else 0.0
+
+    def settles_at(self):
+        """The end of the last pulse (inf without ``count``)."""
+        return math.inf if self.count is None else \
+            self.start + (self.count - 1) * self.period + self.width
 
 
 class Ramp(Waveform):
@@ -223,6 +247,10 @@ class Ramp(Waveform):
         """``amplitude * clip((t - start) / (stop - start), 0, 1)``."""
         return self.amplitude * min(max((t - self.start) / (self.stop - self.start), 0.0), 1.0)
 
+    def settles_at(self):
+        """``stop``: the ramp holds from there."""
+        return self.stop
+
 
 class Sine(_Windowed):
     """``amplitude sin(2 pi frequency (t - start) + phase)`` for ``start <= t < stop``."""
@@ -241,6 +269,10 @@ class Sine(_Windowed):
             return 0.0
         return self.amplitude * math.sin(2 * math.pi * self.frequency * (t - self.start)
                                          + self.phase)
+
+    def settles_at(self):
+        """``stop`` (inf when the sine never stops)."""
+        return self.stop
 
 
 class _GridNoise(Waveform):
@@ -369,12 +401,23 @@ class Sampled(Waveform):
             raise unknown("interpolation", interpolation, ("hold", "linear"), "array stimulus")
         self.interpolation = interpolation
 
-    def parameters(self):
-        return {"values": self.samples[0]}
+    def bind(self, batch, size, *, seed, dt, where):
+        """Fix the shape; one sample (a row of ``values``) must fit (batch x size)."""
+        try:
+            torch.broadcast_shapes(tuple(self.samples.shape[1:]), (batch, size))
+        except RuntimeError:
+            raise ConfigError(f"{where}: values have shape {tuple(self.samples.shape)}; use "
+                              f"(T,), (T, {size}) (one column per driven neuron) or "
+                              f"(T, batch={batch}, {size}).") from None
+        super().bind(batch, size, seed=seed, dt=dt, where=where)
+
+    def settles_at(self):
+        """The last sample's time."""
+        return float(self.times[-1])
 
     def value(self, t):
         """The sample at t (held or linearly interpolated)."""
-        i = int(torch.searchsorted(self.times, torch.tensor([t], dtype=torch.float64),
+        i = int(torch.searchsorted(self.times, torch.tensor([_snap(t)], dtype=torch.float64),
                                    right=True)) - 1
         if i < 0:
             return self.samples[0]
@@ -436,6 +479,7 @@ class Stimulus:
     indices: Sequence[int] | None = None
     name: str | None = None
     record: bool | int = True
+    where: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.waveform, Waveform):
@@ -492,7 +536,12 @@ def waveform_from_table(table: Mapping, where: str, base_dir=None) -> Waveform:
     if kind not in WAVEFORMS:
         raise unknown("stimulus type", kind, WAVEFORMS, where)
     cls = WAVEFORMS[kind]
-    check_keys(table, COMMON_KEYS | cls.keys, where, required=("population",))
+    required = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is inspect.Parameter.empty and name != "self"
+                and p.kind is not p.VAR_KEYWORD and name in cls.keys]
+    if cls is Sampled:
+        required = []
+    check_keys(table, COMMON_KEYS | cls.keys, where, required=("population", *required))
     params = {k: v for k, v in table.items() if k in cls.keys}
     if "offset" in table:
         params["offset"] = _number(table["offset"], "offset", where)
@@ -503,11 +552,12 @@ def waveform_from_table(table: Mapping, where: str, base_dir=None) -> Waveform:
         if key in params and not (key == "dt" and cls is Sampled and "times" in params):
             params[key] = _number(params[key], key, where, positive=key != "sigma",
                                   nonnegative=True)
+    if cls is Sampled:
+        values, times = _load_samples(table, where, base_dir)
+        for key in ("values", "file", "dataset", "times"):
+            params.pop(key, None)
     try:
         if cls is Sampled:
-            values, times = _load_samples(table, where, base_dir)
-            for key in ("values", "file", "dataset", "times"):
-                params.pop(key, None)
             return Sampled(values, times=times, **params)
         if cls is Function:
             from .registry import Registry, importable_from
@@ -519,7 +569,7 @@ def waveform_from_table(table: Mapping, where: str, base_dir=None) -> Waveform:
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     except TypeError as err:
-        raise ConfigError(f"{where}: {err}; keys of a {kind} stimulus: "
+        raise ConfigError(f'{where}: {err}; keys of stimulus type "{kind}": '
                           f"{', '.join(sorted(cls.keys | {'offset'}))}.") from None
 
 
@@ -538,7 +588,7 @@ def stimuli_from(data: Mapping, where: str, base_dir=None) -> list[Stimulus]:
             stimuli.append(Stimulus(table["population"], waveform,
                                     compartment=table.get("compartment", SOMA),
                                     indices=table.get("indices"), name=table.get("name"),
-                                    record=table.get("record", True)))
+                                    record=table.get("record", True), where=label))
         except ConfigError as err:
             raise ConfigError(f"{label}: {err}") from None
     return stimuli
@@ -551,11 +601,15 @@ class Drive:
     def __init__(self, net, stimuli: Sequence[Stimulus], *, batch: int, seed: int,
                  dt: float | None, base_inputs: Mapping[str, torch.Tensor]):
         self.net, self.batch, self.base_inputs = net, batch, base_inputs
-        self.stimuli = list(stimuli)
+        # own copies: binding fixes shapes, seeds and caches, and a user's Stimulus objects may
+        # be reused by other simulations (a seed sweep) or shared between populations
+        self.stimuli = [copy.copy(stim) for stim in stimuli]
+        for stim in self.stimuli:
+            stim.waveform = copy.deepcopy(stim.waveform)
         self.columns: dict[str, torch.Tensor | None] = {}
         names = set()
         for i, stim in enumerate(self.stimuli):
-            where = f'stimulus "{stim.name}"'
+            where = stim.where or f'stimulus "{stim.name}"'
             if stim.name in names:
                 raise ConfigError(f"{where}: two stimuli share this name; give each a unique "
                                   "name.")
@@ -569,11 +623,13 @@ class Drive:
                               f'{where} (population "{stim.population}")')
             size = pop.size
             if stim.indices is not None:
-                try:
-                    idx = [int(j) for j in stim.indices]
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{where}: indices must be a list of neuron numbers, "
-                                      f"got {stim.indices!r}.") from None
+                idx = list(stim.indices) if not isinstance(stim.indices, (str, bytes)) \
+                    else [stim.indices]
+                if not all(isinstance(j, (int, np.integer)) and not isinstance(j, bool)
+                           for j in idx):
+                    raise ConfigError(f"{where}: indices must be a list of neuron numbers "
+                                      f"(integers), got {stim.indices!r}.")
+                idx = [int(j) for j in idx]
                 bad = [j for j in idx if not 0 <= j < size]
                 if bad or not idx or len(set(idx)) != len(idx):
                     raise ConfigError(f"{where}: indices must be distinct neurons in "
@@ -652,6 +708,21 @@ class Drive:
                 else x
             add((q.target, q.compartment) if general else q.target, contrib * coef)
         return out
+
+    def compartment_input(self, population: str, compartment: str, t: float):
+        """The summed stimuli into one compartment of a dynamic population at t (rows 1 or
+        batch, all its neurons), or None when none drives it."""
+        total = None
+        values = self.values(t)
+        for stim in self.stimuli:
+            if stim.population == population and stim.compartment == compartment:
+                full = self._full(stim, values[stim.name])
+                total = full if total is None else total + full
+        return total
+
+    def settles_at(self) -> float:
+        """The time after which no stimulus changes any more (inf if one never settles)."""
+        return max(stim.waveform.settles_at() for stim in self.stimuli)
 
     def clamp(self, state, t: float) -> None:
         """Write x(t) = x_0 + I(t) of every driven input population into ``state.r``."""

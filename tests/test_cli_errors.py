@@ -235,6 +235,24 @@ def test_checkpoint_checked_before_anything_is_written(tmp_path, recording, caps
     assert snapshot(recording) == before
 
 
+@pytest.mark.parametrize("command, flag", [("simulate", "--out"), ("simulate", "--checkpoint"),
+                                           ("train", "--out")])
+def test_output_may_not_be_the_model_file(tmp_path, capsys, command, flag):
+    """Not even with --force, and however the path is spelled."""
+    model = tmp_path / "model.toml"
+    model.write_text(DEMO_TEXT if command == "simulate" else DIGITS_TEXT)
+    before = snapshot(model)
+    spelled = tmp_path / "." / "model.toml"
+    args = ["--out", tmp_path / "r.h5", "--checkpoint", spelled] if flag == "--checkpoint" \
+        else ["--out", spelled]
+    what = "a training run is a directory" if command == "train" else \
+        f"write the {'checkpoint' if flag == '--checkpoint' else 'recording'} to another file"
+    refused(capsys, [command, model, *args, "--force", "--quiet"],
+            f"{flag} {spelled} is the model file", what)
+    assert snapshot(model) == before
+    assert not (tmp_path / "r.h5").exists()
+
+
 def test_out_may_not_be_the_checkpoint_being_resumed(tmp_path, capsys):
     checkpoint = tmp_path / "ck.h5"
     assert main(["simulate", str(DEMO), "--out", str(tmp_path / "a.h5"), "--steps", "2",
@@ -333,6 +351,9 @@ MODEL_VALUES = [
     (SIM_TABLE, SIM_TABLE + "checkpoint_every = 0\n", "[simulation] checkpoint_every "
                                                       "(--checkpoint-every)"),
     (SIM_TABLE, SIM_TABLE + 'device = "tpu"\n', '[simulation] device (--device): "tpu" is not'),
+    ("batch = 2", "batch = 0", "[simulation] batch (--batch): must be a whole number >= 1, got 0"),
+    (SIM_TABLE, SIM_TABLE + 'dtype = "float16"\n', '[simulation] dtype (--dtype): must be '
+                                                   '"float32" or "float64"'),
     (SIM_TABLE, SIM_TABLE + "n_steps = 10\n", "[simulation]: give duration or n_steps, not "
                                               "both"),
 ]
@@ -515,5 +536,41 @@ def test_resume_with_a_new_end_in_either_form(tmp_path):
                                                   "n_steps": float(value) if flag ==
                                                   "--duration" else int(value)})
         assert sim.options.total_steps() == steps, flag
-        assert main(["simulate", "--resume", str(ckpt), flag, value, "--out", str(out),
-                     "--quiet"]) == 0
+        # each into a recording of its own: the first one's goes on past the checkpoint
+        assert main(["simulate", "--resume", str(ckpt), flag, value, "--out",
+                     str(tmp_path / f"r{steps}.h5"), "--quiet"]) == 0
+
+
+def test_resume_refuses_options_the_checkpoint_fixes_and_an_end_behind_it(tmp_path, capsys):
+    """batch, seed, dtype and dt are the checkpoint's: another value is one line naming the
+    flag (the same value is accepted); an end at or before the checkpoint's step is one line
+    naming its step, with nothing run or written."""
+    ckpt, out = tmp_path / "c.h5", tmp_path / "r.h5"
+    assert main(["simulate", str(DEMO), "--steps", "10", "--checkpoint", str(ckpt), "--out",
+                 str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    before = snapshot(ckpt, out)
+    new = tmp_path / "new.h5"
+    for args, fragment in (
+            (["--seed", "1"], "seed (--seed) cannot change on resume: the checkpoint's run has "
+                              "seed = 0"),
+            (["--batch", "3"], "batch (--batch) cannot change on resume: the checkpoint's run "
+                               "has batch = 2"),
+            (["--dtype", "float64"], "dtype (--dtype) cannot change on resume"),
+            (["--dt", "0.01"], "dt (--dt) cannot change on resume: the checkpoint's run has "
+                               "dt = 0.05"),
+            (["--steps", "5"], "the checkpoint is already at step 10 (t=0.5), so n_steps "
+                               "(--steps) = 5 leaves nothing to run; give a larger end"),
+            (["--steps", "10"], "already at step 10"),
+            (["--duration", "0.25"], "so duration (--duration) = 0.25 (step 5) leaves nothing "
+                                     "to run"),
+            ([], f"checkpoint {ckpt} is already at step 10 (t=0.5), the end of its run; give a "
+                 "larger --steps or --duration")):
+        refused(capsys, ["simulate", "--resume", ckpt, "--out", new, "--quiet", *args],
+                str(ckpt), fragment)
+        assert not new.exists()
+    assert snapshot(ckpt, out) == before
+    # the checkpoint's own values, repeated, are fine
+    assert main(["simulate", "--resume", str(ckpt), "--out", str(new), "--steps", "12",
+                 "--seed", "0", "--batch", "2", "--dt", "0.05", "--dtype", "float32",
+                 "--quiet"]) == 0

@@ -205,9 +205,9 @@ def test_bad_run_length_and_options():
     raises(lambda: Simulation.from_model_text(DEMO_TEXT.replace("duration = 20.0", "")).run(),
            "give duration (or n_steps)")
     raises(lambda: Simulation.from_model_text(DEMO_TEXT, dtype="float16"),
-           '[simulation] dtype: use "float32" or "float64".')
+           '[simulation] dtype (--dtype): must be "float32" or "float64", got \'float16\'.')
     raises(lambda: Simulation.from_model_text(DEMO_TEXT, batch=0),
-           "[simulation] batch: must be a positive integer.")
+           "[simulation] batch (--batch): must be a whole number >= 1, got 0.")
     raises(lambda: Simulation.from_model_text(demo("dt = 0.05", "dt = 0.05\nstep = 0.1")),
            "give dt or step, not both.")
 

@@ -165,6 +165,91 @@ def test_weights_selected_by_projection_and_synapse(recording, tmp_path, drawn):
     assert list(panels) == ["out/soma/r", "w12/synapses/w (post:pre)"]
 
 
+def test_neurons_without_populations_draw_what_each_panel_recorded(recording, tmp_path,
+                                                                   drawn):
+    """--neurons 0 1 2 3 4 over panels that recorded different neurons: each draws those it
+    has (h1/soma/u only neuron 2 of 2, 5, 7), a note names what it lacks."""
+    panels, title, notes = drawn(recording, tmp_path / "n.png", neurons=[0, 1, 2, 3, 4])
+    assert list(panels) == ["h1/soma/u", "h1/apical/v", "out/soma/r"]
+    assert [label for label, _, _ in panels["h1/soma/u"]] == ["neuron 2"]
+    np.testing.assert_allclose(panels["h1/soma/u"][0][2], _neuron_value(TIMES, 0, 2), rtol=1e-6)
+    assert [label for label, _, _ in panels["h1/apical/v"]] == [f"neuron {i}" for i in range(5)]
+    assert [label for label, _, _ in panels["out/soma/r"]] == ["neuron 0", "neuron 1"]
+    assert notes == ["note: h1/soma/u: --neurons 0, 1, 3, 4 not recorded (its monitor "
+                     "recorded only neurons 2, 5, 7); drawn: 2.",
+                     'note: out/soma/r: --neurons 2..4 not recorded (population "out" has 2 '
+                     "neurons (valid: 0, 1)); drawn: 0, 1."]
+    assert "neurons 0, 1, 2, 3, 4" in title
+    # a panel with none of them is left out (noted); only none anywhere is an error
+    panels, _, notes = drawn(recording, tmp_path / "m.png", neurons=[6, 7])
+    assert list(panels) == ["h1/soma/u", "h1/apical/v"]
+    assert notes == ["note: h1/soma/u: --neurons 6 not recorded (its monitor recorded only "
+                     "neurons 2, 5, 7); drawn: 7.",
+                     'note: out/soma/r: none of --neurons 6, 7 recorded (population "out" has 2 '
+                     "neurons (valid: 0, 1)); not plotted."]
+
+
+def test_stimulus_recorded_for_some_neurons(tmp_path, capsys):
+    """A stimulus on neurons 0 and 2 of "y" is recorded for those two only: --neurons 0..4
+    draws them beside y's own recording; naming the population keeps the strict check."""
+    import neurosim.graph as g
+    from neurosim.simulation import Simulation, SimulationOptions
+    from neurosim.stimuli import Step, Stimulus
+    net = g.Network([g.InputPopulation("x", 2),
+                     g.InterneuronPopulation("y", 5, leak=1.0, activation="linear")],
+                    [g.Projection("w", "x", "y", init="ones")], name="stim")
+    sim = Simulation(net, SimulationOptions(solver="rk4", step=0.1, n_steps=5),
+                     stimuli=[Stimulus("y", Step(1.0), indices=[0, 2], name="s")])
+    path = tmp_path / "stim.h5"
+    with Recorder(path, attrs={"model": "stim", "solver": "rk4"}) as rec:
+        sim.run(monitors=[MonitorSpec("y", "soma", "u")], recorder=rec)
+    out = tmp_path / "stim.png"
+    assert cli(["plot", str(path), "--neurons", "0", "1", "2", "3", "4", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert out.exists() and "note: y/soma/stimulus_s: --neurons 1, 3, 4 not recorded" in \
+        captured.out
+    assert cli(["plot", str(path), "--populations", "y", "--neurons", "1", "--out",
+                str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "neuron 1 of population \"y\" is not recorded in " \
+        "y/soma/stimulus_s: its monitor recorded only neurons 0, 2" in err
+
+
+def test_a_named_projection_is_drawn_in_full_up_to_100_synapses(recording, tmp_path, drawn,
+                                                               capsys):
+    panels, _, notes = drawn(recording, tmp_path / "big.png", projections=["big"])
+    lines = panels["big/synapses/w (post:pre)"]
+    assert len(lines) == 20 and notes == []                 # 5 x 4 > 16, named: all drawn
+    assert lines[-1][0] == "4:3"
+    np.testing.assert_allclose(lines[-1][2], _weight_value(TIMES, 4, 3), rtol=1e-6)
+    # unnamed, it is still left out with a note
+    _, _, notes = drawn(recording, tmp_path / "all.png")
+    assert len(notes) == 1 and "big/synapses/w" in notes[0]
+    huge = tmp_path / "huge.h5"
+    with Recorder(huge) as rec:
+        rec.add("h/synapses/w", MonitorSpec("h", "synapses", "w"), (11, 10), axes=("post", "pre"))
+        rec.append("h/synapses/w", torch.zeros(11, 10), 0.0)
+    assert cli(["plot", str(huge), "--projections", "h", "--out", str(tmp_path / "h.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--projections h: h/synapses/w has 11 x 10 = 110 " \
+        "synapses, more than the 100 drawn at once; choose some with --synapses POST:PRE" in err
+
+
+def test_plot_format_follows_the_extension(recording, tmp_path, capsys):
+    for suffix, magic in ((".svg", b"<?xml"), (".pdf", b"%PDF")):
+        out = tmp_path / f"p{suffix}"
+        assert cli(["plot", str(recording), "--out", str(out)]) == 0
+        assert out.read_bytes().startswith(magic)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ROOT / "runs" / "digits" / "metrics.csv", run / "metrics.csv")
+    assert cli(["plot", str(run), "--out", str(tmp_path / "curves")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out " in err and "has no file extension" in err
+    assert "Traceback" not in err and not (tmp_path / "curves").exists()
+
+
 def test_weight_monitor_of_a_simulation(tmp_path, drawn):
     from neurosim.graph import load_model_file
     from neurosim.simulation import SYNAPSES, Simulation, weight_monitor
@@ -213,7 +298,9 @@ BAD = [
     (["--populations", "h1", "--neurons", "3"],
      ['--neurons: neuron 3 of population "h1" is not recorded in h1/soma/u',
       "recorded only neurons 2, 5, 7"]),
-    (["--neurons", "1"], ["--neurons", "choose the population with --populations"]),
+    (["--neurons", "9"], ["--neurons: none of neurons 9 is recorded in any chosen recording",
+                          "h1/soma/u: 2, 5, 7; h1/apical/v: 0..7; out/soma/r: 0, 1",
+                          "--populations"]),
     (["--compartments", "apical", "--neurons", "8"],
      ['population "h1" has 8 neurons (valid: 0..7)']),
     (["--samples", "3"], ["--samples: sample 3 is not recorded", "3 samples (valid: 0..2)"]),
@@ -227,7 +314,8 @@ BAD = [
      ["--synapses: synapse 2:0 is not in w12/synapses/w, a 2 x 3 matrix (post 0..1, pre 0..2)"]),
     (["--synapses", "4:0"], ["--synapses", "choose the projection with --projections"]),
     (["--synapses", "1-2"], ["--synapses takes POST:PRE pairs", "'1-2'"]),
-    (["--projections", "big"], ["nothing to plot", "5 x 4 = 20 synapses", "--synapses"]),
+    (["--out", "x.txt"], ['--out x.txt: ".txt" is not an image format; end the file name with '
+                          ".png", "supported: ", "pdf", "svg"]),
     (["--t-start", "5"], ["--t-start 5: h1/soma/u has no records in that window",
                           "t = 0 .. 0.9"]),
     (["--t-start", "0.5", "--t-stop", "0.1"], ["--t-start (0.5) must not be after --t-stop (0.1)"]),
@@ -352,6 +440,47 @@ def test_inspect_run_directory(tmp_path, capsys):
     assert cli(["inspect", str(tmp_path)]) == 2                      # not a run directory
     err = capsys.readouterr().err
     assert "is not a training run directory: it holds neither run.h5 nor metrics.csv" in err
+
+
+def test_inspect_run_directory_with_a_damaged_checkpoint(tmp_path, capsys):
+    """A damaged run.h5: the summary comes from metrics.csv, model.toml and the newest intact
+    kept checkpoint, naming the damaged file and the checkpoint resume falls back to."""
+    from neurosim.io import load_newest
+    from neurosim.training import Trainer
+    model = _fast_digits(tmp_path)
+    run = tmp_path / "run"
+    Trainer.from_model_file(model, progress=False, seed=3).fit(run, epochs=2, log=None)
+    kept = run / "checkpoints" / "epoch_0001.h5"
+    assert kept.is_file()
+    assert cli(["inspect", str(run)]) == 0
+    intact = _summary(capsys.readouterr().out)
+    data = (run / "run.h5").read_bytes()
+    (run / "run.h5").write_bytes(data[:len(data) // 2])            # truncated
+
+    assert cli(["inspect", str(run)]) == 0
+    captured = capsys.readouterr()
+    info = _summary(captured.out)
+    assert captured.err == ""
+    assert load_newest(run, kind="training")[0].path == kept        # where resume goes
+    assert info["checkpoint"].startswith(
+        f"{run / 'run.h5'} is damaged (truncated or not an HDF5 file); `neurosim resume {run}` "
+        f"falls back to {kept} (after epoch 1, written ")
+    assert info["epochs"].startswith(f"2 done of 3 planned (run.h5 is damaged: `neurosim resume "
+                                     f"{run}` continues from epoch 1; epoch 2 is trained again)")
+    for label in ("model", "protocol", "dataset", "seed", "overrides", "test accuracy",
+                  "train accuracy", "metrics", "training time"):
+        assert info[label] == intact[label], label           # metrics.csv: both epochs
+
+    kept.write_bytes(b"not a checkpoint")
+    assert cli(["inspect", str(run)]) == 0
+    info = _summary(capsys.readouterr().out)
+    assert info["checkpoint"] == (
+        f"{run / 'run.h5'} is damaged (truncated or not an HDF5 file); {kept} is damaged "
+        "(truncated or not an HDF5 file); no intact checkpoint is left, so the run cannot be "
+        f"resumed (start it again with `neurosim train {run / 'model.toml'} --out {run} "
+        "--force`)")
+    assert info["test accuracy"] == intact["test accuracy"]
+    assert info["epochs"].startswith("2 done of 3 planned")
 
 
 OJA_MODEL = """

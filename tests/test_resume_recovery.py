@@ -426,12 +426,14 @@ def test_cli_resume_continues_the_same_recording(full_recording, tmp_path, capsy
     assert cli(["simulate", str(model), "--out", str(rec), "--steps", "20", "--checkpoint",
                 str(ck), "--quiet"]) == 0
     shutil.copy(ck, ck20)
-    # the run went on to step 27, then "crashed": its checkpoint was still that of step 20
+    # the run went on to step 27, then "crashed": its checkpoint was still that of step 20,
+    # its recording incomplete (marked so below)
     assert cli(["simulate", "--resume", str(ck), "--out", str(rec), "--steps", "27",
                 "--quiet"]) == 0
     assert "recording continued in" in capsys.readouterr().out
     with open_recording(rec) as r:
         assert r.read("h/soma/u").values.shape[0] == 28
+    mark_incomplete(rec)
     assert cli(["simulate", "--resume", str(ck20), "--out", str(rec), "--steps", str(N_STEPS),
                 "--quiet"]) == 0
     assert_same_recording(full_recording, rec)
@@ -449,6 +451,8 @@ def test_cli_resume_continues_the_same_recording(full_recording, tmp_path, capsy
                     str(steps), "--quiet"]) == 0
         with open_recording(other) as r:
             assert r.read("h/soma/u").values.shape[0] == records
+        if steps < N_STEPS:
+            mark_incomplete(other)          # "crashed" at step 28
     t20 = float(load_checkpoint(ck20).payload["progress"]["t"])
     assert_same_recording(full_recording, other, after=t20)
 
@@ -531,3 +535,85 @@ def test_recorder_append_mode_rules(tmp_path):
             rec.truncate({1: 3, 2: 2, 3: 1}, last_times={1: 0.15})
     with open_recording(path) as r:             # closed before truncate(): untouched
         assert r.complete and r.read("h/soma/u").values.shape[0] == 5
+
+
+def test_resume_does_not_cut_a_finished_recording(tmp_path, capsys):
+    """A complete recording that goes on past the checkpoint is not continued (that would
+    drop its later records): one line naming --force and --out, the file unchanged. It is
+    continued where it ends at the checkpoint's step, or when it is incomplete (the recording
+    of a crashed run); --force starts a new one at the checkpoint's step."""
+    model, rec, ck, ck12 = (sim_model_file(tmp_path), tmp_path / "rec.h5", tmp_path / "ck.h5",
+                            tmp_path / "ck12.h5")
+    assert cli(["simulate", str(model), "--out", str(rec), "--steps", "12", "--checkpoint",
+                str(ck), "--quiet"]) == 0
+    shutil.copy(ck, ck12)
+    # ends at the checkpoint's step: continued (and the checkpoint moves on with it)
+    assert cli(["simulate", "--resume", str(ck), "--out", str(rec), "--steps", "20",
+                "--checkpoint", str(ck), "--quiet"]) == 0
+    assert "recording continued in" in capsys.readouterr().out
+    before = read_all(rec)
+
+    def unchanged():
+        after = read_all(rec)
+        for key, var in before.items():
+            assert var.values.tobytes() == after[key].values.tobytes(), key
+
+    # an older checkpoint into the finished recording: refused, nothing changes
+    assert cli(["simulate", "--resume", str(ck12), "--out", str(rec), "--steps", "25",
+                "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot continue recording {rec} at step 12" in err
+    assert "finished recording that goes on past this step (8 records after it on time axis " \
+           "every_1)" in err
+    assert "another --out" in err and "--force" in err
+    unchanged()
+    # the same from Python
+    sim = Simulation.load_checkpoint(ck12)
+    with pytest.raises(ConfigError, match="finished recording that goes on past this step"):
+        with Recorder(rec, append=True, config_text=SIM_TEXT) as r:
+            sim.run(25, monitors=sim_monitors(sim), recorder=r)
+    unchanged()
+    # the recording of a crashed run (incomplete) is continued from the older checkpoint
+    mark_incomplete(rec)
+    assert cli(["simulate", "--resume", str(ck12), "--out", str(rec), "--steps", "25",
+                "--quiet"]) == 0
+    with open_recording(rec) as r:
+        assert r.complete and r.read("h/soma/u").values.shape[0] == 26
+    # --force: a new recording from the checkpoint's step
+    assert cli(["simulate", "--resume", str(ck12), "--out", str(rec), "--steps", "25",
+                "--force", "--quiet"]) == 0
+    with open_recording(rec) as r:
+        assert r.attrs["first_step"] == 12 and r.read("h/soma/u").values.shape[0] == 13
+
+
+def test_continuing_refuses_another_seed_or_other_stimuli(tmp_path):
+    """Seed and a digest of the stimuli are root attributes of a recording and of a
+    checkpoint: a recording is continued only by a run with the same ones."""
+    from neurosim.stimuli import OrnsteinUhlenbeck, Stimulus
+
+    network = Simulation.from_model_text(SIM_TEXT).network
+
+    def simulation(seed=5, sigma=0.5):
+        options = Simulation.from_model_text(SIM_TEXT, seed=seed).options
+        stimuli = [] if sigma is None else \
+            [Stimulus("h", OrnsteinUhlenbeck(sigma=sigma, tau=1.0))]
+        return Simulation(network, options, stimuli=stimuli)
+
+    path = tmp_path / "rec.h5"
+    sim = simulation()
+    attrs = sim.run_attrs()
+    assert attrs["seed"] == 5 and len(attrs["stimuli_digest"]) == 16
+    assert simulation(sigma=None).run_attrs()["stimuli_digest"] == "none"
+    assert simulation(sigma=0.5).run_attrs() == attrs          # the same stimuli, rebuilt
+    with Recorder(path) as rec:
+        sim.run(6, monitors=sim_monitors(sim), recorder=rec)
+    with open_recording(path) as r:
+        assert r.attrs["seed"] == 5 and r.attrs["stimuli_digest"] == attrs["stimuli_digest"]
+    mark_incomplete(path)
+    for other, message in ((simulation(seed=6), "seed = 5 there, 6 here"),
+                           (simulation(sigma=0.7), "stimuli_digest = ")):
+        with pytest.raises(RecordingError, match=message):
+            with Recorder(path, append=True) as rec:
+                other.run(6, monitors=sim_monitors(other), recorder=rec)
+    with open_recording(path) as r:                 # untouched
+        assert r.read("h/soma/u").values.shape[0] == 7

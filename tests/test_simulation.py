@@ -499,3 +499,84 @@ def test_python_built_simulation_resumes_with_its_network(tmp_path):
     assert resumed.step == 15 and set(resumed.nudges) == {"h"}
     resumed.run(40)
     assert torch.equal(resumed.state.u, full.state.u) and torch.equal(resumed.state.r, full.state.r)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(duration=float("nan")), "SimulationOptions.duration: must be a finite number > 0, "
+                                  "got nan"),
+    (dict(duration=-1.0), "SimulationOptions.duration: must be a finite number > 0, got -1.0"),
+    (dict(n_steps=0), "SimulationOptions.n_steps: must be a whole number >= 1"),
+    (dict(step=float("nan")), "SimulationOptions.step: must be a finite number > 0, got nan"),
+    (dict(step=0.0), "SimulationOptions.step: must be a finite number > 0"),
+    (dict(solver="dopri5", rtol=-1.0), "SimulationOptions.rtol: must be a finite number > 0"),
+    (dict(steady_tol=-1.0), "SimulationOptions.steady_tol: must be a finite number > 0"),
+    (dict(seed=-1), "SimulationOptions.seed: must be a whole number >= 0, got -1"),
+    (dict(seed=1.5), "SimulationOptions.seed: must be a whole number >= 0, got 1.5"),
+    (dict(batch=0), "SimulationOptions.batch: must be a whole number >= 1, got 0"),
+    (dict(dtype="float16"), 'SimulationOptions.dtype: must be "float32" or "float64"'),
+    (dict(device="tpu"), 'SimulationOptions.device: "tpu" is not a device; use "cpu"'),
+    (dict(solver="dopri5", max_rhs_evals=0), "SimulationOptions.max_rhs_evals must be a "
+                                             "positive integer"),
+    (dict(checkpoint_every=0), "SimulationOptions.checkpoint_every: must be a whole number"),
+])
+def test_python_built_options_are_checked(options, message):
+    """The checks of a model file's [simulation] table, naming the SimulationOptions field."""
+    from neurosim.simulation import SimulationOptions
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Simulation(demo_network_in_python(), SimulationOptions(**{"duration": 1.0, **options}))
+
+
+def test_python_built_resume_needs_the_same_stimuli_and_fixed_options(tmp_path):
+    """A checkpoint keeps a digest of its stimuli: loading it without them, or with others,
+    is a ConfigError; batch, seed, dtype and dt cannot change; an end before the checkpoint
+    is refused, and so is run() to an earlier step."""
+    from neurosim.simulation import SimulationOptions
+    from neurosim.stimuli import OrnsteinUhlenbeck, Stimulus, Sine
+
+    def stimuli(sigma=1.0, **kw):
+        return [Stimulus("lower", OrnsteinUhlenbeck(sigma=sigma, tau=0.5), **kw),
+                Stimulus("stimulus", lambda t: 0.1 * t, name="ramp")]
+
+    options = SimulationOptions(solver="rk4", step=0.05, n_steps=20, batch=2, seed=1)
+    full = Simulation(demo_network_in_python(), options, stimuli=stimuli())
+    full.run(10)
+    full.save_checkpoint(tmp_path / "ck.h5")
+    full.run()
+    path = tmp_path / "ck.h5"
+
+    def load(given=None, **overrides):
+        return Simulation.load_checkpoint(path, network=demo_network_in_python(),
+                                          stimuli=stimuli() if given is None else given,
+                                          **overrides)
+
+    resumed = load()
+    resumed.run()
+    assert bits(resumed.state.u) == bits(full.state.u)
+    with pytest.raises(ConfigError, match=r"was saved with stimuli \(lower_ou, ramp\) but none "
+                                          r"were given; pass the same stimuli"):
+        load([])
+    for other in (stimuli(sigma=2.0), stimuli(indices=[0, 1]),
+                  [stimuli()[0], Stimulus("stimulus", Sine(0.1, frequency=1.0), name="ramp")],
+                  stimuli()[:1]):
+        with pytest.raises(ConfigError, match="differ from those it was saved with"):
+            load(other)
+    for key, value, shown in (("seed", 2, "seed (--seed)"), ("batch", 3, "batch (--batch)"),
+                              ("dtype", "float64", "dtype (--dtype)"), ("dt", 0.01, "dt (--dt)"),
+                              ("step", 0.01, "dt (--dt)")):
+        with pytest.raises(ConfigError, match=rf"{shown.replace('(', '.').replace(')', '.')} "
+                                              "cannot change on resume"):
+            load(**{key: value})
+    assert load(seed=1, batch=2, step=0.05).step == 10           # the same values are fine
+    with pytest.raises(ConfigError, match=r"already at step 10 \(t=0\.5\), so n_steps "
+                                          r"\(--steps\) = 8 leaves nothing to run"):
+        load(n_steps=8)
+    with pytest.raises(ConfigError, match=r"already at step 20 .* after run\(5\) at step 5; "
+                                          "n_steps is the absolute step"):
+        full.run(5)
+    # a model-file checkpoint takes its stimuli from its text
+    sim = Simulation.from_model_text(DEMO.read_text(), n_steps=2)
+    sim.run()
+    sim.save_checkpoint(tmp_path / "text.h5")
+    with pytest.raises(ConfigError, match=r"holds its model text, whose \[\[stimulus\]\] tables "
+                                          "give the stimuli"):
+        Simulation.load_checkpoint(tmp_path / "text.h5", stimuli=stimuli())

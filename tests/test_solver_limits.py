@@ -1,4 +1,5 @@
-"""Work limits of adaptive solvers (max_rhs_evals per output interval) and the stiffness hint.
+"""Work limits of adaptive solvers (max_rhs_evals per output interval, and the run's budget of
+max(200, max_rhs_evals / 50) evaluations per output step on average) and the stiffness hint.
 
 The stiff network: a slow pyramidal population (decay rate 1) coupled both ways to a fast
 interneuron population (rate 1e6, decay rate 1e6), so its decay rates span a ratio of 1e6.
@@ -79,9 +80,12 @@ def test_dopri5_on_a_stiff_network_stops_fast_and_recommends_bdf(capsys):
     assert "\n" not in message
     assert message.startswith('solver "dopri5" stopped at t=')
     assert "of t_end=2" in message                                         # how far it got
-    assert f"{DEFAULT_MAX_RHS_EVALS} right-hand-side evaluations (max_rhs_evals)" in message
-    assert "output interval [0, 0.01]" in message
-    assert "smallest" in message and "step size ~" in message
+    # the run's pace, projected to t_end, exceeds its budget: it stops after ~100 steps
+    # instead of spending max_rhs_evals on the first interval
+    assert "at its present pace the run would need ~4" in message and "e+06" in message
+    assert "more than the 40000 a run of 200 output steps may use (200 per output step" \
+        in message
+    assert "held to steps of ~3" in message and "e-06" in message
     assert "looks stiff" in message and "ratio ~1e+06" in message           # the hint
     assert "--solver bdf" in message and "lsoda" in message and "radau" in message
     assert "--max-rhs-evals" in message and "max_rhs_evals = N in [simulation]" in message
@@ -333,6 +337,149 @@ def test_continuous_plasticity_is_bounded_too():
     assert time.perf_counter() - start < 30.0
     message = str(info.value)
     assert message.startswith('solver "dopri5" stopped at t=') and "of t_end=0.1" in message
-    assert "2000 right-hand-side evaluations" in message and "looks stiff" in message
+    # the run's pace projected to t_end exceeds its budget: stopped after ~100 steps
+    assert "at its present pace the run would need" in message and "looks stiff" in message
     assert "--plasticity N" in message and "--solver bdf" in message
     assert "--max-rhs-evals" in message
+
+
+# ---------------------------------------------------------------------------- the run's budget
+
+def test_a_small_output_step_does_not_let_a_stiff_run_crawl(capsys):
+    """dt = 1e-4: each output interval takes only ~33 dopri5 steps (~230 evaluations), far
+    under max_rhs_evals, and the run to t = 0.05 took 113,000 evaluations (~13 s) unbounded.
+    The run's budget (200 per output step: 100,000 here) is checked against the run's pace
+    after 100 steps: it stops within a second, recommending bdf and saying how far it got."""
+    start = time.perf_counter()
+    with pytest.raises(SimulationError) as info:
+        run("dopri5", t_end=0.05, dt=1e-4)
+    elapsed = time.perf_counter() - start
+    message = str(info.value)
+    with capsys.disabled():
+        print(f"\n  dopri5, dt=1e-4, stopped after {elapsed:.2f} s: {message[:160]}...", end="")
+    assert elapsed < 5.0
+    assert "\n" not in message and message.startswith('solver "dopri5" stopped at t=')
+    assert "of t_end=0.05: at its present pace the run would need ~1" in message
+    assert "more than the 100000 a run of 500 output steps may use (200 per output step" \
+        in message
+    assert "looks stiff" in message and "--solver bdf" in message
+    assert "--max-rhs-evals 1" in message and "would cover this run" in message
+
+
+def test_a_stiff_run_within_its_budget_warns_early_and_says_what_it_will_cost():
+    """dt = 3e-5 to t = 0.012: ~27,000 evaluations, inside the budget of 400 x 200; warned
+    (once) after its first 100 steps, though no output interval takes 100 steps."""
+    with pytest.warns(StiffnessWarning) as caught:
+        u, stats = run("dopri5", t_end=0.012, dt=3e-5)
+    assert stats.steps == 400 and 10_000 < stats.rhs_evals < 80_000
+    stiff = [w for w in caught if w.category is StiffnessWarning]
+    assert len(stiff) == 1
+    text = str(stiff[0].message)
+    assert text.startswith('solver "dopri5" has taken 100 steps up to t=')
+    assert "At this pace the run to t_end=0.012 takes ~" in text and "looks stiff" in text
+    assert "--solver bdf" in text
+
+
+def test_the_diagnosis_changes_neither_the_solution_nor_the_count(monkeypatch):
+    """The power iteration runs on copies and its evaluations are not counted: the same bits
+    and the same rhs_evals with the diagnosis (it warned) as without it."""
+    with pytest.warns(StiffnessWarning):
+        diagnosed, stats = run("dopri5", fast_rate=1e5, t_end=3 * DT)
+    monkeypatch.setattr(limits, "WARN_STEPS", 10 ** 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StiffnessWarning)
+        plain, plain_stats = run("dopri5", fast_rate=1e5, t_end=3 * DT)
+    assert torch.equal(diagnosed, plain) and stats.rhs_evals == plain_stats.rhs_evals
+
+
+def test_run_budget_is_counted_across_intervals_and_names_discontinuous_stimuli():
+    """dopri5 on a noise current held on a grid of 0.05: every interval of 0.1 stays far under
+    max_rhs_evals, but the jumps cost ~500 evaluations per output step, over the run's average
+    of 200 (at least max_rhs_evals in all): the error names the stimulus and recommends a
+    fixed-step solver at or below its grid; a raised limit lets the run through."""
+    from neurosim.stimuli import OrnsteinUhlenbeck, Stimulus
+    net = Network([InputPopulation("x", 1),
+                   InterneuronPopulation("y", 3, leak=1.0, activation="tanh")],
+                  [Projection("w", "x", "y", init="ones")], name="noisy")
+
+    def simulate(**options):
+        sim = Simulation(net, SimulationOptions(
+            solver="dopri5", step=0.1, duration=2.0, batch=2, dtype="float64",
+            inputs={"x": [0.0]}, **options),
+            stimuli=[Stimulus("y", OrnsteinUhlenbeck(sigma=1.0, tau=0.1, dt=0.05), name="n")])
+        return sim.run()
+
+    with pytest.raises(SimulationError) as info:
+        simulate()
+    message = str(info.value)
+    assert "\n" not in message and message.startswith('solver "dopri5" stopped at t=')
+    assert "it has made 10000 right-hand-side evaluations, the 10000 a run of 20 output " \
+           "steps may use" in message
+    assert 'The stimuli "n" (ou, jumps every 0.05) are discontinuous' in message
+    assert "fixed-step solver (--solver rk4 or euler" in message
+    assert "--dt at or below 0.05" in message
+    assert "tolerances tight" not in message and "looks stiff" not in message
+    stats = simulate(max_rhs_evals=40_000)
+    assert stats.steps == 20 and stats.rhs_evals > DEFAULT_MAX_RHS_EVALS
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "bdf"])
+def test_interval_limit_on_noise_recommends_a_fixed_step_solver(solver):
+    from neurosim.stimuli import Stimulus, WhiteNoise
+    net = Network([InputPopulation("x", 1),
+                   InterneuronPopulation("y", 3, leak=1.0, activation="tanh")],
+                  [Projection("w", "x", "y", init="ones")], name="noisy")
+    sim = Simulation(net, SimulationOptions(solver=solver, step=1.0, duration=20.0, batch=2,
+                                            dtype="float64", inputs={"x": [0.0]}),
+                     stimuli=[Stimulus("y", WhiteNoise(sigma=1.0, dt=0.001), name="n")])
+    with pytest.raises(SimulationError) as info:
+        sim.run()
+    message = str(info.value)
+    assert "10000 right-hand-side evaluations (max_rhs_evals) did not get it across the " \
+           "output interval [0, 1]" in message
+    assert '"n" (white_noise, jumps every 0.001) are discontinuous' in message
+    assert "--dt at or below 0.001" in message and "Loosen the tolerances" not in message
+
+
+def test_cli_prints_the_stiffness_warning_as_one_line(tmp_path, capsys):
+    model = tmp_path / "stiff.toml"
+    model.write_text(STIFF_MODEL.replace("rate = 1e6", "rate = 1e5"))
+    code = main(["simulate", str(model), "--out", str(tmp_path / "a.h5"), "--quiet",
+                 "--steps", "3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('neurosim: warning: solver "dopri5" has taken')
+    assert "--solver bdf" in lines[0]
+    assert "StiffnessWarning" not in captured.err and ".py:" not in captured.err
+    assert captured.out.startswith("3 steps to t=0.03 with dopri5")
+
+
+def test_continuous_plasticity_diagnosis_runs_no_rule_and_counts_nothing(monkeypatch):
+    """The joint system's diagnosis evaluates the potentials only, at the weights as they are:
+    no rule derivative is called (a rule may keep state), no weight is written and no
+    evaluation is counted, so the run is the same with the diagnosis (it warned) as without."""
+    oja = Path(__file__).resolve().parents[1] / "examples" / "oja_simulate.toml"
+    text = oja.read_text().replace("rate = 10.0", "rate = 3e4")
+
+    def simulate():
+        sim = Simulation.from_model_text(text, base_dir=oja.parent, plasticity="continuous",
+                                         solver="dopri5", dtype="float64", duration=0.06,
+                                         batch=20)
+        rule = sim.rules.projection_rules[0][2]
+        calls = []
+        original = type(rule).derivative
+        monkeypatch.setattr(type(rule), "derivative",
+                            lambda self, ctx: calls.append(1) or original(self, ctx))
+        stats = sim.run()
+        monkeypatch.setattr(type(rule), "derivative", original)
+        return sim.net.weights["w"].clone(), sim.state.u.clone(), stats.rhs_evals, len(calls)
+
+    with pytest.warns(StiffnessWarning, match="looks stiff"):
+        diagnosed = simulate()
+    monkeypatch.setattr(limits, "WARN_STEPS", 10 ** 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StiffnessWarning)
+        plain = simulate()
+    assert torch.equal(diagnosed[0], plain[0]) and torch.equal(diagnosed[1], plain[1])
+    assert diagnosed[2] == plain[2] == diagnosed[3] == plain[3]     # one rule call per eval

@@ -295,3 +295,137 @@ def test_noise_needs_a_grid_under_a_decaying_step_schedule():
             stimuli=[Stimulus("h", WhiteNoise(sigma=1.0))])
     with pytest.raises(ConfigError, match="not callable"):
         Function(3.0)
+
+
+# ---------------------------------------------------------------- review fixes
+def test_edges_and_samples_fall_on_their_steps(tmp_path):
+    """Step k is at k dt exactly (no accumulated rounding), and an edge at k dt is on from
+    step k: sampled values and pulse edges land on the step they name."""
+    from neurosim.io import MonitorSpec
+    sim = Simulation(linear_net(), SimulationOptions(solver="euler", step=0.1, n_steps=60,
+                                                     dtype="float64", inputs={"x": 0.0}),
+                     stimuli=[Stimulus("h", Sampled(np.arange(100.0), dt=0.1), name="ramp"),
+                              Stimulus("h", Pulses(1.0, width=0.1, period=0.3), name="p")])
+    with Recorder(tmp_path / "r.h5") as rec:
+        sim.run(monitors=[MonitorSpec("h", "soma", "u")], recorder=rec)
+    with h5py.File(tmp_path / "r.h5") as fh:
+        samples = fh["recordings/h/soma/stimulus_ramp"][:, 0, 0]
+        pulses = fh["recordings/h/soma/stimulus_p"][:, 0, 0]
+        times = fh["time/every_1"][()]
+    assert samples.tolist() == list(range(61))
+    assert pulses.tolist() == [1.0 if k % 3 == 0 else 0.0 for k in range(61)]
+    assert times.tolist() == [k * 0.1 for k in range(61)]
+
+
+def test_white_noise_finer_than_a_fixed_step_is_refused():
+    with pytest.raises(ConfigError, match=r"finer than the solver's step \(0.1\)"):
+        simulate([Stimulus("h", WhiteNoise(sigma=1.0, dt=0.01))], solver="euler", dt=0.1)
+    simulate([Stimulus("h", WhiteNoise(sigma=1.0, dt=0.2))], solver="euler", dt=0.1)
+    simulate([Stimulus("h", WhiteNoise(sigma=1.0, dt=0.01))], solver="dopri5", dt=0.1,
+             duration=0.2)
+
+
+def test_stimuli_can_be_reused_and_shared():
+    """A simulation works on its own copies: the same Stimulus list serves several seeds, and
+    one waveform object may drive populations of different sizes."""
+    noise = [Stimulus("h", OrnsteinUhlenbeck(sigma=1.0, tau=0.5))]
+    shared = [simulate(noise, "euler", duration=0.5, seed=s).state.u for s in (0, 1)]
+    fresh = [simulate([Stimulus("h", OrnsteinUhlenbeck(sigma=1.0, tau=0.5))], "euler",
+                      duration=0.5, seed=s).state.u for s in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(shared, fresh))
+    assert not torch.equal(fresh[0], fresh[1])
+    wave = Sine(1.0, frequency=1.0)
+    sim = simulate([Stimulus("h", wave), Stimulus("x", wave)], duration=0.5)
+    assert sim.state["x"].r.shape == (2, 3)
+
+
+def test_dendritic_potential_includes_the_injected_current(tmp_path):
+    from neurosim.io import MonitorSpec
+    sim = Simulation(linear_net(), SimulationOptions(solver="rk4", step=0.1, n_steps=10,
+                                                     dtype="float64", inputs={"x": 0.0}),
+                     stimuli=[Stimulus("h", Step(1.0, start=0.5), compartment="apical")])
+    with Recorder(tmp_path / "r.h5") as rec:
+        sim.run(monitors=[MonitorSpec("h", "apical", "v")], recorder=rec)
+    assert sim.state["h"].v["apical"].tolist() == [[1.0] * 4]
+    with h5py.File(tmp_path / "r.h5") as fh:
+        v = fh["recordings/h/apical/v"][:, 0, 0]
+    assert v.tolist() == [0.0] * 5 + [1.0] * 6
+
+
+def test_continuous_plasticity_records_the_stimulated_input():
+    from neurosim.plasticity import PlasticityRule
+
+    class Still(PlasticityRule):
+        name = "still"
+
+        def derivative(self, ctx):
+            return torch.zeros_like(ctx.weight)
+
+    net = g.Network(linear_net().populations, [g.Projection("x_h", "x", "h", "basal",
+                                                            init="ones", rules=[Still()])])
+    sim = simulate([Stimulus("x", Ramp(1.0, stop=1.0))], solver="rk4", duration=0.55,
+                   network=net, plasticity="continuous")
+    assert sim.state["x"].r.tolist() == [[0.55] * 3] * 2
+
+
+def test_steady_state_waits_for_the_stimuli():
+    sim = simulate([Stimulus("h", Step(1.0, start=2.0))], solver="rk4", duration=50.0, dt=0.05,
+                   steady_tol=1e-6)
+    assert sim.t > 2.0
+    assert float(sim.state["h"].u[0, 0]) == pytest.approx(1.0 / DECAY, abs=1e-5)
+    with pytest.raises(ConfigError, match="never stops changing"):
+        simulate([Stimulus("h", Sine(1.0, frequency=1.0))], solver="rk4", steady_tol=1e-6)
+
+
+def test_inputs_written_in_the_state_or_set_in_sim_inputs():
+    net = g.Network([g.InputPopulation("x", 2),
+                     g.PyramidalPopulation("y", 1, leak=1.0, basal=0.0, apical=0.0,
+                                           activation="linear")],
+                    [g.Projection("x_y", "x", "y", compartment="soma", init="ones",
+                                  plastic=False)])
+    sim = Simulation(net, SimulationOptions(solver="dopri5", step=0.1, duration=30, batch=1,
+                                            dtype="float64", inputs={"x": 0.0}))
+    sim.run()
+    sim.state["x"].r[:] = 1.0                      # written in the state: the new input
+    sim.run(600)
+    assert float(sim.state["y"].u) == pytest.approx(2.0, abs=1e-6)
+    sim.inputs["x"] = torch.full((1, 2), 0.25, dtype=torch.float64)   # or set as the input
+    sim.run(900)
+    assert float(sim.state["y"].u) == pytest.approx(0.5, abs=1e-6)
+    assert sim.state["x"].r.tolist() == [[0.25, 0.25]]
+    driven = Simulation(net, SimulationOptions(solver="euler", step=0.1, duration=1, batch=1,
+                                               inputs={"x": 0.0}),
+                        stimuli=[Stimulus("x", Step(1.0))])
+    driven.run()
+    driven.state["x"].r[:] = 3.0
+    with pytest.raises(ConfigError, match='set x0 with sim.inputs\\["x"\\]'):
+        driven.run(20)
+
+
+@pytest.mark.parametrize("indices", ["12", [0.5], [True]])
+def test_indices_must_be_integers(indices):
+    with pytest.raises(ConfigError, match="indices must be a list of neuron numbers"):
+        simulate([Stimulus("h", Step(1.0), indices=indices)], duration=0.1)
+
+
+@pytest.mark.parametrize("table,message", [
+    ('type = "ou"\npopulation = "h"\nsigma = 1.0', 'missing required key "tau"'),
+    ('type = "sine"\npopulation = "h"', 'missing required key "frequency"'),
+    ('type = "array"\npopulation = "h"\nvalues = [[1.0, 2.0]]\ndt = 1.0',
+     "values have shape (1, 2); use (T,), (T, 4)"),
+])
+def test_stimulus_messages_name_the_table_once(tmp_path, capsys, table, message):
+    model = tmp_path / "m.toml"
+    model.write_text(MODEL + "[[stimulus]]\n" + table + "\n")
+    assert main(["simulate", str(model), "--out", str(tmp_path / "r.h5"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("[[stimulus]] #1") == 1, err
+
+
+def test_training_refuses_stimuli(tmp_path, capsys):
+    model = tmp_path / "m.toml"
+    model.write_text((ROOT / "models" / "corinfomax_digits.toml").read_text()
+                     + '\n[[stimulus]]\npopulation = "h1"\ntype = "step"\n')
+    assert main(["train", str(model), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "[[stimulus]]: stimuli drive simulations" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -58,15 +58,20 @@ class NeuralState:
     """Explicit network state: soma potentials ``u`` and activities ``r`` (samples as rows).
 
     A state made by :meth:`CompiledNetwork.zero_state` knows its layout: ``state["h"]`` is
-    population h's part of it (:class:`PopulationState`)."""
+    population h's part of it (:class:`PopulationState`). A simulation's state also carries
+    its time ``t`` and its stimuli (``drive``), so that dendritic potentials include the
+    currents injected into them."""
 
     u: torch.Tensor
     r: torch.Tensor
     net: "CompiledNetwork | None" = field(default=None, repr=False, compare=False)
+    t: float = field(default=0.0, repr=False, compare=False)
+    drive: object | None = field(default=None, repr=False, compare=False)
 
     def clone(self) -> "NeuralState":
-        """A copy with its own ``u`` and ``r`` tensors (sharing the layout)."""
-        return NeuralState(self.u.clone(), self.r.clone(), self.net)
+        """A copy with its own ``u`` and ``r`` tensors (sharing the layout, time and
+        stimuli)."""
+        return NeuralState(self.u.clone(), self.r.clone(), self.net, self.t, self.drive)
 
     def __getitem__(self, population: str) -> "PopulationState":
         if self.net is None:
@@ -81,10 +86,23 @@ class NeuralState:
         return list(self.net.slots) if self.net is not None else []
 
 
+def dendritic_potential(state: NeuralState, population: str, compartment: str) -> torch.Tensor:
+    """v_c of a state: the synaptic part ``sum_{q -> c} gain_q W_q r_src`` plus the stimuli
+    that the state's drive injects into the compartment at the state's time."""
+    v = state.net.compartment_potential(state, population, compartment)
+    if state.drive is not None:
+        injected = state.drive.compartment_input(population, compartment, state.t)
+        if injected is not None:
+            v = v + injected
+    return v
+
+
 class PopulationState:
     """One population's part of a :class:`NeuralState`: ``u`` and ``r`` are views (batch x
-    neurons; writing to them writes the state), ``v`` the dendritic potentials
-    ``v_c = sum_{q -> c} gain_q W_q r_src`` (computed, batch x neurons per compartment)."""
+    neurons; writing to them writes the state; an input's ``r`` is its clamped value, which a
+    simulation reads back as the input when it next runs), ``v`` the dendritic potentials
+    ``v_c = sum_{q -> c} gain_q W_q r_src + I_c(t)`` (computed, batch x neurons per
+    compartment; ``I_c`` the stimuli injected into c)."""
 
     def __init__(self, state: NeuralState, population: str):
         self.state, self.name = state, population
@@ -101,12 +119,12 @@ class PopulationState:
 
     @property
     def v(self) -> dict[str, torch.Tensor]:
-        """Dendritic potentials by compartment (empty for inputs and interneurons)."""
-        net = self.state.net
-        pop = net.network.population(self.name)
+        """Dendritic potentials by compartment, stimuli included (empty for inputs and
+        interneurons)."""
+        pop = self.state.net.network.population(self.name)
         if pop.is_input:
             return {}
-        return {c: net.compartment_potential(self.state, self.name, c) for c in pop.compartments}
+        return {c: dendritic_potential(self.state, self.name, c) for c in pop.compartments}
 
     def __repr__(self) -> str:
         slot = self.state.net.slots[self.name]

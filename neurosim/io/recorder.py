@@ -405,6 +405,16 @@ class Recorder:
         return tuple(sorted(self._clocks))
 
     @property
+    def records_held(self) -> dict[int, int]:
+        """For each ``every`` of the monitors added so far, the records the file holds on that
+        time axis now (the most of its times and of any of its monitors' values); while
+        continuing a recording, what :meth:`truncate` would keep or drop is counted from it."""
+        self._check_open()
+        return {every: max([clock.ds.shape[0], *(m.ds.shape[0] for m in self._monitors.values()
+                                                  if m.spec.every == every)])
+                for every, clock in sorted(self._clocks.items())}
+
+    @property
     def file_attrs(self) -> dict[str, Any]:
         """The root attributes now in the file."""
         self._check_open()

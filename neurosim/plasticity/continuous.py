@@ -64,6 +64,28 @@ class PlasticSystem:
                 rate.mul_(net.masks[name])
         return (du, *(rates[n] for n in self.names))
 
+    def make_probe(self):
+        """A function (t, y) -> dy/dt for the stiffness diagnosis of
+        :mod:`neurosim.solvers.limits`: du/dt of the potentials in y with the weights as they
+        are now, and zero weight rates, on its own copy of the activities. It runs no rule
+        (a rule's derivative may keep state), writes no weight and counts no evaluation, so
+        diagnosing leaves the run and its resume bit-exact; the potentials' fast modes, which
+        make the joint system stiff, are all it needs."""
+        from ..dynamics import NeuralState
+        dynamics = self.make_dynamics()
+        scratch = self.scratch.clone()
+
+        def probe(t: float, y) -> tuple[torch.Tensor, ...]:
+            u = y[0]
+            dynamics.set_time(NeuralState(u, scratch), float(t))
+            return (dynamics.rhs(u, scratch, float(t)), *(torch.zeros_like(w) for w in y[1:]))
+        return probe
+
+    @property
+    def drive(self):
+        """The stimuli of the simulation (neurosim.stimuli.Drive), or None."""
+        return getattr(self.make_dynamics(), "drive", None)
+
     def write_back(self, y, state) -> None:
         """Copy an integrated (u, W...) into the simulation state and the network."""
         state.u.copy_(y[0])

@@ -4,7 +4,8 @@ Names: "euler", "gs-euler" (layer-ordered Gauss-Seidel Euler, CorInfoMax's schem
 "rk4"; any torchdiffeq method as "dopri5", "bosh3", "adaptive_heun", "dopri8" or
 "torchdiffeq:<method>"; scipy ``solve_ivp`` as "bdf", "lsoda", "radau", "rk45" or
 "scipy:<method>". Adaptive solvers take ``rtol``/``atol`` and ``max_rhs_evals``, the
-right-hand-side evaluations allowed per output interval (see neurosim.solvers.limits).
+right-hand-side evaluations allowed per output interval, which also sets the run's budget
+(see neurosim.solvers.limits).
 """
 from __future__ import annotations
 

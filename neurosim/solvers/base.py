@@ -18,6 +18,7 @@ import torch
 
 from ..dynamics import NeuralState, PhaseDynamics
 from ..errors import SimulationError
+from .schedules import time_grid
 
 
 @dataclass
@@ -71,12 +72,14 @@ class ContinuousSolver(Solver):
 
 @dataclass
 class SteadyState:
-    """Stop once max |du/dt| < tol, checked every ``check_every`` steps; ``max_steps`` bounds
-    the run (reaching it leaves ``converged = False``)."""
+    """Stop once max |du/dt| < tol, checked every ``check_every`` steps and not before time
+    ``after`` (e.g. the end of a stimulus); ``max_steps`` bounds the run (reaching it leaves
+    ``converged = False``)."""
 
     tol: float = 1e-6
     check_every: int = 1
     max_steps: int = 100_000
+    after: float = float("-inf")
 
 
 @dataclass
@@ -112,6 +115,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     stats = SolveStats(steps=step0, t=t0)
     evals0 = dynamics.rhs_evals
     k, t = step0, t0
+    time = time_grid(schedule, step0, t0)
     dynamics.set_time(state, t)
 
     def visit(k: int, t: float) -> bool:
@@ -120,7 +124,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
                 obs.callback(k, t, state)
         if check_finite_every and k % check_finite_every == 0:
             dynamics.check_finite(state, k)
-        if steady is not None and k % steady.check_every == 0:
+        if steady is not None and k % steady.check_every == 0 and t >= steady.after:
             stats.residual = float(dynamics.residual(state))
             if stats.residual < steady.tol:
                 stats.converged = True
@@ -131,16 +135,14 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     if isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
                                                     or progress or after_step or dynamics.drive):
         for j in range(k, n_steps):      # fast path: nothing to do between steps
-            dt = schedule(j)
-            solver.step(dynamics, state, dt)
-            t += dt
+            solver.step(dynamics, state, schedule(j))
+            t = time(j, t)
         k = max(k, n_steps)
         dynamics.t = t
     elif isinstance(solver, FixedStepSolver):
         while k < n_steps and not done:
-            dt = schedule(k)
-            solver.step(dynamics, state, dt)
-            k, t = k + 1, t + dt
+            solver.step(dynamics, state, schedule(k))
+            k, t = k + 1, time(k, t)
             dynamics.set_time(state, t)
             done = visit(k, t)
             if after_step is not None:
@@ -153,7 +155,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
             end = min(n_steps, (k // solver.segment + 1) * solver.segment)
             times = [t]
             for j in range(k, end):
-                times.append(times[-1] + schedule(j))
+                times.append(time(j, times[-1]))
             path = solver.integrate(dynamics, state, times)
             for i, u in enumerate(path[1:], start=1):
                 state.u.copy_(u)

@@ -9,7 +9,27 @@ from ..dynamics import NeuralState, PhaseDynamics
 from ..errors import ConfigError, SimulationError
 from .base import ContinuousSolver
 from .limits import (DEFAULT_MAX_RHS_EVALS, IMPLICIT_ADVICE, RhsBudget, check_max_rhs_evals,
-                     decay_rates)
+                     decay_rates, discontinuous_stimuli)
+
+
+def _uncounted(dynamics: PhaseDynamics, scratch: torch.Tensor, to_tensor=None, to_output=None):
+    """A factory of ``(t, y) -> du/dt`` functions for the stiffness diagnosis
+    (neurosim.solvers.limits): each evaluates ``dynamics.rhs`` on its own copy of the scratch
+    activities ``scratch`` and leaves ``dynamics.rhs_evals`` as it was, so that diagnosing
+    changes neither the integration nor the evaluations it reports. ``to_tensor`` and
+    ``to_output`` convert y and du/dt (scipy's numpy vectors)."""
+    def make_probe():
+        private = scratch.clone()
+
+        def probe(t, y):
+            evals = dynamics.rhs_evals
+            try:
+                du = dynamics.rhs(y if to_tensor is None else to_tensor(y), private, t)
+            finally:
+                dynamics.rhs_evals = evals
+            return du if to_output is None else to_output(du)
+        return probe
+    return make_probe
 
 
 class TorchDiffEq(ContinuousSolver):
@@ -43,22 +63,27 @@ class TorchDiffEq(ContinuousSolver):
                 "max_rhs_evals": self.max_rhs_evals, **self.options}
 
     def bounded(self, odeint, times, *, decay=(), evals_so_far=None,
-                stiff_advice: str = IMPLICIT_ADVICE):
+                stiff_advice: str = IMPLICIT_ADVICE, make_probe=None, stimuli=()):
         """``odeint`` limited to ``max_rhs_evals`` right-hand-side evaluations per output
-        interval of ``times``, with a stiffness diagnosis (neurosim.solvers.limits); unchanged
+        interval of ``times`` and to the run's budget, with a stiffness diagnosis
+        (neurosim.solvers.limits: ``make_probe``, ``stimuli`` as for its RhsBudget); unchanged
         for fixed-grid methods."""
         if not self.adaptive:
             return odeint
         return RhsBudget(self, times, limit=self.max_rhs_evals, explicit=True, decay=decay,
-                         evals_so_far=evals_so_far, stiff_advice=stiff_advice).torchdiffeq(odeint)
+                         evals_so_far=evals_so_far, stiff_advice=stiff_advice,
+                         make_probe=make_probe, stimuli=stimuli).torchdiffeq(odeint)
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
         """u at every one of ``times`` by ``odeint`` of du/dt = f(t, u) (adaptive methods: at
-        most ``max_rhs_evals`` evaluations per output interval; fixed-grid methods step by the
-        smallest interval unless ``step_size`` is given)."""
+        most ``max_rhs_evals`` evaluations per output interval, and the run's budget, see
+        neurosim.solvers.limits; fixed-grid methods step by the smallest interval unless
+        ``step_size`` is given)."""
         from torchdiffeq import odeint
         odeint = self.bounded(odeint, times, decay=decay_rates(dynamics.slots),
-                              evals_so_far=lambda: dynamics.rhs_evals)
+                              evals_so_far=lambda: dynamics.rhs_evals,
+                              make_probe=lambda: _uncounted(dynamics, scratch)(),
+                              stimuli=discontinuous_stimuli(dynamics.drive))
         t = torch.tensor(times, dtype=torch.float64, device=state.u.device)
         options = dict(self.options)
         if self.method in ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams") \
@@ -106,13 +131,24 @@ class ScipyIVP(ContinuousSolver):
 
     def integrate(self, dynamics: PhaseDynamics, state: NeuralState, times):
         """u at every one of ``times`` by ``solve_ivp`` of du/dt = f(t, u) in float64 (implicit
-        methods get J = df/du); SimulationError if it fails or exceeds ``max_rhs_evals``."""
+        methods get J = df/du); SimulationError if it fails or exceeds ``max_rhs_evals`` (per
+        output interval) or the run's budget (neurosim.solvers.limits)."""
         from scipy.integrate import solve_ivp
+        # an implicit method without our Jacobian estimates it by finite differences, one
+        # evaluation per state variable: those evaluations do not count against the budget
+        numeric_jacobian = self.method in self.implicit and \
+            state.u.shape[1] > self.dense_jacobian_limit
         solve_ivp = RhsBudget(
-            self, times, limit=self.max_rhs_evals, explicit=self.method not in self.implicit,
+            self, times, limit=self.max_rhs_evals * (state.u.numel() + 1 if numeric_jacobian
+                                                     else 1),
+            explicit=self.method not in self.implicit,
             stages=self.stages.get(self.method), decay=decay_rates(dynamics.slots),
             evals_so_far=lambda: dynamics.rhs_evals + (work.rhs_evals if work is not dynamics
-                                                       else 0)).scipy(solve_ivp)
+                                                       else 0),
+            make_probe=lambda: _uncounted(
+                work, scratch, lambda y: torch.from_numpy(y).to(device).view(shape),
+                lambda du: du.cpu().numpy().ravel())(),
+            stimuli=discontinuous_stimuli(dynamics.drive)).scipy(solve_ivp)
         shape, dtype, device = state.u.shape, state.u.dtype, state.u.device
         # evaluate in float64 whatever the network's dtype: a float32 rhs is a staircase in y
         # that stalls the Newton iterations of implicit methods (step size -> 0)

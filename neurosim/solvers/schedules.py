@@ -43,6 +43,17 @@ class InverseTimeDecay:
         return {"type": self.name, "dt": self.dt, "decay": self.decay, "minimum": self.minimum}
 
 
+def time_grid(schedule, step0: int, t0: float):
+    """``time(k, t)``: the time after step k (0-based, from time t before it). A constant
+    schedule whose run started on its grid (t0 = step0 dt) gives (k + 1) dt, so step times
+    carry no accumulated rounding (step 7 of dt 0.1 is 7 * 0.1, not 0.1 added 7 times) and a
+    resumed run reproduces them exactly; otherwise t + dt_k."""
+    dt = getattr(schedule, "dt", None)
+    if isinstance(schedule, ConstantStep) and abs(t0 - step0 * dt) <= 1e-9 * max(1.0, abs(t0)):
+        return lambda k, t: (k + 1) * dt
+    return lambda k, t: t + schedule(k)
+
+
 SCHEDULES = {"constant": ConstantStep, "inverse_time": InverseTimeDecay, "slow": InverseTimeDecay}
 
 

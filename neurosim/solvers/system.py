@@ -11,7 +11,8 @@ import torch
 from ..errors import ConfigError
 from .base import FixedStepSolver, Solver
 from .external import TorchDiffEq
-from .limits import decay_rates
+from .limits import decay_rates, discontinuous_stimuli
+from .schedules import time_grid
 from .tableau import explicit_rk_step
 
 #: what to do when the joint system is stiff (no implicit solver integrates tuple states)
@@ -42,11 +43,11 @@ def integrate_system(f: Callable[[float, State], State], y: Sequence[torch.Tenso
     it (as :func:`neurosim.solvers.solve` does, so a resumed run repeats the computation)."""
     check_system_solver(solver)
     y, k, t = tuple(y), step0, t0
+    time = time_grid(schedule, step0, t0)
     if isinstance(solver, FixedStepSolver):
         while k < n_steps:
-            dt = schedule(k)
-            y = explicit_rk_step(f, t, y, dt, solver.tableau)
-            k, t = k + 1, t + dt
+            y = explicit_rk_step(f, t, y, schedule(k), solver.tableau)
+            k, t = k + 1, time(k, t)
             yield k, t, y
         return
     from torchdiffeq import odeint
@@ -54,18 +55,23 @@ def integrate_system(f: Callable[[float, State], State], y: Sequence[torch.Tenso
     solver.horizon = (schedule, step0, n_steps, t0)
     net = getattr(f, "net", None)
     decay = decay_rates(net.slots.values()) if net is not None else ()
+    # the stiffness diagnosis evaluates f's side-effect-free probe (a plastic system's runs no
+    # rule and writes no weight), or f itself
+    make_probe = getattr(f, "make_probe", None)
+    stimuli = discontinuous_stimuli(getattr(f, "drive", None))
     while k < n_steps:
         end = min(n_steps, (k // solver.segment + 1) * solver.segment)
         times = [t]
         for j in range(k, end):
-            times.append(times[-1] + schedule(j))
+            times.append(time(j, times[-1]))
         options = dict(solver.options)
         if solver.method in ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams") \
                 and "step_size" not in options:
             options["step_size"] = float(min(b - a for a, b in zip(times, times[1:])))
         grid = torch.tensor(times, dtype=y[0].dtype, device=y[0].device)
         odeint = solver.bounded(unbounded, times, decay=decay, stiff_advice=SYSTEM_STIFF_ADVICE,
-                                evals_so_far=(lambda: f.evals) if hasattr(f, "evals") else None)
+                                evals_so_far=(lambda: f.evals) if hasattr(f, "evals") else None,
+                                make_probe=make_probe, stimuli=stimuli)
         path = odeint(lambda s, state: f(float(s), state), y, grid, method=solver.method,
                       rtol=solver.rtol, atol=solver.atol, options=options)
         for i in range(1, len(times)):

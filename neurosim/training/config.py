@@ -65,6 +65,10 @@ TRAINING_KEYS = {f.name for f in fields(TrainingConfig)}
 def split_tables(data: dict, where: str, overrides: dict) -> tuple[dict, dict]:
     """([training] table, [protocol] table) with legacy EP keys moved and ``overrides`` (not
     None) routed: run options to [training], everything else to [protocol]."""
+    if "stimulus" in data:
+        raise ConfigError(f"{where} [[stimulus]]: stimuli drive simulations (neurosim simulate); "
+                          "in training the protocol drives the network with the data. Remove "
+                          "the [[stimulus]] tables from this model file, or simulate it.")
     training = dict(data.get("training", {}))
     if not isinstance(training, dict):
         raise ConfigError(f"{where} [training]: expected a table.")

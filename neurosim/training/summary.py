@@ -3,9 +3,12 @@
 It reads what :class:`~neurosim.training.Trainer` leaves in the directory: ``run.h5`` (the
 checkpoint: model text, run options as trained, progress, per-epoch metrics), ``model.toml``
 and ``metrics.csv``. A directory with only ``metrics.csv`` and ``model.toml`` (a committed
-reference summary) is summarised from those two. Accuracy lines appear only for the
-accuracy columns the run measured; a run without any (an unsupervised protocol) shows its
-metrics instead.
+reference summary) is summarised from those two. A damaged (or missing) ``run.h5`` is
+summarised from ``metrics.csv``, ``model.toml`` and the newest intact checkpoint kept in
+``checkpoints/``, the one ``neurosim resume`` would fall back to; the summary names the
+damaged file and that checkpoint (or says that none is intact). Accuracy lines appear only
+for the accuracy columns the run measured; a run without any (an unsupervised protocol)
+shows its metrics instead.
 """
 from __future__ import annotations
 
@@ -38,10 +41,7 @@ def describe_run(run_dir: str | os.PathLike) -> str:
                             f"{RUN_FILE} nor {METRICS_FILE} (start one with `neurosim train "
                             f"MODEL.toml --out {run_dir}`; `neurosim inspect FILE.h5` lists what "
                             "an HDF5 file holds).")
-    ckpt = None
-    if run_file.exists():
-        from ..io import load_checkpoint
-        ckpt = load_checkpoint(run_file, kind="training")
+    ckpt, damaged = _newest_checkpoint(run_dir, run_file)
     text = ckpt.config_text if ckpt is not None and ckpt.config_text else None
     if text is None and model_file.exists():
         text = model_file.read_text(encoding="utf-8")
@@ -49,17 +49,20 @@ def describe_run(run_dir: str | os.PathLike) -> str:
     overrides = _overrides(attrs)
     data = _parse(text, str(model_file if ckpt is None else run_file))
     training, protocol = _options(ckpt, data, overrides)
-    columns = _columns(ckpt, metrics_file)
+    # after damage, metrics.csv is the record of every epoch run (the checkpoint's ends earlier)
+    columns = _columns(None if damaged and metrics_file.exists() else ckpt, metrics_file)
     epochs = [int(e) for e in columns.get("epoch", []) if _finite(e)]
-    done = int(ckpt.payload.get("progress", {}).get("epoch", len(epochs))) if ckpt is not None \
-        else (epochs[-1] if epochs else 0)
+    saved = int(ckpt.payload.get("progress", {}).get("epoch", len(epochs))) if ckpt is not None \
+        else None
+    done = saved if saved is not None and not damaged else (epochs[-1] if epochs else
+                                                            saved or 0)
 
     lines: list[tuple[str, str]] = [("run", str(run_dir))]
     lines.append(("model", _model_name(data, text, attrs.get("base_dir") or None)))
     lines.append(("model file", _model_file(run_dir, model_file, text, attrs)))
     lines.append(("protocol", _protocol(protocol)))
     lines.append(("dataset", _dataset(data)))
-    lines.append(("epochs", _epochs(done, training, ckpt, run_dir)))
+    lines.append(("epochs", _epochs(done, training, ckpt, run_dir, saved if damaged else None)))
     seed = training.get("seed")
     lines.append(("seed", "?" if seed is None else str(seed)))
     if overrides:
@@ -77,7 +80,7 @@ def describe_run(run_dir: str | os.PathLike) -> str:
     if metrics:
         lines.append(("metrics", metrics))
     lines.append(("training time", _time(columns)))
-    lines.append(("checkpoint", _checkpoint(run_dir, run_file, ckpt, done)))
+    lines.append(("checkpoint", _checkpoint(run_dir, run_file, ckpt, done, damaged)))
     others = sorted(p for p in run_dir.rglob("*.h5") if p != run_file)
     if others:
         shown = ", ".join(str(p.relative_to(run_dir)) for p in others[:8])
@@ -89,6 +92,24 @@ def describe_run(run_dir: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- reading
+def _newest_checkpoint(run_dir: Path, run_file: Path):
+    """(the checkpoint ``neurosim resume`` would continue from, or None; the damaged or
+    missing files passed over, as (path, reason)): run.h5, else the newest intact kept
+    checkpoint (neurosim.io.series), as :meth:`Trainer.resume` picks it."""
+    from ..io import kept_checkpoints, load_checkpoint
+    from ..io.errors import DamagedCheckpointError
+    kept = [path for _, path in kept_checkpoints(run_dir)]
+    if not run_file.exists() and not kept:
+        return None, []
+    damaged: list[tuple[Path, str]] = []
+    for path in [run_file, *kept]:
+        try:
+            return load_checkpoint(path, kind="training"), damaged
+        except DamagedCheckpointError as err:
+            damaged.append((path, err.reason))
+    return None, damaged
+
+
 def _finite(value: Any) -> bool:
     try:
         return math.isfinite(float(value))
@@ -214,15 +235,21 @@ def _dataset(data: dict) -> str:
     return f"{name}" + (f" ({rest})" if rest else "")
 
 
-def _epochs(done: int, training: dict, ckpt, run_dir: Path) -> str:
+def _epochs(done: int, training: dict, ckpt, run_dir: Path, fallback: int | None = None) -> str:
+    """``fallback``: the epoch of the checkpoint resume falls back to (run.h5 damaged)."""
     planned = training.get("epochs")
     text = f"{done} done" + (f" of {planned} planned" if planned is not None else "")
-    if planned is not None and done > planned:
+    if fallback is not None:
+        again = (f"; epochs {fallback + 1}..{done} are trained again" if done > fallback + 1
+                 else f"; epoch {done} is trained again" if done == fallback + 1 else "")
+        text += (f" (run.h5 is damaged: `neurosim resume {run_dir}` continues from epoch "
+                 f"{fallback}{again})")
+    elif planned is not None and done > planned:
         text += " (extended with `neurosim resume --epochs N`)"
     elif planned is not None and done < planned and ckpt is not None:
         text += f" (continue with `neurosim resume {run_dir}`)"
     details = []
-    if ckpt is not None and "steps" in ckpt.payload.get("progress", {}):
+    if ckpt is not None and fallback is None and "steps" in ckpt.payload.get("progress", {}):
         details.append(f"{int(ckpt.payload['progress']['steps'])} training steps")
     if training.get("batch_size") is not None:
         details.append(f"batch size {training['batch_size']}")
@@ -278,11 +305,23 @@ def _time(columns: dict) -> str:
     return text
 
 
-def _checkpoint(run_dir: Path, run_file: Path, ckpt, done: int) -> str:
+def _checkpoint(run_dir: Path, run_file: Path, ckpt, done: int, damaged=()) -> str:
+    listed = "; ".join(f"{path} is missing" if reason == "missing" else
+                       f"{path} is damaged ({reason})" for path, reason in damaged)
+    if ckpt is None and damaged:
+        model = run_dir / MODEL_FILE
+        again = f"`neurosim train {model} --out {run_dir} --force`" if model.is_file() else \
+            "`neurosim train MODEL.toml --out RUN_DIR --force`"
+        return (f"{listed}; no intact checkpoint is left, so the run cannot be resumed (start "
+                f"it again with {again})")
     if ckpt is None:
         return (f"none ({RUN_FILE} is absent: this directory keeps the summary only, so it "
                 "cannot be resumed)")
     created = ckpt.attrs.get("created")
     when = f", written {created}" if created else ""
+    epoch = int(ckpt.payload.get("progress", {}).get("epoch", done))
+    if damaged:
+        return (f"{listed}; `neurosim resume {run_dir}` falls back to {ckpt.path} (after epoch "
+                f"{epoch}{when}), the newest intact kept checkpoint")
     return (f"{run_file} (after epoch {done}{when}); continue or extend with "
             f"`neurosim resume {run_dir} [--epochs N]`")
