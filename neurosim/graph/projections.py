@@ -104,7 +104,9 @@ class Projection:
                 raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}.")
         if self.is_identity:
             self.plastic = False
-        self.rules = list(self.rules)
+        from ..plasticity import build_rule      # rules import the graph: imported late
+        self.rules = [build_rule(spec, f"{where} rules[{j}]")
+                      for j, spec in enumerate(self.rules)]
         if self.rules and not self.plastic:
             raise ConfigError(f"{where}: has plasticity rules but is not plastic "
                               f"(init={self.init!r}, plastic={self.plastic}). "

@@ -5,8 +5,9 @@ from .base import (RULES, PlasticityRule, PopulationContext, PopulationRule, Syn
 from .corinfomax_lateral import CorInfoMaxLateral
 from .dispatch import RuleSet
 from .ep_contrastive import EPContrastive
+from .pepita import Pepita as PepitaRule
 from .record import PhaseRecord
 
 __all__ = ["RULES", "PlasticityRule", "PopulationContext", "PopulationRule", "SynapseContext",
            "Warmup", "build_rule", "register_rule", "rule_class", "CorInfoMaxLateral", "RuleSet",
-           "EPContrastive", "PhaseRecord"]
+           "EPContrastive", "PepitaRule", "PhaseRecord"]

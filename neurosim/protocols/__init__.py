@@ -1,10 +1,13 @@
 """Learning protocols: the phases a training step runs and what its rules see (see
-:mod:`.base`). Built-in: "ep" (equilibrium propagation), "relax" (unsupervised: relax, then
-learn). Others are found by name once registered, or as "package.module:Class"."""
+:mod:`.base`). Built-in: "ep" (equilibrium propagation), "pepita" (two forward passes, the
+second on error-modulated input), "relax" (unsupervised: relax, then learn). Others are found
+by name once registered, or as "package.module:Class"."""
 from .base import (PROTOCOLS, LearningProtocol, StepOutput, build_protocol,
                    register_protocol, writable)
 from .ep import EPStep, EquilibriumPropagation
+from .pepita import Pepita
 from .relax import Relax
 
 __all__ = ["PROTOCOLS", "LearningProtocol", "StepOutput", "build_protocol",
-           "register_protocol", "writable", "EPStep", "EquilibriumPropagation", "Relax"]
+           "register_protocol", "writable", "EPStep", "EquilibriumPropagation", "Pepita",
+           "Relax"]
