@@ -40,7 +40,7 @@ def bound(sizes, seed=0, **options):
 
 
 def literal_step(weights, F, x, t, masks, *, lr, momentum, velocity, sign, output_error,
-                 hidden=torch.relu):
+                 hidden=torch.relu, normalize=False):
     """The spec's equations written out: h_l = relu(W_l h_{l-1}) * m_l, softmax output,
     e = h_L - t, x_mod = x +- F e, second pass with the same masks, dW and momentum."""
     def forward(inp):
@@ -50,7 +50,10 @@ def literal_step(weights, F, x, t, masks, *, lr, momentum, velocity, sign, outpu
             if i == len(weights) - 1:
                 hs.append(torch.softmax(a, dim=1))
             else:
-                hs.append(hidden(a) * masks[i])
+                h = hidden(a)
+                if normalize:                 # the follow-up's h / |h|_F over the batch
+                    h = h / torch.sqrt((h ** 2).sum())
+                hs.append(h * masks[i])
         return hs
 
     h = forward(x)
@@ -72,10 +75,13 @@ def literal_step(weights, F, x, t, masks, *, lr, momentum, velocity, sign, outpu
 
 
 @pytest.mark.parametrize("sizes", [[6, 9, 4], [6, 9, 7, 4]])
-@pytest.mark.parametrize("sign,output_error", [(1, "modulated"), (-1, "standard")])
-def test_steps_equal_a_literal_implementation(sizes, sign, output_error):
+@pytest.mark.parametrize("sign,output_error,normalize", [(1, "modulated", False),
+                                                        (-1, "standard", False),
+                                                        (1, "modulated", True)])
+def test_steps_equal_a_literal_implementation(sizes, sign, output_error, normalize):
     drop = 0.3
-    net, protocol = bound(sizes, sign=sign, output_error=output_error, dropout=drop)
+    net, protocol = bound(sizes, sign=sign, output_error=output_error, dropout=drop,
+                          normalize=normalize)
     generator = torch.Generator().manual_seed(5)
     data = torch.Generator().manual_seed(11)
     weights = [net.weights[f"w{i + 1}"].clone() for i in range(len(sizes) - 1)]
@@ -90,7 +96,7 @@ def test_steps_equal_a_literal_implementation(sizes, sign, output_error):
                  for n in sizes[1:-1]]
         weights, velocity = literal_step(weights, protocol.F, x, t, masks, lr=0.1,
                                          momentum=0.9, velocity=velocity, sign=sign,
-                                         output_error=output_error)
+                                         output_error=output_error, normalize=normalize)
         protocol.train_step(x, t, generator, step=step)
         for i, w in enumerate(weights):
             assert float((net.weights[f"w{i + 1}"] - w).abs().max()) < 1e-10, (step, i)

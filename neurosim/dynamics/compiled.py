@@ -468,7 +468,8 @@ class CompiledNetwork:
     def feedforward(self, inputs: Mapping[str, torch.Tensor], *, state: NeuralState | None = None,
                     dropout: Mapping[str, float] | None = None,
                     masks: Mapping[str, torch.Tensor] | None = None,
-                    generator: torch.Generator | None = None
+                    generator: torch.Generator | None = None,
+                    transform: Mapping[str, Callable] | None = None
                     ) -> tuple[NeuralState, dict[str, torch.Tensor]]:
         """One discrete sweep, no ODE. In declaration order each dynamic population p reads
         the newest activities (inputs clamped; populations not yet visited read ``state``, or
@@ -476,11 +477,12 @@ class CompiledNetwork:
 
             v_c = sum_{q -> c} gain_q W_q r_src    (v_soma + b_p)
             u_p = feedforward_p(v)                 (linear cells: sum_c k_c v_c / d_p)
-            r_p = sigma(u_p) * m_p,   m_p = Bernoulli(1 - p_drop) / (1 - p_drop)
+            r_p = T_p(sigma(u_p)) * m_p,   m_p = Bernoulli(1 - p_drop) / (1 - p_drop)
 
         ``dropout`` maps populations to drop probabilities; their masks are drawn from
-        ``generator`` unless ``masks`` (as returned by an earlier call) gives them. Returns the
-        new state and the masks used."""
+        ``generator`` unless ``masks`` (as returned by an earlier call) gives them.
+        ``transform`` maps populations to a function T_p of their (batch x n) activity (e.g.
+        a normalisation; identity otherwise). Returns the new state and the masks used."""
         dropout, given = dict(dropout or {}), dict(masks or {})
         dynamic = [p.name for p in self.network.dynamic]
         for what, table in (("dropout", dropout), ("masks", given)):
@@ -518,6 +520,8 @@ class CompiledNetwork:
             out.u[:, slot.u_cols] = u
             r = out.r[:, slot.r_cols]
             slot.activate(out.u[:, slot.u_cols], out=r, generator=generator)
+            if transform and pop.name in transform:
+                r.copy_(transform[pop.name](r))
             mask = given.get(pop.name)
             if mask is None and pop.name in dropout:
                 mask = self._dropout_mask(pop.name, dropout[pop.name], r.shape, generator)

@@ -20,8 +20,12 @@ F = ``F_scale`` U(-sqrt(6/d), +sqrt(6/d)) elementwise, drawn once from the run's
 trained, and checkpointed. Inference is one standard pass without dropout. The loss is the
 cross-entropy of the output probabilities (``loss = "mse"``: 0.5 |h_L - t|^2).
 
+Follow-up option ``normalize = true``: every hidden layer's activity (after the nonlinearity,
+before dropout) is divided by its Frobenius norm over the batch, h_l <- h_l / |h_l|_F, in both
+passes and at inference.
+
 ``[protocol]`` keys: ``type = "pepita"``, sign, output_error, dropout (drop probability of the
-hidden layers, or a table population -> probability), F_scale, loss.
+hidden layers, or a table population -> probability), F_scale, loss, normalize.
 """
 from __future__ import annotations
 
@@ -38,6 +42,12 @@ from .feedforward import LOSSES, check_unit_gain, layer_chain
 __all__ = ["Pepita"]
 
 
+def _unit_frobenius(h: torch.Tensor) -> torch.Tensor:
+    """h / |h|_F over the whole batch (h unchanged when it is all zero)."""
+    norm = torch.linalg.matrix_norm(h)
+    return h / norm if float(norm) > 0 else h
+
+
 @register_protocol
 class Pepita(LearningProtocol):
     """PEPITA's two forward passes (neurosim.protocols.pepita): standard pass, input
@@ -49,7 +59,7 @@ class Pepita(LearningProtocol):
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out", sign: int = 1,
                  output_error: str = "modulated", dropout: float | Mapping = 0.0,
-                 F_scale: float = 0.05, loss: str = "cross_entropy"):
+                 F_scale: float = 0.05, loss: str = "cross_entropy", normalize: bool = False):
         if sign not in (1, -1) or isinstance(sign, bool):
             raise ConfigError(f"sign: 1 (x_mod = x + F e, the paper) or -1 (x - F e, the "
                               f"follow-up code), got {sign!r}.")
@@ -71,7 +81,9 @@ class Pepita(LearningProtocol):
                 raise ConfigError(f"dropout: a drop probability in [0, 1) (or a table "
                                   f"population -> probability), got {p!r}.")
         self.sign, self.output_error, self.dropout = int(sign), output_error, dropout
-        self.F_scale, self.loss_name = float(F_scale), loss
+        if not isinstance(normalize, bool):
+            raise ConfigError(f"normalize: true or false, got {normalize!r}.")
+        self.F_scale, self.loss_name, self.normalize = float(F_scale), loss, normalize
         self.F: torch.Tensor | None = None
         if net is not None:
             self.bind(net, input=input, output=output)
@@ -79,7 +91,8 @@ class Pepita(LearningProtocol):
     def config(self) -> dict:
         """The ``[protocol]`` table of this protocol."""
         return {"type": self.name, "sign": self.sign, "output_error": self.output_error,
-                "dropout": self.dropout, "F_scale": self.F_scale, "loss": self.loss_name}
+                "dropout": self.dropout, "F_scale": self.F_scale, "loss": self.loss_name,
+                "normalize": self.normalize}
 
     def setup(self) -> None:
         """Find the chain, check its layers, draw F from the run's seed."""
@@ -96,6 +109,7 @@ class Pepita(LearningProtocol):
             self.drop = {name: float(p) for name, p in self.dropout.items() if p > 0}
         else:
             self.drop = {name: float(self.dropout) for name in hidden} if self.dropout else {}
+        self.transform = {name: _unit_frobenius for name in hidden} if self.normalize else {}
         d = net.slots[self.input].size
         classes = net.slots[self.output].size
         bound = math.sqrt(6.0 / d)
@@ -105,7 +119,7 @@ class Pepita(LearningProtocol):
 
     def infer(self, x: torch.Tensor):
         """One standard pass on x without dropout (a new NeuralState)."""
-        state, _ = self.net.feedforward({self.input: x})
+        state, _ = self.net.feedforward({self.input: x}, transform=self.transform)
         return state
 
     def modulate(self, x: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
@@ -119,11 +133,12 @@ class Pepita(LearningProtocol):
         x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
         target = torch.as_tensor(target, dtype=net.dtype, device=net.device)
         standard, masks = net.feedforward({self.input: x}, dropout=self.drop,
-                                          generator=generator)
+                                          generator=generator, transform=self.transform)
         out = net.r_of(standard, self.output)
         error = out - target
         x_mod = self.modulate(x, error)
-        modulated, _ = net.feedforward({self.input: x_mod}, masks=masks)
+        modulated, _ = net.feedforward({self.input: x_mod}, masks=masks,
+                                       transform=self.transform)
         if self.output_error == "modulated":
             error = net.r_of(modulated, self.output) - target
         record = PhaseRecord(net, {"standard": standard, "modulated": modulated},
