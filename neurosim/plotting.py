@@ -27,9 +27,12 @@
   flag, the valid choices and the closest one. The image format follows the extension of
   ``out`` (png, pdf, svg, ...: what matplotlib's Agg canvas writes); another one is an
   error naming ``--out`` and the supported formats.
-- a training run directory: train/validation/test accuracy per epoch (when measured), the
-  angle between forward and feedback weights and each layer's correlative information (when
-  recorded), and every other metric column (e.g. pc_alignment_*, train_rate_*).
+- a training run directory: train/validation/test accuracy and loss per epoch (when
+  measured; the loss on a log axis when it spans more than a decade), the angles in degrees
+  (``angle_*``: forward vs feedback weights, and ``angle_F``, (W_L ... W_1)^T vs a fixed
+  feedback matrix F, drawn with a 90 degree reference line), each layer's correlative
+  information (when recorded), and every other metric column (e.g. pc_alignment_*,
+  train_rate_*); at most three panels a row.
 """
 from __future__ import annotations
 
@@ -498,16 +501,25 @@ def plot_run(run_dir, out) -> Path:
     columns = list(rows[0])
     accuracies = [k for k in ("train_accuracy", "validation_accuracy", "test_accuracy")
                   if k in columns]
+    losses = [k for k in ("train_loss", "validation_loss", "test_loss") if k in columns]
+    losses += [k for k in columns if k.endswith("_loss") and k not in losses]
     angles = [k for k in columns if k.startswith("angle_")]
     infos = [k for k in columns if k.startswith("corrinfo_")]
-    skip = {"epoch", "lr_scale", "seconds", "train_seconds", *accuracies, *angles, *infos}
-    others = [k for k in columns if k not in skip and not k.endswith("_loss")]
-    if not (accuracies or angles or infos or others):
+    skip = {"epoch", "lr_scale", "seconds", "train_seconds", *accuracies, *losses, *angles,
+            *infos}
+    others = [k for k in columns if k not in skip]
+    if not (accuracies or losses or angles or infos or others):
         raise NeurosimError(f"{metrics} has no metric columns to plot.")
-    panels = [p for p in (accuracies, angles, infos, others) if p]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, keys in zip(axes[0], panels):
+    panels = [p for p in (accuracies, losses, angles, infos, others) if p]
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    from matplotlib.ticker import MaxNLocator
+    for ax, keys in zip(axes.flat, panels):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if keys is accuracies:
             for key in keys:
@@ -517,10 +529,24 @@ def plot_run(run_dir, out) -> Path:
             final = keys[-1]
             ax.set_title(f"{Path(run_dir).name}: final {final[:-len('_accuracy')]} "
                          f"{100 * float(rows[-1][final]):.2f}%")
+        elif keys is losses:
+            values = []
+            for key in keys:
+                series = [float(r[key]) for r in rows]
+                values += [v for v in series if math.isfinite(v)]
+                ax.plot(epochs, series, marker="o", ms=3, label=key[:-len("_loss")])
+            if values and min(values) > 0 and max(values) > 10 * min(values):
+                ax.set_yscale("log")
+            ax.set_ylabel("loss (per sample)")
         elif keys is angles:
             for key in keys:
-                ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key[6:])
-            ax.set_ylabel("angle between W_ff and W_fb^T (degrees)")
+                label = "(W_L...W_1)^T vs F" if key == "angle_F" else key[6:]
+                ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=label)
+            if "angle_F" in keys:
+                ax.axhline(90.0, color="0.5", lw=0.8, ls="--", zorder=0)
+            ax.set_ylabel("angle (degrees)" if "angle_F" in keys and len(keys) > 1 else
+                          "angle between (W_L...W_1)^T and F (degrees)" if "angle_F" in keys
+                          else "angle between W_ff and W_fb^T (degrees)")
         elif keys is infos:
             for key in keys:        # layers differ by orders of magnitude: plot the change
                 values = [float(r[key]) for r in rows]

@@ -514,9 +514,12 @@ class CompiledNetwork:
         used = {}
         for pop in self.network.dynamic:
             slot = self.slots[pop.name]
-            v = self.compartment_inputs(out, pop.name)
-            v[SOMA] = v[SOMA] + self.biases[pop.name]
-            u = pop.feedforward(v)
+            if slot.cell is None and type(pop).feedforward is DynamicPopulation.feedforward:
+                u = self._linear_feedforward(out, pop)
+            else:
+                v = self.compartment_inputs(out, pop.name)
+                v[SOMA] = v[SOMA] + self.biases[pop.name]
+                u = pop.feedforward(v)
             out.u[:, slot.u_cols] = u
             r = out.r[:, slot.r_cols]
             slot.activate(out.u[:, slot.u_cols], out=r, generator=generator)
@@ -533,6 +536,35 @@ class CompiledNetwork:
                 r.mul_(mask)
                 used[pop.name] = mask
         return out, used
+
+    def _linear_feedforward(self, state: NeuralState, pop) -> torch.Tensor:
+        """u* = sum_c k_c v_c / d of a linear cell, one product per incoming projection
+        (the same as :meth:`DynamicPopulation.feedforward` of the compartment inputs, without
+        building them)."""
+        decay, coupling = pop.linear_coefficients()
+        if decay == 0:
+            pop.feedforward({})               # raises its "d = 0" error
+        u = None
+        for q in self.network.incoming(pop.name):
+            coef = coupling[q.compartment] * float(q.gain) / decay
+            src = self.r_of(state, q.source)
+            if q.name in self.weights:
+                if u is None:
+                    u = torch.mm(src, self.weights[q.name].T)
+                    if coef != 1.0:
+                        u.mul_(coef)
+                else:
+                    u.addmm_(src, self.weights[q.name].T, alpha=coef)
+            elif u is None:
+                u = src * coef
+            else:
+                u.add_(src, alpha=coef)
+        slot = self.slots[pop.name]
+        if u is None:
+            u = torch.zeros(state.r.shape[0], slot.size, dtype=self.dtype, device=self.device)
+        if slot.bias_current or bool(self.biases[pop.name].any()):
+            u.add_(self.biases[pop.name], alpha=coupling[SOMA] / decay)
+        return u
 
     def _dropout_mask(self, name: str, p: float, shape, generator) -> torch.Tensor:
         """Bernoulli(1 - p) keep-mask scaled by 1 / (1 - p)."""

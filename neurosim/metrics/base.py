@@ -5,6 +5,7 @@ set when the run has no test set) batch by batch with the protocol's ``infer``; 
 sees each batch's state and writes named numbers into that epoch's row:
 
     metric.setup(net)                    # once, when the trainer is built (check settings)
+    metric.check_protocol(protocol)      # once, then: does the protocol give what it reads?
     metric.reset(context)                # once per evaluation
     metric.observe(state, x, labels)     # per evaluation batch (labels None if unlabeled)
     metric.compute() -> {column: value}  # after the last batch
@@ -42,6 +43,11 @@ class EpochMetric:
     def setup(self, net) -> None:
         """Called once with the compiled network when the trainer is built: raise a
         ConfigError for settings that do not fit it (unknown populations, projections)."""
+
+    def check_protocol(self, protocol) -> None:
+        """Called once with the bound protocol when the trainer is built (after ``setup``):
+        raise a ConfigError when the metric needs something the protocol lacks (e.g. a
+        fixed feedback matrix)."""
 
     def reset(self, context: MetricContext) -> None:
         """Start an evaluation: keep ``context`` as ``self.context``; subclasses also clear

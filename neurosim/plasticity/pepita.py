@@ -50,28 +50,31 @@ class Pepita(PlasticityRule):
         self.hebbian = hebbian
         self.velocity: torch.Tensor | None = None
 
-    def gradient(self, ctx: SynapseContext) -> torch.Tensor:
-        """G of the module docstring (n_post x n_pre)."""
+    def update(self, ctx: SynapseContext) -> None:
+        """W += v with v <- momentum v + dW (see the module docstring); dW = -lr lr_scale G is
+        accumulated by matrix products straight into v (or W), with no G in memory."""
+        weight, rate = ctx.weight, self.lr * ctx.lr_scale
+        scale = -rate / ctx.batch_size
         pre = ctx.pre("modulated")
         if ctx.projection.target == ctx.signal("output"):
-            return ctx.signal("error").T @ pre / ctx.batch_size
-        if self.hebbian:
-            return (ctx.post("standard").T @ ctx.pre("standard")
-                    - ctx.post("modulated").T @ pre) / ctx.batch_size
-        return (ctx.post("standard") - ctx.post("modulated")).T @ pre / ctx.batch_size
-
-    def update(self, ctx: SynapseContext) -> None:
-        """W += v with v <- momentum v + dW (see the module docstring)."""
-        step = self.gradient(ctx)
-        if self.weight_decay:
-            step.add_(ctx.weight, alpha=self.weight_decay)
-        step.mul_(-self.lr * ctx.lr_scale)
+            terms = [(ctx.signal("error"), pre, scale)]
+        elif self.hebbian:
+            terms = [(ctx.post("standard"), ctx.pre("standard"), scale),
+                     (ctx.post("modulated"), pre, -scale)]
+        else:
+            terms = [(ctx.post("standard") - ctx.post("modulated"), pre, scale)]
         if self.momentum:
-            if self.velocity is None or self.velocity.shape != step.shape:
-                self.velocity = torch.zeros_like(step)
-            self.velocity.mul_(self.momentum).add_(step)
-            step = self.velocity
-        ctx.weight.add_(step)
+            if self.velocity is None or self.velocity.shape != weight.shape:
+                self.velocity = torch.zeros_like(weight)
+            target, beta = self.velocity, self.momentum
+        else:
+            target, beta = weight, 1.0 - rate * self.weight_decay
+        for i, (post, pre_, alpha) in enumerate(terms):
+            target.addmm_(post.T, pre_, beta=beta if i == 0 else 1.0, alpha=alpha)
+        if self.momentum:
+            if self.weight_decay:
+                target.add_(weight, alpha=-rate * self.weight_decay)
+            weight.add_(target)
 
     def state_dict(self) -> dict:
         """The momentum velocity v (empty before the first step or without momentum)."""

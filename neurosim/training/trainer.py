@@ -123,6 +123,8 @@ class Trainer:
         for i, metric in enumerate(self.metrics):
             try:
                 metric.setup(self.net)
+                if hasattr(metric, "check_protocol"):
+                    metric.check_protocol(self.protocol)
             except ConfigError as err:
                 raise ConfigError(f"{where} [training] metrics[{i}]: {err}") from None
         if validation is None and isinstance(data, Mapping):
