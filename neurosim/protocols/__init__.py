@@ -1,7 +1,9 @@
 """Learning protocols: the phases a training step runs and what its rules see (see
 :mod:`.base`). Built-in: "ep" (equilibrium propagation), "pepita" (two forward passes, the
-second on error-modulated input), "relax" (unsupervised: relax, then learn). Others are found
+second on error-modulated input), "relax" (unsupervised: relax, then learn), "backprop" and
+"feedback_alignment" (gradient baselines on feed-forward chains). Others are found
 by name once registered, or as "package.module:Class"."""
+from .backprop import Backprop, FeedbackAlignment
 from .base import (PROTOCOLS, LearningProtocol, StepOutput, build_protocol,
                    register_protocol, writable)
 from .ep import EPStep, EquilibriumPropagation
@@ -10,4 +12,4 @@ from .relax import Relax
 
 __all__ = ["PROTOCOLS", "LearningProtocol", "StepOutput", "build_protocol",
            "register_protocol", "writable", "EPStep", "EquilibriumPropagation", "Pepita",
-           "Relax"]
+           "Relax", "Backprop", "FeedbackAlignment"]

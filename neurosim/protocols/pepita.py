@@ -16,8 +16,8 @@ classes), one training step on a batch (x, t):
        output           the output population's name (its projection uses e_out)
        target, modulated_input, feedback (F)
 
-F = ``F_scale`` U(-sqrt(6/d), +sqrt(6/d)) elementwise, drawn once from the run's seed, never
-trained, and checkpointed. Inference is one standard pass without dropout. The loss is the
+F = ``F_scale`` U(-sqrt(6/d), +sqrt(6/d)) elementwise, drawn once from the run's seed (its own
+stream, apart from the weights'), never trained, and checkpointed. Inference is one standard pass without dropout. The loss is the
 cross-entropy of the output probabilities (``loss = "mse"``: 0.5 |h_L - t|^2).
 
 Follow-up option ``normalize = true``: every hidden layer's activity (after the nonlinearity,
@@ -40,6 +40,8 @@ from .base import LearningProtocol, StepOutput, register_protocol
 from .feedforward import LOSSES, check_unit_gain, layer_chain
 
 __all__ = ["Pepita"]
+
+F_SEED_OFFSET = 0xF_5EED          # F's generator: the run's seed + this
 
 
 def _unit_frobenius(h: torch.Tensor) -> torch.Tensor:
@@ -113,7 +115,9 @@ class Pepita(LearningProtocol):
         d = net.slots[self.input].size
         classes = net.slots[self.output].size
         bound = math.sqrt(6.0 / d)
-        generator = torch.Generator().manual_seed(self.seed)
+        # a stream of its own: the run's seed also draws the forward weights, and F drawn from
+        # the same stream would repeat W_1's first values
+        generator = torch.Generator().manual_seed(self.seed + F_SEED_OFFSET)
         uniform = torch.rand(d, classes, generator=generator, dtype=torch.float64)
         self.F = (self.F_scale * bound * (2.0 * uniform - 1.0)).to(net.device, net.dtype)
 
@@ -144,9 +148,8 @@ class Pepita(LearningProtocol):
         record = PhaseRecord(net, {"standard": standard, "modulated": modulated},
                              signals={"error": error, "output": self.output, "target": target,
                                       "modulated_input": x_mod, "feedback": self.F})
-        metrics = {"loss": self.loss(out, target) / x.shape[0]}
-        metrics.update(self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step))
-        return StepOutput(out, metrics)
+        return StepOutput(out, self.rules.apply(record, lr_scale=lr_scale, epoch=epoch,
+                                                step=step))
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy -sum t log p (or 0.5 |p - t|^2 with loss = "mse"), summed over the
