@@ -235,6 +235,9 @@ class CompiledNetwork:
             self.weights[proj.name] = weight.to(self.device, dtype)
         self.biases: dict[str, torch.Tensor] = {
             pop.name: pop.initial_bias().to(self.device, dtype) for pop in network.dynamic}
+        self._bias_checked: dict[str, tuple] = {}
+        self._ff_plan = None
+        self.n_inputs = sum(1 for p in network.populations if p.is_input)
 
     # ------------------------------------------------------------------ layout helpers
     def coupling(self, projection) -> float:
@@ -483,16 +486,17 @@ class CompiledNetwork:
         ``generator`` unless ``masks`` (as returned by an earlier call) gives them.
         ``transform`` maps populations to a function T_p of their (batch x n) activity (e.g.
         a normalisation; identity otherwise). Returns the new state and the masks used."""
+        plan, required, dynamic, ahead = self._feedforward_plan()
         dropout, given = dict(dropout or {}), dict(masks or {})
-        dynamic = [p.name for p in self.network.dynamic]
         for what, table in (("dropout", dropout), ("masks", given)):
             for name in table:
-                if name in self.slots and name not in dynamic:
+                if name in dynamic:
+                    continue
+                if name in self.slots:
                     raise ConfigError(f'feedforward {what}: population "{name}" is an input '
                                       "(clamped); masks apply to the dynamic populations: "
                                       f"{', '.join(dynamic)}.")
-                if name not in dynamic:
-                    raise unknown("population", name, dynamic, f"feedforward {what}")
+                raise unknown("population", name, dynamic, f"feedforward {what}")
         for name, p in dropout.items():
             if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
                 raise ConfigError(f'dropout for population "{name}": the drop probability must '
@@ -502,20 +506,23 @@ class CompiledNetwork:
         else:
             shapes = [torch.as_tensor(x).shape for x in inputs.values()]
             batch = max((s[0] for s in shapes if len(s) == 2), default=1)
-        for q in self.network.projections:
-            if self.slots[q.source].u_cols is None and q.source not in inputs:
-                raise ConfigError(f'input population "{q.source}" feeds projection "{q.name}" '
-                                  "but no input was given for it; pass inputs="
-                                  f'{{"{q.source}": tensor}}.')
+        missing = required.difference(inputs)
+        if missing:
+            name = sorted(missing)[0]
+            feeds = next(q.name for q in self.network.projections if q.source == name)
+            raise ConfigError(f'input population "{name}" feeds projection "{feeds}" but no '
+                              f'input was given for it; pass inputs={{"{name}": tensor}}.')
         z = dict(device=self.device, dtype=self.dtype)
+        # every column is written before it is read when every input is given and no
+        # population reads a later one: then the buffers need no zero fill
+        fill = torch.empty if len(inputs) == self.n_inputs and not ahead else torch.zeros
         out = state.clone() if state is not None else NeuralState(
-            torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z))
+            fill(batch, self.n_dyn, **z), fill(batch, self.n_all, **z), self)
         self.clamp_inputs(out, inputs)
         used = {}
-        for pop in self.network.dynamic:
-            slot = self.slots[pop.name]
-            if slot.cell is None and type(pop).feedforward is DynamicPopulation.feedforward:
-                u = self._linear_feedforward(out, pop)
+        for pop, slot, terms, bias_coef in plan:
+            if terms is not None:
+                u = self._linear_feedforward(out, slot, terms, bias_coef)
             else:
                 v = self.compartment_inputs(out, pop.name)
                 v[SOMA] = v[SOMA] + self.biases[pop.name]
@@ -537,34 +544,72 @@ class CompiledNetwork:
                 used[pop.name] = mask
         return out, used
 
-    def _linear_feedforward(self, state: NeuralState, pop) -> torch.Tensor:
+    def _feedforward_plan(self) -> tuple[list, set, list, bool]:
+        """What a feed-forward sweep needs, worked out once: per dynamic population
+        (population, slot, terms, bias coefficient) with terms ((weight name or None for an
+        identity, k_q gain_q / d, source columns of r), ...) for linear cells (None for general
+        cells); the input populations that feed a projection; the dynamic populations; whether
+        a population reads one visited at or after it (top-down or recurrent input)."""
+        if self._ff_plan is None:
+            plan = []
+            for pop in self.network.dynamic:
+                slot = self.slots[pop.name]
+                if slot.cell is not None or type(pop).feedforward is not \
+                        DynamicPopulation.feedforward:
+                    plan.append((pop, slot, None, 0.0))
+                    continue
+                decay, coupling = pop.linear_coefficients()
+                if decay == 0:
+                    pop.feedforward({})               # raises its "d = 0" error
+                terms = tuple((q.name if q.name in self.weights else None,
+                               coupling[q.compartment] * float(q.gain) / decay,
+                               self.slots[q.source].r_cols)
+                              for q in self.network.incoming(pop.name))
+                plan.append((pop, slot, terms, coupling[SOMA] / decay))
+            required = {q.source for q in self.network.projections
+                        if self.slots[q.source].u_cols is None}
+            order = {p.name: i for i, p in enumerate(self.network.populations)}
+            ahead = any(self.slots[q.source].u_cols is not None and
+                        order[q.source] >= order[q.target] for q in self.network.projections)
+            self._ff_plan = (plan, required, [p.name for p in self.network.dynamic], ahead)
+        return self._ff_plan
+
+    def _linear_feedforward(self, state: NeuralState, slot, terms, bias_coef) -> torch.Tensor:
         """u* = sum_c k_c v_c / d of a linear cell, one product per incoming projection
         (the same as :meth:`DynamicPopulation.feedforward` of the compartment inputs, without
         building them)."""
-        decay, coupling = pop.linear_coefficients()
-        if decay == 0:
-            pop.feedforward({})               # raises its "d = 0" error
         u = None
-        for q in self.network.incoming(pop.name):
-            coef = coupling[q.compartment] * float(q.gain) / decay
-            src = self.r_of(state, q.source)
-            if q.name in self.weights:
+        for weight, coef, cols in terms:
+            src = state.r[:, cols]
+            if weight is not None:
                 if u is None:
-                    u = torch.mm(src, self.weights[q.name].T)
+                    u = torch.mm(src, self.weights[weight].T)
                     if coef != 1.0:
                         u.mul_(coef)
                 else:
-                    u.addmm_(src, self.weights[q.name].T, alpha=coef)
+                    u.addmm_(src, self.weights[weight].T, alpha=coef)
             elif u is None:
                 u = src * coef
             else:
                 u.add_(src, alpha=coef)
-        slot = self.slots[pop.name]
         if u is None:
             u = torch.zeros(state.r.shape[0], slot.size, dtype=self.dtype, device=self.device)
-        if slot.bias_current or bool(self.biases[pop.name].any()):
-            u.add_(self.biases[pop.name], alpha=coupling[SOMA] / decay)
+        if self._bias_in_use(slot.name):
+            u.add_(self.biases[slot.name], alpha=bias_coef)
         return u
+
+    def _bias_in_use(self, name: str) -> bool:
+        """Whether population ``name``'s bias enters its input: nonzero or learnable when
+        compiled, or set nonzero since (checked again only after the tensor changed)."""
+        if self.slots[name].bias_current:
+            return True
+        bias = self.biases[name]
+        key = (bias.data_ptr(), bias._version)
+        cached = self._bias_checked.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, bool(bias.any()))
+            self._bias_checked[name] = cached
+        return cached[1]
 
     def _dropout_mask(self, name: str, p: float, shape, generator) -> torch.Tensor:
         """Bernoulli(1 - p) keep-mask scaled by 1 / (1 - p)."""

@@ -69,8 +69,10 @@ class Pepita(PlasticityRule):
             target, beta = self.velocity, self.momentum
         else:
             target, beta = weight, 1.0 - rate * self.weight_decay
-        for i, (post, pre_, alpha) in enumerate(terms):
-            target.addmm_(post.T, pre_, beta=beta if i == 0 else 1.0, alpha=alpha)
+        if beta != 1.0:
+            target.mul_(beta)       # then beta = 1 in the products: MKL's faster path
+        for post, pre_, alpha in terms:
+            target.addmm_(post.T, pre_, alpha=alpha)
         if self.momentum:
             if self.weight_decay:
                 target.add_(weight, alpha=-rate * self.weight_decay)
