@@ -268,7 +268,7 @@ def _accuracy(columns: dict, epochs: list[int], prefix: str, training: dict) -> 
     text = (f"best {100 * best:.2f} % (epoch {best_epoch}), last {100 * last:.2f} % "
             f"(epoch {last_epoch})")
     if prefix == "train" and training.get("train_accuracy", "running") == "running":
-        text += " (running: the free phases of the training steps)"
+        text += " (running: the predictions of the training steps themselves)"
     return text
 
 
