@@ -616,8 +616,8 @@ class CompiledNetwork:
         if generator is None:
             raise ConfigError(f'dropout on population "{name}" draws a random mask: pass '
                               "generator= (or masks= from an earlier pass).")
-        keep = torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype) >= p
-        return keep.to(self.dtype) / (1.0 - p)
+        keep = torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return keep.ge_(p).mul_(1.0 / (1.0 - p))      # in place: 1 / (1 - p) or 0
 
 
 @dataclass

@@ -24,6 +24,9 @@ from ..errors import ConfigError
 from .base import PlasticityRule, SynapseContext, register_rule
 
 
+RESCALE_BELOW = 1e-12     # the velocity's factor c is folded into V below this
+
+
 def _number(value, name: str, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             not math.isfinite(value) or value < minimum:
@@ -48,11 +51,14 @@ class Pepita(PlasticityRule):
         if not isinstance(hebbian, bool):
             raise ConfigError(f"hebbian: true or false, got {hebbian!r}.")
         self.hebbian = hebbian
-        self.velocity: torch.Tensor | None = None
+        self.velocity: torch.Tensor | None = None      # V, with the velocity v = c V
+        self.velocity_scale = 1.0                         # c
 
     def update(self, ctx: SynapseContext) -> None:
         """W += v with v <- momentum v + dW (see the module docstring); dW = -lr lr_scale G is
-        accumulated by matrix products straight into v (or W), with no G in memory."""
+        accumulated by matrix products straight into the velocity (or W), with no G in
+        memory. The velocity is kept as v = c V: the momentum decay scales the number c, not
+        the matrix (one pass over W fewer per step); V absorbs c when it gets small."""
         weight, rate = ctx.weight, self.lr * ctx.lr_scale
         scale = -rate / ctx.batch_size
         pre = ctx.pre("modulated")
@@ -63,29 +69,37 @@ class Pepita(PlasticityRule):
                      (ctx.post("modulated"), pre, -scale)]
         else:
             terms = [(ctx.post("standard") - ctx.post("modulated"), pre, scale)]
-        if self.momentum:
-            if self.velocity is None or self.velocity.shape != weight.shape:
-                self.velocity = torch.zeros_like(weight)
-            target, beta = self.velocity, self.momentum
-        else:
-            target, beta = weight, 1.0 - rate * self.weight_decay
-        if beta != 1.0:
-            target.mul_(beta)       # then beta = 1 in the products: MKL's faster path
-        for post, pre_, alpha in terms:
-            target.addmm_(post.T, pre_, alpha=alpha)
-        if self.momentum:
+        if not self.momentum:
             if self.weight_decay:
-                target.add_(weight, alpha=-rate * self.weight_decay)
-            weight.add_(target)
+                weight.mul_(1.0 - rate * self.weight_decay)
+            for post, pre_, alpha in terms:
+                weight.addmm_(post.T, pre_, alpha=alpha)
+            return
+        if self.velocity is None or self.velocity.shape != weight.shape:
+            self.velocity, self.velocity_scale = torch.zeros_like(weight), 1.0
+        c = self.velocity_scale * self.momentum            # v_new = m c V + dW = c (V + dW / c)
+        if c < RESCALE_BELOW:
+            self.velocity.mul_(c)
+            c = 1.0
+        for post, pre_, alpha in terms:
+            self.velocity.addmm_(post.T, pre_, alpha=alpha / c)
+        if self.weight_decay:
+            self.velocity.add_(weight, alpha=-rate * self.weight_decay / c)
+        self.velocity_scale = c
+        weight.add_(self.velocity, alpha=c)
 
     def state_dict(self) -> dict:
-        """The momentum velocity v (empty before the first step or without momentum)."""
-        return {"velocity": self.velocity} if self.velocity is not None else {}
+        """The momentum velocity v = c V as V and c (empty before the first step or without
+        momentum)."""
+        if self.velocity is None:
+            return {}
+        return {"velocity": self.velocity, "velocity_scale": self.velocity_scale}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore v."""
-        unknown = set(state) - {"velocity"}
+        """Restore V and c (c = 1 when absent)."""
+        unknown = set(state) - {"velocity", "velocity_scale"}
         if unknown:
             raise ConfigError(f'rule "pepita": the checkpoint holds unknown state {sorted(unknown)}.')
         self.velocity = torch.as_tensor(state["velocity"]).clone() if "velocity" in state \
             else None
+        self.velocity_scale = float(state.get("velocity_scale", 1.0))
