@@ -213,3 +213,28 @@ def test_digits_model_trains_and_resumes_exactly(tmp_path):
     assert torch.equal(a.protocol.F, b.protocol.F)
     assert list(a.history.rows())[-1]["test_accuracy"] == \
         list(b.history.rows())[-1]["test_accuracy"] > 0.9
+
+
+def test_review_fixes_shared_rule_targets_gain_and_state():
+    from neurosim.plasticity import PepitaRule
+    shared = PepitaRule(lr=0.1, momentum=0.9)
+    net = g.Network([g.InputPopulation("x", 4),
+                     g.PyramidalPopulation("h1", 3, leak=0.0, basal=1.0, apical=0.0,
+                                           activation="relu"),
+                     g.PyramidalPopulation("out", 2, leak=0.0, basal=1.0, apical=0.0,
+                                           activation="softmax")],
+                    [g.Projection("w1", "x", "h1", "basal", rules=[shared]),
+                     g.Projection("w2", "h1", "out", "basal", rules=[shared])])
+    with pytest.raises(ConfigError, match="give each projection its own rule"):
+        Pepita().bind(CompiledNetwork(net, dtype=F64))
+    with pytest.raises(ConfigError, match=r"momentum: a number in \[0, 1\)"):
+        PepitaRule(lr=0.1, momentum=1.0)
+    compiled, protocol = bound([4, 3, 2])
+    x = torch.rand(2, 4, dtype=F64)
+    with pytest.raises(ConfigError, match="one-hot targets"):
+        protocol.train_step(x, torch.tensor([0, 1]), torch.Generator())
+    with pytest.raises(ConfigError, match="the model and the checkpoint disagree"):
+        protocol.load_state_dict({})
+    before = compiled.r_of(protocol.infer(x), "h1").clone()        # a changed gain counts
+    compiled.network.projections[0].gain = 2.0
+    assert torch.allclose(compiled.r_of(protocol.infer(x), "h1"), 2 * before)

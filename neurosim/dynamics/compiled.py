@@ -545,34 +545,35 @@ class CompiledNetwork:
         return out, used
 
     def _feedforward_plan(self) -> tuple[list, set, list, bool]:
-        """What a feed-forward sweep needs, worked out once: per dynamic population
-        (population, slot, terms, bias coefficient) with terms ((weight name or None for an
-        identity, k_q gain_q / d, source columns of r), ...) for linear cells (None for general
-        cells); the input populations that feed a projection; the dynamic populations; whether
-        a population reads one visited at or after it (top-down or recurrent input)."""
+        """What a feed-forward sweep needs: per dynamic population (population, slot, terms,
+        bias coefficient) with terms ((weight name or None for an identity, k_q gain_q / d,
+        source columns of r), ...) for linear cells (None for general cells), rebuilt on every
+        call so that changed gains or conductances count, as in the ODE phases; and, worked
+        out once, the input populations that feed a projection, the dynamic populations and
+        whether a population reads one visited at or after it (top-down or recurrent input)."""
         if self._ff_plan is None:
-            plan = []
-            for pop in self.network.dynamic:
-                slot = self.slots[pop.name]
-                if slot.cell is not None or type(pop).feedforward is not \
-                        DynamicPopulation.feedforward:
-                    plan.append((pop, slot, None, 0.0))
-                    continue
-                decay, coupling = pop.linear_coefficients()
-                if decay == 0:
-                    pop.feedforward({})               # raises its "d = 0" error
-                terms = tuple((q.name if q.name in self.weights else None,
-                               coupling[q.compartment] * float(q.gain) / decay,
-                               self.slots[q.source].r_cols)
-                              for q in self.network.incoming(pop.name))
-                plan.append((pop, slot, terms, coupling[SOMA] / decay))
             required = {q.source for q in self.network.projections
                         if self.slots[q.source].u_cols is None}
             order = {p.name: i for i, p in enumerate(self.network.populations)}
             ahead = any(self.slots[q.source].u_cols is not None and
                         order[q.source] >= order[q.target] for q in self.network.projections)
-            self._ff_plan = (plan, required, [p.name for p in self.network.dynamic], ahead)
-        return self._ff_plan
+            self._ff_plan = (required, [p.name for p in self.network.dynamic], ahead)
+        plan = []
+        for pop in self.network.dynamic:
+            slot = self.slots[pop.name]
+            if slot.cell is not None or type(pop).feedforward is not \
+                    DynamicPopulation.feedforward:
+                plan.append((pop, slot, None, 0.0))
+                continue
+            decay, coupling = pop.linear_coefficients()
+            if decay == 0:
+                pop.feedforward({})               # raises its "d = 0" error
+            terms = tuple((q.name if q.name in self.weights else None,
+                           coupling[q.compartment] * float(q.gain) / decay,
+                           self.slots[q.source].r_cols)
+                          for q in self.network.incoming(pop.name))
+            plan.append((pop, slot, terms, coupling[SOMA] / decay))
+        return (plan, *self._ff_plan)
 
     def _linear_feedforward(self, state: NeuralState, slot, terms, bias_coef) -> torch.Tensor:
         """u* = sum_c k_c v_c / d of a linear cell, one product per incoming projection

@@ -47,12 +47,23 @@ class Pepita(PlasticityRule):
                  hebbian: bool = False):
         self.lr = _number(lr, "lr")
         self.momentum = _number(momentum, "momentum")
+        if self.momentum >= 1:
+            raise ConfigError(f"momentum: a number in [0, 1), got {momentum!r}.")
         self.weight_decay = _number(weight_decay, "weight_decay")
         if not isinstance(hebbian, bool):
             raise ConfigError(f"hebbian: true or false, got {hebbian!r}.")
         self.hebbian = hebbian
         self.velocity: torch.Tensor | None = None      # V, with the velocity v = c V
         self.velocity_scale = 1.0                         # c
+        self.owner: str | None = None
+
+    def setup(self, net, owner) -> None:
+        """One rule instance serves one projection (its velocity is that projection's)."""
+        if self.owner is not None and self.owner != owner.name:
+            raise ConfigError(f'rule "pepita" is attached to projections "{self.owner}" and '
+                              f'"{owner.name}"; give each projection its own rule (a table in a '
+                              "model file, or a new Pepita(...) per projection in Python).")
+        self.owner = owner.name
 
     def update(self, ctx: SynapseContext) -> None:
         """W += v with v <- momentum v + dW (see the module docstring); dW = -lr lr_scale G is
@@ -75,8 +86,14 @@ class Pepita(PlasticityRule):
             for post, pre_, alpha in terms:
                 weight.addmm_(post.T, pre_, alpha=alpha)
             return
-        if self.velocity is None or self.velocity.shape != weight.shape:
+        if self.velocity is None:
             self.velocity, self.velocity_scale = torch.zeros_like(weight), 1.0
+        elif self.velocity.shape != weight.shape:
+            raise ConfigError(f'rule "pepita" on "{ctx.projection.name}": its velocity has shape '
+                              f"{tuple(self.velocity.shape)}, the weights {tuple(weight.shape)}; "
+                              "the checkpoint and the model disagree.")
+        elif self.velocity.device != weight.device or self.velocity.dtype != weight.dtype:
+            self.velocity = self.velocity.to(weight)          # a checkpoint loads on the CPU
         c = self.velocity_scale * self.momentum            # v_new = m c V + dW = c (V + dW / c)
         if c < RESCALE_BELOW:
             self.velocity.mul_(c)

@@ -135,7 +135,15 @@ class Pepita(LearningProtocol):
         """Standard pass, modulated input, modulated pass with the same masks, rules."""
         net = self.net
         x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
-        target = torch.as_tensor(target, dtype=net.dtype, device=net.device)
+        classes = net.slots[self.output].size
+        if not torch.is_tensor(target) or tuple(target.shape) != (x.shape[0], classes) or \
+                not target.is_floating_point():
+            raise ConfigError(f"PEPITA needs one-hot targets of shape (batch={x.shape[0]}, "
+                              f"{classes}) as floats, got "
+                              f"{tuple(torch.as_tensor(target).shape)} "
+                              f"{torch.as_tensor(target).dtype}; encode labels with "
+                              "torch.nn.functional.one_hot(labels, classes).float().")
+        target = target.to(net.device, net.dtype)
         standard, masks = net.feedforward({self.input: x}, dropout=self.drop,
                                           generator=generator, transform=self.transform)
         out = net.r_of(standard, self.output)
@@ -162,10 +170,11 @@ class Pepita(LearningProtocol):
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore F (shape checked)."""
-        F = torch.as_tensor(state.get("F"))
-        if state.get("F") is None or tuple(F.shape) != tuple(self.F.shape):
-            raise ConfigError(f"the checkpoint's PEPITA feedback matrix F has shape "
-                              f"{tuple(F.shape) if state.get('F') is not None else None}, this "
-                              f"network needs {tuple(self.F.shape)}; the model and the "
+        F = state.get("F")
+        shape = tuple(torch.as_tensor(F).shape) if F is not None else None
+        if shape != tuple(self.F.shape):
+            raise ConfigError(f"the checkpoint's PEPITA feedback matrix F has shape {shape}, "
+                              f"this network needs {tuple(self.F.shape)}; the model and the "
                               "checkpoint disagree.")
+        F = torch.as_tensor(F)
         self.F.copy_(F.to(self.F.device, self.F.dtype))
