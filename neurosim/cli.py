@@ -89,15 +89,10 @@ def _check_output_file(path, flag: str, what: str, force: bool) -> Path:
         raise NeurosimError(f"{flag} {path} is a directory; give a file path, e.g. "
                             f"{flag} {example}.")
     parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise NeurosimError(f"{flag} {path}: {parent} is a file, not a directory; choose "
-                            "another path.")
-    if not parent.is_dir():
+    if not parent.exists():
         raise NeurosimError(f"{flag} {path}: directory {parent} does not exist; create it "
                             "first or choose another path.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise NeurosimError(f"{flag} {path}: directory {parent} is not writable; choose a "
-                            "directory you can write to.")
+    _check_writable_dir(parent, flag, path)
     if path.exists() or path.is_symlink():
         if not force:
             raise NeurosimError(f"{what} {path} already exists; choose another {flag} or pass "
@@ -146,11 +141,16 @@ def _check_run_dir(run_dir: Path, force: bool, model=None) -> None:
     existing = run_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir():
-        raise NeurosimError(f"--out {run_dir}: {existing} is a file, not a directory; choose "
+    _check_writable_dir(existing, "--out", run_dir)
+
+
+def _check_writable_dir(directory: Path, flag: str, path) -> None:
+    """The existing ``directory`` that will hold ``path`` is a directory we may write to."""
+    if not directory.is_dir():
+        raise NeurosimError(f"{flag} {path}: {directory} is a file, not a directory; choose "
                             "another path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise NeurosimError(f"--out {run_dir}: directory {existing} is not writable; choose a "
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise NeurosimError(f"{flag} {path}: directory {directory} is not writable; choose a "
                             "directory you can write to.")
 
 
