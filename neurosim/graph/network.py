@@ -59,10 +59,7 @@ class Network:
                 raise unknown("compartment", proj.compartment, valid,
                               f'{where} (target "{target.name}")')
             n_post, n_pre = target.size, pops[proj.source].size
-            if proj.is_identity and n_post != n_pre:
-                raise ConfigError(f'{where}: init "identity" needs equal sizes, but source '
-                                  f'"{proj.source}" has {n_pre} and target "{proj.target}" '
-                                  f"has {n_post} neurons.")
+            proj.check_sizes(n_post, n_pre)
             if proj.init == "gram_xavier" and n_post != n_pre:
                 raise ConfigError(f'{where}: init "gram_xavier" builds a square matrix; source '
                                   f"and target sizes differ ({n_pre} vs {n_post}).")

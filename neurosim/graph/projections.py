@@ -18,6 +18,22 @@ Every random initialiser is multiplied by ``scale``.
 
 An optional fixed ``mask`` (same shape, 0/1) zeroes absent synapses; plasticity never creates
 them. ``rules`` are plasticity hooks (see neurosim.plasticity) run after each training step.
+
+Kinds (``type`` in a ``[[projection]]`` table; ``PROJECTION_KINDS``): "dense" (the default,
+above) and two kinds with a spatial layout, whose source activity is read as images of shape
+``in_shape = [C, H, W]`` (channels first, row-major, as the flattened columns of r):
+
+- "conv2d": ``W r`` becomes the cross-correlation ``(K * r)[k, i, j] = sum_{c, a, b}
+  K[k, c, a, b] r[c, s i + a - p, s j + b - p]`` with a kernel K of shape (channels, C, kh, kw),
+  stride s and zero padding p (torch.nn.functional.conv2d); the target has channels x H' x W'
+  neurons, H' = (H + 2p - kh) // s + 1. Initialisers see K as a channels x (C kh kw) matrix
+  (he_uniform's fan-in is C kh kw). A rule's outer product post x pre becomes the patch-wise
+  outer product summed over the batch and averaged over the H' W' output positions.
+- "maxpool2d": ``max_{a, b < k} r[c, s i + a, s j + b]`` over k x k windows (stride s = k by
+  default); no weights, never plastic.
+
+Both run in feed-forward passes (PEPITA, backpropagation) and, from input populations, as
+constant inputs of ODE phases; an ODE phase does not integrate them from dynamic sources.
 """
 from __future__ import annotations
 
@@ -26,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as nnf
 
 from ..errors import ConfigError, did_you_mean
 from ..registry import Registry
@@ -91,7 +108,8 @@ class Projection:
         where = f'projection "{self.name}"'
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"projection name {self.name!r} must be an identifier.")
-        if isinstance(self.init, str) and ":" not in self.init and self.init not in INITIALISERS:
+        if self.has_weight and isinstance(self.init, str) and ":" not in self.init and \
+                self.init not in INITIALISERS:
             raise ConfigError(f'{where}: unknown init "{self.init}".'
                               f"{did_you_mean(self.init, INITIALISERS)} "
                               f"Valid initialisers: {', '.join(INITIALISERS)}, "
@@ -102,15 +120,62 @@ class Projection:
                 raise ConfigError(f"{where}: {key} must be a number, got {value!r}.")
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}.")
-        if self.is_identity:
+        if not self.has_weight:
             self.plastic = False
+        if not self.is_dense and self.mask is not None:
+            raise ConfigError(f'{where}: a {self.kind} projection takes no mask (its '
+                              "connectivity is the kernel's); remove mask.")
         from ..plasticity import build_rule      # rules import the graph: imported late
         self.rules = [build_rule(spec, f"{where} rules[{j}]")
                       for j, spec in enumerate(self.rules)]
+        for rule in self.rules:
+            if not self.is_dense and not getattr(rule, "spatial", False):
+                raise ConfigError(f'{where}: rule "{rule.name}" works on dense weight matrices '
+                                  f"and this is a {self.kind} projection; use a rule that "
+                                  "supports kernels (e.g. \"pepita\") or a dense projection.")
         if self.rules and not self.plastic:
             raise ConfigError(f"{where}: has plasticity rules but is not plastic "
                               f"(init={self.init!r}, plastic={self.plastic}). "
                               "Remove the rules or make the projection plastic.")
+
+    kind = "dense"
+
+    @property
+    def is_dense(self) -> bool:
+        """Whether ``W r`` is a matrix product with a (target x source) matrix W (or, for an
+        identity projection, r itself)."""
+        return True
+
+    @property
+    def has_weight(self) -> bool:
+        """Whether the projection owns a weight tensor (not identity or pooling)."""
+        return not self.is_identity
+
+    def weight_shape(self, n_post: int, n_pre: int) -> tuple[int, ...]:
+        """Shape of the weight tensor: (target size, source size) for a dense projection."""
+        return (n_post, n_pre)
+
+    def check_sizes(self, n_post: int, n_pre: int) -> None:
+        """ConfigError unless the source and target sizes suit this projection."""
+        if self.is_identity and n_post != n_pre:
+            raise ConfigError(f'projection "{self.name}": init "identity" needs equal sizes, but '
+                              f'source "{self.source}" has {n_pre} and target "{self.target}" '
+                              f"has {n_post} neurons.")
+
+    def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """``W r`` for a batch of source activities (batch x source -> batch x target); an
+        identity projection returns r."""
+        return r if weight is None else r.mm(weight.T)
+
+    def outer(self, post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """``sum_b post_b pre_b^T`` over the batch, shaped like the weights: the term every
+        Hebbian-type rule is made of."""
+        return post.T.mm(pre)
+
+    def add_outer_(self, out: torch.Tensor, post: torch.Tensor, pre: torch.Tensor,
+                   alpha: float = 1.0) -> torch.Tensor:
+        """``out += alpha * outer(post, pre)`` in place (one fused product when dense)."""
+        return out.addmm_(post.T, pre, alpha=alpha)
 
     @property
     def is_identity(self) -> bool:
@@ -121,7 +186,9 @@ class Projection:
     def initial_weight(self, n_post: int, n_pre: int, generator: torch.Generator,
                        dtype=torch.float64) -> torch.Tensor | None:
         """Create the initial weight (None for structural identity projections)."""
-        shape = (n_post, n_pre)
+        if not self.has_weight:
+            return None
+        shape = self.weight_shape(n_post, n_pre)
         init = self.init
         if not isinstance(init, str):
             weight = torch.as_tensor(init, dtype=dtype)
@@ -132,31 +199,34 @@ class Projection:
             self._check_finite(weight, "init (explicit weights)")
             return weight.clone()
         initialise = INITIALISERS.lookup(init, f'projection "{self.name}" init')
+        rows, cols = shape[0], math.prod(shape[1:])
         try:
-            weight = initialise(n_post, n_pre, generator, dtype, self.scale)
+            weight = initialise(rows, cols, generator, dtype, self.scale)
         except (MemoryError, RuntimeError) as err:
             from ..sizing import format_bytes, is_allocation_error
             if not is_allocation_error(err):
                 raise
-            nbytes = n_post * n_pre * torch.empty(0, dtype=dtype).element_size()
-            raise ConfigError(f'projection "{self.name}" needs {n_post} x {n_pre} '
+            nbytes = rows * cols * torch.empty(0, dtype=dtype).element_size()
+            raise ConfigError(f'projection "{self.name}" needs {rows} x {cols} '
                               f"{str(dtype).removeprefix('torch.')} weights = "
                               f"{format_bytes(nbytes)} while it is initialised, more than this "
                               f"machine could allocate; make populations \"{self.target}\" or "
                               f'"{self.source}" smaller.') from None
-        if weight is not None and tuple(weight.shape) != shape:
+        if weight is not None and tuple(weight.shape) != (rows, cols):
             raise ConfigError(f'projection "{self.name}": initialiser "{init}" returned shape '
-                              f"{tuple(weight.shape)}, needs {shape}.")
+                              f"{tuple(weight.shape)}, needs {(rows, cols)}.")
         if weight is not None:
             self._check_finite(weight, f'initialiser "{init}" (scale {self.scale})')
+            weight = weight.reshape(shape)
         return weight
 
     def _check_finite(self, weight: torch.Tensor, what: str) -> None:
         bad = ~torch.isfinite(weight)
         if bool(bad.any()):
-            i, j = (int(k) for k in bad.nonzero()[0])
-            raise ConfigError(f'projection "{self.name}": {what} gave weight [{i}, {j}] = '
-                              f"{float(weight[i, j])!r}; weights must be finite numbers.")
+            index = tuple(int(k) for k in bad.nonzero()[0])
+            raise ConfigError(f'projection "{self.name}": {what} gave weight '
+                              f"{list(index)} = {float(weight[index])!r}; weights must be "
+                              "finite numbers.")
 
     def initial_mask(self, n_post: int, n_pre: int) -> torch.Tensor | None:
         """The fixed connectivity mask as a float 0/1 tensor, or None."""
@@ -169,3 +239,147 @@ class Projection:
         if not torch.all((mask == 0) | (mask == 1)):
             raise ConfigError(f'projection "{self.name}": mask entries must be 0 or 1.')
         return mask.to(torch.float64)
+
+
+def _pair(value, key: str, where: str, minimum: int) -> tuple[int, int]:
+    """An int or a [height, width] pair of ints >= minimum."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum
+                              for v in items):
+        raise ConfigError(f"{where}: {key} must be an integer >= {minimum} or a pair [height, "
+                          f"width] of them, got {value!r}.")
+    return items[0], items[1]
+
+
+@dataclass
+class _Spatial(Projection):
+    """Shared by the spatial kinds: the source read as images ``in_shape = [C, H, W]``."""
+
+    in_shape: Sequence[int] = ()
+    kernel: Any = 2
+    stride: Any = None
+    padding: Any = 0
+
+    def __post_init__(self):
+        where = f'projection "{self.name}" ({self.kind})'
+        shape = list(self.in_shape) if isinstance(self.in_shape, (list, tuple)) else []
+        if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                  for v in shape):
+            raise ConfigError(f"{where}: in_shape must be [channels, height, width] of the "
+                              f"source activity (positive integers), got {self.in_shape!r}.")
+        self.in_shape = tuple(shape)
+        self.kernel = _pair(self.kernel, "kernel", where, 1)
+        self.stride = self.kernel if self.stride is None and self.kind == "maxpool2d" else \
+            _pair(1 if self.stride is None else self.stride, "stride", where, 1)
+        self.padding = _pair(self.padding, "padding", where, 0)
+        _, height, width = self.in_shape
+        if self.kind == "maxpool2d" and any(2 * p > k for p, k in zip(self.padding, self.kernel)):
+            raise ConfigError(f"{where}: padding {list(self.padding)} exceeds half the kernel "
+                              f"{list(self.kernel)}.")
+        if any(size + 2 * p < k for size, p, k in zip((height, width), self.padding, self.kernel)):
+            raise ConfigError(f"{where}: kernel {list(self.kernel)} is larger than the padded "
+                              f"image {height} x {width} (padding {list(self.padding)}).")
+        super().__post_init__()
+
+    @property
+    def is_dense(self) -> bool:
+        """False: a spatial operator, not a matrix product."""
+        return False
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        """(channels, H', W') of the target, H' = (H + 2 p - k) // s + 1."""
+        _, height, width = self.in_shape
+        spatial = tuple((size + 2 * p - k) // s + 1 for size, p, k, s in
+                        zip((height, width), self.padding, self.kernel, self.stride))
+        return (self._out_channels(), *spatial)
+
+    def _out_channels(self) -> int:
+        return self.in_shape[0]
+
+    def check_sizes(self, n_post: int, n_pre: int) -> None:
+        """The source must hold ``in_shape`` and the target ``out_shape`` neurons."""
+        where = f'projection "{self.name}" ({self.kind})'
+        need_pre, need_post = math.prod(self.in_shape), math.prod(self.out_shape)
+        if n_pre != need_pre:
+            raise ConfigError(f'{where}: in_shape {list(self.in_shape)} holds {need_pre} '
+                              f'neurons but source "{self.source}" has {n_pre}.')
+        if n_post != need_post:
+            raise ConfigError(f'{where}: its output has shape {list(self.out_shape)} = '
+                              f'{need_post} neurons but target "{self.target}" has {n_post}; '
+                              f"give the target size = {need_post}.")
+
+    def _images(self, r: torch.Tensor) -> torch.Tensor:
+        return r.reshape(r.shape[0], *self.in_shape)
+
+
+@dataclass
+class Conv2dProjection(_Spatial):
+    """A convolution (cross-correlation) ``K * r`` with kernel K (channels x C x kh x kw),
+    stride and zero padding; see the module docstring."""
+
+    kind = "conv2d"
+    channels: int = 1
+    stride: Any = 1
+
+    def __post_init__(self):
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or \
+                self.channels < 1:
+            raise ConfigError(f'projection "{self.name}" (conv2d): channels must be a positive '
+                              f"integer (the number of output feature maps), got "
+                              f"{self.channels!r}.")
+        super().__post_init__()
+
+    def _out_channels(self) -> int:
+        return self.channels
+
+    def weight_shape(self, n_post: int, n_pre: int) -> tuple[int, ...]:
+        """(channels, C, kh, kw)."""
+        return (self.channels, self.in_shape[0], *self.kernel)
+
+    def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """``K * r`` flattened to (batch, channels H' W')."""
+        return nnf.conv2d(self._images(r), weight, stride=self.stride,
+                          padding=self.padding).flatten(1)
+
+    def outer(self, post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """``sum_b mean_{i, j} post_b[k, i, j] patch_b[i, j]``: the patch-wise outer product
+        (patch: the kh x kw input window under output position (i, j)), summed over the batch
+        and averaged over the H' W' output positions."""
+        _, height, width = self.out_shape
+        total = torch.nn.grad.conv2d_weight(
+            self._images(pre), self.weight_shape(0, 0),
+            post.reshape(post.shape[0], *self.out_shape), stride=self.stride,
+            padding=self.padding)
+        return total.div_(height * width)
+
+    def add_outer_(self, out: torch.Tensor, post: torch.Tensor, pre: torch.Tensor,
+                   alpha: float = 1.0) -> torch.Tensor:
+        """``out += alpha * outer(post, pre)``."""
+        return out.add_(self.outer(post, pre), alpha=alpha)
+
+
+@dataclass
+class MaxPool2dProjection(_Spatial):
+    """Max-pooling over kernel windows (stride = kernel unless given); no weights."""
+
+    kind = "maxpool2d"
+    init: Any = "none"
+
+    @property
+    def has_weight(self) -> bool:
+        """False: pooling has no weights."""
+        return False
+
+    def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """The window maxima, flattened to (batch, C H' W')."""
+        return nnf.max_pool2d(self._images(r), self.kernel, self.stride,
+                              self.padding).flatten(1)
+
+
+#: ``type`` of a [[projection]] table -> class. Register a kind of your own with
+#: ``PROJECTION_KINDS.register(MyProjection, name="mine")``.
+PROJECTION_KINDS = Registry("projection kind", base=Projection)
+PROJECTION_KINDS.register(Projection, name="dense")
+PROJECTION_KINDS.register(Conv2dProjection, name="conv2d")
+PROJECTION_KINDS.register(MaxPool2dProjection, name="maxpool2d")

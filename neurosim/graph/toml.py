@@ -22,7 +22,7 @@ to the tools that read them. Example::
     activation = "clip"
 
     [[projection]]
-    name = "x_h"
+    name = "x_h"             # type = "dense" (default) | "conv2d" | "maxpool2d" | "module:Class"
     source = "x"
     target = "h"
     compartment = "basal"
@@ -43,10 +43,12 @@ from typing import Any, Iterable
 from ..errors import ConfigError, did_you_mean
 from .network import Network
 from .populations import POPULATION_KINDS, Population
-from .projections import Projection
+from .projections import PROJECTION_KINDS, Projection
 
-_PROJ_KEYS = {"name", "source", "target", "compartment", "init", "gain", "scale", "mask",
-              "plastic", "rules"}
+
+def _projection_keys(cls) -> set[str]:
+    from dataclasses import fields
+    return {"type", *(f.name for f in fields(cls))}
 
 
 def check_keys(table: Any, allowed: Iterable[str], where: str, required: Iterable[str] = ()):
@@ -151,18 +153,35 @@ def network_from_dict(data: dict, where: str = "model") -> Network:
         label = f'{where} [[projection]] #{i + 1}'
         if isinstance(table, dict) and "name" in table:
             label += f' "{table["name"]}"'
-        check_keys(table, _PROJ_KEYS, label, required=("name", "source", "target"))
+        if not isinstance(table, dict):
+            check_keys(table, (), label)             # raises: not a table
+        kind = table.get("type", "dense")
+        cls = PROJECTION_KINDS.lookup(kind, f"{label} type")
+        keys = _projection_keys(cls)
+        if isinstance(table, dict) and "type" not in table:
+            keys = set.union(*(_projection_keys(c) for c in PROJECTION_KINDS.values()))
+            check_keys(table, keys, label, required=("name", "source", "target"))
+            keys = _projection_keys(cls)
+            extra = sorted(set(table) - keys)
+            if extra:
+                raise ConfigError(f'{label}: key "{extra[0]}" belongs to a spatial projection; '
+                                  'give type = "conv2d" or "maxpool2d" (the default type is '
+                                  '"dense").')
+        check_keys(table, keys, label if "type" not in table else f'{label} (type "{kind}")',
+                   required=("name", "source", "target"))
         check_finite(table, label)
-        kwargs = dict(table)
+        kwargs = {k: v for k, v in table.items() if k != "type"}
         rules = kwargs.pop("rules", [])
         if not isinstance(rules, list):
             raise ConfigError(f"{label}: rules must be a list of tables, e.g. "
                               'rules = [{ type = "ep_contrastive", lr = 0.1 }].')
         kwargs["rules"] = [build_rule(spec, f"{label} rules[{j}]") for j, spec in enumerate(rules)]
         try:
-            projections.append(Projection(**kwargs))
+            projections.append(cls(**kwargs))
         except ConfigError as err:
             raise ConfigError(f"{label}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f'{label}: type "{kind}": {err}') from None
     try:
         return Network(populations, projections, name=name)
     except ConfigError as err:

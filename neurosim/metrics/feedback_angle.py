@@ -53,6 +53,12 @@ def _check_protocol(protocol, net=None) -> None:
                           f'(pepita); protocol "{kind}" has none. Remove "feedback_angle" from '
                           "[training] metrics, or use weight_angle for learned feedback "
                           "weights.")
+    spatial = [q for q in chain if not getattr(q, "is_dense", True)]
+    if spatial:
+        raise ConfigError(f'feedback_angle: projection "{spatial[0].name}" is a '
+                          f"{spatial[0].kind} projection; the end-to-end map W_L ... W_1 is "
+                          "a product of dense matrices only. Remove \"feedback_angle\" from "
+                          "[training] metrics of a convolutional model.")
     weights = (net if net is not None else protocol.net).weights
     names = [getattr(q, "name", q) for q in chain]
     missing = [n for n in names if n not in weights]

@@ -220,6 +220,8 @@ class PlasticityRule:
     needs_phases: ClassVar[tuple[str, ...]] = ()
     #: run outside inference mode with autograd enabled (contexts hand out plain tensors)
     needs_grad: ClassVar[bool] = False
+    #: works on spatial (conv2d) projections, through ``ctx.projection.outer(post, pre)``
+    spatial: ClassVar[bool] = False
     #: set from the model file's per-rule keys (see module docstring)
     schedule: EpochSchedule | None = None
     warmup: Warmup | None = None

@@ -9,7 +9,10 @@ the two passes and provides the signals):
     momentum as coded by the authors:  v <- momentum v + dW,  W <- W + v
 
 with h_0^mod = x_mod, activities after the nonlinearity and after dropout (the same masks in
-both passes), B the batch size and no derivative factor. The output layer is the projection
+both passes), B the batch size and no derivative factor. On a conv2d projection (the
+convolutional model) every outer product ``post pre^T`` is the patch-wise one: post at each
+output position times the input patch under it, averaged over the output positions
+(``Projection.outer``). The output layer is the projection
 onto the protocol's output population (the signal "output"). The velocity v is the rule's
 state (checkpointed).
 """
@@ -42,6 +45,7 @@ class Pepita(PlasticityRule):
 
     name = "pepita"
     needs_phases = ("standard", "modulated")
+    spatial = True          # conv2d projections: patch-wise outer products (Projection.outer)
 
     def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  hebbian: bool = False):
@@ -84,7 +88,7 @@ class Pepita(PlasticityRule):
             if self.weight_decay:
                 weight.mul_(1.0 - rate * self.weight_decay)
             for post, pre_, alpha in terms:
-                weight.addmm_(post.T, pre_, alpha=alpha)
+                ctx.projection.add_outer_(weight, post, pre_, alpha)
             return
         if self.velocity is None:
             self.velocity, self.velocity_scale = torch.zeros_like(weight), 1.0
@@ -99,7 +103,7 @@ class Pepita(PlasticityRule):
             self.velocity.mul_(c)
             c = 1.0
         for post, pre_, alpha in terms:
-            self.velocity.addmm_(post.T, pre_, alpha=alpha / c)
+            ctx.projection.add_outer_(self.velocity, post, pre_, alpha / c)
         if self.weight_decay:
             self.velocity.add_(weight, alpha=-rate * self.weight_decay / c)
         self.velocity_scale = c

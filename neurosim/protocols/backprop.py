@@ -130,7 +130,7 @@ class _FeedbackLinear(torch.autograd.Function):
     def backward(ctx, grad):
         h, feedback = ctx.saved_tensors
         grad_h = grad.mm(feedback.t()) if ctx.needs_input_grad[0] else None
-        grad_w = h.t().mm(grad).t() if ctx.needs_input_grad[1] else None
+        grad_w = grad.t().mm(h) if ctx.needs_input_grad[1] else None
         return grad_h, grad_w, None
 
 
@@ -252,6 +252,7 @@ class Backprop(LearningProtocol):
         else:
             drops = {name: self.dropout for name in hidden}
         self._layers = []
+        self._projections = list(chain)
         for q in chain:
             pop = net.network.population(q.target)
             slot = net.slots[q.target]
@@ -293,10 +294,11 @@ class Backprop(LearningProtocol):
                 for buffer in self._buffer_names()}
 
     # ------------------------------------------------------------------ passes
-    def _linear(self, index: int, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """a = h W^T for layer ``index`` (0-based); backpropagation differentiates it through
-        W^T."""
-        return h.mm(weight.t())
+    def _linear(self, index: int, h: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """a = h W^T for layer ``index`` (0-based), or the layer's spatial operator (a
+        convolution, a max-pooling); backpropagation differentiates it by autograd."""
+        projection = self._projections[index]
+        return projection.drive(h, weight) if not projection.is_dense else h.mm(weight.t())
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor] | None = None,
                 biases: Mapping[str, torch.Tensor] | None = None,
@@ -312,7 +314,7 @@ class Backprop(LearningProtocol):
         biases = net.biases if biases is None else biases
         h = a = x
         for i, layer in enumerate(self._layers):
-            a = self._linear(i, h, weights[layer.projection])
+            a = self._linear(i, h, weights.get(layer.projection))
             bias = biases[layer.population]
             a = a + (bias if layer.bias_scale == 1.0 else bias * layer.bias_scale)
             h = net.slots[layer.population].activate(a)
@@ -507,6 +509,12 @@ class FeedbackAlignment(Backprop):
         """Backprop's setup, then draw B_2 .. B_L (in layer order)."""
         super().setup()
         net = self.net
+        for q in self._projections[1:]:
+            if not q.is_dense:
+                raise ConfigError(f'protocol "{self.name}": projection "{q.name}" is a {q.kind} '
+                                  "projection; feedback alignment sends the error back through "
+                                  "fixed random matrices B_l of dense layers only (layers 2 .. L "
+                                  "must be dense; use backprop for convolutional networks).")
         generator = torch.Generator().manual_seed(self.seed + FEEDBACK_SEED_OFFSET)
         self.feedback = {}
         for layer in self._layers[1:]:
@@ -522,7 +530,7 @@ class FeedbackAlignment(Backprop):
     def _linear(self, index: int, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """a = h W^T; for layers 2 .. L the backward pass uses B_l instead of W_l^T."""
         if index == 0:
-            return h.mm(weight.t())
+            return super()._linear(index, h, weight)
         return _FeedbackLinear.apply(h, weight, self.feedback[self._layers[index].projection])
 
     def state_dict(self) -> dict:

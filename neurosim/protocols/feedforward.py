@@ -5,7 +5,8 @@ A chain runs from the input population to the output one,
     h_0 = x,    a_l = W_l h_{l-1},    h_l = sigma_l(c_l a_l)    (l = 1 .. L),
 
 where every dynamic population on the way receives exactly one projection, W_l (n_l x
-n_{l-1}), from the one before it, and the chain is evaluated in one discrete sweep
+n_{l-1}), from the one before it (a spatial projection, neurosim.graph.projections, reads
+``W_l h`` as a convolution or a max-pooling with no weights), and the chain is evaluated in one discrete sweep
 (:meth:`neurosim.dynamics.CompiledNetwork.feedforward`, no ODE). For the built-in linear cells
 ``c_l = g_c gain / (g_lk + sum_c g_c)`` (a pyramidal population with ``leak = 0``, one dendrite
 and ``apical = 0``, or an interneuron with ``leak = 1``, has c_l = gain); the papers' networks
@@ -38,9 +39,10 @@ def layer_chain(net, input: str, output: str, who: str) -> list:
         if q.source in seen or q.source == population:
             raise ConfigError(f'{who}: projection "{q.name}" closes a loop; a feed-forward chain '
                               "has no recurrent connections.")
-        if q.name not in net.weights:
+        if q.name not in net.weights and q.is_dense:
             raise ConfigError(f'{who}: projection "{q.name}" has no weight matrix (init '
-                              '"identity"); every layer of the chain needs one.')
+                              '"identity"); every layer of the chain needs one (or is a '
+                              "pooling projection).")
         seen.add(population)
         chain.append(q)
         population = q.source
