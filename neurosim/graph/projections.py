@@ -11,6 +11,8 @@ Weights are created by an initialiser named in ``init``:
 - "gram_xavier": M M^T with M an n x n Xavier-uniform matrix (a random SPD matrix; needs
   source == target), as CorInfoMax initialises its lateral matrices B
 - "normal": N(0, scale^2); "uniform": U(-scale, scale); "zeros"; "ones" (fixed fan-in sum)
+- "eye": scale * I, a learnable identity matrix (needs source == target size; e.g. COPI's
+  decorrelating lateral matrices R, initialised to I)
 - "identity": structural autapses ``r_src -> same neuron``, no weight tensor (never plastic)
 - a registered or imported ("module:function") initialiser (see ``INITIALISERS``)
 - or an explicit tensor / nested list of shape (target.size, source.size).
@@ -85,6 +87,16 @@ INITIALISERS.register(lambda o, i, g, dtype, scale: torch.zeros((o, i), dtype=dt
 INITIALISERS.register(lambda o, i, g, dtype, scale: torch.full((o, i), float(scale), dtype=dtype),
                       name="ones")
 INITIALISERS.register(lambda o, i, g, dtype, scale: None, name="identity")
+
+
+def _eye(n_post, n_pre, generator, dtype, scale):
+    if n_post != n_pre:
+        raise ConfigError(f'init "eye" builds a square matrix; source and target sizes differ '
+                          f"({n_pre} vs {n_post}).")
+    return torch.eye(n_post, dtype=dtype) * scale
+
+
+INITIALISERS.register(_eye, name="eye")
 
 
 @dataclass

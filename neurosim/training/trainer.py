@@ -20,7 +20,8 @@ A run directory holds
                   ``keep_checkpoints - 1`` of them ([training] keep_checkpoints, default 3,
                   counts run.h5 too); see neurosim.io.series
     metrics.csv   one row per epoch: epoch, train_accuracy, test_accuracy (when measured),
-                  then the other columns
+                  then the other columns; with a test set also peak_test_accuracy and
+                  peak_epoch (the best so far and the first epoch that reached it)
 
 Resuming from run.h5 repeats exactly what an uninterrupted run computes: the data order and
 every random draw of the protocol come from the one generator whose state is checkpointed.
@@ -326,6 +327,14 @@ class Trainer:
                 row.update(self.evaluate(train_x, None, prefix, metrics))
             else:
                 row.update(self.evaluate(x, y if self.labeled else None, prefix, metrics))
+        if "test_accuracy" in row:              # the papers report peaks (COPI)
+            best, best_epoch = row["test_accuracy"], row["epoch"]
+            for earlier in self.history.rows():
+                value = earlier.get("test_accuracy", math.nan)
+                if value == value and value >= best and not (value == best and
+                                                             earlier["epoch"] > best_epoch):
+                    best, best_epoch = value, int(earlier["epoch"])
+            row["peak_test_accuracy"], row["peak_epoch"] = best, best_epoch
         row["lr_scale"] = lr_scale
         row["train_seconds"] = train_time
         row["seconds"] = time.perf_counter() - start

@@ -1,0 +1,145 @@
+"""COPI's two local rules (Ahmad, Schrader & van Gerven, TMLR 2023); the protocol
+(neurosim.protocols.copi) runs the forward pass and provides the credit signals.
+
+Network: every forward weight W_l reads a decorrelated input x_l = R_l y_{l-1} (R_l a
+lateral projection onto a linear population, initialised to I), a_l = W_l x_l, y_l = f(a_l).
+Batch means are written <.>; the record's phase is "forward".
+
+Forward rule ``copi_forward`` on W_l (source: x_l, target: the layer with potential a_l and
+credit delta_l from the signal "delta"):
+
+    z_l  = a_l + delta_l                                   (target state)
+    copi:    dW_l = lr ( <z_l x_l^T> - W_l diag<x_l^2> )   dW_ij = lr (<z_i x_j> - W_ij <x_j^2>)
+    delta:   dW_l = lr <delta_l x_l^T>                     ("BP with decorrelation" baseline)
+
+Its fixed point is W_ij = <z_i x_j> / <x_j^2>: each weight infers its value from local
+statistics, exact once the inputs are decorrelated (then copi's dW equals the delta rule).
+
+Decorrelation rule ``decorrelation`` on R_l (source: y_{l-1}, target: x_l = R_l y_{l-1}):
+
+    C = <x x^T> (uncentred; ``center = true``: of x - <x>),  C_off = C with zero diagonal
+    form "left" (the published results):  dR = -lr C_off R
+    form "right" (the "bio" form):         dR = -lr R C_off
+    ``norm_gain = true`` (follow-up): afterwards R <- s R with s = mean_b |y_b| / mean_b |x_b|,
+    so the decorrelated signal keeps the norm of the layer's input.
+
+``lr`` is scaled by the epoch's ``lr_scale``. Neither rule keeps state.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+from .base import PlasticityRule, SynapseContext, register_rule
+
+__all__ = ["CopiForward", "Decorrelation", "mean_offdiagonal_correlation"]
+
+
+def _rate(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key}: a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def _flag(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: true or false, got {value!r}.")
+    return value
+
+
+def mean_offdiagonal_correlation(second_moment: torch.Tensor) -> float:
+    """Mean |C_ij| / sqrt(C_ii C_jj) over i != j of a (n x n) second-moment matrix (units
+    with zero power are left out); NaN for fewer than two units."""
+    power = second_moment.diagonal()
+    live = power > 0
+    c = second_moment[live][:, live]
+    n = c.shape[0]
+    if n < 2:
+        return math.nan
+    scale = c.diagonal().rsqrt()
+    corr = c * scale[:, None] * scale[None, :]
+    return float((corr.abs().sum() - corr.diagonal().abs().sum()) / (n * (n - 1)))
+
+
+@register_rule
+class CopiForward(PlasticityRule):
+    """COPI's forward rule (neurosim.plasticity.copi): dW = lr (<z x^T> - W diag<x^2>),
+    z = a + delta (``mode = "copi"``), or dW = lr <delta x^T> (``mode = "delta"``)."""
+
+    name = "copi_forward"
+    needs_phases = ("forward",)
+
+    def __init__(self, lr: float, mode: str = "copi"):
+        self.lr = _rate(lr, "lr")
+        if mode not in ("copi", "delta"):
+            raise ConfigError(f'mode: "copi" (dW = lr (<z x^T> - W diag<x^2>)) or "delta" '
+                              f'(dW = lr <delta x^T>, BP with decorrelation), got {mode!r}.')
+        self.mode = mode
+
+    def update(self, ctx: SynapseContext) -> None:
+        """One step of the rule on the batch (module docstring)."""
+        deltas = ctx.signal("delta")
+        target = ctx.projection.target
+        if target not in deltas:
+            raise ConfigError(f'rule "copi_forward" on "{ctx.projection.name}": the protocol '
+                              f'gives no credit signal for population "{target}"; attach the '
+                              "rule to the forward weights W_l of the chain.")
+        rate = self.lr * ctx.lr_scale
+        x, delta = ctx.pre("forward"), deltas[target]
+        weight = ctx.weight
+        if self.mode == "delta":
+            weight.addmm_(delta.T, x, alpha=rate / ctx.batch_size)
+            return
+        z = ctx.potential("forward") + delta
+        power = (x * x).mean(dim=0)                       # <x_j^2>
+        weight.mul_(1.0 - rate * power)
+        weight.addmm_(z.T, x, alpha=rate / ctx.batch_size)
+
+
+@register_rule
+class Decorrelation(PlasticityRule):
+    """COPI's decorrelation rule on a lateral matrix R (neurosim.plasticity.copi):
+    dR = -lr C_off R (``form = "left"``) or -lr R C_off (``"right"``), C = <x x^T> of the
+    decorrelated output x = R y; options ``center`` and ``norm_gain``."""
+
+    name = "decorrelation"
+    needs_phases = ("forward",)
+    lateral = True          # marks R for the protocol (credit "fa" bypasses it)
+
+    def __init__(self, lr: float, form: str = "left", center: bool = False,
+                 norm_gain: bool = False):
+        self.lr = _rate(lr, "lr")
+        if form not in ("left", "right"):
+            raise ConfigError(f'form: "left" (dR = -lr C_off R, the published results) or '
+                              f'"right" (dR = -lr R C_off, the bio form), got {form!r}.')
+        self.form = form
+        self.center = _flag(center, "center")
+        self.norm_gain = _flag(norm_gain, "norm_gain")
+
+    def setup(self, net, owner) -> None:
+        """R must be square (a lateral matrix from the layer's input to its decorrelated
+        copy)."""
+        weight = net.weights.get(owner.name)
+        if weight is None or weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
+            raise ConfigError(f'rule "decorrelation" on "{owner.name}" needs a square weight '
+                              "matrix R (source and target of the same size).")
+
+    def update(self, ctx: SynapseContext) -> None:
+        """One step of the rule on the batch (module docstring)."""
+        x = ctx.post("forward")
+        if self.center:
+            x = x - x.mean(dim=0)
+        corr = torch.mm(x.T, x).div_(ctx.batch_size)
+        corr.diagonal().zero_()
+        R = ctx.weight
+        step = torch.mm(corr, R) if self.form == "left" else torch.mm(R, corr)
+        R.add_(step, alpha=-self.lr * ctx.lr_scale)
+        if self.norm_gain:
+            y = ctx.pre("forward")
+            out = torch.mm(y, R.T)
+            norm = out.norm(dim=1).mean()
+            if float(norm) > 0:
+                R.mul_(y.norm(dim=1).mean() / norm)
