@@ -22,8 +22,13 @@ Decorrelation rule ``decorrelation`` on R_l (source: y_{l-1}, target: x_l = R_l 
     form "right" (the "bio" form):         dR = -lr R C_off
     ``norm_gain = true`` (follow-up): afterwards R <- s R with s = mean_b |y_b| / mean_b |x_b|,
     so the decorrelated signal keeps the norm of the layer's input.
+    ``power_scaled = true`` (the reference code's ``var_scaled``): C_off's column j divided by
+    <x_j^2> + 1e-5, so every layer decorrelates at the same pace whatever its activity's
+    power (deep leaky-ReLU layers carry about half the power of the layer below).
 
-``lr`` is scaled by the epoch's ``lr_scale``. Neither rule keeps state.
+``lr`` is scaled by the epoch's ``lr_scale``. Neither rule keeps state. The decorrelation
+step is computed as C_off R = x^T (x R) / B - diag<x^2> R (and R C_off likewise), 2 B n^2
+multiply-adds instead of the n^3 of forming C first: 8x fewer at B = 50, n = 784.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ from ..errors import ConfigError
 from .base import PlasticityRule, SynapseContext, register_rule
 
 __all__ = ["CopiForward", "Decorrelation", "mean_offdiagonal_correlation"]
+
+POWER_EPS = 1e-5          # power_scaled: C_off's columns divided by <x_j^2> + this
 
 
 def _rate(value, key: str) -> float:
@@ -103,14 +110,14 @@ class CopiForward(PlasticityRule):
 class Decorrelation(PlasticityRule):
     """COPI's decorrelation rule on a lateral matrix R (neurosim.plasticity.copi):
     dR = -lr C_off R (``form = "left"``) or -lr R C_off (``"right"``), C = <x x^T> of the
-    decorrelated output x = R y; options ``center`` and ``norm_gain``."""
+    decorrelated output x = R y; options ``center``, ``norm_gain`` and ``power_scaled``."""
 
     name = "decorrelation"
     needs_phases = ("forward",)
     lateral = True          # marks R for the protocol (credit "fa" bypasses it)
 
     def __init__(self, lr: float, form: str = "left", center: bool = False,
-                 norm_gain: bool = False):
+                 norm_gain: bool = False, power_scaled: bool = False):
         self.lr = _rate(lr, "lr")
         if form not in ("left", "right"):
             raise ConfigError(f'form: "left" (dR = -lr C_off R, the published results) or '
@@ -118,6 +125,7 @@ class Decorrelation(PlasticityRule):
         self.form = form
         self.center = _flag(center, "center")
         self.norm_gain = _flag(norm_gain, "norm_gain")
+        self.power_scaled = _flag(power_scaled, "power_scaled")
 
     def setup(self, net, owner) -> None:
         """R must be square (a lateral matrix from the layer's input to its decorrelated
@@ -132,10 +140,16 @@ class Decorrelation(PlasticityRule):
         x = ctx.post("forward")
         if self.center:
             x = x - x.mean(dim=0)
-        corr = torch.mm(x.T, x).div_(ctx.batch_size)
-        corr.diagonal().zero_()
-        R = ctx.weight
-        step = torch.mm(corr, R) if self.form == "left" else torch.mm(R, corr)
+        R, batch = ctx.weight, ctx.batch_size
+        power = (x * x).mean(dim=0)                               # diag C = <x_j^2>
+        # C_off R = x^T (x R) / B - diag(power) R: 2 B n^2 multiply-adds instead of n^3 + B n^2
+        if self.form == "left":
+            M = R / (power + POWER_EPS)[:, None] if self.power_scaled else R
+            step = torch.mm(x.T, torch.mm(x, M)).div_(batch).sub_(power[:, None] * M)
+        else:
+            step = torch.mm(torch.mm(R, x.T), x).div_(batch).sub_(R * power[None, :])
+            if self.power_scaled:
+                step.div_((power + POWER_EPS)[None, :])
         R.add_(step, alpha=-self.lr * ctx.lr_scale)
         if self.norm_gain:
             y = ctx.pre("forward")

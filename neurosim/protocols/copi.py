@@ -125,6 +125,11 @@ class Copi(LearningProtocol):
             if source in into and into[source].name in lateral:
                 source = into[source].source
             self._below[q.name] = source
+        # populations whose delta a rule reads or the backward pass goes through (not the
+        # input's decorrelated copy: nothing below it learns from its delta)
+        targets = {q.target for q in self.forward_layers}
+        self._credited = {q.target for q in chain if q.target in targets or
+                          net.slots[q.source].u_cols is not None}
         hidden = [q.target for q in self.forward_layers[:-1]]
         self._hidden_activation = (net.slots[hidden[-1]].activation if hidden else None)
         self.feedback = {}
@@ -166,7 +171,7 @@ class Copi(LearningProtocol):
         deltas = {self.output: delta_out}
         if self.credit == "bp":
             for q in reversed(self.chain):
-                if net.slots[q.source].u_cols is None:
+                if q.source not in self._credited:
                     break
                 back = deltas[q.target].mm(net.weights[q.name])
                 deltas[q.source] = back.mul_(self._derivative(q.source, state))
@@ -204,7 +209,8 @@ class Copi(LearningProtocol):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """The fixed feedback matrices B_l (fa) or D_l (dfa) by forward projection."""
-        return {"feedback": dict(self.feedback)} if self.feedback else {}
+        return {"feedback": {k: v.clone() for k, v in self.feedback.items()}} \
+            if self.feedback else {}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore B_l / D_l (names and shapes checked)."""
