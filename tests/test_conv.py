@@ -172,10 +172,63 @@ def test_backprop_conv_gradients_equal_an_nn_module():
     assert ("weights", "pool") not in grads
 
 
-def test_feedback_alignment_refuses_spatial_layers_after_the_first():
-    net = CompiledNetwork(conv_network(rules=False), dtype=F64)
-    with pytest.raises(ConfigError, match='"pool" is a maxpool2d projection'):
-        FeedbackAlignment(lr=0.1).bind(net)
+def two_conv_network():
+    """x -conv-> c1 (relu) -conv-> c2 (relu) -maxpool-> p -dense-> out: spatial layers after
+    the first, so feedback alignment has a kernel to replace."""
+    k1 = g.Conv2dProjection("k1", "x", "c1", "basal", init="he_uniform", in_shape=[2, 7, 7],
+                            channels=3, kernel=3)
+    k2 = g.Conv2dProjection("k2", "c1", "c2", "basal", init="he_uniform", in_shape=[3, 5, 5],
+                            channels=4, kernel=2, padding=1)
+    pool = g.MaxPool2dProjection("pool", "c2", "p", "basal", in_shape=[4, 6, 6], kernel=2)
+    return g.Network([g.InputPopulation("x", 98), layer("c1", 75, "relu"),
+                      layer("c2", 144, "relu"), layer("p", 36, "linear"),
+                      layer("out", 4, "softmax")],
+                     [k1, k2, pool, g.Projection("w", "p", "out", "basal", init="he_uniform")])
+
+
+def test_feedback_alignment_with_B_equal_to_the_weights_is_backprop_on_conv_layers():
+    settings = dict(lr=0.05, momentum=0.9)
+    net_bp = CompiledNetwork(two_conv_network(), dtype=F64, seed=4)
+    net_fa = CompiledNetwork(two_conv_network(), dtype=F64, seed=4)
+    bp = Backprop(**settings).bind(net_bp, seed=0)
+    fa = FeedbackAlignment(**settings).bind(net_fa, seed=0)
+    assert sorted(fa.feedback) == ["k2", "w"]                  # no B for the pooling layer
+    assert fa.feedback["k2"].shape == net_fa.weights["k2"].shape
+    data = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        fa.feedback["k2"] = net_fa.weights["k2"].clone()
+        fa.feedback["w"] = net_fa.weights["w"].T.clone()
+        x = torch.rand(6, 98, dtype=F64, generator=data)
+        t = nnf.one_hot(torch.randint(0, 4, (6,), generator=data), 4).to(F64)
+        bp.train_step(x, t, torch.Generator())
+        fa.train_step(x, t, torch.Generator())
+        for name in net_bp.weights:
+            assert torch.allclose(net_bp.weights[name], net_fa.weights[name], atol=1e-13,
+                                  rtol=0), name
+
+
+def test_feedback_alignment_sends_the_conv_error_through_a_fixed_kernel():
+    net = CompiledNetwork(two_conv_network(), dtype=F64, seed=4)
+    fa = FeedbackAlignment(lr=0.05).bind(net, seed=0)
+    B = fa.feedback["k2"].clone()
+    x = torch.rand(5, 98, dtype=F64)
+    t = nnf.one_hot(torch.arange(5) % 4, 4).to(F64)
+    grads, _, _ = fa.gradients(x, t)
+    # the same gradient by hand: autograd on a network whose second kernel is B in the backward
+    k1, k2, w = (net.weights[n].clone().requires_grad_() for n in ("k1", "k2", "w"))
+    a1 = nnf.conv2d(x.view(5, 2, 7, 7), k1)
+    h1 = torch.relu(a1)
+    a2_fa = nnf.conv2d(h1.detach(), k2, padding=1) + nnf.conv2d(h1, B, padding=1) - \
+        nnf.conv2d(h1, B, padding=1).detach()
+    p = nnf.max_pool2d(torch.relu(a2_fa), 2).flatten(1)
+    Bw = fa.feedback["w"]                                        # (36 x 4), W^T's shape
+    logits = p.detach() @ w.T + p @ Bw - (p @ Bw).detach()       # value p W^T, error via B
+    loss = nnf.cross_entropy(logits, t.argmax(1))
+    loss.backward()
+    assert torch.allclose(grads["weights", "k2"], k2.grad, atol=1e-13, rtol=0)
+    assert torch.allclose(grads["weights", "w"], w.grad, atol=1e-13, rtol=0)
+    assert not torch.allclose(grads["weights", "k1"], torch.zeros_like(k1))
+    assert torch.equal(fa.feedback["k2"], B)
 
 
 def test_conv_from_an_input_drives_an_ode_phase_and_from_a_dynamic_one_is_refused():
@@ -256,7 +309,7 @@ def test_feedback_angle_is_refused_on_a_conv_model():
         Trainer.from_model_text(text, progress=False)
 
 
-@pytest.mark.parametrize("model", ["pepita_conv_digits", "bp_conv_digits"])
+@pytest.mark.parametrize("model", ["pepita_conv_digits", "bp_conv_digits", "fa_conv_digits"])
 def test_conv_digits_models_train_and_resume_exactly(tmp_path, model):
     path = MODELS / f"{model}.toml"
     run, whole = tmp_path / "run", tmp_path / "whole"

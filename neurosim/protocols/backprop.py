@@ -36,7 +36,10 @@ Backward (errors delta_l = dJ/da_l, rows of the batch)::
 with M_l = W_l^T for backpropagation (torch autograd) and M_l = B_l, a fixed random matrix of
 W_l^T's shape (n_{l-1} x n_l), for feedback alignment (Lillicrap et al. 2016; a custom
 autograd function whose backward multiplies by B_l instead of W_l^T, so nothing else
-changes).
+changes). Spatial layers (neurosim.graph.projections): a conv2d layer's W_l h is a
+convolution, backpropagated by autograd, and under feedback alignment through a fixed random
+kernel B_l of the kernel's shape (the transposed convolution with B_l instead of K_l); a
+max-pooling layer has no weights and routes the error to each window's maximum in both.
 
 Update (``optimizer``), with the step's learning rate lr_t = ``lr`` x the epoch's
 ``lr_scale`` ([training] lr_schedule) and g = grad + ``weight_decay`` * W (L2, as torch):
@@ -132,6 +135,32 @@ class _FeedbackLinear(torch.autograd.Function):
         grad_h = grad.mm(feedback.t()) if ctx.needs_input_grad[0] else None
         grad_w = grad.t().mm(h) if ctx.needs_input_grad[1] else None
         return grad_h, grad_w, None
+
+
+class _FeedbackConv(torch.autograd.Function):
+    """a = K * h (a conv2d projection) forward; backward sends the error through the fixed
+    random kernel ``feedback`` (K's shape) instead of K: dJ/dh = conv2d_input(B, delta),
+    dJ/dK = conv2d_weight(h, delta), as backpropagation's with K replaced by B."""
+
+    @staticmethod
+    def forward(ctx, h, weight, feedback, projection):
+        ctx.save_for_backward(h, feedback)
+        ctx.projection, ctx.weight_shape = projection, tuple(weight.shape)
+        return projection.drive(h, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, feedback = ctx.saved_tensors
+        q = ctx.projection
+        images = h.reshape(h.shape[0], *q.in_shape)
+        grad = grad.reshape(grad.shape[0], *q.out_shape)
+        grad_h = torch.nn.grad.conv2d_input(images.shape, feedback, grad, stride=q.stride,
+                                            padding=q.padding).flatten(1) \
+            if ctx.needs_input_grad[0] else None
+        grad_w = torch.nn.grad.conv2d_weight(images, ctx.weight_shape, grad, stride=q.stride,
+                                             padding=q.padding) \
+            if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None, None
 
 
 @register_protocol
@@ -509,29 +538,32 @@ class FeedbackAlignment(Backprop):
         """Backprop's setup, then draw B_2 .. B_L (in layer order)."""
         super().setup()
         net = self.net
-        for q in self._projections[1:]:
-            if not q.is_dense:
-                raise ConfigError(f'protocol "{self.name}": projection "{q.name}" is a {q.kind} '
-                                  "projection; feedback alignment sends the error back through "
-                                  "fixed random matrices B_l of dense layers only (layers 2 .. L "
-                                  "must be dense; use backprop for convolutional networks).")
         generator = torch.Generator().manual_seed(self.seed + FEEDBACK_SEED_OFFSET)
         self.feedback = {}
-        for layer in self._layers[1:]:
+        for q, layer in zip(self._projections[1:], self._layers[1:]):
+            if not q.has_weight:
+                continue                        # pooling: routed back by autograd, no weights
             n_out, n_in = net.slots[layer.population].size, net.slots[layer.source].size
-            drawn = self._initialiser(n_out, n_in, generator, torch.float64, self.feedback_scale)
+            shape = q.weight_shape(n_out, n_in)
+            rows, cols = shape[0], math.prod(shape[1:])
+            drawn = self._initialiser(rows, cols, generator, torch.float64, self.feedback_scale)
             drawn = torch.as_tensor(drawn)
-            if tuple(drawn.shape) != (n_out, n_in):
+            if tuple(drawn.shape) != (rows, cols):
                 raise ConfigError(f'protocol "{self.name}" feedback_init "{self.feedback_init}": '
                                   f"returned shape {tuple(drawn.shape)} for W "
-                                  f'"{layer.projection}" ({n_out} x {n_in}).')
-            self.feedback[layer.projection] = drawn.T.contiguous().to(net.device, net.dtype)
+                                  f'"{layer.projection}" ({rows} x {cols}).')
+            drawn = drawn.T.contiguous() if q.is_dense else drawn.reshape(shape)
+            self.feedback[layer.projection] = drawn.to(net.device, net.dtype)
 
     def _linear(self, index: int, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """a = h W^T; for layers 2 .. L the backward pass uses B_l instead of W_l^T."""
-        if index == 0:
+        projection = self._projections[index]
+        if index == 0 or weight is None:
             return super()._linear(index, h, weight)
-        return _FeedbackLinear.apply(h, weight, self.feedback[self._layers[index].projection])
+        feedback = self.feedback[projection.name]
+        if not projection.is_dense:
+            return _FeedbackConv.apply(h, weight, feedback, projection)
+        return _FeedbackLinear.apply(h, weight, feedback)
 
     def state_dict(self) -> dict:
         """Backprop's state plus ``feedback/<projection>``: B_l."""
