@@ -124,9 +124,14 @@ def validate_monitor(monitor: MonitorSpec, network: Network, where: str = "monit
     projection's synapses (weight monitors)."""
     if monitor.compartment == SYNAPSES:
         projection = network.projection(monitor.population)
-        if projection.is_identity:
+        if not projection.has_weight:
+            why = 'init "identity"' if projection.is_identity else f"a {projection.kind} projection"
             raise ConfigError(f'{where}: projection "{projection.name}" has no weight matrix '
-                              '(init "identity"); monitor a projection with weights.')
+                              f"({why}); monitor a projection with weights.")
+        if not projection.is_dense:
+            raise ConfigError(f'{where}: projection "{projection.name}" is a {projection.kind} '
+                              "projection; a weight monitor records a dense (post x pre) weight "
+                              "matrix.")
         if monitor.variable != "w" or monitor.indices is not None:
             raise ConfigError(f'{where}: a weight monitor records variable "w" of all synapses.')
         return

@@ -145,20 +145,21 @@ def _network_items(estimate: SizeEstimate, net, dtype: str, batch: int) -> dict:
     weights = 0
     biggest = None
     for proj in net.projections:
-        if proj.is_identity:
+        if not proj.has_weight:
             continue
         n_post, n_pre = pops[proj.target].size, pops[proj.source].size
-        count = n_post * n_pre
+        shape = tuple(proj.weight_shape(n_post, n_pre))
+        count = math.prod(shape)
         masked = proj.mask is not None
-        what = f"{n_post} x {n_pre} {dtype} weights" + (" and mask" if masked else "")
+        what = f"{' x '.join(map(str, shape))} {dtype} weights" + (" and mask" if masked else "")
         estimate.add("projection", proj.name, count * size * (2 if masked else 1), "memory", what)
         weights += count * size
         if biggest is None or count > biggest[1]:
-            biggest = (proj.name, count, n_post, n_pre, masked)
+            biggest = (proj.name, count, shape, masked)
     if biggest is not None:
-        name, count, n_post, n_pre, masked = biggest
+        name, count, shape, masked = biggest
         estimate.add("initialisation of projection", name, 8 * count * (3 if masked else 1),
-                     "host", f"{n_post} x {n_pre} float64 weights")
+                     "host", f"{' x '.join(map(str, shape))} float64 weights")
     offset, columns = 0, {}
     for pop in net.populations:
         columns[pop.name] = (offset, offset + pop.size)
@@ -176,7 +177,7 @@ def _network_items(estimate: SizeEstimate, net, dtype: str, batch: int) -> dict:
         estimate.add("population", pop.name, nbytes, "memory",
                      f"{neurons} x batch {batch} {dtype} state")
         sources = [columns[q.source] for q in net.incoming(pop.name)
-                   if not pops[q.source].is_input]
+                   if not pops[q.source].is_input and q.is_dense]   # spatial: never stacked
         if sources:
             span = max(s[1] for s in sources) - min(s[0] for s in sources)
             estimate.add("operator", pop.name, span * pop.size * size, "memory",

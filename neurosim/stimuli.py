@@ -704,8 +704,16 @@ class Drive:
             x = deltas[q.source]
             general = self.net.slots[q.target].cell is not None
             coef = float(q.gain) if general else self.net.coupling(q)
-            contrib = torch.mm(x, self.net.weights[q.name].T) if q.name in self.net.weights \
-                else x
+            weight = self.net.weights.get(q.name)
+            if q.is_dense or weight is not None:       # linear: W (x0 + dx) = W x0 + W dx
+                contrib = q.drive(x, weight)
+            else:                                      # max-pooling is not linear in x
+                base = self.base_inputs.get(q.source)
+                if base is None:
+                    contrib = q.drive(x, None)
+                else:
+                    base = torch.as_tensor(base).reshape(-1, x.shape[1])
+                    contrib = q.drive(base + x, None) - q.drive(base, None)
             add((q.target, q.compartment) if general else q.target, contrib * coef)
         return out
 

@@ -367,6 +367,7 @@ def _error(spec, sizes=(12, 9, 4), **graph) -> str:
     ({"type": "feedback_alignment", "feedback_init": "he_unifrom"},
      ['unknown initialiser "he_unifrom"', 'Did you mean "he_uniform"']),
     ({"type": "feedback_alignment", "feedback_init": "identity"}, ["does not draw a random"]),
+    ({"type": "feedback_alignment", "feedback_init": "eye"}, ["does not draw a random"]),
     ({"type": "feedback_alignment", "feedback_init": 3}, ["feedback_init: an initialiser name"]),
     ({"type": "feedback_alignment", "feedback_scale": "big"}, ["feedback_scale"]),
     ({"type": "backprop", "input": "x"}, ['"input" is not a protocol setting']),

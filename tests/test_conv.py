@@ -333,3 +333,71 @@ def test_published_conv_model_files_build(model):
     assert conv.in_shape == ((1 if "mnist" in model else 3), image, image)
     assert conv.channels == 32 and conv.kernel == (5, 5)
     assert network.population("out").size == 10
+
+
+def spatial_input_network():
+    """x (1 x 4 x 4) -conv-> c and -maxpool (3 x 3, stride 1, padding 1: same size)-> p."""
+    conv = g.Conv2dProjection("k", "x", "c", "basal", init="he_uniform", in_shape=[1, 4, 4],
+                              channels=2, kernel=3, padding=1, plastic=False)
+    pool = g.MaxPool2dProjection("pool", "x", "p", "basal", in_shape=[1, 4, 4], kernel=3,
+                                 stride=1, padding=1)
+    linear = dict(leak=1.0, basal=1.0, apical=0.0, activation="linear")
+    return g.Network([g.InputPopulation("x", 16), g.PyramidalPopulation("c", 32, **linear),
+                      g.PyramidalPopulation("p", 16, **linear)], [conv, pool])
+
+
+def test_a_stimulus_on_an_input_reaches_conv_and_pooling_targets_as_the_clamped_value_does():
+    from neurosim.simulation import Simulation, SimulationOptions
+    from neurosim.stimuli import Step, Stimulus
+    x = torch.full((16,), 0.5, dtype=F64)
+    options = SimulationOptions(solver="euler", duration=40.0, step=0.05, dtype="float64",
+                                inputs={"x": x.tolist()})
+    sim = Simulation(spatial_input_network(), options,
+                     stimuli=[Stimulus("x", Step(amplitude=1.0), indices=[5])])
+    sim.run()
+    driven = x.clone()
+    driven[5] += 1.0                                  # x(t) = x0 + I(t)
+    image = driven.view(1, 1, 4, 4)
+    conv = nnf.conv2d(image, sim.net.weights["k"], padding=1).flatten(1)
+    pooled = nnf.max_pool2d(image, 3, 1, 1).flatten(1)   # the 3 x 3 block around pixel 5
+    assert torch.allclose(sim.state["c"].u, conv / 2, atol=1e-6)
+    assert torch.allclose(sim.state["p"].u, pooled / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,message", [("pool", "has no weight matrix"),
+                                          ("k", "records a dense")])
+def test_weight_monitors_of_spatial_projections_are_refused(name, message):
+    from neurosim.simulation import validate_monitor, weight_monitor
+    with pytest.raises(ConfigError, match=message):
+        validate_monitor(weight_monitor(name), spatial_input_network())
+
+
+def test_size_estimate_counts_kernels_not_dense_matrices():
+    from neurosim import sizing
+    estimate = sizing.SizeEstimate("test", "cpu")
+    sizes = sizing._network_items(estimate, conv_network(), "float64", 1)
+    # kernel 3 x 2 x 3 x 3 and the 4 x 12 dense readout; the pooling has no weights
+    assert sizes["weights"] == 8 * (3 * 2 * 3 * 3 + 4 * 12)
+    assert not [item for item in estimate.items if item.name == "pool"]
+
+
+def test_conv_refuses_identity_init_and_a_ragged_kernel():
+    with pytest.raises(ConfigError, match='init "identity" gives no kernel'):
+        g.Conv2dProjection("k", "x", "c", "basal", init="identity", in_shape=[1, 4, 4],
+                           channels=2, kernel=3)
+    ragged = g.Conv2dProjection("k", "x", "c", "basal", init=[[[[1.0, 0.0], [0.0]]]],
+                                in_shape=[1, 4, 4], channels=1, kernel=2)
+    with pytest.raises(ConfigError, match="init is not a numeric array"):
+        ragged.initial_weight(9, 16, torch.Generator())
+
+
+def test_principal_alignment_is_refused_on_a_conv_projection():
+    from neurosim.metrics.principal_alignment import PrincipalAlignment
+    net = CompiledNetwork(conv_network(), dtype=F64, seed=1)
+    with pytest.raises(ConfigError, match="dense weight matrix from an input"):
+        PrincipalAlignment("k").setup(net)
+
+
+def test_conv_needs_a_kernel_size():
+    with pytest.raises(ConfigError, match="give the kernel size"):
+        g.Conv2dProjection("k", "x", "c", "basal", in_shape=[1, 5, 5], channels=2)

@@ -556,6 +556,16 @@ def test_settings_are_checked():
                             torch.Generator())
 
 
+def test_feedback_init_must_draw_a_random_matrix_of_the_feedback_shape(monkeypatch):
+    for init in ("identity", "gram_xavier", "eye"):
+        with pytest.raises(ConfigError, match=f'feedback_init: "{init}" does not draw'):
+            Copi(credit="fa", feedback_init=init)
+    from neurosim.graph.projections import INITIALISERS
+    monkeypatch.setitem(INITIALISERS, "transposed",
+                        lambda o, i, g, dtype, scale: torch.zeros(i, o, dtype=dtype))
+    with pytest.raises(ConfigError, match=r'returned shape \(3, 4\) for the feedback of "w2"'):
+        bound([4, 4, 3, 2], credit="fa", feedback_init="transposed")
+
 def test_rule_settings_are_checked():
     for kwargs, message in ((dict(form="middle"), 'form: "left"'),
                             (dict(lr=-1.0), "lr: a finite number >= 0"),

@@ -203,7 +203,11 @@ class Projection:
         shape = self.weight_shape(n_post, n_pre)
         init = self.init
         if not isinstance(init, str):
-            weight = torch.as_tensor(init, dtype=dtype)
+            try:
+                weight = torch.as_tensor(init, dtype=dtype)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ConfigError(f'projection "{self.name}": init is not a numeric array of '
+                                  f"shape {shape} ({err}).") from None
             if tuple(weight.shape) != shape:
                 raise ConfigError(f'projection "{self.name}": weight has shape '
                                   f"{tuple(weight.shape)} but {self.target} x {self.source} "
@@ -332,14 +336,22 @@ class Conv2dProjection(_Spatial):
 
     kind = "conv2d"
     channels: int = 1
+    kernel: Any = None
     stride: Any = 1
 
     def __post_init__(self):
+        if self.kernel is None:
+            raise ConfigError(f'projection "{self.name}" (conv2d): give the kernel size, e.g. '
+                              "kernel = 5 or kernel = [5, 3].")
         if isinstance(self.channels, bool) or not isinstance(self.channels, int) or \
                 self.channels < 1:
             raise ConfigError(f'projection "{self.name}" (conv2d): channels must be a positive '
                               f"integer (the number of output feature maps), got "
                               f"{self.channels!r}.")
+        if self.is_identity:
+            raise ConfigError(f'projection "{self.name}" (conv2d): init "identity" gives no '
+                              "kernel; give an initialiser (e.g. \"he_uniform\") or a kernel of "
+                              "shape [channels, C, kh, kw].")
         super().__post_init__()
 
     def _out_channels(self) -> int:

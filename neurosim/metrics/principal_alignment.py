@@ -31,9 +31,10 @@ class PrincipalAlignment(EpochMetric):
 
     def setup(self, net) -> None:
         proj = net.network.projection(self.projection)
-        if not net.network.population(proj.source).is_input or proj.name not in net.weights:
+        if not net.network.population(proj.source).is_input or proj.name not in net.weights \
+                or not proj.is_dense:
             raise ConfigError(f'principal_alignment: projection "{self.projection}" must carry '
-                              "a weight matrix from an input population.")
+                              "a dense weight matrix from an input population.")
 
     def reset(self, context: MetricContext) -> None:
         """Keep ``context``; on the first call also compute the top k eigenvectors E of the

@@ -514,11 +514,11 @@ class FeedbackAlignment(Backprop):
         if not isinstance(feedback_init, str):
             raise ConfigError("feedback_init: an initialiser name such as \"he_uniform\", got "
                               f"{feedback_init!r}.")
-        if feedback_init in ("identity", "gram_xavier"):
+        if feedback_init in ("identity", "gram_xavier", "eye"):
             raise ConfigError(f'feedback_init: "{feedback_init}" does not draw a random matrix '
                               "of W^T's shape; use he_uniform, xavier_uniform, kaiming_normal, "
                               "fan_in_uniform, uniform or normal.")
-        valid = sorted(k for k in INITIALISERS if k not in ("identity", "gram_xavier"))
+        valid = sorted(k for k in INITIALISERS if k not in ("identity", "gram_xavier", "eye"))
         if ":" not in feedback_init and feedback_init not in INITIALISERS:
             raise unknown("initialiser", feedback_init, valid, "feedback_init")
         self._initialiser = INITIALISERS.lookup(feedback_init, "feedback_init")

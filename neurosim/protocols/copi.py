@@ -49,6 +49,7 @@ __all__ = ["Copi"]
 
 FEEDBACK_SEED_OFFSET = 0xC0F1          # B_l / D_l generator: the run's seed + this
 CREDITS = ("bp", "fa", "dfa")
+NOT_RANDOM = ("identity", "gram_xavier", "eye")   # initialisers that draw no n x m matrix
 
 
 @register_protocol
@@ -75,6 +76,10 @@ class Copi(LearningProtocol):
             raise ConfigError(f"output_derivative: true or false, got {output_derivative!r}.")
         if isinstance(lateral, str) or not all(isinstance(n, str) for n in lateral):
             raise ConfigError(f"lateral: a list of projection names, got {lateral!r}.")
+        if feedback_init in NOT_RANDOM:
+            raise ConfigError(f'feedback_init: "{feedback_init}" does not draw a random matrix '
+                              "of the feedback's shape; use xavier_normal, xavier_uniform, "
+                              "he_uniform, kaiming_normal, fan_in_uniform, uniform or normal.")
         if feedback_init not in INITIALISERS and ":" not in str(feedback_init):
             raise ConfigError(f'feedback_init: an initialiser ({", ".join(INITIALISERS)}), got '
                               f"{feedback_init!r}.")
@@ -148,8 +153,12 @@ class Copi(LearningProtocol):
                 if q.target == self.output:
                     continue
                 shape = (net.slots[q.target].size, classes)
-            drawn = torch.as_tensor(initialise(*shape, generator, torch.float64,
-                                               self.feedback_scale))
+            drawn = initialise(*shape, generator, torch.float64, self.feedback_scale)
+            if drawn is None or tuple(torch.as_tensor(drawn).shape) != shape:
+                got = None if drawn is None else tuple(torch.as_tensor(drawn).shape)
+                raise ConfigError(f'{who} feedback_init "{self.feedback_init}": returned shape '
+                                  f'{got} for the feedback of "{q.name}", needs {shape}.')
+            drawn = torch.as_tensor(drawn)
             self.feedback[q.name] = drawn.to(net.device, net.dtype)
 
     # ------------------------------------------------------------------ passes
