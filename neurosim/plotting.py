@@ -31,7 +31,8 @@
   measured; the loss on a log axis when it spans more than a decade), the angles in degrees
   (``angle_*``: forward vs feedback weights, and ``angle_F``, (W_L ... W_1)^T vs a fixed
   feedback matrix F, drawn with a 90 degree reference line), each layer's correlative
-  information (when recorded), and every other metric column (e.g. pc_alignment_*,
+  information (when recorded), COPI's decorrelation (offdiag_*: each lateral R's output and,
+  dashed, its input), and every other metric column (e.g. pc_alignment_*,
   train_rate_*); at most three panels a row.
 """
 from __future__ import annotations
@@ -505,12 +506,14 @@ def plot_run(run_dir, out) -> Path:
     losses += [k for k in columns if k.endswith("_loss") and k not in losses]
     angles = [k for k in columns if k.startswith("angle_")]
     infos = [k for k in columns if k.startswith("corrinfo_")]
-    skip = {"epoch", "lr_scale", "seconds", "train_seconds", *accuracies, *losses, *angles,
-            *infos}
+    offdiag = [k for k in columns if k.startswith("offdiag_") and not k.startswith("offdiag_in_")]
+    skip = {"epoch", "lr_scale", "seconds", "train_seconds", "peak_test_accuracy", "peak_epoch",
+            *accuracies, *losses, *angles, *infos, *offdiag,
+            *(k for k in columns if k.startswith("offdiag_in_"))}
     others = [k for k in columns if k not in skip]
-    if not (accuracies or losses or angles or infos or others):
+    if not (accuracies or losses or angles or infos or offdiag or others):
         raise NeurosimError(f"{metrics} has no metric columns to plot.")
-    panels = [p for p in (accuracies, losses, angles, infos, others) if p]
+    panels = [p for p in (accuracies, losses, angles, infos, offdiag, others) if p]
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
@@ -553,6 +556,17 @@ def plot_run(run_dir, out) -> Path:
                 ax.plot(epochs, [v - values[0] for v in values], marker="o", ms=3,
                         label=f"{key[9:]} (epoch 1: {values[0]:.4g})")
             ax.set_ylabel("correlative information log det(R + eps I),\nchange since epoch 1")
+        elif keys is offdiag:        # each lateral R's output (solid) and input (dashed)
+            for i, key in enumerate(keys):
+                color = f"C{i % 10}"
+                name = key[len("offdiag_"):]
+                ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, color=color,
+                        label=name)
+                if f"offdiag_in_{name}" in columns:
+                    ax.plot(epochs, [float(r[f"offdiag_in_{name}"]) for r in rows], ls="--",
+                            color=color, lw=1)
+            ax.set_yscale("log")
+            ax.set_ylabel("mean |off-diagonal correlation|\n(solid: R's output, dashed: input)")
         else:
             for key in keys:
                 ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key)
