@@ -18,7 +18,7 @@ MODULES = [
     "neurosim.graph", "neurosim.dynamics", "neurosim.solvers", "neurosim.simulation",
     "neurosim.stimuli", "neurosim.plasticity", "neurosim.protocols", "neurosim.metrics",
     "neurosim.training", "neurosim.io", "neurosim.data", "neurosim.models",
-    "neurosim.registry", "neurosim.errors",
+    "neurosim.registry", "neurosim.errors", "neurosim.pid",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"
 
@@ -100,7 +100,7 @@ def render() -> str:
              "Generated from the docstrings by `python docs/gen_api.py`; do not edit by hand "
              "(tests/test_api_docs.py checks it is current). Equations are in the docstrings; "
              "guides: docs/tutorial.md, docs/simulation.md, docs/plasticity.md, "
-             "docs/protocols.md, docs/cells.md, docs/data.md.", ""]
+             "docs/protocols.md, docs/cells.md, docs/data.md, docs/pid.md.", ""]
     for module_name, module, objects in api_objects():
         lines += [f"## `{module_name}`", "", indent(doc(module)), ""]
         for name, obj in objects:
