@@ -37,15 +37,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as TF
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_name, mnist_images, timed  # noqa: E402
 
 BATCH, SIZES, LR, ALPHA, SLOPE = 50, (784, 500, 500, 500, 500, 500, 500, 10), 1e-3, 1000.0, 0.1
 EPOCH_SAMPLES, EPOCHS = 60_000, 100
@@ -96,32 +97,10 @@ def layer_names(sizes=SIZES):
 
 
 # ----------------------------------------------------------------------------- data, machine
-def images(n: int):
-    """n MNIST training images (pixels / 255) and labels, or random stand-ins."""
-    try:
-        from neurosim.data import load_dataset
-        ds = load_dataset("mnist")
-        return ds.train_x[:n].float().contiguous(), ds.train_y[:n].contiguous(), "MNIST"
-    except Exception:  # noqa: BLE001 - any missing-data error: fall back to random images
-        g = torch.Generator().manual_seed(0)
-        return (torch.rand(n, SIZES[0], generator=g), torch.randint(0, 10, (n,), generator=g),
-                "random images")
 
 
-def cpu_name() -> str:
-    """The CPU's model name (what `lscpu | grep 'Model name'` shows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- reference
@@ -233,26 +212,6 @@ def gemm_floor_step(decorrelation: str, sizes=SIZES, dtype=torch.float32, device
 
 
 # ----------------------------------------------------------------------------- timing
-def timed(candidates, repeats, device) -> dict:
-    """Time each candidate ``(name, fn, n_samples)`` ``repeats`` times, interleaved round by
-    round (so a burst of other load on a shared machine hits all of them alike); returns
-    name -> (best, median) in ms per sample and prints every repeat (the best is the least
-    disturbed)."""
-    times = {name: [] for name, _, _ in candidates}
-    for _ in range(repeats):
-        for name, fn, n_samples in candidates:
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append((time.perf_counter() - start) / n_samples * 1e3)
-    out = {}
-    for name, values in times.items():
-        best, median = min(values), statistics.median(values)
-        out[name] = best, median
-        print(f"  {name:24s} {best:.5f} ms/sample best, {median:.5f} median   (repeats: "
-              f"{', '.join(f'{t:.5f}' for t in values)})", flush=True)
-    return out
 
 
 def copy_weights(protocol, ref, sizes=SIZES) -> None:
@@ -311,7 +270,7 @@ def main():
     steps = max(1, args.steps)
     floor_steps = max(1, args.floor_steps or steps)
     n = steps * BATCH
-    x_all, y_all, source = images(n)
+    x_all, y_all, source = mnist_images(n)
     x_all, y_all = x_all.to(device), y_all.to(device)
     onehot = TF.one_hot(y_all, SIZES[-1]).float()
     results = {"source": source, "threads": args.threads, "device": device,
@@ -366,7 +325,7 @@ def main():
 
     keys = {"GEMM floor (reference)": "floor_reference", "GEMM floor (neurosim)":
             "floor_neurosim"}
-    for name, (best, median) in timed(candidates, args.repeats, device).items():
+    for name, (best, median) in timed(candidates, args.repeats, device, width=24).items():
         key = keys.get(name, name)
         results[f"{key}_ms_per_sample"], results[f"{key}_ms_median"] = best, median
 

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as TF
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_name, mnist_images, timed  # noqa: E402
 
 BATCH, SIZES, LR, MOMENTUM, DROP = 64, (784, 1024, 10), 0.1, 0.9, 0.1
 EPOCH_SAMPLES, EPOCHS = 60_000, 100
@@ -97,32 +98,10 @@ dropout = {DROP}
 
 
 # ----------------------------------------------------------------------------- data, machine
-def images(n: int):
-    """n MNIST training images (pixels / 255) and labels, or random stand-ins."""
-    try:
-        from neurosim.data import load_dataset
-        ds = load_dataset("mnist")
-        return ds.train_x[:n].float().contiguous(), ds.train_y[:n].contiguous(), "MNIST"
-    except Exception:  # noqa: BLE001 - any missing-data error: fall back to random images
-        g = torch.Generator().manual_seed(0)
-        return (torch.rand(n, SIZES[0], generator=g), torch.randint(0, 10, (n,), generator=g),
-                "random images")
 
 
-def cpu_name() -> str:
-    """The CPU's model name (what `lscpu | grep 'Model name'` shows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- reference
@@ -201,26 +180,6 @@ def gemm_floor_step(dtype=torch.float32, device="cpu"):
 
 
 # ----------------------------------------------------------------------------- timing
-def timed(candidates, repeats, device) -> dict:
-    """Time each candidate ``(name, fn, n_samples)`` ``repeats`` times, interleaved round by
-    round (so a burst of other load on a shared machine hits all of them alike); returns
-    name -> (best, median) in ms per sample and prints every repeat (the best is the least
-    disturbed)."""
-    times = {name: [] for name, _, _ in candidates}
-    for _ in range(repeats):
-        for name, fn, n_samples in candidates:
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append((time.perf_counter() - start) / n_samples * 1e3)
-    out = {}
-    for name, values in times.items():
-        best, median = min(values), statistics.median(values)
-        out[name] = best, median
-        print(f"  {name:10s} {best:.5f} ms/sample best, {median:.5f} median   (repeats: "
-              f"{', '.join(f'{t:.5f}' for t in values)})", flush=True)
-    return out
 
 
 def neurosim_protocol(dtype="float32", device="cpu", **overrides):
@@ -282,7 +241,7 @@ def main():
     device = args.device
     n = max(BATCH, args.train_samples // BATCH * BATCH)
     n_ref = max(BATCH, (args.reference_samples or n) // BATCH * BATCH)
-    x_all, y_all, source = images(max(n, n_ref))
+    x_all, y_all, source = mnist_images(max(n, n_ref))
     x_all, y_all = x_all.to(device), y_all.to(device)
     onehot = TF.one_hot(y_all, SIZES[2]).float()
     results = {"source": source, "threads": args.threads, "device": device,

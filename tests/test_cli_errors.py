@@ -7,7 +7,6 @@ script. Every command here is refused before any simulation or training starts, 
 runs in seconds."""
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess

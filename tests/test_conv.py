@@ -15,7 +15,7 @@ import neurosim.graph as g
 from neurosim.cli import main
 from neurosim.dynamics import CompiledNetwork
 from neurosim.errors import ConfigError
-from neurosim.graph import network_from_dict, parse_model_text
+from neurosim.graph import network_from_dict
 from neurosim.protocols import Backprop, FeedbackAlignment, Pepita
 from neurosim.training import Trainer
 

@@ -43,7 +43,7 @@ from typing import Any, Iterable
 from ..errors import ConfigError, did_you_mean
 from .network import Network
 from .populations import POPULATION_KINDS, Population
-from .projections import PROJECTION_KINDS, Projection
+from .projections import PROJECTION_KINDS
 
 
 def _projection_keys(cls) -> set[str]:
