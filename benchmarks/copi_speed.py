@@ -105,19 +105,27 @@ def layer_names(sizes=SIZES):
 
 # ----------------------------------------------------------------------------- reference
 class ReferenceCopi(nn.Module):
-    """COPI-BP written plainly in the style of the authors' code (for timing and for the
-    agreement check): per layer an nn.Linear(bias=False) R_l (identity) and W_l (Xavier
-    normal), leaky-ReLU hidden layers, linear output; one step is a forward pass keeping x_l
-    and a_l, the BP perturbations from alpha (t - a_L) (no f'(a_L) factor), and the updates
-    W += lr (<(a + delta) x^T> - <x^2> * W), R += lr (-C_off R), C_off = <x x^T> * (1 - I)."""
+    """COPI written plainly in the style of the authors' code (for timing, for the agreement
+    check and for benchmarks/copi_reference_train.py): per layer an nn.Linear(bias=False)
+    R_l (identity) and W_l (Xavier normal), leaky-ReLU hidden layers, linear output; one step
+    is a forward pass keeping x_l and a_l, the perturbations from alpha (t - a_L) (times
+    f'(a_L) only with ``output_derivative``), sent down by BP (through W_l and R_l) or by FA
+    (``credit="fa"``: fixed Xavier-normal B_l bypassing R), and the updates
+    W += lr (<(a + delta) x^T> - <x^2> * W) (skipped while ``update_w`` is False) and
+    R += lr (-C_off R), C_off = <x x^T> * (1 - I)."""
 
     def __init__(self, sizes=SIZES, lr=LR, alpha=ALPHA, slope=SLOPE, dtype=torch.float32,
-                 device="cpu", seed=0):
+                 device="cpu", seed=0, credit="bp", output_derivative=False):
         super().__init__()
+        if credit not in ("bp", "fa"):
+            raise ValueError(f'credit: "bp" or "fa", got {credit!r}')
         torch.manual_seed(seed)
         self.sizes, self.lr, self.alpha, self.slope = tuple(sizes), lr, alpha, slope
+        self.credit, self.output_derivative = credit, output_derivative
+        self.update_w = True                    # False in the R-only first epoch
         self.decor = nn.ModuleList()
         self.fwd = nn.ModuleList()
+        self.bwd = nn.ModuleList()              # FA: fixed B_l (n_l x n_{l+1}), bypassing R
         self.off_diagonal = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             r = nn.Linear(n_in, n_in, bias=False, dtype=dtype, device=device)
@@ -127,6 +135,11 @@ class ReferenceCopi(nn.Module):
                 nn.init.xavier_normal_(w.weight)
             self.decor.append(r)
             self.fwd.append(w)
+            if credit == "fa":
+                b = nn.Linear(n_out, n_in, bias=False, dtype=dtype, device=device)
+                with torch.no_grad():
+                    nn.init.xavier_normal_(b.weight)
+                self.bwd.append(b)
             self.off_diagonal.append(1.0 - torch.eye(n_in, dtype=dtype, device=device))
         self.requires_grad_(False)
 
@@ -148,13 +161,20 @@ class ReferenceCopi(nn.Module):
             y = self.act(a)
         return x_vals, a_vals, a
 
-    def bp_perturbations(self, a_vals, output, target):
-        """delta_l per layer, from the output down (computed before any update)."""
+    def perturbations(self, a_vals, output, target):
+        """delta_l per layer, from the output down (computed before any update): BP through
+        W_l and R_l, or FA through the fixed B_l; times f'(a_L) at the output only with
+        ``output_derivative`` (as the authors' code does)."""
         pert = self.alpha * (target - output)
+        if self.output_derivative:
+            pert = pert * self.act_prime(output)
         perts = [pert]
         for l in range(len(self.fwd) - 1, 0, -1):
-            pert = pert @ self.fwd[l].weight
-            pert = pert @ self.decor[l].weight
+            if self.credit == "bp":
+                pert = pert @ self.fwd[l].weight
+                pert = pert @ self.decor[l].weight
+            else:
+                pert = self.bwd[l](pert)
             pert = pert * self.act_prime(a_vals[l - 1])
             perts.append(pert)
         return perts[::-1]
@@ -162,9 +182,10 @@ class ReferenceCopi(nn.Module):
     def update_params(self, x_vals, a_vals, perts):
         for l, (r, w) in enumerate(zip(self.decor, self.fwd)):
             x, batch = x_vals[l], x_vals[l].shape[0]
-            dW = (torch.einsum("ni,nj->ij", a_vals[l] + perts[l], x) / batch
-                  - torch.einsum("j,ij->ij", (x ** 2).mean(dim=0), w.weight))
-            w.weight += self.lr * dW
+            if self.update_w:
+                dW = (torch.einsum("ni,nj->ij", a_vals[l] + perts[l], x) / batch
+                      - torch.einsum("j,ij->ij", (x ** 2).mean(dim=0), w.weight))
+                w.weight += self.lr * dW
             corr = torch.einsum("ni,nj->ij", x, x) / batch * self.off_diagonal[l]
             dR = -torch.einsum("ij,jk->ik", corr, r.weight)
             r.weight += self.lr * dR
@@ -174,7 +195,7 @@ class ReferenceCopi(nn.Module):
         """One COPI-BP step on a batch (rows are samples, target one-hot); returns the
         output a_L."""
         x_vals, a_vals, output = self(x)
-        perts = self.bp_perturbations(a_vals, output, target)
+        perts = self.perturbations(a_vals, output, target)
         self.update_params(x_vals, a_vals, perts)
         return output
 

@@ -19,9 +19,12 @@ from .files import find_file, read_verified
 from .idx import decode_idx
 from .registry import DATASETS, DatasetInfo, get_info, search_dirs
 
-NORMALIZATIONS = ("default", "unit")
+NORMALIZATIONS = ("default", "unit", "zscore")
 """"default": the paper's preprocessing (digits /16, MNIST-like and CIFAR-100 /255, CIFAR-10
-per-channel (x - mean) / (3 std)); "unit": pixels scaled to [0, 1] for every dataset."""
+per-channel (x - mean) / (3 std)); "unit": pixels scaled to [0, 1] for every dataset;
+"zscore": pixels in [0, 1], then (x - m) / s with one global mean m and standard deviation s
+of the training images (all pixels together; the test images use the training m and s),
+as the infomorphic networks' code does."""
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -73,6 +76,14 @@ def _inputs(images: np.ndarray, info: DatasetInfo, normalization: str,
     return x.div_(info.pixel_max)
 
 
+def _zscore_(train_x: torch.Tensor, test_x: torch.Tensor) -> None:
+    """In place: (x - m) / s for both sets, m and s over every training pixel (float64)."""
+    flat = train_x.reshape(-1).to(torch.float64)
+    mean, std = float(flat.mean()), float(flat.std())
+    for x in (train_x, test_x):
+        x.sub_(mean).div_(std)
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  dtype: torch.dtype = torch.float32, normalization: str = "default") -> Dataset:
     """Load a verified, preprocessed dataset ("digits", "mnist", "fashion-mnist", "cifar10",
@@ -90,10 +101,15 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
         train_x, train_y, test_x, test_y = digits.load_split()
     else:
         train_x, train_y, test_x, test_y = read_arrays(info, locate(info, root))
+    scaling = "unit" if normalization == "zscore" else normalization
+    train_inputs = _inputs(train_x, info, scaling, dtype)
+    test_inputs = _inputs(test_x, info, scaling, dtype)
+    if normalization == "zscore":
+        _zscore_(train_inputs, test_inputs)
     return Dataset(name=info.name,
-                   train_x=_inputs(train_x, info, normalization, dtype),
+                   train_x=train_inputs,
                    train_y=torch.from_numpy(train_y),
-                   test_x=_inputs(test_x, info, normalization, dtype),
+                   test_x=test_inputs,
                    test_y=torch.from_numpy(test_y),
                    n_classes=info.n_classes, input_shape=info.input_shape,
                    normalization=normalization)

@@ -228,13 +228,15 @@ class CompiledNetwork:
             weight = proj.initial_weight(n_post, n_pre, generator)
             if weight is None:
                 continue
-            mask = proj.initial_mask(n_post, n_pre)
+            mask = proj.initial_mask(n_post, n_pre, generator)
             if mask is not None:
                 weight = weight * mask
                 self.masks[proj.name] = mask.to(self.device, dtype)
             self.weights[proj.name] = weight.to(self.device, dtype)
         self.biases: dict[str, torch.Tensor] = {
-            pop.name: pop.initial_bias().to(self.device, dtype) for pop in network.dynamic}
+            pop.name: pop.initial_bias(fan_in=network.fan_in(pop.name),
+                                       generator=generator).to(self.device, dtype)
+            for pop in network.dynamic}
         self._bias_checked: dict[str, tuple] = {}
         self._ff_plan = None
         self.n_inputs = sum(1 for p in network.populations if p.is_input)
@@ -536,8 +538,7 @@ class CompiledNetwork:
             if terms is not None:
                 u = self._linear_feedforward(out, slot, terms, bias_coef)
             else:
-                v = self.compartment_inputs(out, pop.name)
-                v[SOMA] = v[SOMA] + self.biases[pop.name]
+                v = pop.add_bias(self.compartment_inputs(out, pop.name), self.biases[pop.name])
                 u = pop.feedforward(v)
             out.u[:, slot.u_cols] = u
             r = out.r[:, slot.r_cols]

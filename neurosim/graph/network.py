@@ -107,3 +107,12 @@ class Network:
         """The projections that target ``population`` (any compartment), in declaration
         order."""
         return [p for p in self.projections if p.target == population]
+
+    def fan_in(self, population: str) -> dict[str, int]:
+        """Total source size of the projections into each compartment of ``population``
+        (compartment -> number of presynaptic neurons)."""
+        sizes = self.population_map
+        totals: dict[str, int] = {}
+        for q in self.incoming(population):
+            totals[q.compartment] = totals.get(q.compartment, 0) + sizes[q.source].size
+        return totals

@@ -132,6 +132,16 @@ class DynamicPopulation(Population):
         if self.leak < 0 or self.rate <= 0 or self.noise < 0:
             raise ConfigError(f'population "{self.name}": need leak >= 0, rate > 0 and noise >= 0 '
                               f"(got leak={self.leak}, rate={self.rate}, noise={self.noise}).")
+        self._check_bias()
+        object.__setattr__(self, "rules", tuple(self.rules))
+        for rule in self.rules:
+            if getattr(rule, "target", "population") != "population":
+                raise ConfigError(f'population "{self.name}": rule "{rule.name}" is a '
+                                  "projection rule; attach it to a [[projection]] instead.")
+
+    def _check_bias(self) -> None:
+        """ConfigError unless ``bias`` is a finite number or one per neuron (stored as a
+        tuple of floats)."""
         if _number(self.bias) and not _finite(self.bias):
             raise ConfigError(f'population "{self.name}": bias must be a finite number, got '
                               f"{self.bias!r}.")
@@ -145,11 +155,6 @@ class DynamicPopulation(Population):
                 raise ConfigError(f'population "{self.name}": bias[{bad[0]}] must be a finite '
                                   f"number, got {values[bad[0]]!r}.")
             object.__setattr__(self, "bias", tuple(float(b) for b in values))
-        object.__setattr__(self, "rules", tuple(self.rules))
-        for rule in self.rules:
-            if getattr(rule, "target", "population") != "population":
-                raise ConfigError(f'population "{self.name}": rule "{rule.name}" is a '
-                                  "projection rule; attach it to a [[projection]] instead.")
 
     # ---------------------------------------------------------------- the cell model
     @cached_property
@@ -161,11 +166,19 @@ class DynamicPopulation(Population):
         """True when the activity is drawn at random (needs a discrete-step solver)."""
         return self.activation_function.stochastic
 
-    def initial_bias(self, dtype=torch.float64) -> torch.Tensor:
-        """The per-neuron bias vector (n,)."""
+    def initial_bias(self, dtype=torch.float64, *, fan_in: Mapping[str, int] | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """The per-neuron bias vector (n,). (Kinds with other biases, e.g. one per
+        compartment, may use ``fan_in``, the total source size per compartment, and draw from
+        ``generator``, the network's initialisation generator.)"""
         if _number(self.bias):
             return torch.full((self.size,), float(self.bias), dtype=dtype)
         return torch.tensor(self.bias, dtype=dtype)
+
+    def add_bias(self, v: dict, bias: torch.Tensor) -> dict:
+        """Add the bias to the compartment inputs ``v`` (in the dict): to v_soma here."""
+        v[SOMA] = v[SOMA] + bias
+        return v
 
     @property
     def has_bias(self) -> bool:

@@ -18,8 +18,11 @@ Weights are created by an initialiser named in ``init``:
 - or an explicit tensor / nested list of shape (target.size, source.size).
 Every random initialiser is multiplied by ``scale``.
 
-An optional fixed ``mask`` (same shape, 0/1) zeroes absent synapses; plasticity never creates
-them. ``rules`` are plasticity hooks (see neurosim.plasticity) run after each training step.
+An optional fixed ``mask`` zeroes absent synapses; plasticity never creates them. It is a 0/1
+tensor of the weight's shape, "no_self" (every synapse but i -> i; a square projection, e.g.
+lateral connections without autapses) or ``{ partners = k }`` (each target neuron gets exactly
+k presynaptic partners drawn at random without replacement, never itself when source ==
+target; drawn from the network's initialisation generator). ``rules`` are plasticity hooks (see neurosim.plasticity) run after each training step.
 
 Kinds (``type`` in a ``[[projection]]`` table; ``PROJECTION_KINDS``): "dense" (the default,
 above) and two kinds with a spatial layout, whose source activity is read as images of shape
@@ -244,10 +247,25 @@ class Projection:
                               f"{list(index)} = {float(weight[index])!r}; weights must be "
                               "finite numbers.")
 
-    def initial_mask(self, n_post: int, n_pre: int) -> torch.Tensor | None:
-        """The fixed connectivity mask as a float 0/1 tensor, or None."""
+    def initial_mask(self, n_post: int, n_pre: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The fixed connectivity mask as a float 0/1 tensor, or None. A ``{ partners = k }``
+        mask is drawn from ``generator`` (a fixed one when None, to check the settings)."""
         if self.mask is None:
             return None
+        where = f'projection "{self.name}"'
+        autapses = self.source == self.target
+        if isinstance(self.mask, str):
+            if self.mask != "no_self":
+                raise ConfigError(f'{where}: mask "{self.mask}" is unknown; give "no_self", '
+                                  "{ partners = k } or a 0/1 matrix of shape "
+                                  f"{(n_post, n_pre)}.")
+            if n_post != n_pre:
+                raise ConfigError(f'{where}: mask "no_self" needs a square projection, got '
+                                  f"{n_post} x {n_pre}.")
+            return 1.0 - torch.eye(n_post, dtype=torch.float64)
+        if isinstance(self.mask, dict):
+            return self._partner_mask(n_post, n_pre, generator, autapses, where)
         mask = torch.as_tensor(self.mask)
         if tuple(mask.shape) != (n_post, n_pre):
             raise ConfigError(f'projection "{self.name}": mask has shape {tuple(mask.shape)}, '
@@ -255,6 +273,31 @@ class Projection:
         if not torch.all((mask == 0) | (mask == 1)):
             raise ConfigError(f'projection "{self.name}": mask entries must be 0 or 1.')
         return mask.to(torch.float64)
+
+    def _partner_mask(self, n_post, n_pre, generator, autapses, where) -> torch.Tensor:
+        """Each row: exactly k ones at random columns (not the diagonal when source ==
+        target)."""
+        unknown_keys = sorted(set(self.mask) - {"partners"})
+        if unknown_keys:
+            raise ConfigError(f"{where}: mask table has unknown keys {unknown_keys}; write "
+                              "mask = { partners = k }.")
+        k = self.mask.get("partners")
+        available = n_pre - 1 if autapses else n_pre
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= available:
+            raise ConfigError(f"{where}: mask partners must be an integer in 1..{available} "
+                              f"(the possible presynaptic partners of each neuron), got {k!r}.")
+        if autapses and n_post != n_pre:
+            raise ConfigError(f"{where}: a projection of a population onto itself is square.")
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        scores = torch.rand(n_post, available, generator=generator, dtype=torch.float64)
+        chosen = scores.argsort(dim=1)[:, :k]
+        if autapses:            # columns 0..n-2 skip the row's own index
+            rows = torch.arange(n_post).unsqueeze(1)
+            chosen = chosen + (chosen >= rows).long()
+        mask = torch.zeros(n_post, n_pre, dtype=torch.float64)
+        mask.scatter_(1, chosen, 1.0)
+        return mask
 
 
 def _pair(value, key: str, where: str, minimum: int) -> tuple[int, int]:

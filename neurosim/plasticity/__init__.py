@@ -6,10 +6,11 @@ from .copi import CopiForward, Decorrelation
 from .corinfomax_lateral import CorInfoMaxLateral
 from .dispatch import RuleSet
 from .ep_contrastive import EPContrastive
+from .infomorphic import InfomorphicGoal
 from .pepita import Pepita as PepitaRule
 from .record import PhaseRecord
 
 __all__ = ["RULES", "PlasticityRule", "PopulationContext", "PopulationRule", "SynapseContext",
            "Warmup", "build_rule", "register_rule", "rule_class", "CopiForward", "Decorrelation",
            "CorInfoMaxLateral", "RuleSet",
-           "EPContrastive", "PepitaRule", "PhaseRecord"]
+           "EPContrastive", "InfomorphicGoal", "PepitaRule", "PhaseRecord"]

@@ -1,0 +1,168 @@
+"""The infomorphic goal as a population rule (Schneider et al., ICLR 2025).
+
+Every neuron n of an infomorphic population (neurosim.graph.infomorphic) maximises its own
+goal, a weighted sum of the PID atoms of its sources (F, C and, if connected, L) about its
+output Y, with the residual entropy last:
+
+    G_n = gamma . [Pi_n; H_res,n]        (neurosim.pid: plug-in pmf of the batch, I_sx)
+    loss = -sum_n G_n
+
+The sources are the compartment inputs of the protocol's last step ("final"); a projection
+whose source is computed at or after the population in a sweep (lateral, feedback) reads the
+source's activity of the step before ("previous"). Sources are binned without gradient; the
+gradient reaches the incoming plastic weights and the compartment biases only through
+theta = sigmoid(A(F, C, L)). One Adam step per training step (torch.optim.Adam's update, L2
+``weight_decay`` added to the gradient):
+
+    g = grad + wd p;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+    p <- p - lr_t (m / (1 - b1^k)) / (sqrt(v / (1 - b2^k)) + eps)      (lr_t = lr x schedule)
+
+Each step it reports the goal and every atom's mean over the population's neurons (columns
+``train_<population>_goal``, ``train_<population>_pi_<atom>``, e.g. ``pi_F_C`` for {F}{C},
+``pi_H_res``), the per-epoch PID diagnostics.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from ..errors import ConfigError
+from ..graph.infomorphic import InfomorphicPopulation, pid_sources, reads_previous_step
+from ..pid import goal_vector, pid_atoms
+from .base import PopulationContext, PopulationRule, register_rule
+
+FINAL, PREVIOUS = "final", "previous"
+
+
+def atom_column(name: str) -> str:
+    """A column-safe atom name: "{F}{CL}" -> "F_CL", "H_res" unchanged."""
+    if name == "H_res":
+        return name
+    return "_".join(part for part in name.replace("}", "").split("{") if part)
+
+
+@register_rule
+class InfomorphicGoal(PopulationRule):
+    """Gradient ascent (Adam) on the PID goal of every neuron of an infomorphic population
+    (neurosim.plasticity.infomorphic). ``goal``: a name ("heuristic", "optimised_mnist",
+    "reduced", "optimised_cifar10"; "output" for a two-source output layer), a table
+    {atom name: weight} or the full vector."""
+
+    name = "infomorphic_goal"
+    needs_phases = (FINAL, PREVIOUS)
+    needs_grad = True
+
+    def __init__(self, goal="optimised_mnist", lr: float = 2e-3, weight_decay: float = 0.0,
+                 betas=(0.9, 0.999), eps: float = 1e-8, report: bool = True):
+        for key, value in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{key}: a finite number >= 0, got {value!r}.")
+        betas = tuple(betas) if isinstance(betas, (list, tuple)) else betas
+        if not isinstance(betas, tuple) or len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                for b in betas):
+            raise ConfigError(f"betas: two numbers in [0, 1), e.g. [0.9, 0.999]; got {betas!r}.")
+        if not isinstance(report, bool):
+            raise ConfigError(f"report: true or false, got {report!r}.")
+        goal_vector(goal, where="infomorphic_goal goal")        # checks the name or vector
+        self.goal, self.lr, self.weight_decay = goal, float(lr), float(weight_decay)
+        self.betas, self.eps, self.report = (float(betas[0]), float(betas[1])), float(eps), report
+        self.steps = 0
+        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def setup(self, net, owner) -> None:
+        """Check the population kind and its sources; fix the goal vector and which
+        projections read the previous step."""
+        if not isinstance(owner, InfomorphicPopulation):
+            raise ConfigError(f'rule "infomorphic_goal" needs an infomorphic population (type = '
+                              f'"infomorphic"); "{owner.name}" is of kind "{owner.kind}".')
+        network = net.network
+        self.sources = pid_sources(network, owner.name)
+        if len(self.sources) not in (2, 3):
+            raise ConfigError(f'population "{owner.name}": the PID goal needs 2 or 3 sources, '
+                              f"i.e. projections into 2 or 3 of the compartments feedforward, "
+                              f"context, lateral; it has {list(self.sources) or 'none'}.")
+        if "feedforward" not in self.sources:
+            raise ConfigError(f'population "{owner.name}": no projection reaches compartment '
+                              '"feedforward" (F drives the neuron: A = F x gain).')
+        self.gamma = goal_vector(self.goal, len(self.sources),
+                                 where=f'rule "infomorphic_goal" on "{owner.name}" goal')
+        self.previous = {q.name: reads_previous_step(network, q)
+                         for q in network.incoming(owner.name)}
+
+    # ------------------------------------------------------------------ the goal
+    def compartments(self, ctx: PopulationContext, params: Mapping[str, torch.Tensor],
+                     bias: torch.Tensor) -> dict[str, torch.Tensor]:
+        """F, C, L (batch x n) of the final step from the given (differentiable) weights."""
+        pop = ctx.population
+        out = {c: None for c in ("feedforward", "context", "lateral")}
+        for q in ctx.incoming:
+            pre = ctx.pre(q.name, PREVIOUS if self.previous[q.name] else FINAL)
+            weight = params.get(q.name, ctx.fixed_weights.get(q.name))
+            term = q.drive(pre, weight) * float(q.gain)
+            out[q.compartment] = term if out[q.compartment] is None else out[q.compartment] + term
+        zeros = None
+        for comp in out:
+            if out[comp] is None:
+                if zeros is None:
+                    zeros = bias.new_zeros(ctx.batch_size, pop.size)
+                out[comp] = zeros
+        return pop.add_bias(out, bias)
+
+    def atoms(self, ctx: PopulationContext, params, bias):
+        """(PIDResult per neuron, theta (batch x n)) of the final step."""
+        pop = ctx.population
+        v = self.compartments(ctx, params, bias)
+        theta = torch.sigmoid(pop.drive(v["feedforward"], v["context"], v["lateral"]))
+        bins = pop.bin_sources([v[c] for c in self.sources])
+        return pid_atoms(bins, theta.T, n_bins=pop.bins), theta
+
+    def update(self, ctx: PopulationContext) -> None:
+        """One Adam step on -sum_n G_n (module docstring)."""
+        live = dict(ctx.weights)
+        live["bias"] = ctx.bias
+        params = {k: t.detach().requires_grad_(True) for k, t in live.items()}
+        result, _ = self.atoms(ctx, params, params["bias"])
+        gamma = self.gamma.to(result.atoms)
+        goal = result.terms @ gamma
+        (-goal.sum()).backward()
+        self.steps += 1
+        k = self.steps
+        beta1, beta2 = self.betas
+        step = self.lr * ctx.lr_scale / (1 - beta1 ** k)
+        root = math.sqrt(1 - beta2 ** k)
+        with torch.no_grad():
+            for name, p in params.items():
+                grad = p.grad
+                if self.weight_decay:
+                    grad = grad.add(p, alpha=self.weight_decay)
+                if name not in self.moments:
+                    self.moments[name] = (torch.zeros_like(p), torch.zeros_like(p))
+                m, v = self.moments[name]
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                live[name].addcdiv_(m, v.sqrt().div_(root).add_(self.eps), value=-step)
+        if self.report:
+            means = result.terms.detach().mean(0)
+            ctx.report("goal", goal.detach().mean())
+            for i, atom in enumerate(result.names):
+                ctx.report(f"pi_{atom_column(atom)}", means[i])
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Adam's step count and moments."""
+        return {"steps": self.steps,
+                "moments": {k: {"m": m.clone(), "v": v.clone()} for k, (m, v) in
+                            self.moments.items()}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore Adam's step count and moments."""
+        self.steps = int(state.get("steps", 0))
+        self.moments = {k: (t["m"].clone(), t["v"].clone())
+                        for k, t in dict(state.get("moments", {})).items()}
+
+
+__all__ = ["InfomorphicGoal", "atom_column"]

@@ -1,0 +1,180 @@
+"""Infomorphic networks (Schneider et al., "What should a neuron aim for?", ICLR 2025): the
+protocol that runs their lateral steps and supplies the label as context.
+
+A network of infomorphic populations (neurosim.graph.infomorphic), e.g.
+
+    x (input) --feedforward--> h --feedforward--> out
+    label (input) --context--> h, --context (fixed identity)--> out
+    h --lateral (no autapses, or { partners = 100 })--> h
+
+runs ``lateral_steps`` (K = 2) discrete sweeps per input. In each sweep every population, in
+declaration order, reads the newest activities of the populations before it and the previous
+sweep's activities of itself and of the populations after it (0 in the first sweep): lateral
+connections and feedback see step k-1. Hidden populations draw r = +-1 with P(+1) = theta from
+the run's generator; a readout population (activation "sigmoid") gives theta in the last sweep
+and, when another population reads it in a later sweep (output feedback as context), a +-1
+sample of theta in the earlier ones. Only the last sweep enters the goal: the rules
+(``infomorphic_goal`` on each population) see the phases "final" (sweep K) and "previous"
+(sweep K-1).
+
+The context input (``context``, default "label") holds the one-hot target while training and
+the zero vector at evaluation (no label reaches the network at test time). Evaluation sweeps
+draw from the protocol's own generator (seeded from the run's seed, checkpointed), so
+evaluation does not disturb the training stream and resume stays exact.
+
+Prediction (``flip = true``): an infomorphic goal cannot tell Y from -Y, so per evaluation
+batch every output neuron whose batch-mean theta is >= 0.5 is flipped (theta -> 1 - theta)
+before the argmax (the reference code's rule). The loss column is 0.5 |theta' - t|^2 of the
+flipped theta'.
+
+``[protocol]`` keys: ``type = "infomorphic"``, context, lateral_steps, flip.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ..dynamics import NeuralState
+from ..errors import ConfigError
+from ..graph.infomorphic import InfomorphicPopulation, reads_previous_step
+from ..plasticity import PhaseRecord
+from .base import LearningProtocol, StepOutput, register_protocol
+
+#: offset of the evaluation generator's seed from the run's seed
+EVAL_SEED_OFFSET = 7_919
+
+
+@register_protocol
+class Infomorphic(LearningProtocol):
+    """K lateral sweeps of infomorphic populations, the label as context while training, the
+    PID goals as population rules (see neurosim.protocols.infomorphic)."""
+
+    name = "infomorphic"
+    phases = ("previous", "final")
+
+    def __init__(self, net=None, *, input: str = "x", output: str = "out",
+                 context: str = "label", lateral_steps: int = 2, flip: bool = True):
+        if isinstance(lateral_steps, bool) or not isinstance(lateral_steps, int) or \
+                lateral_steps < 1:
+            raise ConfigError(f"lateral_steps: an integer >= 1 (sweeps per input; the paper "
+                              f"uses 2), got {lateral_steps!r}.")
+        if not isinstance(context, str):
+            raise ConfigError(f'context: the name of the input population that carries the '
+                              f'label (or "" for none), got {context!r}.')
+        if not isinstance(flip, bool):
+            raise ConfigError(f"flip: true or false, got {flip!r}.")
+        self.context, self.lateral_steps, self.flip = context, lateral_steps, flip
+        if net is not None:
+            self.bind(net, input=input, output=output)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Check the network; find the readouts sampled for later sweeps; seed the evaluation
+        generator."""
+        net, who = self.net, 'protocol "infomorphic"'
+        network = net.network
+        for pop in network.dynamic:
+            if not isinstance(pop, InfomorphicPopulation):
+                raise ConfigError(f'{who}: population "{pop.name}" is of kind "{pop.kind}"; every '
+                                  'non-input population must be type = "infomorphic".')
+        inputs = [p.name for p in network.inputs]
+        expected = [self.input] + ([self.context] if self.context else [])
+        for name in expected:
+            if name not in inputs:
+                raise ConfigError(f'{who}: "{name}" must be an input population (type = '
+                                  f'"input"); inputs of this model: {inputs}.')
+        extra = sorted(set(inputs) - set(expected))
+        if extra:
+            raise ConfigError(f"{who}: input populations {extra} get no data; the protocol "
+                              f'feeds "{self.input}" (images) and "{self.context}" (labels). '
+                              "Remove them or name one as [protocol] context.")
+        if self.context:
+            size, classes = net.slots[self.context].size, net.slots[self.output].size
+            if size != classes:
+                raise ConfigError(f'{who}: the context input "{self.context}" has {size} '
+                                  f'neurons but the output "{self.output}" has {classes}; the '
+                                  "context carries the one-hot label.")
+        self.sampled_readouts = sorted(
+            {q.source for q in network.projections if reads_previous_step(network, q)
+             and network.population(q.source).activation == "sigmoid"})
+        device = net.device
+        self.eval_generator = torch.Generator(device=device).manual_seed(
+            self.seed + EVAL_SEED_OFFSET)
+
+    # ------------------------------------------------------------------ sweeps
+    def sweeps(self, x: torch.Tensor, context: torch.Tensor | None,
+               generator: torch.Generator) -> tuple[NeuralState, NeuralState]:
+        """(state after sweep K-1, state after sweep K); sweep 0 is all zeros."""
+        net = self.net
+        inputs = {self.input: x}
+        if self.context:
+            inputs[self.context] = context
+        previous, state = None, None
+
+        def sample(theta):
+            draw = torch.rand(theta.shape, generator=generator, dtype=theta.dtype,
+                              device=theta.device)
+            return torch.where(draw < theta, 1.0, -1.0).to(theta.dtype)
+        for k in range(self.lateral_steps):
+            last = k == self.lateral_steps - 1
+            transform = None if last or not self.sampled_readouts else \
+                {name: sample for name in self.sampled_readouts}
+            previous = state
+            state, _ = net.feedforward(inputs, state=state, generator=generator,
+                                       transform=transform)
+        if previous is None:
+            previous = NeuralState(torch.zeros_like(state.u), torch.zeros_like(state.r), net)
+            net.clamp_inputs(previous, inputs)
+        return previous, state
+
+    def flipped(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta' = 1 - theta for the neurons whose batch mean is >= 0.5 (in place)."""
+        if self.flip:
+            flip = theta.mean(dim=0) >= 0.5
+            theta[:, flip] = 1 - theta[:, flip]
+        return theta
+
+    def train_step(self, x, target, generator, lr_scale: float = 1.0, *, epoch: int = 0,
+                   step: int = 0) -> StepOutput:
+        """K sweeps with the label as context, then the goal rules."""
+        net = self.net
+        x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
+        classes = net.slots[self.output].size
+        if not torch.is_tensor(target) or tuple(target.shape) != (x.shape[0], classes):
+            raise ConfigError(f"protocol \"infomorphic\" needs one-hot targets of shape "
+                              f"(batch={x.shape[0]}, {classes}), got "
+                              f"{tuple(torch.as_tensor(target).shape)}.")
+        target = target.to(net.device, net.dtype)
+        previous, state = self.sweeps(x, target, generator)
+        record = PhaseRecord(net, {"previous": previous, "final": state},
+                             signals={"target": target})
+        metrics = self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
+        prediction = self.flipped(net.r_of(state, self.output).clone())
+        return StepOutput(prediction, metrics)
+
+    def infer(self, x: torch.Tensor) -> NeuralState:
+        """K sweeps with a zero context, drawing from the evaluation generator; the output's
+        activity is the flipped theta (module docstring)."""
+        net = self.net
+        x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
+        context = torch.zeros(x.shape[0], net.slots[self.output].size, dtype=net.dtype,
+                              device=net.device) if self.context else None
+        _, state = self.sweeps(x, context, self.eval_generator)
+        self.flipped(net.r_of(state, self.output))
+        return state
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The evaluation generator's state."""
+        return {"eval_generator": self.eval_generator.get_state()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the evaluation generator."""
+        extra = sorted(set(state) - {"eval_generator"})
+        if extra or "eval_generator" not in state:
+            raise ConfigError(f"the checkpoint's infomorphic protocol state has keys "
+                              f"{sorted(state)}, expected ['eval_generator']; the model and the "
+                              "checkpoint disagree.")
+        self.eval_generator.set_state(torch.as_tensor(state["eval_generator"]).to(torch.uint8)
+                                      .cpu())
