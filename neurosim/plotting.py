@@ -32,8 +32,9 @@
   (``angle_*``: forward vs feedback weights, and ``angle_F``, (W_L ... W_1)^T vs a fixed
   feedback matrix F, drawn with a 90 degree reference line), each layer's correlative
   information (when recorded), COPI's decorrelation (offdiag_*: each lateral R's output and,
-  dashed, its input), and every other metric column (e.g. pc_alignment_*,
-  train_rate_*); at most three panels a row.
+  dashed, its input), the PID atoms of infomorphic populations (``train_<population>_pi_*``:
+  each atom's mean over the population's neurons, one panel per population), and every other
+  metric column (e.g. pc_alignment_*, train_rate_*); at most three panels a row.
 """
 from __future__ import annotations
 
@@ -507,13 +508,19 @@ def plot_run(run_dir, out) -> Path:
     angles = [k for k in columns if k.startswith("angle_")]
     infos = [k for k in columns if k.startswith("corrinfo_")]
     offdiag = [k for k in columns if k.startswith("offdiag_") and not k.startswith("offdiag_in_")]
+    atoms: dict[str, list[str]] = {}         # population -> its PID atom columns
+    for k in columns:
+        if k.startswith("train_") and "_pi_" in k:
+            atoms.setdefault(k[len("train_"):k.index("_pi_")], []).append(k)
+    pid_panels = list(atoms.values())
     skip = {"epoch", "lr_scale", "seconds", "train_seconds", "peak_test_accuracy", "peak_epoch",
             *accuracies, *losses, *angles, *infos, *offdiag,
-            *(k for k in columns if k.startswith("offdiag_in_"))}
+            *(k for k in columns if k.startswith("offdiag_in_")),
+            *(k for keys in pid_panels for k in keys)}
     others = [k for k in columns if k not in skip]
-    if not (accuracies or losses or angles or infos or offdiag or others):
+    if not (accuracies or losses or angles or infos or offdiag or pid_panels or others):
         raise NeurosimError(f"{metrics} has no metric columns to plot.")
-    panels = [p for p in (accuracies, losses, angles, infos, offdiag, others) if p]
+    panels = [p for p in (accuracies, losses, angles, infos, offdiag, *pid_panels, others) if p]
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
@@ -567,6 +574,16 @@ def plot_run(run_dir, out) -> Path:
                             color=color, lw=1)
             ax.set_yscale("log")
             ax.set_ylabel("mean |off-diagonal correlation|\n(solid: R's output, dashed: input)")
+        elif any(keys is atom_keys for atom_keys in pid_panels):
+            population = keys[0][len("train_"):keys[0].index("_pi_")]
+            for i, key in enumerate(keys):
+                ax.plot(epochs, [float(r[key]) for r in rows], ms=2, marker="o",
+                        color=f"C{i % 10}", ls="-" if i < 10 else "--",
+                        label=key[key.index("_pi_") + 4:])
+            ax.axhline(0.0, color="0.5", lw=0.8, zorder=0)
+            ax.set_ylabel(f'PID atoms of "{population}" (bits,\nmean over neurons, training)')
+            ax.legend(fontsize=6, ncol=2)
+            continue
         else:
             for key in keys:
                 ax.plot(epochs, [float(r[key]) for r in rows], marker="o", ms=3, label=key)

@@ -43,6 +43,49 @@ def atom_column(name: str) -> str:
     return "_".join(part for part in name.replace("}", "").split("{") if part)
 
 
+class Adam:
+    """torch.optim.Adam's update on named live tensors (see module docstring), with its state
+    (step count, first and second moments) for checkpoints."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
+                 eps: float = 1e-8):
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.steps = 0
+        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def step_(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
+              lr_scale: float = 1.0) -> None:
+        """p <- p - lr_t m_hat / (sqrt(v_hat) + eps) for every named tensor, in place."""
+        self.steps += 1
+        k = self.steps
+        beta1, beta2 = self.betas
+        step = self.lr * lr_scale / (1 - beta1 ** k)
+        root = math.sqrt(1 - beta2 ** k)
+        for name, p in params.items():
+            grad = grads[name]
+            if self.weight_decay:
+                grad = grad.add(p, alpha=self.weight_decay)
+            if name not in self.moments:
+                self.moments[name] = (torch.zeros_like(p), torch.zeros_like(p))
+            m, v = self.moments[name]
+            m.mul_(beta1).add_(grad, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            p.addcdiv_(m, v.sqrt().div_(root).add_(self.eps), value=-step)
+
+    def state_dict(self) -> dict:
+        """Step count and moments."""
+        return {"steps": self.steps,
+                "moments": {k: {"m": m.clone(), "v": v.clone()} for k, (m, v) in
+                            self.moments.items()}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the step count and moments."""
+        self.steps = int(state.get("steps", 0))
+        self.moments = {k: (torch.as_tensor(t["m"]).clone(), torch.as_tensor(t["v"]).clone())
+                        for k, t in dict(state.get("moments", {})).items()}
+
+
 @register_rule
 class InfomorphicGoal(PopulationRule):
     """Gradient ascent (Adam) on the PID goal of every neuron of an infomorphic population
@@ -70,8 +113,7 @@ class InfomorphicGoal(PopulationRule):
         goal_vector(goal, where="infomorphic_goal goal")        # checks the name or vector
         self.goal, self.lr, self.weight_decay = goal, float(lr), float(weight_decay)
         self.betas, self.eps, self.report = (float(betas[0]), float(betas[1])), float(eps), report
-        self.steps = 0
-        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.optimizer = Adam(self.lr, self.weight_decay, self.betas, self.eps)
 
     def setup(self, net, owner) -> None:
         """Check the population kind and its sources; fix the goal vector and which
@@ -129,22 +171,7 @@ class InfomorphicGoal(PopulationRule):
         gamma = self.gamma.to(result.atoms)
         goal = result.terms @ gamma
         (-goal.sum()).backward()
-        self.steps += 1
-        k = self.steps
-        beta1, beta2 = self.betas
-        step = self.lr * ctx.lr_scale / (1 - beta1 ** k)
-        root = math.sqrt(1 - beta2 ** k)
-        with torch.no_grad():
-            for name, p in params.items():
-                grad = p.grad
-                if self.weight_decay:
-                    grad = grad.add(p, alpha=self.weight_decay)
-                if name not in self.moments:
-                    self.moments[name] = (torch.zeros_like(p), torch.zeros_like(p))
-                m, v = self.moments[name]
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                live[name].addcdiv_(m, v.sqrt().div_(root).add_(self.eps), value=-step)
+        self.optimizer.step_(live, {k: p.grad for k, p in params.items()}, ctx.lr_scale)
         if self.report:
             means = result.terms.detach().mean(0)
             ctx.report("goal", goal.detach().mean())
@@ -154,15 +181,11 @@ class InfomorphicGoal(PopulationRule):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Adam's step count and moments."""
-        return {"steps": self.steps,
-                "moments": {k: {"m": m.clone(), "v": v.clone()} for k, (m, v) in
-                            self.moments.items()}}
+        return self.optimizer.state_dict()
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore Adam's step count and moments."""
-        self.steps = int(state.get("steps", 0))
-        self.moments = {k: (t["m"].clone(), t["v"].clone())
-                        for k, t in dict(state.get("moments", {})).items()}
+        self.optimizer.load_state_dict(state)
 
 
-__all__ = ["InfomorphicGoal", "atom_column"]
+__all__ = ["Adam", "InfomorphicGoal", "atom_column"]

@@ -27,10 +27,18 @@ batch every output neuron whose batch-mean theta is >= 0.5 is flipped (theta -> 
 before the argmax (the reference code's rule). The loss column is 0.5 |theta' - t|^2 of the
 flipped theta'.
 
-``[protocol]`` keys: ``type = "infomorphic"``, context, lateral_steps, flip.
+Baseline of the same architecture (``objective = "backprop"``): the same sweeps, written with
+torch operations, are differentiated end to end (no goal rules): each +-1 sample passes the
+gradient of its mean 2 theta - 1 (straight-through), the loss is the cross-entropy of
+softmax(A_out) against the label (mean over the batch), and one Adam step (``lr``,
+``weight_decay``) updates every plastic weight and every bias of the infomorphic populations.
+
+``[protocol]`` keys: ``type = "infomorphic"``, context, lateral_steps, flip, objective ("goal"
+or "backprop"), lr, weight_decay (backprop only).
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -39,6 +47,7 @@ from ..dynamics import NeuralState
 from ..errors import ConfigError
 from ..graph.infomorphic import InfomorphicPopulation, reads_previous_step
 from ..plasticity import PhaseRecord
+from ..plasticity.infomorphic import Adam
 from .base import LearningProtocol, StepOutput, register_protocol
 
 #: offset of the evaluation generator's seed from the run's seed
@@ -54,7 +63,8 @@ class Infomorphic(LearningProtocol):
     phases = ("previous", "final")
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out",
-                 context: str = "label", lateral_steps: int = 2, flip: bool = True):
+                 context: str = "label", lateral_steps: int = 2, flip: bool = True,
+                 objective: str = "goal", lr: float = 1e-3, weight_decay: float = 0.0):
         if isinstance(lateral_steps, bool) or not isinstance(lateral_steps, int) or \
                 lateral_steps < 1:
             raise ConfigError(f"lateral_steps: an integer >= 1 (sweeps per input; the paper "
@@ -64,7 +74,16 @@ class Infomorphic(LearningProtocol):
                               f'label (or "" for none), got {context!r}.')
         if not isinstance(flip, bool):
             raise ConfigError(f"flip: true or false, got {flip!r}.")
+        if objective not in ("goal", "backprop"):
+            raise ConfigError(f'objective: "goal" (each population\'s infomorphic_goal rule) or '
+                              f'"backprop" (the same network trained end to end), got '
+                              f"{objective!r}.")
+        for key, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{key}: a finite number >= 0, got {value!r}.")
         self.context, self.lateral_steps, self.flip = context, lateral_steps, flip
+        self.objective, self.lr, self.weight_decay = objective, float(lr), float(weight_decay)
         if net is not None:
             self.bind(net, input=input, output=output)
 
@@ -98,6 +117,11 @@ class Infomorphic(LearningProtocol):
         self.sampled_readouts = sorted(
             {q.source for q in network.projections if reads_previous_step(network, q)
              and network.population(q.source).activation == "sigmoid"})
+        if self.objective == "backprop":
+            if self.rules:
+                raise ConfigError(f'{who}: objective "backprop" trains the whole network end to '
+                                  "end; remove the populations' rules (infomorphic_goal).")
+            self.optimizer = Adam(self.lr, self.weight_decay)
         device = net.device
         self.eval_generator = torch.Generator(device=device).manual_seed(
             self.seed + EVAL_SEED_OFFSET)
@@ -146,6 +170,8 @@ class Infomorphic(LearningProtocol):
                               f"(batch={x.shape[0]}, {classes}), got "
                               f"{tuple(torch.as_tensor(target).shape)}.")
         target = target.to(net.device, net.dtype)
+        if self.objective == "backprop":
+            return self.backprop_step(x, target, generator, lr_scale)
         previous, state = self.sweeps(x, target, generator)
         record = PhaseRecord(net, {"previous": previous, "final": state},
                              signals={"target": target})
@@ -164,17 +190,88 @@ class Infomorphic(LearningProtocol):
         self.flipped(net.r_of(state, self.output))
         return state
 
+    # ------------------------------------------------------------------ backprop baseline
+    def differentiable_sweeps(self, x, context, generator, weights, biases) -> torch.Tensor:
+        """A_out of the last sweep, computed with torch operations from ``weights`` and
+        ``biases`` (differentiable; samples straight-through, module docstring), drawing
+        from ``generator`` in the engine's order."""
+        net = self.net
+        network = net.network
+        activity = {self.input: x}
+        if self.context:
+            activity[self.context] = context
+        order = network.dynamic
+        previous = {p.name: torch.zeros(x.shape[0], p.size, dtype=net.dtype, device=net.device)
+                    for p in order}
+        for k in range(self.lateral_steps):
+            last = k == self.lateral_steps - 1
+            current = {}
+            for pop in order:
+                v = {c: None for c in pop.compartments}
+                for q in network.incoming(pop.name):
+                    source = activity.get(q.source, current.get(q.source))
+                    if source is None:
+                        source = previous[q.source]
+                    weight = weights.get(q.name, net.weights.get(q.name))
+                    term = q.drive(source, weight) * float(q.gain)
+                    v[q.compartment] = term if v[q.compartment] is None else v[q.compartment] + term
+                for c in v:
+                    if v[c] is None:
+                        v[c] = x.new_zeros(x.shape[0], pop.size)
+                drive = pop.drive(*pop.add_bias(v, biases[pop.name]).values())
+                theta = torch.sigmoid(drive)
+                sampled = pop.activation == "stochastic_sign" or (
+                    not last and pop.name in self.sampled_readouts)
+                if sampled:
+                    draw = torch.rand(theta.shape, generator=generator, dtype=theta.dtype,
+                                      device=theta.device)
+                    mean = 2 * theta - 1
+                    sign = torch.where(draw < theta.detach(), 1.0, -1.0).to(theta.dtype)
+                    current[pop.name] = mean + (sign - mean).detach()
+                else:
+                    current[pop.name] = theta
+                if last and pop.name == self.output:
+                    out_drive = drive
+            previous = current
+        return out_drive
+
+    def backprop_step(self, x, target, generator, lr_scale) -> StepOutput:
+        """One Adam step on the cross-entropy of softmax(A_out) through the K sweeps."""
+        net = self.net
+        live = {name: net.weights[q.name] for q in net.network.projections
+                if q.plastic and (name := q.name) in net.weights}
+        live.update({f"bias.{p.name}": net.biases[p.name] for p in net.network.dynamic})
+        with torch.inference_mode(False), torch.enable_grad():
+            params = {k: t.detach().clone().requires_grad_(True) for k, t in live.items()}
+            weights = {k: v for k, v in params.items() if not k.startswith("bias.")}
+            biases = {k[5:]: v for k, v in params.items() if k.startswith("bias.")}
+            drive = self.differentiable_sweeps(x.clone(), target.clone(), generator, weights,
+                                               biases)
+            loss = -(target.clone() * torch.log_softmax(drive, dim=1)).sum(1).mean()
+            loss.backward()
+        self.optimizer.step_(live, {k: p.grad for k, p in params.items()}, lr_scale)
+        for name in weights:
+            if name in net.masks:
+                net.weights[name].mul_(net.masks[name])
+        prediction = self.flipped(torch.sigmoid(drive.detach()))
+        return StepOutput(prediction, {"cross_entropy": float(loss.detach())})
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """The evaluation generator's state."""
-        return {"eval_generator": self.eval_generator.get_state()}
+        """The evaluation generator's state (and the backprop baseline's Adam state)."""
+        state = {"eval_generator": self.eval_generator.get_state()}
+        if self.objective == "backprop":
+            state["adam"] = self.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore the evaluation generator."""
-        extra = sorted(set(state) - {"eval_generator"})
-        if extra or "eval_generator" not in state:
+        """Restore the evaluation generator (and Adam's state)."""
+        keys = {"eval_generator"} | ({"adam"} if self.objective == "backprop" else set())
+        if set(state) != keys:
             raise ConfigError(f"the checkpoint's infomorphic protocol state has keys "
-                              f"{sorted(state)}, expected ['eval_generator']; the model and the "
+                              f"{sorted(state)}, expected {sorted(keys)}; the model and the "
                               "checkpoint disagree.")
         self.eval_generator.set_state(torch.as_tensor(state["eval_generator"]).to(torch.uint8)
                                       .cpu())
+        if "adam" in state:
+            self.optimizer.load_state_dict(state["adam"])
