@@ -16,7 +16,9 @@ and f needs the marginals P(s_a), P(s_a, y) only at those points. They are built
 the per-neuron keys of the bin tuples (torch.unique), scatter-adding q into one table entry
 per distinct key and gathering back: O(N B) memory, never a dense K^k grid per neuron, and the
 same values and gradients as the dense evaluation. P(s_a) is a count (no gradient); gradients
-reach theta through P(s_a, y) and P(y) only.
+reach theta through P(s_a, y) and P(y) only. When a gradient is needed, each antichain's terms
+are recomputed in the backward pass (activation checkpointing) rather than kept, so the memory
+for backward is that of the marginal tables plus one antichain.
 
 Goal (local objective, layer loss = -sum_n G_n):
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .goals import goal_weights
@@ -195,8 +198,15 @@ def _evaluate(bins, theta, probs, n_bins, antichains):
     source = points.source_marginals(q.dtype)
     p_y_rows = joint[()]
     lattice = get_lattice(points.n_sources)
-    values = {i: _isx_rows(points, joint, source, p_y_rows, lattice.antichains[i])
-              for i in antichains}
+    if q.requires_grad and torch.is_grad_enabled():
+        # recompute each antichain's row terms in the backward pass instead of keeping them
+        # (a few (U, K_y) buffers per antichain): peak memory stays near that of one
+        values = {i: checkpoint(_isx_rows, points, joint, source, p_y_rows,
+                                lattice.antichains[i], use_reentrant=False)
+                  for i in antichains}
+    else:
+        values = {i: _isx_rows(points, joint, source, p_y_rows, lattice.antichains[i])
+                  for i in antichains}
     return points, lattice, values, entropy_bits(p_y)
 
 
