@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from .populations import SOMA, DynamicPopulation, _finite, register_population
+from .populations import DynamicPopulation, _finite, register_population
 
 #: the three input classes of an infomorphic neuron, in PID source order
 COMPARTMENTS = ("feedforward", "context", "lateral")
@@ -64,6 +64,7 @@ class InfomorphicPopulation(DynamicPopulation):
     rules: Sequence[Any] = field(default_factory=tuple)
 
     kind = "infomorphic"
+    soma_inputs = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -149,11 +150,8 @@ class InfomorphicPopulation(DynamicPopulation):
         return f * gain
 
     def feedforward(self, v: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """u = A(F, C, L) from the compartment inputs (biases included by the caller)."""
-        if SOMA in v and bool(v[SOMA].any()):
-            raise ConfigError(f'population "{self.name}": infomorphic neurons have no soma '
-                              "input; connect projections to compartment feedforward, context "
-                              "or lateral.")
+        """u = A(F, C, L) from the compartment inputs (biases included by the caller; no
+        projection reaches the soma: the network refuses one)."""
         return self.drive(v["feedforward"], v["context"], v["lateral"])
 
     def drift(self, u: torch.Tensor, v: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -54,7 +54,8 @@ class Network:
                 raise ConfigError(f'{where}: target "{target.name}" is an input population, '
                                   "whose activity is clamped; target a pyramidal or interneuron "
                                   "population instead.")
-            valid = [SOMA, *target.compartments]
+            valid = [SOMA, *target.compartments] if target.soma_inputs else \
+                list(target.compartments)
             if proj.compartment not in valid:
                 raise unknown("compartment", proj.compartment, valid,
                               f'{where} (target "{target.name}")')

@@ -54,6 +54,8 @@ class Population:
     size: int
 
     kind = "population"
+    #: whether projections may target compartment "soma" (direct currents)
+    soma_inputs = True
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -133,7 +135,10 @@ class DynamicPopulation(Population):
             raise ConfigError(f'population "{self.name}": need leak >= 0, rate > 0 and noise >= 0 '
                               f"(got leak={self.leak}, rate={self.rate}, noise={self.noise}).")
         self._check_bias()
-        object.__setattr__(self, "rules", tuple(self.rules))
+        from ..plasticity import build_rule      # rules import the graph: imported late
+        object.__setattr__(self, "rules", tuple(
+            build_rule(spec, f'population "{self.name}" rules[{j}]')
+            for j, spec in enumerate(self.rules)))
         for rule in self.rules:
             if getattr(rule, "target", "population") != "population":
                 raise ConfigError(f'population "{self.name}": rule "{rule.name}" is a '

@@ -63,12 +63,17 @@ class Adam:
         step = self.lr * lr_scale / (1 - beta1 ** k)
         root = math.sqrt(1 - beta2 ** k)
         for name, p in params.items():
-            grad = grads[name]
+            grad = grads.get(name)
+            if grad is None:            # takes no part in the loss: no step, no decay
+                continue
             if self.weight_decay:
                 grad = grad.add(p, alpha=self.weight_decay)
             if name not in self.moments:
                 self.moments[name] = (torch.zeros_like(p), torch.zeros_like(p))
             m, v = self.moments[name]
+            if m.device != p.device or m.dtype != p.dtype:     # e.g. loaded from a checkpoint
+                m, v = m.to(p), v.to(p)
+                self.moments[name] = (m, v)
             m.mul_(beta1).add_(grad, alpha=1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             p.addcdiv_(m, v.sqrt().div_(root).add_(self.eps), value=-step)
@@ -134,6 +139,9 @@ class InfomorphicGoal(PopulationRule):
                                  where=f'rule "infomorphic_goal" on "{owner.name}" goal')
         self.previous = {q.name: reads_previous_step(network, q)
                          for q in network.incoming(owner.name)}
+        connected = {q.compartment for q in network.incoming(owner.name)}
+        self.unconnected_bias_rows = [i for i, c in enumerate(owner.biased)
+                                      if c not in connected]
 
     # ------------------------------------------------------------------ the goal
     def compartments(self, ctx: PopulationContext, params: Mapping[str, torch.Tensor],
@@ -171,7 +179,15 @@ class InfomorphicGoal(PopulationRule):
         gamma = self.gamma.to(result.atoms)
         goal = result.terms @ gamma
         (-goal.sum()).backward()
-        self.optimizer.step_(live, {k: p.grad for k, p in params.items()}, ctx.lr_scale)
+        grads = {k: p.grad for k, p in params.items()}
+        if grads["bias"] is not None and self.unconnected_bias_rows:
+            # a compartment no projection reaches has no input to bias: keep its row fixed
+            grads["bias"][self.unconnected_bias_rows] = 0
+            kept = ctx.bias[self.unconnected_bias_rows].clone()
+            self.optimizer.step_(live, grads, ctx.lr_scale)
+            ctx.bias[self.unconnected_bias_rows] = kept
+        else:
+            self.optimizer.step_(live, grads, ctx.lr_scale)
         if self.report:
             means = result.terms.detach().mean(0)
             ctx.report("goal", goal.detach().mean())

@@ -97,6 +97,12 @@ class Infomorphic(LearningProtocol):
             if not isinstance(pop, InfomorphicPopulation):
                 raise ConfigError(f'{who}: population "{pop.name}" is of kind "{pop.kind}"; every '
                                   'non-input population must be type = "infomorphic".')
+        out = network.population(self.output)
+        if out.activation != "sigmoid":
+            raise ConfigError(f'{who}: the output population "{self.output}" has activation '
+                              f'"{out.activation}"; the readout gives its firing probability: '
+                              'activation = "sigmoid" (with context_gain = lateral_gain = 0 '
+                              "for the paper's theta = sigmoid(F)).")
         inputs = [p.name for p in network.inputs]
         expected = [self.input] + ([self.context] if self.context else [])
         for name in expected:
