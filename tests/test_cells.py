@@ -329,7 +329,7 @@ def test_a_registered_kind_is_found_by_name(monkeypatch):
      ["cannot import population kind", "No module named 'examples.no_such_module'"]),
     ("neurosim.graph:Projection", "",
      ['"neurosim.graph:Projection" is not a population kind (a subclass of Population)']),
-    ("gatd", "", ['unknown type "gatd".', "Valid types: input, pyramidal, interneuron.",
+    ("gatd", "", ['unknown type "gatd".', "Valid types: input, pyramidal, interneuron, infomorphic.",
                   '"package.module:Class"']),
     ("examples.nonlinear_cell:GatedCell", "laterl = 0.5",
      ['[[population]] #2 "h": unknown key "laterl".', 'Did you mean "lateral"?',

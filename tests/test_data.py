@@ -549,8 +549,8 @@ def test_dataset_to_and_frozen():
 def test_argument_errors():
     with pytest.raises(DataError, match='Did you mean "mnist"'):
         load_dataset("mnsit")
-    with pytest.raises(DataError, match="choose one of default, unit"):
-        load_dataset("digits", normalization="zscore")
+    with pytest.raises(DataError, match="choose one of default, unit, zscore"):
+        load_dataset("digits", normalization="standard")
     with pytest.raises(DataError, match="floating torch dtype"):
         load_dataset("digits", dtype=torch.int64)
     with pytest.raises(DataError, match="nothing to fetch"):

@@ -138,7 +138,7 @@ def test_bad_population_and_projection_values():
      ['"inhibition" (type interneuron): unknown key "apical".']),
     ('type = "interneuron"', 'type = "interneron"',
      ['unknown type "interneron".', 'Did you mean "interneuron"?',
-      "Valid types: input, pyramidal, interneuron."]),
+      "Valid types: input, pyramidal, interneuron, infomorphic."]),
     ('name = "upper_lower"\n', '', ['[[projection]] #3: missing required key "name".']),
 ])
 def test_unknown_toml_keys_and_types(old, new, fragments):

@@ -137,8 +137,8 @@ class DynamicPopulation(Population):
         self._check_bias()
         from ..plasticity import build_rule      # rules import the graph: imported late
         object.__setattr__(self, "rules", tuple(
-            build_rule(spec, f'population "{self.name}" rules[{j}]')
-            for j, spec in enumerate(self.rules)))
+            build_rule(spec, f'population "{self.name}" rules[{j}]') if isinstance(spec, Mapping)
+            else spec for j, spec in enumerate(self.rules)))
         for rule in self.rules:
             if getattr(rule, "target", "population") != "population":
                 raise ConfigError(f'population "{self.name}": rule "{rule.name}" is a '

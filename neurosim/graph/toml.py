@@ -114,7 +114,8 @@ def _population(table: Any, label: str) -> Population:
         check_keys(table, known, label, required=("name", "type", "size"))
     cls = population_kind(table["type"], label)
     allowed = {"type", *cls.keys()}
-    check_keys(table, known | allowed, label, required=("name", "type", "size"))
+    # a key no kind knows: list this kind's keys; a key of another kind: name the type
+    check_keys(table, allowed | (known & set(table)), label, required=("name", "type", "size"))
     check_keys(table, allowed, f'{label} (type {table["type"]})')
     kwargs = {k: v for k, v in table.items() if k != "type"}
     if "rules" in kwargs:
