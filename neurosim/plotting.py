@@ -511,7 +511,7 @@ def plot_run(run_dir, out) -> Path:
     atoms: dict[str, list[str]] = {}         # population -> its PID atom columns
     for k in columns:
         if k.startswith("train_") and "_pi_" in k:
-            atoms.setdefault(k[len("train_"):k.index("_pi_")], []).append(k)
+            atoms.setdefault(k[len("train_"):k.rindex("_pi_")], []).append(k)
     pid_panels = list(atoms.values())
     skip = {"epoch", "lr_scale", "seconds", "train_seconds", "peak_test_accuracy", "peak_epoch",
             *accuracies, *losses, *angles, *infos, *offdiag,
@@ -575,11 +575,11 @@ def plot_run(run_dir, out) -> Path:
             ax.set_yscale("log")
             ax.set_ylabel("mean |off-diagonal correlation|\n(solid: R's output, dashed: input)")
         elif any(keys is atom_keys for atom_keys in pid_panels):
-            population = keys[0][len("train_"):keys[0].index("_pi_")]
+            population = keys[0][len("train_"):keys[0].rindex("_pi_")]
             for i, key in enumerate(keys):
                 ax.plot(epochs, [float(r[key]) for r in rows], ms=2, marker="o",
                         color=f"C{i % 10}", ls="-" if i < 10 else "--",
-                        label=key[key.index("_pi_") + 4:])
+                        label=key[key.rindex("_pi_") + 4:])
             ax.axhline(0.0, color="0.5", lw=0.8, zorder=0)
             ax.set_ylabel(f'PID atoms of "{population}" (bits,\nmean over neurons, training)')
             ax.legend(fontsize=6, ncol=2)

@@ -971,7 +971,13 @@ class Simulation:
         for name, w in p["network"].items():
             sim.net.weights[name].copy_(torch.as_tensor(w))
         for name, b in p.get("biases", {}).items():
-            sim.net.biases[name].copy_(torch.as_tensor(b))
+            b = torch.as_tensor(b)
+            if name not in sim.net.biases or b.shape != sim.net.biases[name].shape:
+                have = tuple(sim.net.biases[name].shape) if name in sim.net.biases else None
+                raise ConfigError(f"{path}: the checkpoint's bias of population \"{name}\" has "
+                                  f"shape {tuple(b.shape)}, this model's {have}; the model and "
+                                  "the checkpoint disagree.")
+            sim.net.biases[name].copy_(b)
         if sim.plasticity[0] != "off":
             sim.rules.load_state_dict(p.get("rules", {}), str(path))
         sim.state.u.copy_(torch.as_tensor(p["state"]["u"]))

@@ -271,10 +271,6 @@ def test_drive_is_the_literal_formula():
                           rtol=0, atol=1e-14)
     plain = g.InfomorphicPopulation("o", 9, context_gain=0.0, lateral_gain=0.0)
     assert torch.equal(plain.drive(f, c, l), f)
-    assert torch.equal(plain.drive(f, None, None), f)
-    # a compartment that receives nothing is 0: sigmoid(0) = 1/2
-    assert torch.allclose(pop.drive(f, None, None),
-                          drive_literal(f, torch.zeros_like(f), torch.zeros_like(f)), atol=1e-14)
 
 
 def one_layer(n=6, **kind):
@@ -828,7 +824,9 @@ def test_adam_moments_follow_the_parameters_after_a_checkpoint_load():
 
 # ============================================================================ 8. errors
 def bind(pops, projs, **protocol):
+    """Bind the protocol (rule-free networks: objective "backprop" unless given)."""
     net = CompiledNetwork(g.Network(pops, projs, name="bad"), dtype=F64)
+    protocol.setdefault("objective", "backprop")
     return Infomorphic(**protocol).bind(net)
 
 
@@ -858,8 +856,14 @@ def test_protocol_checks_the_network():
     with pytest.raises(ConfigError, match='"labels" must be an input population'):
         bind(base_pops(), BASE_PROJS, context="labels")
     bind([p for p in base_pops() if p.name != "label"], BASE_PROJS, context="")
+    with pytest.raises(ConfigError, match="no population has a rule"):
+        bind(base_pops(), BASE_PROJS, objective="goal")
+    with pytest.raises(ConfigError, match='context "x" is the image input'):
+        bind(base_pops(), BASE_PROJS, context="x")
+    assert bind(base_pops(), BASE_PROJS).flip is False           # backprop: no flip
     for bad in ({"lateral_steps": 0}, {"lateral_steps": True}, {"flip": 1},
-                {"objective": "hebb"}, {"context": 3}):
+                {"objective": "hebb"}, {"context": 3},
+                {"objective": "backprop", "flip": True}):
         with pytest.raises(ConfigError):
             Infomorphic(**bad)
     net, protocol = tiny()
@@ -914,3 +918,82 @@ def test_model_file_errors_are_config_errors():
         assert old in text, old
         with pytest.raises(ConfigError, match=message):
             Trainer.from_model_text(text.replace(old, new, 1), progress=False)
+
+
+# ============================================================================ 9. review fixes
+SIMULATION = '''
+[network]
+name = "t"
+[[population]]
+name = "x"
+type = "input"
+size = 4
+[[population]]
+name = "h"
+type = "infomorphic"
+size = 5
+activation = "{activation}"
+[[projection]]
+name = "f"
+source = "x"
+target = "h"
+compartment = "feedforward"
+init = "fan_in_uniform"
+[simulation]
+solver = "{solver}"
+dt = 0.05
+batch = 2
+seed = 1
+n_steps = 3
+'''
+
+
+@pytest.mark.parametrize("solver,activation", [("euler", "stochastic_sign"),
+                                               ("gs-euler", "sigmoid"), ("rk4", "sigmoid")])
+def test_an_ode_simulation_refuses_infomorphic_populations(solver, activation):
+    from neurosim.simulation import Simulation
+    with pytest.raises(ConfigError, match='"h" \\(kind "infomorphic"\\) has no soma equation'):
+        Simulation.from_model_text(SIMULATION.format(solver=solver,
+                                                     activation=activation)).run()
+
+
+def test_one_goal_rule_serves_one_population():
+    rule = InfomorphicGoal("output")
+    pops = [g.InputPopulation("x", 6), g.InputPopulation("label", 3),
+            g.InfomorphicPopulation("h", 4, rules=[rule]),
+            g.InfomorphicPopulation("out", 3, activation="sigmoid", context_gain=0.0,
+                                    lateral_gain=0.0, rules=[rule])]
+    projs = [g.Projection("a", "x", "h", "feedforward"),
+             g.Projection("c", "label", "h", "context"),
+             g.Projection("o", "h", "out", "feedforward"),
+             g.Projection("lo", "label", "out", "context", init="eye", plastic=False)]
+    with pytest.raises(ConfigError, match="cannot serve populations"):
+        Infomorphic().bind(CompiledNetwork(g.Network(pops, projs, name="shared"), dtype=F64))
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"biased": 3}, "biased is a list"), ({"noise": 0.5}, "noise does not apply"),
+    ({"rate": 2.0}, "rate does not apply"), ({"leak": 1.0}, "leak does not apply"),
+    ({"fixed_step": 0.1}, "fixed_step does not apply")])
+def test_settings_that_do_not_apply_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        g.InfomorphicPopulation("h", 4, **settings)
+
+
+def test_backprop_keeps_the_bias_of_an_unconnected_compartment():
+    pops = [g.InputPopulation("x", 12), g.InputPopulation("label", 3),
+            g.InfomorphicPopulation("h", 7, bias=0.3),
+            g.InfomorphicPopulation("out", 3, activation="sigmoid", context_gain=0.0,
+                                    lateral_gain=0.0, binning="normalised",
+                                    biased=["feedforward"])]
+    projs = [g.Projection("a", "x", "h", "feedforward"),
+             g.Projection("c", "label", "h", "context"),
+             g.Projection("o", "h", "out", "feedforward"),
+             g.Projection("lo", "label", "out", "context", init="eye", plastic=False)]
+    net = CompiledNetwork(g.Network(pops, projs, name="nolateral"), dtype=F64)
+    protocol = Infomorphic(objective="backprop").bind(net)
+    before = net.biases["h"].clone()
+    x, t = synthetic()
+    protocol.train_step(x, t, torch.Generator().manual_seed(0))
+    changed = (net.biases["h"] != before).any(dim=1).tolist()
+    assert changed == [True, True, False]          # F, C learn; L (no lateral input) stays

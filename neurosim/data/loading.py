@@ -23,8 +23,8 @@ NORMALIZATIONS = ("default", "unit", "zscore")
 """"default": the paper's preprocessing (digits /16, MNIST-like and CIFAR-100 /255, CIFAR-10
 per-channel (x - mean) / (3 std)); "unit": pixels scaled to [0, 1] for every dataset;
 "zscore": pixels in [0, 1], then (x - m) / s with one global mean m and standard deviation s
-of the training images (all pixels together; the test images use the training m and s),
-as the infomorphic networks' code does."""
+of the training images (all pixels together, before any validation split, as the infomorphic
+networks' code does; the test images use the training m and s)."""
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -80,6 +80,9 @@ def _zscore_(train_x: torch.Tensor, test_x: torch.Tensor) -> None:
     """In place: (x - m) / s for both sets, m and s over every training pixel (float64)."""
     flat = train_x.reshape(-1).to(torch.float64)
     mean, std = float(flat.mean()), float(flat.std())
+    if not std > 0:
+        raise DataError("normalization \"zscore\": every training pixel has the same value, "
+                        "so there is no standard deviation to divide by; use \"unit\".")
     for x in (train_x, test_x):
         x.sub_(mean).div_(std)
 

@@ -170,9 +170,10 @@ def _span(slots) -> slice | None:
 class CompiledNetwork:
     """Weights and biases as tensors plus the layout of the state; builds per-phase dynamics.
 
-    ``weights``: projection name -> W (target x source); ``biases``: population name -> b
-    (n,), one per dynamic population (population rules may update them in place; a phase
-    reads them when it is built)."""
+    ``weights``: projection name -> W (target x source); ``biases``: population name -> b,
+    one per dynamic population, (n,) added to v_soma or, for kinds with a bias per
+    compartment, (k, n) (``Population.initial_bias`` / ``add_bias``); population rules may
+    update them in place; a phase reads them when it is built."""
 
     def __init__(self, network: Network, *, dtype=torch.float32, device="cpu", seed: int = 0):
         self.network = network
@@ -444,6 +445,13 @@ class CompiledNetwork:
         soma input. ``generator`` draws noise and stochastic activities. ``at_rest`` promises
         that the phase starts from u = 0: the first Gauss-Seidel step then skips the products
         of sources that are silent at rest (sigma(0) = 0), which are exactly zero."""
+        for pop in self.network.dynamic:
+            if not pop.has_soma_equation:
+                raise ConfigError(f'population "{pop.name}" (kind "{pop.kind}") has no soma '
+                                  "equation: it runs in discrete passes (its protocol, or "
+                                  "CompiledNetwork.feedforward), not in an ODE phase or "
+                                  "simulation; use a protocol made for it (e.g. "
+                                  '"infomorphic").')
         currents = dict(self.input_currents(inputs) if currents is None else currents)
         operators = dict(operators)
         cell_nudges = {}
@@ -492,9 +500,12 @@ class CompiledNetwork:
         the newest activities (inputs clamped; populations not yet visited read ``state``, or
         0) and sets
 
-            v_c = sum_{q -> c} gain_q W_q r_src    (v_soma + b_p)
+            v_c = sum_{q -> c} gain_q W_q r_src    (+ b_p: v_soma, or per compartment)
             u_p = feedforward_p(v)                 (linear cells: sum_c k_c v_c / d_p)
             r_p = T_p(sigma(u_p)) * m_p,   m_p = Bernoulli(1 - p_drop) / (1 - p_drop)
+
+        (sigma may draw, e.g. stochastic_sign: +-1 with P(+1) = sigmoid(u), from
+        ``generator``).
 
         ``dropout`` maps populations to drop probabilities; their masks are drawn from
         ``generator`` unless ``masks`` (as returned by an earlier call) gives them.

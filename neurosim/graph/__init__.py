@@ -11,7 +11,8 @@ from .toml import (ModelFile, check_finite, check_keys, load_model_file, network
                    parse_model_text)
 
 __all__ = ["Activation", "get_activation", "ACTIVATIONS", "Network", "SOMA", "InputPopulation",
-           "InterneuronPopulation", "InfomorphicPopulation", "Population", "DynamicPopulation", "PyramidalPopulation",
+           "InterneuronPopulation", "InfomorphicPopulation", "Population", "DynamicPopulation",
+           "PyramidalPopulation",
            "POPULATION_KINDS", "register_population", "Projection", "INITIALISERS",
            "PROJECTION_KINDS", "Conv2dProjection", "MaxPool2dProjection",
            "ModelFile", "check_finite", "check_keys", "load_model_file", "network_from_dict",

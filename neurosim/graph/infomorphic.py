@@ -65,6 +65,7 @@ class InfomorphicPopulation(DynamicPopulation):
 
     kind = "infomorphic"
     soma_inputs = False
+    has_soma_equation = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -90,6 +91,13 @@ class InfomorphicPopulation(DynamicPopulation):
         if self.binning not in BINNINGS:
             raise ConfigError(f'{where}: binning must be "fixed" (clamped to +-bin_range) or '
                               f'"normalised" (by the batch max |value|), got {self.binning!r}.')
+        for key, default in (("leak", 0.0), ("rate", 1.0), ("noise", 0.0), ("fixed_step", None)):
+            if getattr(self, key) != default:
+                raise ConfigError(f"{where}: {key} does not apply to infomorphic neurons (no soma "
+                                  f"equation); remove it (got {getattr(self, key)!r}).")
+        if not isinstance(self.biased, (str, list, tuple)):
+            raise ConfigError(f"{where}: biased is a list of compartments from "
+                              f"{list(COMPARTMENTS)}, got {self.biased!r}.")
         biased = (self.biased,) if isinstance(self.biased, str) else tuple(self.biased)
         bad = [c for c in biased if c not in COMPARTMENTS]
         if bad or len(set(biased)) != len(biased):
@@ -138,15 +146,15 @@ class InfomorphicPopulation(DynamicPopulation):
             v[comp] = v[comp] + bias[i]
         return v
 
-    def drive(self, f: torch.Tensor, c: torch.Tensor | None, l: torch.Tensor | None):
+    def drive(self, f: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
         """A = F [(1 - k_C - k_L) + k_C sigmoid(w F C) + k_L sigmoid(w F L)] (differentiable;
-        c or l None when the compartment receives nothing, i.e. is 0)."""
+        a compartment nothing reaches holds its bias, or 0)."""
         k_c, k_l, w = self.context_gain, self.lateral_gain, self.coupling
         gain = 1.0 - k_c - k_l
         if k_c:
-            gain = gain + k_c * torch.sigmoid(w * f * c) if c is not None else gain + 0.5 * k_c
+            gain = gain + k_c * torch.sigmoid(w * f * c)
         if k_l:
-            gain = gain + k_l * torch.sigmoid(w * f * l) if l is not None else gain + 0.5 * k_l
+            gain = gain + k_l * torch.sigmoid(w * f * l)
         return f * gain
 
     def feedforward(self, v: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -183,6 +191,28 @@ def reads_previous_step(network, projection) -> bool:
     return order.index(projection.source) >= order.index(projection.target)
 
 
+def compartment_sums(population: InfomorphicPopulation, projections, presynaptic, weight_of,
+                     bias: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+    """v_c = sum_{q -> c} gain_q W_q r_q + b_c for the three compartments (differentiable:
+    the discrete passes' sum written with torch operations). ``presynaptic(q)`` gives the
+    activity a projection reads, ``weight_of(q)`` its weight (None: identity)."""
+    v: dict[str, torch.Tensor | None] = {c: None for c in COMPARTMENTS}
+    for q in projections:
+        term = q.drive(presynaptic(q), weight_of(q)) * float(q.gain)
+        v[q.compartment] = term if v[q.compartment] is None else v[q.compartment] + term
+    for comp in COMPARTMENTS:
+        if v[comp] is None:
+            v[comp] = bias.new_zeros(batch, population.size)
+    return population.add_bias(v, bias)
+
+
+def unconnected_bias_rows(network, population: InfomorphicPopulation) -> list[int]:
+    """Rows of the population's bias for compartments no projection reaches (kept fixed by
+    learning: there is no input for them to bias)."""
+    connected = {q.compartment for q in network.incoming(population.name)}
+    return [i for i, c in enumerate(population.biased) if c not in connected]
+
+
 def pid_sources(network, population: str) -> tuple[str, ...]:
     """The compartments of an infomorphic population that receive projections, in PID source
     order (feedforward, context, lateral)."""
@@ -190,4 +220,5 @@ def pid_sources(network, population: str) -> tuple[str, ...]:
     return tuple(c for c in COMPARTMENTS if c in used)
 
 
-__all__ = ["InfomorphicPopulation", "COMPARTMENTS", "reads_previous_step", "pid_sources"]
+__all__ = ["InfomorphicPopulation", "COMPARTMENTS", "reads_previous_step", "pid_sources",
+           "compartment_sums", "unconnected_bias_rows"]

@@ -56,6 +56,8 @@ class Population:
     kind = "population"
     #: whether projections may target compartment "soma" (direct currents)
     soma_inputs = True
+    #: whether the kind has du/dt (ODE phases, simulations); False: discrete passes only
+    has_soma_equation = True
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():

@@ -22,7 +22,8 @@ An optional fixed ``mask`` zeroes absent synapses; plasticity never creates them
 tensor of the weight's shape, "no_self" (every synapse but i -> i; a square projection, e.g.
 lateral connections without autapses) or ``{ partners = k }`` (each target neuron gets exactly
 k presynaptic partners drawn at random without replacement, never itself when source ==
-target; drawn from the network's initialisation generator). ``rules`` are plasticity hooks (see neurosim.plasticity) run after each training step.
+target; drawn from the network's initialisation generator). ``rules`` are plasticity hooks
+(see neurosim.plasticity) run after each training step.
 
 Kinds (``type`` in a ``[[projection]]`` table; ``PROJECTION_KINDS``): "dense" (the default,
 above) and two kinds with a spatial layout, whose source activity is read as images of shape
@@ -286,8 +287,6 @@ class Projection:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= available:
             raise ConfigError(f"{where}: mask partners must be an integer in 1..{available} "
                               f"(the possible presynaptic partners of each neuron), got {k!r}.")
-        if autapses and n_post != n_pre:
-            raise ConfigError(f"{where}: a projection of a population onto itself is square.")
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         scores = torch.rand(n_post, available, generator=generator, dtype=torch.float64)

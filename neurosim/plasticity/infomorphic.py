@@ -29,7 +29,8 @@ from typing import Mapping
 import torch
 
 from ..errors import ConfigError
-from ..graph.infomorphic import InfomorphicPopulation, pid_sources, reads_previous_step
+from ..graph.infomorphic import (InfomorphicPopulation, compartment_sums, pid_sources,
+                                 reads_previous_step, unconnected_bias_rows)
 from ..pid import goal_vector, pid_atoms
 from .base import PopulationContext, PopulationRule, register_rule
 
@@ -123,6 +124,11 @@ class InfomorphicGoal(PopulationRule):
     def setup(self, net, owner) -> None:
         """Check the population kind and its sources; fix the goal vector and which
         projections read the previous step."""
+        if getattr(self, "owner", owner.name) != owner.name:
+            raise ConfigError(f'one infomorphic_goal rule cannot serve populations "{self.owner}" '
+                              f'and "{owner.name}" (it keeps per-population Adam state); give '
+                              "each population its own rule.")
+        self.owner = owner.name
         if not isinstance(owner, InfomorphicPopulation):
             raise ConfigError(f'rule "infomorphic_goal" needs an infomorphic population (type = '
                               f'"infomorphic"); "{owner.name}" is of kind "{owner.kind}".')
@@ -139,34 +145,22 @@ class InfomorphicGoal(PopulationRule):
                                  where=f'rule "infomorphic_goal" on "{owner.name}" goal')
         self.previous = {q.name: reads_previous_step(network, q)
                          for q in network.incoming(owner.name)}
-        connected = {q.compartment for q in network.incoming(owner.name)}
-        self.unconnected_bias_rows = [i for i, c in enumerate(owner.biased)
-                                      if c not in connected]
+        self.unconnected_bias_rows = unconnected_bias_rows(network, owner)
 
     # ------------------------------------------------------------------ the goal
     def compartments(self, ctx: PopulationContext, params: Mapping[str, torch.Tensor],
                      bias: torch.Tensor) -> dict[str, torch.Tensor]:
         """F, C, L (batch x n) of the final step from the given (differentiable) weights."""
-        pop = ctx.population
-        out = {c: None for c in ("feedforward", "context", "lateral")}
-        for q in ctx.incoming:
-            pre = ctx.pre(q.name, PREVIOUS if self.previous[q.name] else FINAL)
-            weight = params.get(q.name, ctx.fixed_weights.get(q.name))
-            term = q.drive(pre, weight) * float(q.gain)
-            out[q.compartment] = term if out[q.compartment] is None else out[q.compartment] + term
-        zeros = None
-        for comp in out:
-            if out[comp] is None:
-                if zeros is None:
-                    zeros = bias.new_zeros(ctx.batch_size, pop.size)
-                out[comp] = zeros
-        return pop.add_bias(out, bias)
+        return compartment_sums(
+            ctx.population, ctx.incoming,
+            lambda q: ctx.pre(q.name, PREVIOUS if self.previous[q.name] else FINAL),
+            lambda q: params.get(q.name, ctx.fixed_weights.get(q.name)), bias, ctx.batch_size)
 
     def atoms(self, ctx: PopulationContext, params, bias):
         """(PIDResult per neuron, theta (batch x n)) of the final step."""
         pop = ctx.population
         v = self.compartments(ctx, params, bias)
-        theta = torch.sigmoid(pop.drive(v["feedforward"], v["context"], v["lateral"]))
+        theta = torch.sigmoid(pop.feedforward(v))
         bins = pop.bin_sources([v[c] for c in self.sources])
         return pid_atoms(bins, theta.T, n_bins=pop.bins), theta
 

@@ -33,8 +33,9 @@ gradient of its mean 2 theta - 1 (straight-through), the loss is the cross-entro
 softmax(A_out) against the label (mean over the batch), and one Adam step (``lr``,
 ``weight_decay``) updates every plastic weight and every bias of the infomorphic populations.
 
-``[protocol]`` keys: ``type = "infomorphic"``, context, lateral_steps, flip, objective ("goal"
-or "backprop"), lr, weight_decay (backprop only).
+``[protocol]`` keys: ``type = "infomorphic"``, context, lateral_steps, flip (default: true for
+the goal, false for backprop), objective ("goal" or "backprop"), lr, weight_decay (backprop
+only). The bias of a compartment no projection reaches is never learned.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ import torch
 
 from ..dynamics import NeuralState
 from ..errors import ConfigError
-from ..graph.infomorphic import InfomorphicPopulation, reads_previous_step
+from ..graph.infomorphic import (InfomorphicPopulation, compartment_sums, reads_previous_step,
+                                 unconnected_bias_rows)
 from ..plasticity import PhaseRecord
 from ..plasticity.infomorphic import Adam
 from .base import LearningProtocol, StepOutput, register_protocol
@@ -63,7 +65,7 @@ class Infomorphic(LearningProtocol):
     phases = ("previous", "final")
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out",
-                 context: str = "label", lateral_steps: int = 2, flip: bool = True,
+                 context: str = "label", lateral_steps: int = 2, flip: bool | None = None,
                  objective: str = "goal", lr: float = 1e-3, weight_decay: float = 0.0):
         if isinstance(lateral_steps, bool) or not isinstance(lateral_steps, int) or \
                 lateral_steps < 1:
@@ -72,7 +74,7 @@ class Infomorphic(LearningProtocol):
         if not isinstance(context, str):
             raise ConfigError(f'context: the name of the input population that carries the '
                               f'label (or "" for none), got {context!r}.')
-        if not isinstance(flip, bool):
+        if flip is not None and not isinstance(flip, bool):
             raise ConfigError(f"flip: true or false, got {flip!r}.")
         if objective not in ("goal", "backprop"):
             raise ConfigError(f'objective: "goal" (each population\'s infomorphic_goal rule) or '
@@ -82,7 +84,13 @@ class Infomorphic(LearningProtocol):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{key}: a finite number >= 0, got {value!r}.")
-        self.context, self.lateral_steps, self.flip = context, lateral_steps, flip
+        if flip and objective == "backprop":
+            raise ConfigError("flip = true with objective \"backprop\": a cross-entropy-trained "
+                              "output is not sign-ambiguous (softmax is shift-invariant, so its "
+                              "batch-mean theta may exceed 0.5 and flipping breaks the argmax); "
+                              "remove flip.")
+        self.context, self.lateral_steps = context, lateral_steps
+        self.flip = (objective == "goal") if flip is None else flip
         self.objective, self.lr, self.weight_decay = objective, float(lr), float(weight_decay)
         if net is not None:
             self.bind(net, input=input, output=output)
@@ -103,6 +111,9 @@ class Infomorphic(LearningProtocol):
                               f'"{out.activation}"; the readout gives its firing probability: '
                               'activation = "sigmoid" (with context_gain = lateral_gain = 0 '
                               "for the paper's theta = sigmoid(F)).")
+        if self.context == self.input:
+            raise ConfigError(f'{who}: context "{self.context}" is the image input; name the '
+                              "input population that carries the one-hot label.")
         inputs = [p.name for p in network.inputs]
         expected = [self.input] + ([self.context] if self.context else [])
         for name in expected:
@@ -123,6 +134,11 @@ class Infomorphic(LearningProtocol):
         self.sampled_readouts = sorted(
             {q.source for q in network.projections if reads_previous_step(network, q)
              and network.population(q.source).activation == "sigmoid"})
+        if self.objective == "goal" and not self.rules:
+            raise ConfigError(f"{who}: no population has a rule, so nothing would learn; give "
+                              'the infomorphic populations rules = [{ type = "infomorphic_goal", '
+                              '... }] or set objective = "backprop".')
+        self.fixed_bias_rows = {p.name: unconnected_bias_rows(network, p) for p in network.dynamic}
         if self.objective == "backprop":
             if self.rules:
                 raise ConfigError(f'{who}: objective "backprop" trains the whole network end to '
@@ -213,18 +229,14 @@ class Infomorphic(LearningProtocol):
             last = k == self.lateral_steps - 1
             current = {}
             for pop in order:
-                v = {c: None for c in pop.compartments}
-                for q in network.incoming(pop.name):
-                    source = activity.get(q.source, current.get(q.source))
-                    if source is None:
-                        source = previous[q.source]
-                    weight = weights.get(q.name, net.weights.get(q.name))
-                    term = q.drive(source, weight) * float(q.gain)
-                    v[q.compartment] = term if v[q.compartment] is None else v[q.compartment] + term
-                for c in v:
-                    if v[c] is None:
-                        v[c] = x.new_zeros(x.shape[0], pop.size)
-                drive = pop.drive(*pop.add_bias(v, biases[pop.name]).values())
+                def presynaptic(q):
+                    if q.source in activity:
+                        return activity[q.source]
+                    return current.get(q.source, previous.get(q.source))
+                v = compartment_sums(pop, network.incoming(pop.name), presynaptic,
+                                     lambda q: weights.get(q.name, net.weights.get(q.name)),
+                                     biases[pop.name], x.shape[0])
+                drive = pop.feedforward(v)
                 theta = torch.sigmoid(drive)
                 sampled = pop.activation == "stochastic_sign" or (
                     not last and pop.name in self.sampled_readouts)
@@ -255,7 +267,11 @@ class Infomorphic(LearningProtocol):
                                                biases)
             loss = -(target.clone() * torch.log_softmax(drive, dim=1)).sum(1).mean()
             loss.backward()
+        fixed = {name: (rows, net.biases[name][rows].clone())
+                 for name, rows in self.fixed_bias_rows.items() if rows}
         self.optimizer.step_(live, {k: p.grad for k, p in params.items()}, lr_scale)
+        for name, (rows, kept) in fixed.items():       # compartments nothing reaches
+            net.biases[name][rows] = kept
         for name in weights:
             if name in net.masks:
                 net.weights[name].mul_(net.masks[name])
