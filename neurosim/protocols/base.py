@@ -77,6 +77,20 @@ class LearningProtocol:
         random draws come from ``generator`` (the run's, so resume stays exact)."""
         raise NotImplementedError
 
+    def supervised_batch(self, x, target, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, target) as tensors of the network's dtype and device; ConfigError naming
+        ``who`` unless target is a float tensor of one-hot rows (batch x output size)."""
+        net = self.net
+        x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
+        classes = net.slots[self.output].size
+        if not torch.is_tensor(target) or tuple(target.shape) != (x.shape[0], classes) or \
+                not target.is_floating_point():
+            raise ConfigError(f"{who} needs one-hot targets of shape (batch={x.shape[0]}, "
+                              f"{classes}) as floats, got {tuple(torch.as_tensor(target).shape)} "
+                              f"{torch.as_tensor(target).dtype}; encode labels with "
+                              "torch.nn.functional.one_hot(labels, classes).float().")
+        return x, target.to(net.device, net.dtype)
+
     def infer(self, x: torch.Tensor) -> Any:
         """The network state after inference on x (a NeuralState; may be a reused buffer)."""
         raise NotImplementedError

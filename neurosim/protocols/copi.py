@@ -202,12 +202,7 @@ class Copi(LearningProtocol):
                    step: int = 0) -> StepOutput:
         """Forward pass, credit signals, rules."""
         net = self.net
-        x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
-        classes = net.slots[self.output].size
-        if not torch.is_tensor(target) or tuple(target.shape) != (x.shape[0], classes):
-            raise ConfigError(f"COPI needs one-hot targets of shape (batch={x.shape[0]}, "
-                              f"{classes}), got {tuple(torch.as_tensor(target).shape)}.")
-        target = target.to(net.device, net.dtype)
+        x, target = self.supervised_batch(x, target, "COPI")
         state = self.infer(x)
         deltas = self.credit_signals(state, target)
         record = PhaseRecord(net, {"forward": state}, signals={"delta": deltas,

@@ -185,13 +185,7 @@ class Infomorphic(LearningProtocol):
                    step: int = 0) -> StepOutput:
         """K sweeps with the label as context, then the goal rules."""
         net = self.net
-        x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
-        classes = net.slots[self.output].size
-        if not torch.is_tensor(target) or tuple(target.shape) != (x.shape[0], classes):
-            raise ConfigError(f"protocol \"infomorphic\" needs one-hot targets of shape "
-                              f"(batch={x.shape[0]}, {classes}), got "
-                              f"{tuple(torch.as_tensor(target).shape)}.")
-        target = target.to(net.device, net.dtype)
+        x, target = self.supervised_batch(x, target, 'protocol "infomorphic"')
         if self.objective == "backprop":
             return self.backprop_step(x, target, generator, lr_scale)
         previous, state = self.sweeps(x, target, generator)

@@ -334,16 +334,7 @@ class Pepita(LearningProtocol):
         term per pass with ``time_local``); then, in a mirroring epoch, one weight-mirroring
         step of the B_l (in the pre-mirroring epochs only that)."""
         net = self.net
-        x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
-        classes = net.slots[self.output].size
-        if not torch.is_tensor(target) or tuple(target.shape) != (x.shape[0], classes) or \
-                not target.is_floating_point():
-            raise ConfigError(f"PEPITA needs one-hot targets of shape (batch={x.shape[0]}, "
-                              f"{classes}) as floats, got "
-                              f"{tuple(torch.as_tensor(target).shape)} "
-                              f"{torch.as_tensor(target).dtype}; encode labels with "
-                              "torch.nn.functional.one_hot(labels, classes).float().")
-        target = target.to(net.device, net.dtype)
+        x, target = self.supervised_batch(x, target, "PEPITA")
         standard, masks = net.feedforward({self.input: x}, dropout=self.drop,
                                           generator=generator, transform=self.transform)
         out = net.r_of(standard, self.output)
