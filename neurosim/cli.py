@@ -317,6 +317,15 @@ def _plot(args) -> None:
     print(f"wrote {out}")
 
 
+def _table(args) -> None:
+    from .table import make_table
+    print(make_table(args.runs, csv_out=args.csv, markdown_out=args.markdown,
+                     plot_out=args.plot), end="")
+    for flag, path in (("csv", args.csv), ("markdown", args.markdown), ("plot", args.plot)):
+        if path:
+            print(f"wrote {path}")
+
+
 def _data(args) -> None:
     from .data.cli import cli_fetch, cli_list
     if args.data_command == "list":
@@ -427,6 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--t-start", type=float, metavar="T", help="start of the time window")
     plot.add_argument("--t-stop", type=float, metavar="T", help="end of the time window")
     plot.set_defaults(func=_plot)
+
+    table = sub.add_parser("table", help="mean +- std over seeds per configuration of runs",
+                           description="Group run directories by configuration (model files "
+                           "equal up to [training] seed) and show, per configuration, the final "
+                           "and peak test accuracy, the epoch of the peak, epochs and time as "
+                           "mean +- std over seeds, with the published number when the model "
+                           "file has a [reference] table.")
+    table.add_argument("runs", nargs="+", help="run directories or folders holding them")
+    table.add_argument("--csv", help="also write the table as CSV")
+    table.add_argument("--markdown", help="also write the Markdown table to this file")
+    table.add_argument("--plot", help="learning curves (mean over seeds, range as a band)")
+    table.set_defaults(func=_table)
 
     data = sub.add_parser("data", help="datasets: list what is present, fetch")
     data.add_argument("--root", help="data directory (default $NEUROSIM_DATA or ~/.cache/neurosim/data)")

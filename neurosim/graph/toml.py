@@ -209,6 +209,7 @@ MODEL_TABLES = {
     "model": "templates (neurosim.models)", "simulation": "neurosim simulate",
     "monitor": "neurosim simulate", "stimulus": "neurosim simulate",
     "training": "neurosim train", "protocol": "neurosim train", "data": "neurosim train",
+    "reference": "neurosim table (the published result to compare with)",
 }
 
 
@@ -224,6 +225,9 @@ def parse_model_text(text: str, where: str = "<string>") -> dict:
             raise ConfigError(f'{where}: unknown top-level table or key "{key}".'
                               f"{did_you_mean(key, MODEL_TABLES)} Valid: "
                               f"{', '.join(sorted(MODEL_TABLES))}.")
+    if "reference" in data:
+        from ..table import check_reference       # the table module imports the graph
+        check_reference(data["reference"], where)
     return data
 
 

@@ -5,7 +5,7 @@ Modules: :mod:`.atomic` (atomic file replacement), :mod:`.tree` (nested dicts <-
 ``describe_h5``), :mod:`.series` (a run directory's latest and kept checkpoints),
 :mod:`.recorder` (recordings). Each module's docstring documents its layout.
 """
-from neurosim.io.atomic import atomic_h5, fsync_dir, fsync_file
+from neurosim.io.atomic import atomic_h5, fsync_dir, fsync_file, write_text_atomic
 from neurosim.io.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, Checkpoint,
                                     load_checkpoint, save_checkpoint)
 from neurosim.io.describe import describe_h5
@@ -18,7 +18,7 @@ from neurosim.io.series import kept_checkpoints, load_newest
 from neurosim.io.tree import read_tree, write_tree
 
 __all__ = [
-    "atomic_h5", "fsync_file", "fsync_dir",
+    "atomic_h5", "fsync_file", "fsync_dir", "write_text_atomic",
     "write_tree", "read_tree",
     "capture_rng_state", "restore_rng_state",
     "CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "Checkpoint", "save_checkpoint",

@@ -1,6 +1,6 @@
 """Crash-safe whole-file writes.
 
-:func:`atomic_h5` writes a new HDF5 file under a temporary name in the target's directory
+:func:`write_text_atomic` (text files: metrics.csv, tables) and :func:`atomic_h5` write a new HDF5 file under a temporary name in the target's directory
 (``.<name>.tmp-<pid>``) and renames it onto the target only after it was closed and fsynced.
 A reader therefore sees either the previous file or the complete new one, never a mix, even if
 the process is killed (SIGKILL, power loss) part-way. A killed writer may leave its temporary
@@ -43,6 +43,17 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     """The temporary name :func:`atomic_h5` writes to before renaming onto ``path``."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a fsynced temporary file renamed onto it."""
+    path = Path(path)
+    tmp = temp_path_for(path)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

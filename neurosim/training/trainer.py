@@ -48,6 +48,7 @@ import torch
 from ..dynamics import CompiledNetwork
 from ..errors import ConfigError, NeurosimError
 from ..graph import Network, parse_model_text
+from ..io.atomic import write_text_atomic
 from ..metrics import MetricContext, build_metrics
 from ..protocols import LearningProtocol, build_protocol
 from ..registry import importable_from
@@ -350,7 +351,7 @@ class Trainer:
         if self.model_text is not None:
             # always the text this run trains (a stale model.toml from a failed or --force'd
             # earlier start in the same directory must not survive)
-            _atomic_text(run_dir / MODEL_FILE, self.model_text)
+            write_text_atomic(run_dir / MODEL_FILE, self.model_text)
         target = self.config.epochs if epochs is None else epochs
         with _threads(self.config.threads):
             while self.epoch < target:
@@ -420,7 +421,7 @@ class Trainer:
                         attrs={"overrides_json": _json(self.overrides), "epoch": self.epoch,
                                "base_dir": str(self.base_dir.resolve()) if self.base_dir else ""})
         self._run_dir, self._run_file_epoch = run_dir.resolve(), self.epoch
-        _atomic_text(run_dir / METRICS_FILE, _csv(self.history))
+        write_text_atomic(run_dir / METRICS_FILE, _csv(self.history))
         prune(run_dir, keep=keep - 1 if mine else 0, before=self.epoch)
         return path
 
@@ -485,7 +486,7 @@ class Trainer:
                             f"which is now also {run_dir / RUN_FILE}")
             # a copy, not a link: damage to one of the two files then leaves the other
             keep_copy(ckpt.path, run_dir / RUN_FILE, link=False)
-            _atomic_text(run_dir / METRICS_FILE, _csv(self.history))
+            write_text_atomic(run_dir / METRICS_FILE, _csv(self.history))
         self._run_dir, self._run_file_epoch = run_dir.resolve(), self.epoch
 
     def _restore(self, payload: Mapping, path) -> None:
@@ -604,15 +605,6 @@ def _csv(history: History) -> str:
     for row in history.rows():
         writer.writerow([int(row["epoch"]) if k == "epoch" else f"{row[k]:.6g}" for k in keys])
     return buffer.getvalue()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _format_row(row: dict) -> str:
