@@ -155,7 +155,7 @@ def group(paths) -> list[Configuration]:
         run, data = read_run(path)
         key = configuration_key(data)
         if key not in configs:
-            name = data.get("network", {}).get("name") or path.name
+            name = data.get("network", {}).get("name") or _template_name(data) or path.name
             reference = check_reference(data["reference"], str(path / "model.toml")) \
                 if "reference" in data else None
             configs[key] = Configuration(name, key, reference)
@@ -169,6 +169,16 @@ def group(paths) -> list[Configuration]:
             seen[config.name] = seen.get(config.name, 0) + 1
             config.name = f"{config.name} ({chr(96 + seen[config.name])})"
     return list(configs.values())
+
+
+def _template_name(data: dict) -> str | None:
+    """"<template>-<variant> <dataset>" for a model written as a template expansion."""
+    model = data.get("model", {})
+    if not isinstance(model, dict) or "template" not in model:
+        return None
+    name = str(model["template"]) + (f"-{model['variant']}" if "variant" in model else "")
+    dataset = data.get("data", {}).get("dataset") if isinstance(data.get("data"), dict) else None
+    return f"{name} {dataset}" if dataset else name
 
 
 def _stats(values) -> tuple[float | None, float | None]:
