@@ -311,7 +311,8 @@ def estimate_training(network, config, *, run_dir=None) -> SizeEstimate:
     estimate.add("protocol", "states", TRAINING_STATE_COPIES * sizes["state"], "memory",
                  f"{TRAINING_STATE_COPIES} copies of the state at batch {batch}")
     if run_dir is not None:
-        biases = sum(p.size for p in net.populations if not p.is_input) * ITEMSIZE[dtype]
+        biases = sum(p.size * max(1, len(getattr(p, "biased", ())))    # one row per
+                     for p in net.populations if not p.is_input) * ITEMSIZE[dtype]   # compartment
         files = int(getattr(config, "keep_checkpoints", 1)) + 1
         nbytes = files * (2 * sizes["weights"] + biases + HDF5_OVERHEAD)
         estimate.add("checkpoint", "run.h5", nbytes, "disk",
