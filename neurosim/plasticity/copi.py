@@ -77,6 +77,7 @@ class CopiForward(PlasticityRule):
     z = a + delta (``mode = "copi"``), or dW = lr <delta x^T> (``mode = "delta"``)."""
 
     name = "copi_forward"
+    batch_linear = True     # dW is a batch mean of per-sample terms (data-parallel safe)
     needs_phases = ("forward",)
 
     def __init__(self, lr: float, mode: str = "copi"):
@@ -115,6 +116,12 @@ class Decorrelation(PlasticityRule):
     name = "decorrelation"
     needs_phases = ("forward",)
     lateral = True          # marks R for the protocol (credit "fa" bypasses it)
+
+    @property
+    def batch_linear(self) -> bool:
+        """Whether dR is a batch mean of per-sample terms (not with the options that
+        normalise by batch statistics: center, norm_gain, power_scaled)."""
+        return not (self.center or self.norm_gain or self.power_scaled)
 
     def __init__(self, lr: float, form: str = "left", center: bool = False,
                  norm_gain: bool = False, power_scaled: bool = False):

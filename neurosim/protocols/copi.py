@@ -59,6 +59,7 @@ class Copi(LearningProtocol):
 
     name = "copi"
     phases = ("forward",)
+    batch_linear = True     # per-sample credit; the rules' updates are batch means
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out", credit: str = "bp",
                  alpha: float = 1000.0, output_derivative: bool = False,

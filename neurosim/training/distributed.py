@@ -1,0 +1,139 @@
+"""Data-parallel training across processes with torch.distributed (gloo on CPUs, NCCL on GPUs).
+
+Every process runs the same Trainer (same seed, so the same data order and the same batches)
+with its protocol wrapped in :class:`DataParallel`. For a batch of B rows, process r of W takes
+rows [r B / W, (r + 1) B / W), runs the protocol's step on them, and then every tensor the
+step changed (weights and biases) is set to
+
+    p <- p_before + (1 / W) sum_r (p_r - p_before)          (one all-reduce per tensor)
+
+For a step whose change is a batch mean of per-sample terms, e.g. COPI's forward rule
+dW = eta (<z x^T> - W diag<x^2>) and its decorrelation dR = -eta C_off R, C = <x x^T>, the
+mean of the W shard means is the whole batch's mean: the step equals one process's step on
+the whole batch (up to rounding). Protocols and rules say so with ``batch_linear``
+(:func:`check_batch_linear`); others (Adam, running statistics, per-batch normalisations,
+random draws whose shape follows the batch) are refused. The shards' predictions are
+gathered in rank order, so the running training accuracy is the whole batch's.
+
+    torch.distributed.init_process_group("gloo", rank=r, world_size=W)   # or torchrun's env
+    trainer = Trainer.from_model_text(text, progress=False)
+    trainer.protocol = DataParallel(trainer.protocol)
+    trainer.train_epoch()           # identical weights on every process
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+from ..protocols.base import LearningProtocol, StepOutput
+
+
+def check_batch_linear(protocol) -> None:
+    """ConfigError unless the protocol and every rule it runs declare that a step's change
+    is a batch mean of per-sample terms (``batch_linear``), with no rule state."""
+    name = getattr(protocol, "name", type(protocol).__name__)
+    linear = getattr(protocol, "batch_linear", False)
+    if callable(linear):
+        linear = linear()
+    if not linear:
+        raise ConfigError(f'data-parallel training: protocol "{name}" does not declare its step '
+                          "a batch mean of per-sample terms (batch_linear), so averaging the "
+                          "processes' updates would not equal one step on the whole batch. "
+                          'Supported: "copi" with rules that declare it.')
+    for rule in getattr(protocol, "rules", ()):
+        rule_linear = getattr(rule, "batch_linear", False)
+        if callable(rule_linear):
+            rule_linear = rule_linear()
+        if not rule_linear:
+            raise ConfigError(f'data-parallel training: rule "{rule.name}" ({rule!r}) is not '
+                              "batch-linear (e.g. it normalises by batch statistics or keeps "
+                              "state); train it in one process.")
+        if rule.state_dict():
+            raise ConfigError(f'data-parallel training: rule "{rule.name}" keeps state, which '
+                              "the processes would not share; train it in one process.")
+
+
+class DataParallel(LearningProtocol):
+    """Wraps a bound, batch-linear protocol for data-parallel training (module docstring)."""
+
+    def __init__(self, inner: LearningProtocol, group=None):
+        if not dist.is_available() or not dist.is_initialized():
+            raise ConfigError("data-parallel training needs torch.distributed initialised "
+                              "(torch.distributed.init_process_group, or run under torchrun).")
+        if inner.net is None:
+            raise ConfigError("DataParallel wraps a protocol bound to a network (a Trainer's).")
+        check_batch_linear(inner)
+        self.inner, self.group = inner, group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.name, self.phases, self.supervised = inner.name, inner.phases, inner.supervised
+        self.net, self.input, self.output = inner.net, inner.input, inner.output
+        self.rules = inner.rules
+
+    def __getattr__(self, name):
+        """Everything else (e.g. COPI's chain, read by metrics) from the wrapped protocol."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        net = self.net
+        return [net.weights[k] for k in sorted(net.weights)] + \
+               [net.biases[k] for k in sorted(net.biases)]
+
+    def train_step(self, x, target, generator, lr_scale: float = 1.0, *, epoch: int = 0,
+                   step: int = 0) -> StepOutput:
+        """This process's shard of the batch, then the processes' changes averaged."""
+        batch = x.shape[0]
+        if batch % self.world:
+            raise ConfigError(f"data-parallel training over {self.world} processes needs batches "
+                              f"divisible by {self.world}; got one of {batch} (set batch_size "
+                              "and the number of training samples accordingly).")
+        lo, hi = self.rank * batch // self.world, (self.rank + 1) * batch // self.world
+        tensors = self._tensors()
+        before = [t.clone() for t in tensors]
+        out = self.inner.train_step(x[lo:hi], None if target is None else target[lo:hi],
+                                    generator, lr_scale, epoch=epoch, step=step)
+        for t, b in zip(tensors, before):
+            delta = t - b
+            dist.all_reduce(delta, group=self.group)
+            t.copy_(b.add_(delta, alpha=1.0 / self.world))
+        prediction = out.prediction
+        if prediction is not None:
+            parts = [torch.empty_like(prediction) for _ in range(self.world)]
+            dist.all_gather(parts, prediction.contiguous(), group=self.group)
+            prediction = torch.cat(parts)
+        metrics = {}
+        for key, value in out.metrics.items():
+            total = torch.as_tensor(float(value) * (hi - lo), dtype=torch.float64)
+            dist.all_reduce(total, group=self.group)
+            metrics[key] = float(total) / batch
+        return StepOutput(prediction, metrics)
+
+    def infer(self, x):
+        """The wrapped protocol's inference (every process holds the same weights)."""
+        return self.inner.infer(x)
+
+    def predict(self, x):
+        """The wrapped protocol's prediction."""
+        return self.inner.predict(x)
+
+    def loss(self, prediction, target):
+        """The wrapped protocol's loss."""
+        return self.inner.loss(prediction, target)
+
+    def state_dict(self) -> dict:
+        """The wrapped protocol's state."""
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        """Restore the wrapped protocol's state."""
+        self.inner.load_state_dict(state)
+
+    def config(self) -> dict:
+        """The wrapped protocol's [protocol] table."""
+        return self.inner.config()
+
+
+__all__ = ["DataParallel", "check_batch_linear"]
