@@ -278,12 +278,23 @@ def _simulate(args) -> None:
 def _train(args) -> None:
     from .training import Trainer
     run_dir = Path(args.out)
-    _training_checks(args, run_dir)
-    trainer = Trainer.from_model_file(args.model, progress=not args.quiet, epochs=args.epochs,
-                                      seed=args.seed, batch_size=args.batch_size,
-                                      device=args.device, dtype=args.dtype, threads=args.threads,
+    rank = 0
+    if args.distributed:
+        from .training.distributed import init_from_environment
+        rank, _ = init_from_environment(args.device or "cpu")
+    if rank == 0:                        # the other processes of a data-parallel run write nothing
+        _training_checks(args, run_dir)
+    trainer = Trainer.from_model_file(args.model, progress=not args.quiet and rank == 0,
+                                      epochs=args.epochs, seed=args.seed,
+                                      batch_size=args.batch_size, device=args.device,
+                                      dtype=args.dtype, threads=args.threads,
                                       keep_checkpoints=args.keep_checkpoints)
-    trainer.fit(run_dir)
+    if args.distributed:
+        from .training.distributed import DataParallel
+        trainer.protocol = DataParallel(trainer.protocol)
+    trainer.fit(run_dir, write=rank == 0, log=print if rank == 0 else None)
+    if rank:
+        return
     kept = ", earlier epochs in checkpoints/" if trainer.config.keep_checkpoints > 1 else ""
     print(f"run saved in {run_dir} (metrics.csv, run.h5{kept})")
 
@@ -387,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=["float32", "float64"])
     train.add_argument("--threads", type=positive_int,
                        help="CPU threads for torch (default: all cores)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the processes torchrun starts (gloo on CPUs, "
+                       "NCCL on GPUs; batch-linear protocols such as copi); the first writes "
+                       "the run")
     train.add_argument("--keep-checkpoints", type=positive_int, metavar="K",
                        help="checkpoints kept: run.h5 and the K-1 before it in checkpoints/ "
                        "(default: [training] keep_checkpoints, else 3)")

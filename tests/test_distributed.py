@@ -84,3 +84,45 @@ def test_protocols_and_rules_that_are_not_batch_linear_are_refused():
     if not dist.is_initialized():
         with pytest.raises(ConfigError, match="needs torch.distributed initialised"):
             DataParallel(trainer.protocol)
+
+
+def test_neurosim_train_distributed_under_torchrun_equals_one_process(tmp_path):
+    """`torchrun --nproc-per-node 2 -m neurosim.cli train ... --distributed` writes (from its
+    first process) the run one process writes."""
+    import csv
+    import subprocess
+    import sys
+    model = tmp_path / "copi.toml"
+    model.write_text(model_text().replace("epochs = 40", "epochs = 2"))
+    common = [str(model), "--dtype", "float64", "--threads", "1", "--quiet"]
+    subprocess.run([sys.executable, "-m", "neurosim.cli", "train", *common, "--out",
+                    str(tmp_path / "one")], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), "-m", "neurosim.cli", "train",
+                           *common, "--out", str(tmp_path / "two"), "--distributed"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = []
+    for name in ("one", "two"):
+        with open(tmp_path / name / "metrics.csv", newline="") as fh:
+            runs.append(list(csv.DictReader(fh)))
+    assert len(runs[0]) == len(runs[1]) == 2
+    for a, b in zip(*runs):
+        for key in a:
+            if "seconds" not in key:
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-9, abs=1e-12), key
+    one = Trainer.resume(tmp_path / "one", progress=False)
+    two = Trainer.resume(tmp_path / "two", progress=False)
+    for name, w in one.net.weights.items():
+        assert torch.allclose(two.net.weights[name], w, rtol=0, atol=1e-12), name
+
+
+def test_distributed_without_torchrun_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from neurosim.cli import main
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    model = tmp_path / "copi.toml"
+    model.write_text(model_text())
+    assert main(["train", str(model), "--out", str(tmp_path / "run"), "--distributed"]) == 2
+    assert "start the processes with torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -136,4 +136,19 @@ class DataParallel(LearningProtocol):
         return self.inner.config()
 
 
-__all__ = ["DataParallel", "check_batch_linear"]
+def init_from_environment(device: str = "cpu") -> tuple[int, int]:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT): gloo on CPUs, NCCL on GPUs. Returns (rank, world size)."""
+    import os
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing:
+        raise ConfigError(f"--distributed: the environment lacks {', '.join(missing)}; start the "
+                          "processes with torchrun, e.g. torchrun --nproc-per-node 2 -m "
+                          "neurosim.cli train MODEL --out DIR --distributed.")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+__all__ = ["DataParallel", "check_batch_linear", "init_from_environment"]

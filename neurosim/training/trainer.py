@@ -343,12 +343,16 @@ class Trainer:
         self.history.append(row)
         return row
 
-    def fit(self, run_dir, epochs: int | None = None, log=print) -> History:
-        """Train until ``epochs`` (default: the config's), checkpointing each epoch to run_dir."""
-        run_dir = Path(run_dir)
+    def fit(self, run_dir, epochs: int | None = None, log=print, *,
+            write: bool = True) -> History:
+        """Train until ``epochs`` (default: the config's), checkpointing each epoch to run_dir
+        (``write = False``: nothing is written, e.g. the other processes of a data-parallel
+        run, whose first process writes)."""
         self.dataset            # load and check the data against the network before writing
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if self.model_text is not None:
+        if write:
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if write and self.model_text is not None:
             # always the text this run trains (a stale model.toml from a failed or --force'd
             # earlier start in the same directory must not survive)
             write_text_atomic(run_dir / MODEL_FILE, self.model_text)
@@ -356,7 +360,8 @@ class Trainer:
         with _threads(self.config.threads):
             while self.epoch < target:
                 row = self.train_epoch()
-                self.save(run_dir)
+                if write:
+                    self.save(run_dir)
                 if log:
                     log(_format_row(row))
         self._leave_inference_mode()
