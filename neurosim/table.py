@@ -177,6 +177,8 @@ def _template_name(data: dict) -> str | None:
     if not isinstance(model, dict) or "template" not in model:
         return None
     name = str(model["template"]) + (f"-{model['variant']}" if "variant" in model else "")
+    if isinstance(model.get("sizes"), list):
+        name += " " + "-".join(map(str, model["sizes"]))
     dataset = data.get("data", {}).get("dataset") if isinstance(data.get("data"), dict) else None
     return f"{name} {dataset}" if dataset else name
 
