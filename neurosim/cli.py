@@ -280,8 +280,10 @@ def _train(args) -> None:
     run_dir = Path(args.out)
     rank = 0
     if args.distributed:
+        from .graph import load_model_file
         from .training.distributed import init_from_environment
-        rank, _ = init_from_environment(args.device or "cpu")
+        configured = load_model_file(args.model).data.get("training", {}).get("device", "cpu")
+        rank, _, args.device = init_from_environment(args.device or configured)
     if rank == 0:                        # the other processes of a data-parallel run write nothing
         _training_checks(args, run_dir)
     trainer = Trainer.from_model_file(args.model, progress=not args.quiet and rank == 0,

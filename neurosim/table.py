@@ -1,11 +1,14 @@
 """Results over seeds: ``neurosim table RUNS...`` (run directories, or folders holding them).
 
 Each run directory (``neurosim train --out DIR``: model.toml and metrics.csv) is one seed of
-one configuration; runs whose model files are equal once ``[training] seed`` (and the
-machine-only keys ``threads`` and ``device``) are left out form one configuration. Per
-configuration, over its n seeds (mean +- sample standard deviation, ddof = 1):
+one configuration; its settings are the model file's with the command line's overrides
+(``--seed``, ``--epochs``, ...) read from its run.h5 when present. Runs whose settings are
+equal once ``[training] seed`` (and the keys that do not change results: ``threads``,
+``device``, ``keep_checkpoints``) are left out form one configuration. Per configuration,
+over its n seeds (mean +- sample standard deviation, ddof = 1):
 
-    final test accuracy (last epoch), peak test accuracy and its epoch, epochs, wall time
+    final test accuracy (last epoch), peak test accuracy and its epoch, epochs, wall time,
+    and how many runs stopped before their configured epochs ("unfinished")
 
 with the published number beside it when the model file names one:
 
@@ -32,7 +35,7 @@ from .graph import parse_model_text
 from .io.atomic import write_text_atomic
 
 #: [training] keys that do not change what is computed (seed makes the seeds of one config)
-IGNORED_TRAINING_KEYS = ("seed", "threads", "device")
+IGNORED_TRAINING_KEYS = ("seed", "threads", "device", "keep_checkpoints")
 REFERENCE_KEYS = ("source", "test_accuracy", "note")
 
 
@@ -67,6 +70,7 @@ class Run:
     path: Path
     seed: int | None
     epochs: int
+    planned: int | None          # [training] epochs (with overrides)
     final: float | None          # test accuracy of the last epoch (fraction)
     peak: float | None
     peak_epoch: int | None
@@ -95,9 +99,9 @@ def find_runs(paths) -> list[Path]:
             raise NeurosimError(f"{path} does not exist; give run directories (neurosim train "
                                 "--out DIR) or folders holding them.")
         if (path / "metrics.csv").is_file():
-            found.append(path)
+            found.append(path.resolve())
             continue
-        below = sorted(p.parent for p in path.rglob("metrics.csv")
+        below = sorted(p.parent.resolve() for p in path.rglob("metrics.csv")
                        if (p.parent / "model.toml").is_file())
         if not below:
             raise NeurosimError(f"{path} holds no run directory (a folder with metrics.csv and "
@@ -114,13 +118,31 @@ def _number(text) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _overrides(path: Path) -> dict:
+    """The command line's overrides of a run (run.h5's ``overrides_json``; {} without it)."""
+    checkpoint = path / "run.h5"
+    if not checkpoint.is_file():
+        return {}
+    try:
+        import h5py
+        with h5py.File(checkpoint, "r") as fh:
+            raw = fh.attrs.get("overrides_json", "{}")
+        return dict(json.loads(raw if isinstance(raw, str) else raw.decode()))
+    except (OSError, ValueError) as err:
+        raise NeurosimError(f"{checkpoint}: cannot read the run's overrides ({err}); is the "
+                            "checkpoint damaged? `neurosim inspect` it.") from None
+
+
 def read_run(path: Path) -> tuple[Run, dict]:
-    """(the run's summary, its parsed model file)."""
+    """(the run's summary, its parsed model file with the run's overrides in [training])."""
     model = path / "model.toml"
     if not model.is_file():
         raise NeurosimError(f"{path} has metrics.csv but no model.toml; is it a run directory "
                             "written by `neurosim train`?")
     data = parse_model_text(model.read_text(encoding="utf-8"), str(model))
+    training = dict(data.get("training", {}))
+    training.update(_overrides(path))
+    data["training"] = training
     with open(path / "metrics.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
@@ -128,12 +150,20 @@ def read_run(path: Path) -> tuple[Run, dict]:
     if "test_accuracy" not in rows[0]:
         raise NeurosimError(f"{path / 'metrics.csv'} has no test_accuracy column (a run without "
                             "a labelled test set); neurosim table compares test accuracies.")
-    curve = [(int(r["epoch"]), _number(r["test_accuracy"])) for r in rows]
+    curve = []
+    for line, r in enumerate(rows, 2):
+        try:
+            epoch = int(r["epoch"])
+        except (TypeError, ValueError):
+            raise NeurosimError(f"{path / 'metrics.csv'} line {line}: epoch {r.get('epoch')!r} "
+                                "is not a number; is the file damaged?") from None
+        curve.append((epoch, _number(r.get("test_accuracy"))))
+    final = curve[-1][1]                      # the last epoch's, even when it is not finite
     curve = [(e, a) for e, a in curve if a is not None]
     peak_epoch, peak = max(curve, key=lambda ea: (ea[1], -ea[0])) if curve else (None, None)
-    seed = data.get("training", {}).get("seed")
+    seed, planned = training.get("seed"), training.get("epochs")
     run = Run(path, seed if isinstance(seed, int) else None, len(rows),
-              curve[-1][1] if curve else None, peak, peak_epoch,
+              planned if isinstance(planned, int) else None, final, peak, peak_epoch,
               sum(_number(r.get("seconds")) or 0.0 for r in rows), curve)
     return run, data
 
@@ -155,9 +185,9 @@ def group(paths) -> list[Configuration]:
         run, data = read_run(path)
         key = configuration_key(data)
         if key not in configs:
-            name = data.get("network", {}).get("name") or _template_name(data) or path.name
-            reference = check_reference(data["reference"], str(path / "model.toml")) \
-                if "reference" in data else None
+            name = data.get("network", {}).get("name") or _template_name(data) or \
+                path.parent.name or path.name
+            reference = data.get("reference")           # checked when the file was parsed
             configs[key] = Configuration(name, key, reference)
         configs[key].runs.append(run)
     names: dict[str, int] = {}
@@ -195,7 +225,9 @@ def rows(configs: list[Configuration]) -> list[dict]:
     out = []
     for c in configs:
         row = {"configuration": c.name, "n": len(c.runs),
-               "seeds": " ".join(str(r.seed) for r in c.runs)}
+               "seeds": " ".join(str(r.seed) for r in c.runs),
+               "unfinished": sum(1 for r in c.runs
+                                 if r.planned is not None and r.epochs < r.planned)}
         for key, values, scale in (
                 ("final_test", [r.final for r in c.runs], 100.0),
                 ("peak_test", [r.peak for r in c.runs], 100.0),
@@ -211,6 +243,11 @@ def rows(configs: list[Configuration]) -> list[dict]:
     return out
 
 
+def _escape(text: str) -> str:
+    """Text safe in a Markdown table cell."""
+    return str(text).replace("|", "\\|")
+
+
 def _cell(mean, std, digits: int) -> str:
     if mean is None:
         return "-"
@@ -224,13 +261,14 @@ def markdown(table: list[dict]) -> str:
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in table:
         published = "-" if r["published"] is None else f"{r['published']:g} ({r['source']})"
+        seeds = f"{r['n']}" + (f" ({r['unfinished']} unfinished)" if r["unfinished"] else "")
         lines.append(
-            f"| {r['configuration']} | {r['n']} "
+            f"| {_escape(r['configuration'])} | {seeds} "
             f"| {_cell(r['final_test_mean'], r['final_test_std'], 2)} "
             f"| {_cell(r['peak_test_mean'], r['peak_test_std'], 2)} "
             f"| {_cell(r['peak_epoch_mean'], r['peak_epoch_std'], 1)} "
             f"| {_cell(r['epochs_mean'], r['epochs_std'], 0)} "
-            f"| {_cell(r['minutes_mean'], r['minutes_std'], 1)} | {published} |")
+            f"| {_cell(r['minutes_mean'], r['minutes_std'], 1)} | {_escape(published)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -270,7 +308,18 @@ def plot_curves(configs: list[Configuration], out) -> Path:
 
 
 def make_table(paths, *, csv_out=None, markdown_out=None, plot_out=None) -> str:
-    """Group the runs under ``paths``, write the requested files; returns the Markdown."""
+    """Group the runs under ``paths``, write the requested files; returns the Markdown.
+    The output paths are checked before any run is read."""
+    for flag, out in (("--csv", csv_out), ("--markdown", markdown_out), ("--plot", plot_out)):
+        if out and not Path(out).resolve().parent.is_dir():
+            raise NeurosimError(f"{flag} {out}: the directory {Path(out).resolve().parent} does "
+                                "not exist; create it or write elsewhere.")
+    if plot_out:
+        from .plotting import _check_format
+        try:
+            _check_format(plot_out)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("--out", "--plot")) from None
     configs = group(paths)
     table = rows(configs)
     text = markdown(table)

@@ -138,3 +138,33 @@ def test_a_bad_reference_table_is_refused_when_the_model_is_read(table, message)
     with pytest.raises(ConfigError, match=message):
         parse_model_text(MODEL.format(name="m", lr=0.1, seed=0, threads=1, reference=table),
                          "m.toml")
+
+
+def test_overrides_duplicates_unfinished_and_a_last_epoch_without_accuracy(tmp_path,
+                                                                            monkeypatch):
+    import h5py
+    a = write_run(tmp_path / "a", "n|et", 0, [0.5, 0.55, 0.6])
+    b = write_run(tmp_path / "b", "n|et", 0, [0.7, 0.8, float("nan")])
+    with h5py.File(b / "run.h5", "w") as fh:              # `neurosim train --seed 4`
+        fh.attrs["overrides_json"] = '{"seed": 4, "threads": 2}'
+    c = write_run(tmp_path / "c", "n|et", 0, [0.4])        # stopped after 1 of 3 epochs
+    with h5py.File(c / "run.h5", "w") as fh:
+        fh.attrs["overrides_json"] = '{"seed": 5}'
+    monkeypatch.chdir(tmp_path)
+    (config,) = group([a, "a", b, c])                      # "a" is a again: counted once
+    assert [r.seed for r in config.runs] == [0, 4, 5]
+    row = rows([config])[0]
+    assert row["n"] == 3 and row["unfinished"] == 1
+    # b's last epoch has no accuracy: its final is undefined, not its first epoch's
+    assert row["final_test_mean"] == pytest.approx(statistics.fmean([60.0, 40.0]))
+    text = make_table([tmp_path])
+    assert "| n\\|et | 3 (1 unfinished) |" in text
+
+
+def test_output_paths_are_checked_before_anything_is_read(tmp_path):
+    write_run(tmp_path / "r", "r", 0, [0.5])
+    with pytest.raises(NeurosimError, match="--csv .*does not exist"):
+        make_table([tmp_path], csv_out=tmp_path / "missing" / "t.csv")
+    with pytest.raises(ConfigError, match="--plot"):
+        make_table([tmp_path], plot_out=tmp_path / "t.txt")
+    assert not (tmp_path / "t.txt").exists()
