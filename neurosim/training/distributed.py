@@ -29,23 +29,23 @@ from ..errors import ConfigError
 from ..protocols.base import LearningProtocol, StepOutput
 
 
+def _declares_batch_linear(obj) -> bool:
+    """An object's ``batch_linear`` (an attribute or a property; False when absent)."""
+    linear = getattr(obj, "batch_linear", False)
+    return bool(linear() if callable(linear) else linear)
+
+
 def check_batch_linear(protocol) -> None:
     """ConfigError unless the protocol and every rule it runs declare that a step's change
     is a batch mean of per-sample terms (``batch_linear``), with no rule state."""
     name = getattr(protocol, "name", type(protocol).__name__)
-    linear = getattr(protocol, "batch_linear", False)
-    if callable(linear):
-        linear = linear()
-    if not linear:
+    if not _declares_batch_linear(protocol):
         raise ConfigError(f'data-parallel training: protocol "{name}" does not declare its step '
                           "a batch mean of per-sample terms (batch_linear), so averaging the "
                           "processes' updates would not equal one step on the whole batch. "
                           'Supported: "copi" with rules that declare it.')
     for rule in getattr(protocol, "rules", ()):
-        rule_linear = getattr(rule, "batch_linear", False)
-        if callable(rule_linear):
-            rule_linear = rule_linear()
-        if not rule_linear:
+        if not _declares_batch_linear(rule):
             raise ConfigError(f'data-parallel training: rule "{rule.name}" ({rule!r}) is not '
                               "batch-linear (e.g. it normalises by batch statistics or keeps "
                               "state); train it in one process.")
