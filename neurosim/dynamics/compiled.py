@@ -47,6 +47,7 @@ from ..errors import ConfigError, SimulationError, unknown
 from ..graph import SOMA, Network
 from ..graph.activations import Activation
 from ..graph.populations import DynamicPopulation
+from . import ops
 
 
 NARROW_SIZE = 32      # populations up to this size with ...
@@ -161,6 +162,15 @@ class PopulationSlot:
         return self.fixed_step if self.fixed_step is not None else dt * self.rate
 
 
+def _layout(net: "CompiledNetwork") -> tuple:
+    """What members of an ensemble must share: populations and their columns, and the
+    shapes of weights, masks and biases."""
+    def shapes(table):
+        return sorted((name, tuple(t.shape)) for name, t in table.items())
+    return ([(s.name, s.size, s.r_cols, s.u_cols) for s in net.slots.values()],
+            shapes(net.weights), shapes(net.masks), shapes(net.biases))
+
+
 def _span(slots) -> slice | None:
     """The smallest column range of r covering the given slots (None when there are none)."""
     cols = [s.r_cols for s in slots]
@@ -241,6 +251,39 @@ class CompiledNetwork:
         self._bias_checked: dict[str, tuple] = {}
         self._ff_plan = None
         self.n_inputs = sum(1 for p in network.populations if p.is_input)
+        self.members: int | None = None     # an ensemble's size (see :meth:`stacked`)
+
+    @classmethod
+    def stacked(cls, nets: "list[CompiledNetwork]") -> "CompiledNetwork":
+        """An ensemble of networks of one layout (neurosim.training.ensemble): weights,
+        masks and biases stacked along a leading member axis (M x ...), states M x batch x n,
+        each member's products its own (neurosim.dynamics.ops). The members' own tensors become
+        views of the stacked ones, so a change made through either is seen by both."""
+        first = nets[0]
+        for i, net in enumerate(nets[1:], 1):
+            if _layout(net) != _layout(first):
+                raise ConfigError(f"ensemble member {i} does not have the layout of member 0 "
+                                  "(populations, projections, masks); members differ only in "
+                                  "seeds and scalar settings.")
+            if net.dtype != first.dtype or net.device != first.device:
+                raise ConfigError(f"ensemble member {i} is {net.dtype} on {net.device}, member "
+                                  f"0 {first.dtype} on {first.device}; use one dtype and device.")
+        ensemble = object.__new__(cls)
+        ensemble.__dict__.update(first.__dict__)
+        ensemble.members = len(nets)
+        ensemble._bias_checked, ensemble._ff_plan = {}, None
+        for table in ("weights", "masks", "biases"):
+            stacked = {}
+            for name in getattr(first, table):
+                stacked[name] = torch.stack([getattr(net, table)[name] for net in nets])
+                for m, net in enumerate(nets):
+                    getattr(net, table)[name] = stacked[name][m]
+            setattr(ensemble, table, stacked)
+        return ensemble
+
+    def _rows(self, batch: int) -> tuple:
+        """The leading shape of a state: (batch,), or (members, batch) for an ensemble."""
+        return (batch,) if self.members is None else (self.members, batch)
 
     # ------------------------------------------------------------------ layout helpers
     def coupling(self, projection) -> float:
@@ -253,22 +296,23 @@ class CompiledNetwork:
         """u = 0 everywhere, r = sigma(0) for dynamic populations, inputs 0. Stochastic
         populations start at r = 0 (the mean of a +-1 unit at u = 0) until a step draws them."""
         z = dict(device=self.device, dtype=self.dtype)
-        state = NeuralState(torch.zeros(batch, self.n_dyn, **z), torch.zeros(batch, self.n_all, **z),
-                            self)
+        rows = self._rows(batch)
+        state = NeuralState(torch.zeros(*rows, self.n_dyn, **z),
+                            torch.zeros(*rows, self.n_all, **z), self)
         for slot in self.slots.values():
             if slot.u_cols is not None and not slot.stochastic:
-                slot.activate(state.u[:, slot.u_cols], out=state.r[:, slot.r_cols])
+                slot.activate(state.u[..., slot.u_cols], out=state.r[..., slot.r_cols])
         return state
 
     def u_of(self, state: NeuralState, population: str) -> torch.Tensor:
         """A dynamic population's soma potentials in ``state`` (a batch x n view of ``u``);
         ConfigError for an input population."""
-        return state.u[:, self._slot(population, need_dynamic=True).u_cols]
+        return state.u[..., self._slot(population, need_dynamic=True).u_cols]
 
     def r_of(self, state: NeuralState, population: str) -> torch.Tensor:
         """A population's activities in ``state`` (a batch x n view of ``r``; the clamped
         values for an input)."""
-        return state.r[:, self._slot(population).r_cols]
+        return state.r[..., self._slot(population).r_cols]
 
     def _slot(self, population: str, need_dynamic: bool = False) -> PopulationSlot:
         if population not in self.slots:
@@ -288,12 +332,14 @@ class CompiledNetwork:
                                   f"populations can be clamped (inputs: "
                                   f"{', '.join(p.name for p in self.network.inputs)}).")
             value = torch.as_tensor(value, dtype=self.dtype, device=self.device)
-            if value.ndim == 1:
-                value = value.expand(state.r.shape[0], -1)
-            if tuple(value.shape) != (state.r.shape[0], slot.size):
+            rows = tuple(state.r.shape[:-1])
+            if value.ndim <= len(rows) and \
+                    tuple(value.shape[:-1]) == rows[len(rows) + 1 - value.ndim:]:
+                value = value.expand(*rows, -1)       # shared by every sample (or member)
+            if tuple(value.shape) != (*rows, slot.size):
                 raise ConfigError(f'input "{name}": got shape {tuple(value.shape)}, expected '
-                                  f"(batch={state.r.shape[0]}, {slot.size}).")
-            state.r[:, slot.r_cols] = value
+                                  f"(batch={rows[-1]}, {slot.size}).")
+            state.r[..., slot.r_cols] = value
 
     def sync_activity(self, state: NeuralState,
                       generator: torch.Generator | None = None) -> None:
@@ -301,7 +347,7 @@ class CompiledNetwork:
         stochastic activations draw from ``generator``."""
         for slot in self.slots.values():
             if slot.u_cols is not None:
-                slot.activate(state.u[:, slot.u_cols], out=state.r[:, slot.r_cols],
+                slot.activate(state.u[..., slot.u_cols], out=state.r[..., slot.r_cols],
                               generator=generator)
 
     def compartment_potential(self, state: NeuralState, population: str,
@@ -322,8 +368,8 @@ class CompiledNetwork:
         return {c: self._projected(state, population, c) for c in (SOMA, *comps)}
 
     def _projected(self, state: NeuralState, population: str, compartment: str) -> torch.Tensor:
-        total = torch.zeros(state.r.shape[0], self.slots[population].size, dtype=self.dtype,
-                            device=self.device)
+        total = torch.zeros(*state.r.shape[:-1], self.slots[population].size,
+                            dtype=self.dtype, device=self.device)
         for q in self.network.incoming(population):
             if q.compartment != compartment:
                 continue
@@ -331,7 +377,7 @@ class CompiledNetwork:
             if not q.is_dense:
                 total.add_(q.drive(src, self.weights.get(q.name)), alpha=float(q.gain))
             elif q.name in self.weights:
-                total.addmm_(src, self.weights[q.name].T, alpha=float(q.gain))
+                ops.addmm_(total, src, self.weights[q.name].mT, alpha=float(q.gain))
             else:
                 total.add_(src, alpha=float(q.gain))
         return total
@@ -361,12 +407,13 @@ class CompiledNetwork:
         linear cells) or those onto ``compartment`` with gain_q (general cells)."""
         slot = self.slots[name]
         lo = cols.start
-        shape = (cols.stop - lo, slot.size)
+        lead = () if self.members is None else (self.members,)
+        shape = (*lead, cols.stop - lo, slot.size)
         if kt is None or tuple(kt.shape) != shape:
-            narrow = slot.size <= NARROW_SIZE and NARROW_RATIO * slot.size <= shape[0]
-            kt = torch.empty(shape[::-1] if narrow else shape, dtype=self.dtype,
+            narrow = slot.size <= NARROW_SIZE and NARROW_RATIO * slot.size <= shape[-2]
+            kt = torch.empty((*lead, *shape[:-3:-1]) if narrow else shape, dtype=self.dtype,
                              device=self.device)
-            kt = kt.T if narrow else kt
+            kt = kt.mT if narrow else kt
         written = set()          # source blocks holding a value (the rest are zeroed)
         incoming = sorted((q for q in self.network.incoming(name)
                            if self.slots[q.source].u_cols is not None and
@@ -380,22 +427,22 @@ class CompiledNetwork:
                                   "network with a feed-forward protocol (pepita, backprop) or "
                                   "feed the projection from an input.")
             src = self.slots[q.source]
-            block = kt[src.r_cols.start - lo:src.r_cols.stop - lo]
+            block = kt[..., src.r_cols.start - lo:src.r_cols.stop - lo, :]
             coef = self.coupling(q) if compartment is None else float(q.gain)
             if q.name in self.weights:
                 if q.source in written:
-                    block.add_(self.weights[q.name].T, alpha=coef)
+                    block.add_(self.weights[q.name].mT, alpha=coef)
                 else:
-                    torch.mul(self.weights[q.name].T, coef, out=block)
+                    torch.mul(self.weights[q.name].mT, coef, out=block)
             else:
                 if q.source not in written:
                     block.zero_()
-                block.diagonal().add_(coef)
+                block.diagonal(dim1=-2, dim2=-1).add_(coef)
             written.add(q.source)
         for other in self.slots.values():
-            start, stop = max(other.r_cols.start, lo), min(other.r_cols.stop, lo + shape[0])
+            start, stop = max(other.r_cols.start, lo), min(other.r_cols.stop, lo + shape[-2])
             if other.name not in written and start < stop:
-                kt[start - lo:stop - lo].zero_()
+                kt[..., start - lo:stop - lo, :].zero_()
         return kt
 
     def input_currents(self, inputs: Mapping[str, torch.Tensor]) -> dict:
@@ -414,7 +461,7 @@ class CompiledNetwork:
             size = self.slots[q.source].size
             if x.ndim == 1:
                 x = x.unsqueeze(0)
-            if x.ndim != 2 or x.shape[1] != size:
+            if x.ndim not in (2, 2 + (self.members is not None)) or x.shape[-1] != size:
                 raise ConfigError(f'input "{q.source}": got shape {tuple(x.shape)}, expected '
                                   f"(batch, {size}) or ({size},).")
             general = self.slots[q.target].cell is not None
@@ -425,7 +472,7 @@ class CompiledNetwork:
                 if coef != 1.0:
                     contrib = contrib * coef
             elif q.name in self.weights:
-                contrib = torch.mm(x, self.weights[q.name].T)
+                contrib = ops.matmul(x, self.weights[q.name].mT)
                 if coef != 1.0:
                     contrib.mul_(coef)
             else:
@@ -461,10 +508,19 @@ class CompiledNetwork:
             if target.shape[-1] != slot.size:
                 raise ConfigError(f'nudge target for "{name}" has {target.shape[-1]} columns, '
                                   f"the population has {slot.size} neurons.")
-            beta = float(beta)
-            if beta == 0.0:
-                continue
-            push = target * beta
+            if isinstance(beta, torch.Tensor) and beta.dim() > 0:     # one per member
+                if self.members is None or tuple(beta.shape) != (self.members,):
+                    raise ConfigError(f'nudge of "{name}": beta has shape '
+                                      f"{tuple(beta.shape)}; one number per ensemble member "
+                                      f"({self.members or 'not an ensemble'}) or a number.")
+                if not bool(beta.any()):
+                    continue
+                beta = beta.to(self.device, self.dtype)
+            else:
+                beta = float(beta)
+                if beta == 0.0:
+                    continue
+            push = target * ops.member_scale(beta, target)
             key = name if slot.cell is None else (name, SOMA)
             currents[key] = currents[key] + push if key in currents else push
             if slot.cell is not None:
@@ -478,11 +534,12 @@ class CompiledNetwork:
                                   "with gain 0 onto itself).")
             kt = kt.clone()
             off = slot.r_cols.start - slot.source_cols.start
-            kt[off:off + slot.size].diagonal().sub_(beta)
+            diagonal = kt[..., off:off + slot.size, :].diagonal(dim1=-2, dim2=-1)
+            diagonal.sub_(beta if isinstance(beta, float) else beta.unsqueeze(-1))
             operators[name] = kt
         for name, slot in self.slots.items():
             if slot.u_cols is not None and (slot.bias_current or bool(self.biases[name].any())):
-                bias = self.biases[name].unsqueeze(0)
+                bias = self.biases[name].unsqueeze(-2)
                 key = name if slot.cell is None else (name, SOMA)
                 currents[key] = currents[key] + bias if key in currents else bias.clone()
         return PhaseDynamics(self, operators, currents, generator,
@@ -551,9 +608,9 @@ class CompiledNetwork:
             else:
                 v = pop.add_bias(self.compartment_inputs(out, pop.name), self.biases[pop.name])
                 u = pop.feedforward(v)
-            out.u[:, slot.u_cols] = u
-            r = out.r[:, slot.r_cols]
-            slot.activate(out.u[:, slot.u_cols], out=r, generator=generator)
+            out.u[..., slot.u_cols] = u
+            r = out.r[..., slot.r_cols]
+            slot.activate(out.u[..., slot.u_cols], out=r, generator=generator)
             if transform and pop.name in transform:
                 r.copy_(transform[pop.name](r))
             mask = given.get(pop.name)
@@ -605,7 +662,7 @@ class CompiledNetwork:
         building them)."""
         u = None
         for weight, coef, cols, spatial in terms:
-            src = state.r[:, cols]
+            src = state.r[..., cols]
             if spatial is not None:
                 contrib = spatial.drive(src, None if weight is None else self.weights[weight])
                 if u is None:
@@ -614,19 +671,20 @@ class CompiledNetwork:
                     u.add_(contrib, alpha=coef)
             elif weight is not None:
                 if u is None:
-                    u = torch.mm(src, self.weights[weight].T)
+                    u = ops.matmul(src, self.weights[weight].mT)
                     if coef != 1.0:
                         u.mul_(coef)
                 else:
-                    u.addmm_(src, self.weights[weight].T, alpha=coef)
+                    ops.addmm_(u, src, self.weights[weight].mT, alpha=coef)
             elif u is None:
                 u = src * coef
             else:
                 u.add_(src, alpha=coef)
         if u is None:
-            u = torch.zeros(state.r.shape[0], slot.size, dtype=self.dtype, device=self.device)
+            u = torch.zeros(*state.r.shape[:-1], slot.size, dtype=self.dtype,
+                            device=self.device)
         if self._bias_in_use(slot.name):
-            u.add_(self.biases[slot.name], alpha=bias_coef)
+            u.add_(self.biases[slot.name].unsqueeze(-2), alpha=bias_coef)
         return u
 
     def _bias_in_use(self, name: str) -> bool:
@@ -731,12 +789,12 @@ class PhaseDynamics:
         currents = self.currents_at(None if t is None or self.drive is None else float(t))
         du = torch.empty_like(u)
         for slot in self._deterministic:
-            slot.activate(u[:, slot.u_cols], out=r[:, slot.r_cols])
+            slot.activate(u[..., slot.u_cols], out=r[..., slot.r_cols])
         for slot in self.slots:
             if slot.cell is None:
-                self._drift(slot, u, r, du[:, slot.u_cols], currents)
+                self._drift(slot, u, r, du[..., slot.u_cols], currents)
             else:
-                du[:, slot.u_cols] = self._cell_drift(slot, u, r, currents)
+                du[..., slot.u_cols] = self._cell_drift(slot, u, r, currents)
         return du
 
     def differentiable_rhs(self, u: torch.Tensor, r: torch.Tensor, t=None) -> torch.Tensor:
@@ -744,17 +802,17 @@ class PhaseDynamics:
         (``torch.func``) can differentiate it with respect to ``u``; ``r`` gives the clamped
         columns."""
         currents = self.currents_at(t)
-        r = torch.cat([r[:, s.r_cols] if s.u_cols is None or s.stochastic else
-                       s.activate(u[:, s.u_cols]) for s in self.net.slots.values()], dim=1)
+        r = torch.cat([r[..., s.r_cols] if s.u_cols is None or s.stochastic else
+                       s.activate(u[..., s.u_cols]) for s in self.net.slots.values()], dim=-1)
         return torch.cat([self._drift(s, u, r, currents=currents) if s.cell is None else
-                          self._cell_drift(s, u, r, currents) for s in self.slots], dim=1)
+                          self._cell_drift(s, u, r, currents) for s in self.slots], dim=-1)
 
     def _drift(self, slot: PopulationSlot, u, r, out=None, currents=None) -> torch.Tensor:
         """Linear cell: rate [-d u_p + r_src KT_p + I_p], into ``out`` (or a new tensor)."""
-        u_p = u[:, slot.u_cols]
+        u_p = u[..., slot.u_cols]
         kt = self.operators.get(slot.name)
         if kt is not None:
-            out = torch.mm(r[:, slot.source_cols], kt, out=out)
+            out = ops.matmul(r[..., slot.source_cols], kt, out=out)
             out.add_(u_p, alpha=-slot.decay)
         else:
             out = torch.mul(u_p, -slot.decay, out=out)
@@ -767,7 +825,7 @@ class PhaseDynamics:
 
     def _cell_drift(self, slot: PopulationSlot, u, r, currents=None) -> torch.Tensor:
         """General cell: drift(u_p, v) with v from :meth:`cell_inputs`."""
-        return slot.cell.drift(u[:, slot.u_cols], self.cell_inputs(slot, r, currents))
+        return slot.cell.drift(u[..., slot.u_cols], self.cell_inputs(slot, r, currents))
 
     def cell_inputs(self, slot: PopulationSlot, r: torch.Tensor,
                     currents=None) -> dict[str, torch.Tensor]:
@@ -775,26 +833,28 @@ class PhaseDynamics:
         only): v_c = r_src VT_{p,c} + clamped part (+ the drive's currents, ``currents``
         defaulting to those at :attr:`t`); v_soma also holds the bias and the nudge
         beta (y - r_p)."""
-        batch, v = r.shape[0], {}
+        rows, v = tuple(r.shape[:-1]), {}
         currents = self.currents_at() if currents is None else currents
         for comp, cols in slot.inputs:
             total = currents.get((slot.name, comp))
             if cols is not None:
-                product = torch.mm(r[:, cols], self.operators[slot.name, comp])
+                product = ops.matmul(r[..., cols], self.operators[slot.name, comp])
                 total = product if total is None else product + total
             if total is None:
                 total = r.new_zeros(1, slot.size)
-            v[comp] = total.expand(batch, slot.size)
+            v[comp] = total.expand(*rows, slot.size)
         beta = self.cell_nudges.get(slot.name)
-        if beta:
-            v[SOMA] = v[SOMA] - beta * r[:, slot.r_cols]
+        if beta is not None:
+            r_p = r[..., slot.r_cols]
+            v[SOMA] = v[SOMA] - ops.member_scale(beta, r_p) * r_p
         return v
 
     def euler_step_(self, state: NeuralState, dt: float) -> None:
         """Explicit (Jacobi) Euler step, in place: u <- u + (h/rate) f(u); r <- sigma(u)."""
         du = self.rhs(state.u, state.r)
         for slot in self.slots:
-            state.u[:, slot.u_cols].add_(du[:, slot.u_cols], alpha=slot.step_size(dt) / slot.rate)
+            state.u[..., slot.u_cols].add_(du[..., slot.u_cols],
+                                           alpha=slot.step_size(dt) / slot.rate)
         self._noise_(state, dt)
         self.net.sync_activity(state, self.generator)
 
@@ -812,7 +872,7 @@ class PhaseDynamics:
             h = slot.fixed_step if slot.fixed_step is not None else dt * slot.rate
             if product is not None and not (silent and self.sources[slot.name] <= silent):
                 target, left, right = product
-                target.addmm_(left, right, beta=1.0 - h * slot.decay, alpha=h)
+                ops.addmm_(target, left, right, beta=1.0 - h * slot.decay, alpha=h)
             elif slot.cell is None:
                 u_p.mul_(1.0 - h * slot.decay)
             else:
@@ -834,21 +894,21 @@ class PhaseDynamics:
         if key != self._plan_key:
             self._plan = []
             for slot in self.slots:
-                u_p, kt = state.u[:, slot.u_cols], self.operators.get(slot.name)
+                u_p, kt = state.u[..., slot.u_cols], self.operators.get(slot.name)
                 product = None
                 if kt is not None:
-                    source = state.r[:, slot.source_cols]
-                    product = ((u_p.T, kt.T, source.T) if kt.T.is_contiguous() and
+                    source = state.r[..., slot.source_cols]
+                    product = ((u_p.mT, kt.mT, source.mT) if kt.mT.is_contiguous() and
                                not kt.is_contiguous() else (u_p, source, kt))
                 self._plan.append((slot, u_p, product, self.currents.get(slot.name),
-                                   state.r[:, slot.r_cols]))
+                                   state.r[..., slot.r_cols]))
             self._plan_key = key
         return self._plan
 
     def _noise_(self, state: NeuralState, dt: float) -> None:
         for slot in self.slots:
             if slot.noise > 0:
-                u_p = state.u[:, slot.u_cols]
+                u_p = state.u[..., slot.u_cols]
                 u_p.add_(self._gaussian(u_p), alpha=slot.noise * (slot.step_size(dt) * slot.rate) ** 0.5)
 
     def _gaussian(self, like: torch.Tensor) -> torch.Tensor:
@@ -867,13 +927,14 @@ class PhaseDynamics:
         if math.isfinite(float(state.u.sum())):       # one cheap reduction in the common case
             return
         for slot in self.slots:
-            bad = ~torch.isfinite(state.u[:, slot.u_cols])
+            bad = ~torch.isfinite(state.u[..., slot.u_cols])
             if bool(bad.any()):
-                sample, neuron = (int(i) for i in bad.nonzero()[0])
+                *member, sample, neuron = (int(i) for i in bad.nonzero()[0])
+                where = f"ensemble member {member[0]}, " if member else ""
                 raise SimulationError(
                     f'non-finite soma potential in population "{slot.name}", compartment '
-                    f'"soma", at step {step} (sample {sample}, neuron {neuron}). The dynamics '
-                    f"diverged: reduce the step size (dt), {self._divergence_advice()}.")
+                    f'"soma", at step {step} ({where}sample {sample}, neuron {neuron}). The '
+                    f"dynamics diverged: reduce the step size (dt), {self._divergence_advice()}.")
 
     def _divergence_advice(self) -> str:
         """What to use instead of a step that diverged: an implicit solver when the linear

@@ -24,13 +24,20 @@ What a projection rule receives (:class:`SynapseContext`, read-only except ``ctx
     ``ctx.signal(name)``       what the protocol provides ("target", "error", "beta", ...);
                                ``ctx.signals`` is the whole mapping
     ``ctx.pre_clamped``        True when the source is a clamped input population
-    ``ctx.beta``               signed nudge strength of the nudged phase (0 if none)
+    ``ctx.beta``               signed nudge strength of the nudged phase (0 if none; in an
+                               ensemble one per member, a 1-d tensor); ``ctx.nudged`` whether
+                               it is nonzero
     ``ctx.batch_size``, ``ctx.projection`` (its description), ``ctx.weight`` (W, n_post x
     n_pre, to be changed in place), ``ctx.lr_scale`` (the epoch's learning-rate factor),
     ``ctx.epoch``, ``ctx.step`` (training steps so far), ``ctx.dt`` (time since the last
     update in simulations; 1 in training), ``ctx.record`` (the whole PhaseRecord),
     ``ctx.report(name, value)`` (a step metric: training writes its epoch mean as
     ``train_<owner>_<name>``)
+
+In an ensemble (neurosim.training.ensemble) every tensor above gains a leading member axis
+(activities M x batch x n, weights M x n_post x n_pre); a rule that computes with ``...``
+indexing, ``.mT`` and neurosim.dynamics.ops (batched where needed) declares
+``ensemble_ready = True``, and only such rules run in ensembles.
 
 What a population rule receives (:class:`PopulationContext`)
     ``ctx.population`` (its description), ``ctx.weights`` (incoming *plastic* weight matrices
@@ -108,7 +115,10 @@ class _Context:
         self.signals = record.signals
         self.batch_size = record.batch_size
         self.lr_scale, self.epoch, self.step, self.dt = lr_scale, epoch, step, dt
-        self.beta = float(record.signals.get("beta", 0.0))
+        beta = record.signals.get("beta", 0.0)
+        member_betas = isinstance(beta, torch.Tensor) and beta.dim() > 0
+        self.beta = beta if member_betas else float(beta)
+        self.nudged = bool(beta.any()) if member_betas else self.beta != 0.0
         self._grad, self._who = grad, who
 
     def _out(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -222,6 +232,8 @@ class PlasticityRule:
     needs_grad: ClassVar[bool] = False
     #: works on spatial (conv2d) projections, through ``ctx.projection.outer(post, pre)``
     spatial: ClassVar[bool] = False
+    #: handles a leading ensemble-member axis (see module docstring)
+    ensemble_ready: ClassVar[bool] = False
     #: set from the model file's per-rule keys (see module docstring)
     schedule: EpochSchedule | None = None
     warmup: Warmup | None = None

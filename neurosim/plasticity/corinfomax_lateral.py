@@ -8,6 +8,7 @@ B of before the update. B tracks the inverse of the layer's correlation matrix R
 """
 from __future__ import annotations
 
+from ..dynamics import ops
 from .base import PlasticityRule, SynapseContext, register_rule
 
 
@@ -22,6 +23,7 @@ class CorInfoMaxLateral(PlasticityRule):
 
     name = "corinfomax_lateral"
     scheduled = False
+    ensemble_ready = True
 
     def __init__(self, lam: float, phase: str = "nudged"):
         if not 0 < lam <= 1:
@@ -37,5 +39,6 @@ class CorInfoMaxLateral(PlasticityRule):
     def update(self, ctx: SynapseContext) -> None:
         """Apply the update above to B (``ctx.weight``) in place, using B before the
         update."""
-        z = ctx.post(self.phase) @ ctx.weight.T
-        ctx.weight.addmm_(z.T, z, beta=1.0 / self.lam, alpha=-self.gamma / (self.lam * ctx.batch_size))
+        z = ctx.post(self.phase) @ ctx.weight.mT
+        ops.addmm_(ctx.weight, z.mT, z, beta=1.0 / self.lam,
+                   alpha=-self.gamma / (self.lam * ctx.batch_size))

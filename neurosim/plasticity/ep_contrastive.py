@@ -12,6 +12,7 @@ computed as (lr * lr_scale / beta) <(r_k^beta - r_k^0) x^T>: one matrix product 
 """
 from __future__ import annotations
 
+from ..dynamics import ops
 from .base import PlasticityRule, SynapseContext, register_rule
 
 
@@ -25,6 +26,7 @@ class EPContrastive(PlasticityRule):
 
     name = "ep_contrastive"
     needs_phases = ("nudged", "free")
+    ensemble_ready = True
 
     def __init__(self, lr: float):
         self.lr = float(lr)
@@ -32,15 +34,16 @@ class EPContrastive(PlasticityRule):
     def update(self, ctx: SynapseContext) -> None:
         """W += dW (above) from the "nudged" and "free" phases, the errors taken with the
         pre-update W; no change when beta = 0."""
-        if ctx.beta == 0:
+        if not ctx.nudged:
             return
-        scale = self.lr * ctx.lr_scale / (ctx.beta * ctx.batch_size)
+        batch = ctx.batch_size
+        scale = self.lr * ctx.lr_scale / (ctx.beta * batch)   # one per member in an ensemble
         if ctx.pre_clamped:
             post = ctx.stacked_post(self.needs_phases)
-            diff = post[:ctx.batch_size] - post[ctx.batch_size:2 * ctx.batch_size]
-            ctx.weight.addmm_(diff.T, ctx.pre("free"), alpha=scale)
+            diff = post[..., :batch, :] - post[..., batch:2 * batch, :]
+            ops.addmm_(ctx.weight, diff.mT, ctx.pre("free"), alpha=scale)
             return
         pre = ctx.stacked_pre(self.needs_phases)   # [r_s^beta; r_s^0]
-        err = ctx.stacked_post(self.needs_phases).addmm(pre, ctx.weight.T, alpha=-1.0)
-        err[ctx.batch_size:].neg_()                # the free phase enters with a minus sign
-        ctx.weight.addmm_(err.T, pre, alpha=scale)
+        err = ops.addmm(ctx.stacked_post(self.needs_phases), pre, ctx.weight.mT, alpha=-1.0)
+        err[..., batch:, :].neg_()                 # the free phase enters with a minus sign
+        ops.addmm_(ctx.weight, err.mT, pre, alpha=scale)

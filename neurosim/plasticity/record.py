@@ -28,7 +28,7 @@ class PhaseRecord:
         self.signals = dict(signals or {})
         self._stacked = stacked
         first = next(iter(self.states.values()))
-        self.batch_size = int(batch_size if batch_size is not None else first.r.shape[0])
+        self.batch_size = int(batch_size if batch_size is not None else first.r.shape[-2])
 
     def check_phase(self, phase: str, who: str) -> None:
         """ConfigError naming ``who`` and the recorded phases unless ``phase`` is one."""
@@ -53,7 +53,7 @@ class PhaseRecord:
         phases = tuple(phases) if phases is not None else self.phases
         if self._stacked is not None and phases == self.phases:      # one view, no copy
             return self.net.r_of(self._stacked, population)
-        return torch.cat([self.activity(population, p) for p in phases])
+        return torch.cat([self.activity(population, p) for p in phases], dim=-2)
 
     def signal(self, name: str, who: str = "rule") -> Any:
         """A protocol-provided signal, e.g. "target", "error", "beta"."""

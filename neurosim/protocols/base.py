@@ -51,6 +51,9 @@ class LearningProtocol:
     name: ClassVar[str] = "protocol"
     phases: ClassVar[tuple[str, ...]] = ()
     supervised: ClassVar[bool] = True
+    #: runs on an ensemble network (neurosim.training.ensemble): inputs and targets
+    #: M x batch x n, ``generator`` a list of the members' generators
+    ensemble_ready: ClassVar[bool] = False
 
     net = None
     input: str = "x"

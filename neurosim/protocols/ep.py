@@ -62,6 +62,7 @@ class EquilibriumPropagation(LearningProtocol):
 
     name = "ep"
     phases = PHASES
+    ensemble_ready = True
 
     def __init__(self, net: CompiledNetwork | None = None, *, input: str = "x",
                  output: str = "out", solver: Solver | str = "gs-euler", step: Any = 0.05,
@@ -106,7 +107,7 @@ class EquilibriumPropagation(LearningProtocol):
         """Relax the free phase from zero on inputs x; returns the state (a reused buffer)."""
         operators = operators if operators is not None else self.net.build_operators(
             writable(self._ops))
-        state = state if state is not None else self._state(x.shape[0])
+        state = state if state is not None else self._state(x.shape[-2])
         state.u.zero_()
         self.net.sync_activity(state)
         self.net.clamp_inputs(state, {self.input: x})
@@ -125,19 +126,21 @@ class EquilibriumPropagation(LearningProtocol):
     def train_step(self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator,
                    lr_scale: float = 1.0, *, epoch: int = 0, step: int = 0) -> EPStep:
         """One EP step on a batch: free phase, nudged phase, all plasticity rules."""
-        net, batch = self.net, x.shape[0]
+        net, batch = self.net, x.shape[-2]
         self._ops = ops = net.build_operators(writable(self._ops))
         currents = net.input_currents({self.input: x})
         both = self._state(2 * batch)
-        nudged = NeuralState(both.u[:batch], both.r[:batch])
-        free = self.free_phase(x, ops, currents, NeuralState(both.u[batch:], both.r[batch:]))
+        nudged = NeuralState(both.u[..., :batch, :], both.r[..., :batch, :])
+        free = self.free_phase(x, ops, currents, NeuralState(both.u[..., batch:, :],
+                                                             both.r[..., batch:, :]))
         nudged.r.copy_(free.r)
         for slot in self._dynamic:
-            nudged.u[:, slot.u_cols] = free.r[:, slot.r_cols]
-        sign = 1.0
-        if self.random_sign:
-            sign = 1.0 if int(torch.randint(0, 2, (1,), generator=generator)) else -1.0
-        beta = sign * self.beta
+            nudged.u[..., slot.u_cols] = free.r[..., slot.r_cols]
+        if isinstance(generator, torch.Generator):
+            beta = self._sign(generator) * self.beta
+        else:                                   # an ensemble: each member's own sign
+            beta = torch.tensor([self._sign(g) * self.beta for g in generator],
+                                dtype=torch.float64)
         dynamics = net.phase(ops, {self.input: x}, nudges={self.output: (target, beta)},
                              currents=currents)
         self._relax(dynamics, nudged, self.T_nudged)
@@ -146,3 +149,9 @@ class EquilibriumPropagation(LearningProtocol):
                              signals={"beta": beta, "target": target}, batch_size=batch)
         reported = self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step)
         return EPStep(net.r_of(free, self.output), reported, beta=beta)
+
+    def _sign(self, generator: torch.Generator) -> float:
+        """+1 or -1 drawn from ``generator`` with ``random_sign``, else +1."""
+        if not self.random_sign:
+            return 1.0
+        return 1.0 if int(torch.randint(0, 2, (1,), generator=generator)) else -1.0

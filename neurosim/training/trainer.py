@@ -280,7 +280,8 @@ class Trainer:
     @torch.inference_mode()
     def train_epoch(self) -> dict:
         """One pass over the shuffled training rows, then evaluation; returns the row."""
-        cfg, ds, protocol = self.config, self.dataset, self.protocol
+        self.dataset                     # loaded (and split) on first use: sets train_x
+        cfg, protocol = self.config, self.protocol
         lr_scale = cfg.lr_schedule(self.epoch)
         start = time.perf_counter()
         train_x, train_y = self.train_x, self.train_y if self.labeled else None
@@ -306,28 +307,51 @@ class Trainer:
             for key, value in result.metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * len(x)
         train_time = time.perf_counter() - start
-        row = {"epoch": self.epoch + 1}
-        if train_y is not None:
-            if cfg.train_accuracy == "full":
-                row.update(self.evaluate(train_x, train_y, "train"))
-            elif predicted:
-                row["train_accuracy"] = float(correct) / len(order)
-                row["train_loss"] = float(loss) / len(order)
-        for key, value in sums.items():
-            row[f"train_{key}"] = float(value) / len(order)
-        evaluation_sets = []
+        running = (float(correct), float(loss)) if predicted else None
+        evaluations = [self.evaluate(x, y, prefix, metrics)
+                       for prefix, x, y, metrics in self.evaluation_plan()]
+        return self.close_epoch(len(order), running, {k: float(v) for k, v in sums.items()},
+                                evaluations, lr_scale, train_time, start)
+
+    def evaluation_plan(self) -> list[tuple]:
+        """What an epoch evaluates, in order: ``(prefix, x, labels, metrics)`` for the whole
+        training set when ``train_accuracy = "full"``, the validation rows, the test set
+        (the metrics with the last of these), or, with no held-out data, the metrics alone
+        on the training inputs (labels None)."""
+        plan = []
+        labeled = self.labeled
+        if labeled and self.config.train_accuracy == "full":
+            plan.append(("train", self.train_x, self.train_y, ()))
+        held_out = []
         if self.val_x is not None:
-            evaluation_sets.append(("validation", self.val_x, self.val_y))
-        if ds.test_x is not None:
-            evaluation_sets.append(("test", ds.test_x, ds.test_y))
-        if not evaluation_sets and self.metrics:
-            evaluation_sets.append(("train", None, None))
-        for i, (prefix, x, y) in enumerate(evaluation_sets):
-            metrics = self.metrics if i == len(evaluation_sets) - 1 else ()
-            if x is None:                      # no held-out data: metrics on the training set
-                row.update(self.evaluate(train_x, None, prefix, metrics))
-            else:
-                row.update(self.evaluate(x, y if self.labeled else None, prefix, metrics))
+            held_out.append(("validation", self.val_x, self.val_y if labeled else None))
+        if self.dataset.test_x is not None:
+            held_out.append(("test", self.dataset.test_x,
+                             self.dataset.test_y if labeled else None))
+        if not held_out and self.metrics:
+            held_out.append(("train", self.train_x, None))
+        for i, (prefix, x, y) in enumerate(held_out):
+            plan.append((prefix, x, y, self.metrics if i == len(held_out) - 1 else ()))
+        return plan
+
+    def close_epoch(self, rows: int, running: tuple | None, sums: Mapping[str, float],
+                    evaluations: list[dict], lr_scale: float, train_time: float,
+                    start: float) -> dict:
+        """The epoch's row from its training pass over ``rows`` samples (``running``: the
+        summed correct predictions and loss, or None; ``sums``: the rules' step metrics
+        summed over samples) and the rows of :meth:`evaluation_plan`'s evaluations; appends
+        it to the history and counts the epoch."""
+        row = {"epoch": self.epoch + 1}
+        full = self.labeled and self.config.train_accuracy == "full"
+        if full:
+            row.update(evaluations[0])
+        elif running is not None and self.labeled:
+            row["train_accuracy"] = running[0] / rows
+            row["train_loss"] = running[1] / rows
+        for key, value in sums.items():
+            row[f"train_{key}"] = value / rows
+        for evaluation in evaluations[1 if full else 0:]:
+            row.update(evaluation)
         if "test_accuracy" in row:              # the papers report peaks (COPI)
             best, best_epoch = row["test_accuracy"], row["epoch"]
             for earlier in self.history.rows():

@@ -1,0 +1,67 @@
+"""Matrix products on tensors with or without a leading ensemble axis.
+
+An ordinary network's tensors are matrices: states (batch x n), weights (n_post x n_pre). An
+ensemble of M networks (neurosim.training.ensemble) stacks them along a leading axis: states
+(M x batch x n), weights (M x n_post x n_pre), and each member's products are that member's
+own. These helpers run the 2-d BLAS call for matrices (unchanged numerics) and the batched
+one otherwise; inputs shared by every member (batch x n) broadcast against stacked weights.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b: ``torch.mm`` for two matrices, else the batched product (a shared matrix
+    broadcast over the ensemble axis)."""
+    if a.dim() == 2 and b.dim() == 2:
+        return torch.mm(a, b, out=out)
+    if out is None:
+        return torch.matmul(a, b)
+    if a.dim() == 3 and b.dim() == 3:
+        return torch.bmm(a, b, out=out)
+    return torch.matmul(a, b, out=out)
+
+
+def addmm_(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1.0,
+           alpha=1.0) -> torch.Tensor:
+    """target <- beta target + alpha (a @ b), in place (``addmm_`` or ``baddbmm_``);
+    ``alpha`` a number, or one per member (a 1-d tensor, folded into ``a``)."""
+    if target.dim() == 2:
+        return target.addmm_(a, b, beta=beta, alpha=alpha)
+    a, b, alpha = _batched(target, a, b, alpha)
+    if target.is_contiguous():
+        return target.baddbmm_(a, b, beta=beta, alpha=alpha)
+    # torch's CPU baddbmm_ into a strided view (e.g. a population's columns of the state)
+    # runs one product per member on one thread; into a new tensor it runs them in parallel
+    return target.copy_(torch.baddbmm(target, a, b, beta=beta, alpha=alpha))
+
+
+def addmm(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1.0,
+          alpha=1.0) -> torch.Tensor:
+    """beta target + alpha (a @ b) as a new tensor (``addmm`` or ``baddbmm``)."""
+    if target.dim() == 2 and a.dim() == 2 and b.dim() == 2:
+        return torch.addmm(target, a, b, beta=beta, alpha=alpha)
+    a, b, alpha = _batched(target, a, b, alpha)
+    return torch.baddbmm(target, a, b, beta=beta, alpha=alpha)
+
+
+def _batched(target, a, b, alpha):
+    """Operands of a batched product: shared matrices expanded over the members, a
+    per-member ``alpha`` folded into ``a``."""
+    members = max(t.shape[0] for t in (target, a, b) if t.dim() == 3)
+    if a.dim() == 2:
+        a = a.expand(members, *a.shape)
+    if b.dim() == 2:
+        b = b.expand(members, *b.shape)
+    if isinstance(alpha, torch.Tensor):
+        a, alpha = a * member_scale(alpha, a), 1.0
+    return a, b, alpha
+
+
+def member_scale(value, like: torch.Tensor):
+    """A per-member number as a factor for (M x rows x cols) tensors: a float stays a float,
+    a 1-d tensor of M values becomes M x 1 x 1 (dtype and device of ``like``)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.to(like.dtype).reshape(-1, 1, 1)
+    return float(value)

@@ -1,0 +1,160 @@
+"""Seed ensembles (neurosim.training.ensemble): M members trained as one batched network give
+each member's own separate run (float64: weights and every metric to rounding), write
+ordinary run directories, resume exactly, and refuse what they cannot run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from neurosim.errors import ConfigError, NeurosimError
+from neurosim.plasticity import PlasticityRule
+from neurosim.training import Trainer
+from neurosim.training.ensemble import Ensemble, member_dir, summary_line
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+TEXT = (MODELS / "corinfomax_digits.toml").read_text()
+SEEDS = [0, 1, 2]
+
+
+def _columns(row):
+    return {k: v for k, v in row.items() if "seconds" not in k}
+
+
+def _compare(separate: Trainer, member: Trainer, tol: float = 1e-10) -> None:
+    """Equal up to float64 rounding: the batched products sum in another order than the
+    separate runs' (differences of ~1e-15 per product grow to ~1e-11 over 2 epochs)."""
+    for name, w in separate.net.weights.items():
+        scale = max(1.0, float(w.abs().max()))
+        assert float((member.net.weights[name] - w).abs().max()) <= tol * scale, name
+    for name, b in separate.net.biases.items():
+        assert float((member.net.biases[name] - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
+    rows_a, rows_b = list(separate.history.rows()), list(member.history.rows())
+    assert len(rows_a) == len(rows_b)
+    for a, b in zip(rows_a, rows_b):
+        a, b = _columns(a), _columns(b)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-9), key
+    assert torch.equal(separate.generator.get_state(), member.generator.get_state())
+    assert separate.steps == member.steps
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Three members (seeds 0, 1, 2) for 2 epochs, float64, as an ensemble and separately."""
+    out = tmp_path_factory.mktemp("ensemble")
+    ensemble = Ensemble.from_model_text(TEXT, SEEDS, progress=False, base_dir=MODELS,
+                                        epochs=2, dtype="float64")
+    lines = []
+    ensemble.fit(out, log=lines.append)
+    separate = []
+    for seed in SEEDS:
+        trainer = Trainer.from_model_text(TEXT, progress=False, base_dir=MODELS, epochs=2,
+                                          dtype="float64", seed=seed)
+        trainer.fit(out.parent / f"separate_{out.name}_{seed}", log=None)
+        separate.append(trainer)
+    return ensemble, separate, out, lines
+
+
+def test_three_members_equal_three_separate_runs(trained):
+    ensemble, separate, _, _ = trained
+    for trainer, member in zip(separate, ensemble.members):
+        _compare(trainer, member)
+    # the members really differ (different seeds), so the check above can fail
+    first, second = (m.net.weights["ff1"] for m in ensemble.members[:2])
+    assert float((first - second).abs().max()) > 1e-3
+
+
+def test_members_write_ordinary_run_directories(trained):
+    ensemble, separate, out, lines = trained
+    assert len(lines) == 2 and lines[-1].startswith("epoch 2 (3 members)  test_accuracy")
+    for seed, trainer in zip(SEEDS, separate):
+        directory = member_dir(out, seed)
+        assert (directory / "model.toml").read_text() == TEXT
+        assert (directory / "metrics.csv").is_file()
+        resumed = Trainer.resume(directory, progress=False)
+        assert resumed.epoch == 2 and resumed.config.seed == seed
+        for name, w in trainer.net.weights.items():
+            assert torch.allclose(resumed.net.weights[name], w, rtol=0, atol=1e-10)
+
+
+def test_resume_continues_exactly(tmp_path):
+    kwargs = dict(progress=False, base_dir=MODELS, dtype="float64")
+    whole = Ensemble.from_model_text(TEXT, [3, 4], epochs=2, **kwargs)
+    whole.fit(tmp_path / "whole", log=None)
+    part = Ensemble.from_model_text(TEXT, [3, 4], epochs=1, **kwargs)
+    part.fit(tmp_path / "part", log=None)
+    resumed = Ensemble.resume(tmp_path / "part", progress=False, epochs=2)
+    assert resumed.seeds == [3, 4] and resumed.epoch == 1
+    resumed.fit(tmp_path / "part", log=None)
+    for a, b in zip(whole.members, resumed.members):
+        for name in a.net.weights:
+            assert torch.equal(a.net.weights[name], b.net.weights[name])
+        assert [_columns(r) for r in a.history.rows()] == [_columns(r) for r in b.history.rows()]
+
+
+def test_validation_split_and_jacobi_solver_match_separate_runs():
+    """Each member holds out its own validation rows (seeded by its seed) and the Jacobi
+    Euler solver (right-hand side path) steps members together."""
+    text = TEXT.replace('dataset = "digits"', 'dataset = "digits"\nvalidation = 100')
+    kwargs = dict(progress=False, base_dir=MODELS, epochs=1, dtype="float64", solver="euler")
+    ensemble = Ensemble.from_model_text(text, [5, 6], **kwargs)
+    ensemble.train_epoch()
+    for seed, member in zip([5, 6], ensemble.members):
+        trainer = Trainer.from_model_text(text, seed=seed, **kwargs)
+        trainer.train_epoch()
+        assert "validation_accuracy" in trainer.history.columns
+        _compare(trainer, member)
+    assert not torch.equal(*(m.validation_indices for m in ensemble.members))
+
+
+def test_summary_line():
+    rows = [{"epoch": 3, "test_accuracy": 0.9, "seconds": 2.0},
+            {"epoch": 3, "test_accuracy": 0.8, "seconds": 2.0}]
+    assert summary_line(rows) == ("epoch 3 (2 members)  test_accuracy 85.00 +- 7.07 % "
+                                  "(min 80.00, max 90.00)  2.0 s")
+
+
+@pytest.mark.parametrize("model, overrides, message", [
+    ("pepita_digits.toml", {}, 'protocol "pepita" does not run as an ensemble'),
+    ("corinfomax_digits.toml", {"solver": "dopri5"}, 'solver "dopri5" adapts its steps'),
+])
+def test_refuses_what_it_cannot_run(model, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        Ensemble.from_model_text((MODELS / model).read_text(), [0, 1], progress=False,
+                                 base_dir=MODELS, **overrides)
+
+
+def test_refuses_bad_members_and_seeds(tmp_path):
+    with pytest.raises(ConfigError, match="repeat a seed"):
+        Ensemble.from_model_text(TEXT, [1, 1], progress=False, base_dir=MODELS)
+    with pytest.raises(ConfigError, match="non-empty list of integers"):
+        Ensemble.from_model_text(TEXT, [], progress=False, base_dir=MODELS)
+    a = Trainer.from_model_text(TEXT, progress=False, base_dir=MODELS, seed=0)
+    b = Trainer.from_model_text(TEXT.replace("beta = 1.0", "beta = 0.5"), progress=False,
+                                base_dir=MODELS, seed=1)
+    with pytest.raises(ConfigError, match="member 1 is not the model of member 0"):
+        Ensemble([a, b])
+    with pytest.raises(NeurosimError, match="holds no member run directories"):
+        Ensemble.resume(tmp_path)
+
+
+def test_refuses_rules_not_ready_for_ensembles(monkeypatch):
+    monkeypatch.setattr(PlasticityRule, "ensemble_ready", False)
+    from neurosim.plasticity.ep_contrastive import EPContrastive
+    monkeypatch.setattr(EPContrastive, "ensemble_ready", False)
+    with pytest.raises(ConfigError, match='rule "ep_contrastive" on ff1 does not run in an '
+                                          "ensemble"):
+        Ensemble.from_model_text(TEXT, [0, 1], progress=False, base_dir=MODELS)
+
+
+def test_resume_refuses_members_at_different_epochs(tmp_path):
+    ensemble = Ensemble.from_model_text(TEXT, [0, 1], progress=False, base_dir=MODELS,
+                                        epochs=1)
+    ensemble.fit(tmp_path, log=None)
+    straggler = Trainer.resume(member_dir(tmp_path, 1), progress=False, epochs=2)
+    straggler.fit(member_dir(tmp_path, 1), log=None)
+    with pytest.raises(NeurosimError, match="different epochs"):
+        Ensemble.resume(tmp_path, progress=False)
