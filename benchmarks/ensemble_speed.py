@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="members per stacked network (default: all in one)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,8 +75,10 @@ def main() -> None:
     print(f"CorInfoMax-A-inf 784-500-10, {source}, {args.members} seeds, {args.rows} training "
           f"rows per member and epoch (batch 20, T 30/10), {args.test_rows} test rows; "
           f"{cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, {args.device}", flush=True)
-    ensemble = Ensemble(members(seeds, data, args.device), progress=False)
+          f"{torch.__version__}, {args.device}, ensemble groups of "
+          f"{args.group_size or args.members}", flush=True)
+    ensemble = Ensemble(members(seeds, data, args.device), progress=False,
+                        group_size=args.group_size)
     sequential = members(seeds, data, args.device)
     train = {"ensemble": [], "sequential": []}
     test = {"ensemble": [], "sequential": []}

@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -297,12 +297,12 @@ def estimate_simulation(network, options=None, monitors: Iterable = (), *,
     return estimate
 
 
-def estimate_training(network, config, *, run_dir=None) -> SizeEstimate:
+def estimate_training(network, config, *, run_dir=None, members: int = 1) -> SizeEstimate:
     """The size of a training run of ``network`` with ``config`` (a TrainingConfig): the
     network at the larger of batch_size and eval_batch_size, the protocol's states, and the
     checkpoints in ``run_dir``: run.h5 (weights, biases and a rule state as large as the
     weights) and the ``keep_checkpoints - 1`` kept before it, plus the new one written beside
-    them. The dataset is not counted."""
+    them; ``members`` times that for an ensemble. The dataset is not counted."""
     net = _graph(network)
     dtype = _dtype_name(config.dtype)
     batch = max(int(config.batch_size), int(config.eval_batch_size))
@@ -318,6 +318,11 @@ def estimate_training(network, config, *, run_dir=None) -> SizeEstimate:
         estimate.add("checkpoint", "run.h5", nbytes, "disk",
                      f"weights, biases and rule state; {files} files at most (the kept ones "
                      "and a new one beside them)", str(run_dir))
+    if members > 1:
+        estimate.what = f"ensemble of {members} training runs"
+        estimate.items = [replace(item, nbytes=item.nbytes * members,
+                                  detail=f"{item.detail} (x {members} members)")
+                          for item in estimate.items]
     return estimate
 
 

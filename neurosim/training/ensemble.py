@@ -37,7 +37,7 @@ from ..dynamics import CompiledNetwork, NeuralState
 from ..errors import ConfigError, NeurosimError
 from ..io.atomic import write_text_atomic
 from ..metrics import MetricContext
-from ..protocols import build_protocol
+from ..protocols import LearningProtocol, build_protocol
 from ..solvers import FixedStepSolver
 from .trainer import MODEL_FILE, RUN_FILE, Trainer, _progress, _threads
 
@@ -54,7 +54,8 @@ class Ensemble:
     neurosim.training.ensemble). ``members``: trainers built from the same model text and
     overrides up to ``seed``, at the same epoch."""
 
-    def __init__(self, members: Sequence[Trainer], *, progress: bool = True):
+    def __init__(self, members: Sequence[Trainer], *, progress: bool = True,
+                 group_size: int | None = None):
         self.members = list(members)
         self.progress = progress
         if not self.members:
@@ -69,15 +70,24 @@ class Ensemble:
             if member._dataset is None and first._data == member._data:
                 member._dataset = first._dataset
                 member._split()
-        self.net = CompiledNetwork.stacked([m.net for m in self.members])
-        self.protocol = build_protocol(first.protocol.config(), f"{self.where} [protocol]")
+        size = len(self.members) if group_size is None else group_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"ensemble group_size must be a positive integer, got "
+                              f"{group_size!r}.")
         cfg = first.config
-        self.protocol.bind(self.net, input=cfg.input, output=cfg.output, seed=cfg.seed)
+        self.groups: list[tuple[slice, LearningProtocol]] = []
+        for begin in range(0, len(self.members), size):
+            part = slice(begin, min(begin + size, len(self.members)))
+            net = CompiledNetwork.stacked([m.net for m in self.members[part]])
+            protocol = build_protocol(first.protocol.config(), f"{self.where} [protocol]")
+            protocol.bind(net, input=cfg.input, output=cfg.output, seed=cfg.seed)
+            self.groups.append((part, protocol))
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_model_text(cls, model_text: str, seeds: Sequence[int], *, where: str = "model",
-                        progress: bool = True, base_dir=None, **overrides) -> "Ensemble":
+                        progress: bool = True, base_dir=None, group_size: int | None = None,
+                        **overrides) -> "Ensemble":
         """One member per seed from a model file's text (``overrides`` as in
         :meth:`Trainer.from_model_text`, the same for every member)."""
         seeds = check_seeds(seeds, where)
@@ -85,7 +95,7 @@ class Ensemble:
         members = [Trainer.from_model_text(model_text, where=where, progress=False,
                                            base_dir=base_dir, seed=seed, **overrides)
                    for seed in seeds]
-        return cls(members, progress=progress)
+        return cls(members, progress=progress, group_size=group_size)
 
     @classmethod
     def from_model_file(cls, path, seeds: Sequence[int], **kwargs) -> "Ensemble":
@@ -96,7 +106,8 @@ class Ensemble:
                                    base_dir=model.path.parent, **kwargs)
 
     @classmethod
-    def resume(cls, out, *, progress: bool = True, warn=None, **overrides) -> "Ensemble":
+    def resume(cls, out, *, progress: bool = True, warn=None, group_size: int | None = None,
+               **overrides) -> "Ensemble":
         """Continue an ensemble from its member run directories ``out/seed_<s>`` (each
         restored as :meth:`Trainer.resume` does; all must be at the same epoch)."""
         dirs = member_dirs(out)
@@ -106,7 +117,7 @@ class Ensemble:
             raise NeurosimError(f"{out}: the members stopped at different epochs ({epochs}); "
                                 "resume the ones behind one by one (`neurosim resume DIR "
                                 "--epochs N`) until they agree, then resume the ensemble.")
-        return cls(members, progress=progress)
+        return cls(members, progress=progress, group_size=group_size)
 
     def _check_member(self, i: int, member: Trainer) -> None:
         first = self.members[0]
@@ -159,7 +170,7 @@ class Ensemble:
     def train_epoch(self) -> list[dict]:
         """One epoch for every member (each through its own shuffled rows), then one batched
         evaluation; returns the members' rows (each also appended to its history)."""
-        members, protocol = self.members, self.protocol
+        members = self.members
         first = members[0]
         cfg = first.config
         lr_scale = cfg.lr_schedule(first.epoch)
@@ -182,19 +193,23 @@ class Ensemble:
             labels = torch.stack([m.train_y[i] for m, i in zip(members, index)]) \
                 if labeled else None
             target = first._one_hot(labels) if labels is not None else None
-            result = protocol.train_step(x, target, generators, lr_scale, epoch=first.epoch,
-                                         step=first.steps)
+            for part, protocol in self.groups:
+                result = protocol.train_step(x[part], target[part] if labels is not None
+                                             else None, generators[part], lr_scale,
+                                             epoch=first.epoch, step=first.steps)
+                if labels is not None and result.prediction is not None:
+                    predicted = True
+                    correct[part] += (result.prediction.argmax(dim=-1) ==
+                                      labels[part]).sum(dim=-1).cpu()
+                    for j, k in enumerate(range(part.start, part.stop)):
+                        loss[k] += float(protocol.loss(result.prediction[j], target[k]))
+                for key, value in result.metrics.items():
+                    for j, k in enumerate(range(part.start, part.stop)):
+                        share = value[j] if torch.is_tensor(value) and value.dim() > 0 \
+                            else value
+                        sums[k][key] = sums[k].get(key, 0.0) + float(share) * x.shape[-2]
             for m in members:
                 m.steps += 1
-            if labels is not None and result.prediction is not None:
-                predicted = True
-                correct += (result.prediction.argmax(dim=-1) == labels).sum(dim=-1).cpu()
-                for k in range(count):
-                    loss[k] += float(protocol.loss(result.prediction[k], target[k]))
-            for key, value in result.metrics.items():
-                for k in range(count):
-                    share = value[k] if torch.is_tensor(value) and value.dim() > 0 else value
-                    sums[k][key] = sums[k].get(key, 0.0) + float(share) * x.shape[-2]
         train_time = time.perf_counter() - start
         plans = [m.evaluation_plan() for m in members]
         evaluations = [[] for _ in members]
@@ -214,13 +229,13 @@ class Ensemble:
         """Each member's ``<prefix>_accuracy`` / ``_loss`` and metric columns (as
         :meth:`Trainer.evaluate`) on its rows ``xs[m]`` (one tensor shared by every member
         when they are the same rows), in one batched pass per evaluation batch."""
-        members, protocol = self.members, self.protocol
+        members = self.members
         first = members[0]
         size, count = first.config.eval_batch_size, len(members)
         shared = all(x is xs[0] for x in xs) and all(y is labels[0] for y in labels)
         x_all = xs[0] if shared else torch.stack(list(xs))
         y_all = labels[0] if shared or labels[0] is None else torch.stack(list(labels))
-        supervised = labels[0] is not None and protocol.supervised
+        supervised = labels[0] is not None and first.protocol.supervised
         correct = torch.zeros(count, dtype=torch.int64)
         loss = torch.zeros(count, dtype=torch.float64)
         metrics = list(metrics) if metrics else [() for _ in members]
@@ -231,20 +246,19 @@ class Ensemble:
         for begin in range(0, n, size):
             xb = x_all[..., begin:begin + size, :]
             yb = y_all[..., begin:begin + size] if y_all is not None else None
-            state = protocol.infer(xb)
-            if supervised:
-                out = self.net.r_of(state, protocol.output)
-                correct += (out.argmax(dim=-1) == yb).sum(dim=-1).cpu()
-                for k in range(count):
-                    y_k = yb if yb.dim() == 1 else yb[k]
-                    loss[k] += float(protocol.loss(out[k], first._one_hot(y_k)))
-            for k, (m, own) in enumerate(zip(members, metrics)):
-                if own:
-                    view = NeuralState(state.u[k], state.r[k], m.net)
-                    x_k = xb if xb.dim() == 2 else xb[k]
-                    y_k = None if yb is None else (yb if yb.dim() == 1 else yb[k])
-                    for metric in own:
-                        metric.observe(view, x_k, y_k)
+            for part, protocol in self.groups:
+                state = protocol.infer(xb if shared else xb[part])
+                for j, k in enumerate(range(part.start, part.stop)):
+                    x_k = xb if shared else xb[k]
+                    y_k = None if yb is None else (yb if shared else yb[k])
+                    if supervised:
+                        out = protocol.net.r_of(state, protocol.output)[j]
+                        correct[k] += int((out.argmax(dim=-1) == y_k).sum())
+                        loss[k] += float(protocol.loss(out, first._one_hot(y_k)))
+                    if metrics[k]:
+                        view = NeuralState(state.u[j], state.r[j], members[k].net)
+                        for metric in metrics[k]:
+                            metric.observe(view, x_k, y_k)
         rows = []
         for k, own in enumerate(metrics):
             row = {}
