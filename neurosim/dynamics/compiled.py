@@ -584,10 +584,10 @@ class CompiledNetwork:
                 raise ConfigError(f'dropout for population "{name}": the drop probability must '
                                   f"be a number in [0, 1), got {p!r}.")
         if state is not None:
-            batch = state.r.shape[0]
+            batch = state.r.shape[-2]
         else:
             shapes = [torch.as_tensor(x).shape for x in inputs.values()]
-            batch = max((s[0] for s in shapes if len(s) == 2), default=1)
+            batch = max((s[-2] for s in shapes if len(s) >= 2), default=1)
         missing = required.difference(inputs)
         if missing:
             name = sorted(missing)[0]
@@ -599,7 +599,8 @@ class CompiledNetwork:
         # population reads a later one: then the buffers need no zero fill
         fill = torch.empty if len(inputs) == self.n_inputs and not ahead else torch.zeros
         out = state.clone() if state is not None else NeuralState(
-            fill(batch, self.n_dyn, **z), fill(batch, self.n_all, **z), self)
+            fill(*self._rows(batch), self.n_dyn, **z), fill(*self._rows(batch), self.n_all, **z),
+            self)
         self.clamp_inputs(out, inputs)
         used = {}
         for pop, slot, terms, bias_coef in plan:

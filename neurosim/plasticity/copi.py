@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from ..dynamics import ops
 from ..errors import ConfigError
 from .base import PlasticityRule, SynapseContext, register_rule
 
@@ -78,6 +79,7 @@ class CopiForward(PlasticityRule):
 
     name = "copi_forward"
     batch_linear = True     # dW is a batch mean of per-sample terms (data-parallel safe)
+    ensemble_ready = True
     needs_phases = ("forward",)
 
     def __init__(self, lr: float, mode: str = "copi"):
@@ -99,12 +101,12 @@ class CopiForward(PlasticityRule):
         x, delta = ctx.pre("forward"), deltas[target]
         weight = ctx.weight
         if self.mode == "delta":
-            weight.addmm_(delta.T, x, alpha=rate / ctx.batch_size)
+            ops.addmm_(weight, delta.mT, x, alpha=rate / ctx.batch_size)
             return
         z = ctx.potential("forward") + delta
-        power = (x * x).mean(dim=0)                       # <x_j^2>
-        weight.mul_(1.0 - rate * power)
-        weight.addmm_(z.T, x, alpha=rate / ctx.batch_size)
+        power = (x * x).mean(dim=-2)                      # <x_j^2>
+        weight.mul_((1.0 - rate * power).unsqueeze(-2))
+        ops.addmm_(weight, z.mT, x, alpha=rate / ctx.batch_size)
 
 
 @register_rule
@@ -116,6 +118,7 @@ class Decorrelation(PlasticityRule):
     name = "decorrelation"
     needs_phases = ("forward",)
     lateral = True          # marks R for the protocol (credit "fa" bypasses it)
+    ensemble_ready = True
 
     @property
     def batch_linear(self) -> bool:
@@ -138,7 +141,7 @@ class Decorrelation(PlasticityRule):
         """R must be square (a lateral matrix from the layer's input to its decorrelated
         copy)."""
         weight = net.weights.get(owner.name)
-        if weight is None or weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
+        if weight is None or weight.dim() < 2 or weight.shape[-2] != weight.shape[-1]:
             raise ConfigError(f'rule "decorrelation" on "{owner.name}" needs a square weight '
                               "matrix R (source and target of the same size).")
 
@@ -146,21 +149,25 @@ class Decorrelation(PlasticityRule):
         """One step of the rule on the batch (module docstring)."""
         x = ctx.post("forward")
         if self.center:
-            x = x - x.mean(dim=0)
+            x = x - x.mean(dim=-2, keepdim=True)
         R, batch = ctx.weight, ctx.batch_size
-        power = (x * x).mean(dim=0)                               # diag C = <x_j^2>
+        power = (x * x).mean(dim=-2)                              # diag C = <x_j^2>
+        column, row = power.unsqueeze(-1), power.unsqueeze(-2)    # n x 1 and 1 x n
         # C_off R = x^T (x R) / B - diag(power) R: 2 B n^2 multiply-adds instead of n^3 + B n^2
         if self.form == "left":
-            M = R / (power + POWER_EPS)[:, None] if self.power_scaled else R
-            step = torch.mm(x.T, torch.mm(x, M)).div_(batch).sub_(power[:, None] * M)
+            M = R / (column + POWER_EPS) if self.power_scaled else R
+            step = ops.matmul(x.mT, ops.matmul(x, M)).div_(batch).sub_(column * M)
         else:
-            step = torch.mm(torch.mm(R, x.T), x).div_(batch).sub_(R * power[None, :])
+            step = ops.matmul(ops.matmul(R, x.mT), x).div_(batch).sub_(R * row)
             if self.power_scaled:
-                step.div_((power + POWER_EPS)[None, :])
+                step.div_(row + POWER_EPS)
         R.add_(step, alpha=-self.lr * ctx.lr_scale)
         if self.norm_gain:
             y = ctx.pre("forward")
-            out = torch.mm(y, R.T)
-            norm = out.norm(dim=1).mean()
-            if float(norm) > 0:
-                R.mul_(y.norm(dim=1).mean() / norm)
+            norm = ops.matmul(y, R.mT).norm(dim=-1).mean(dim=-1)  # one per member
+            gain = y.norm(dim=-1).mean(dim=-1) / norm
+            if R.dim() == 2:
+                if float(norm) > 0:
+                    R.mul_(gain)
+            else:
+                R.mul_(torch.where(norm > 0, gain, 1.0)[:, None, None])

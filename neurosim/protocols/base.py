@@ -86,9 +86,9 @@ class LearningProtocol:
         net = self.net
         x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
         classes = net.slots[self.output].size
-        if not torch.is_tensor(target) or tuple(target.shape) != (x.shape[0], classes) or \
+        if not torch.is_tensor(target) or tuple(target.shape) != (*x.shape[:-1], classes) or \
                 not target.is_floating_point():
-            raise ConfigError(f"{who} needs one-hot targets of shape (batch={x.shape[0]}, "
+            raise ConfigError(f"{who} needs one-hot targets of shape (batch={x.shape[-2]}, "
                               f"{classes}) as floats, got {tuple(torch.as_tensor(target).shape)} "
                               f"{torch.as_tensor(target).dtype}; encode labels with "
                               "torch.nn.functional.one_hot(labels, classes).float().")
@@ -97,6 +97,17 @@ class LearningProtocol:
     def infer(self, x: torch.Tensor) -> Any:
         """The network state after inference on x (a NeuralState; may be a reused buffer)."""
         raise NotImplementedError
+
+    def stack_members(self, members: "list[LearningProtocol]") -> None:
+        """Called on an ensemble's protocol (bound to the stacked network) with the members'
+        own protocols: take over their state (e.g. fixed random matrices drawn from each
+        member's seed) stacked along the member axis. The default accepts protocols that
+        keep no state."""
+        for i, member in enumerate(members):
+            if member.state_dict():
+                raise ConfigError(f'protocol "{self.name}" keeps state of its own (member {i}: '
+                                  f"{sorted(member.state_dict())}) and does not stack it for "
+                                  "an ensemble; override stack_members.")
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Output activity after inference (batch x n_out, a new tensor)."""

@@ -39,6 +39,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..dynamics import ops
 from ..errors import ConfigError, unknown
 from ..graph.projections import INITIALISERS
 from ..plasticity import PhaseRecord
@@ -60,6 +61,7 @@ class Copi(LearningProtocol):
     name = "copi"
     phases = ("forward",)
     batch_linear = True     # per-sample credit; the rules' updates are batch means
+    ensemble_ready = True
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out", credit: str = "bp",
                  alpha: float = 1000.0, output_derivative: bool = False,
@@ -183,19 +185,19 @@ class Copi(LearningProtocol):
             for q in reversed(self.chain):
                 if q.source not in self._credited:
                     break
-                back = deltas[q.target].mm(net.weights[q.name])
+                back = ops.matmul(deltas[q.target], net.weights[q.name])
                 deltas[q.source] = back.mul_(self._derivative(q.source, state))
         elif self.credit == "fa":
             for q in reversed(self.forward_layers):
                 if q.name not in self.feedback:
                     break
                 below = self._below[q.name]
-                back = deltas[q.target].mm(self.feedback[q.name].T)
+                back = ops.matmul(deltas[q.target], self.feedback[q.name].mT)
                 deltas[below] = back.mul_(self._derivative(below, state))
         else:
             for q in self.forward_layers:
                 if q.name in self.feedback:
-                    back = delta_out.mm(self.feedback[q.name].T)
+                    back = ops.matmul(delta_out, self.feedback[q.name].mT)
                     deltas[q.target] = back.mul_(self._derivative(q.target, state))
         return deltas
 
@@ -216,6 +218,15 @@ class Copi(LearningProtocol):
         """The fixed feedback matrices B_l (fa) or D_l (dfa) by forward projection."""
         return {"feedback": {k: v.clone() for k, v in self.feedback.items()}} \
             if self.feedback else {}
+
+    def stack_members(self, members) -> None:
+        """Each member's fixed feedback matrices B_l (drawn from its own seed), stacked; the
+        members' own become views of them."""
+        for name in self.feedback:
+            stacked = torch.stack([m.feedback[name] for m in members])
+            self.feedback[name] = stacked
+            for k, member in enumerate(members):
+                member.feedback[name] = stacked[k]
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore B_l / D_l (names and shapes checked)."""

@@ -18,9 +18,12 @@ per member, ``out/seed_<s>/`` (model.toml, metrics.csv, run.h5: ``neurosim resum
 ``inspect``, ``plot`` and ``table`` read them as any run); a member's ``seconds`` and
 ``train_seconds`` are the ensemble's time for the epoch, shared by all members.
 
-Protocols (``ensemble_ready``: today "ep" with a fixed-step solver) and rules
-(``ensemble_ready``, keeping no state of their own: "ep_contrastive", "corinfomax_lateral")
-declare that their arithmetic broadcasts over the member axis; others are refused.
+Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, and "copi") and rules
+(``ensemble_ready``, keeping no state of their own: "ep_contrastive", "corinfomax_lateral",
+"copi_forward", "decorrelation") declare that their arithmetic broadcasts over the member
+axis; others are refused. A protocol's own state (COPI's fixed feedback matrices, drawn from
+each member's seed) is stacked by its ``stack_members``. ``group_size`` splits the members
+into groups of stacked networks stepped one after another (default: one group).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from ..dynamics import CompiledNetwork, NeuralState
 from ..errors import ConfigError, NeurosimError
 from ..io.atomic import write_text_atomic
 from ..metrics import MetricContext
-from ..protocols import LearningProtocol, build_protocol
+from ..protocols import PROTOCOLS, LearningProtocol, build_protocol
 from ..solvers import FixedStepSolver
 from .trainer import MODEL_FILE, RUN_FILE, Trainer, _progress, _threads
 
@@ -81,6 +84,7 @@ class Ensemble:
             net = CompiledNetwork.stacked([m.net for m in self.members[part]])
             protocol = build_protocol(first.protocol.config(), f"{self.where} [protocol]")
             protocol.bind(net, input=cfg.input, output=cfg.output, seed=cfg.seed)
+            protocol.stack_members([m.protocol for m in self.members[part]])
             self.groups.append((part, protocol))
 
     # ------------------------------------------------------------------ building
@@ -140,8 +144,9 @@ class Ensemble:
     def _check_protocol(self, first: Trainer) -> None:
         protocol = first.protocol
         if not protocol.ensemble_ready:
+            ready = ", ".join(sorted(n for n, c in PROTOCOLS.items() if c.ensemble_ready))
             raise ConfigError(f'{self.where}: protocol "{protocol.name}" does not run as an '
-                              'ensemble yet (ensembles: "ep"); train its seeds as separate '
+                              f"ensemble yet (ensembles: {ready}); train its seeds as separate "
                               "runs (neurosim train --seed S) or in a sweep.")
         solver = getattr(protocol, "solver", None)
         if solver is not None and not isinstance(solver, FixedStepSolver):
