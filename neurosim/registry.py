@@ -13,26 +13,38 @@ import importlib
 import inspect
 import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import ConfigError, did_you_mean
 
-__all__ = ["Registry", "importable_from", "parameters", "check_arguments"]
+__all__ = ["Registry", "importable_from", "model_directory", "parameters", "check_arguments"]
+
+_MODEL_DIRECTORY: ContextVar[Path | None] = ContextVar("model_directory", default=None)
+
+
+def model_directory() -> Path | None:
+    """The directory of the model file being built (inside :func:`importable_from`), where
+    relative file paths in it point; None outside."""
+    return _MODEL_DIRECTORY.get()
 
 
 @contextmanager
 def importable_from(directory):
     """Let "module:Class" paths in a model file name modules next to it: ``directory`` is
-    searched first while the block runs (None: nothing changes)."""
+    searched first while the block runs, and is :func:`model_directory` (None: nothing
+    changes)."""
     if directory is None:
         yield
         return
     entry = str(Path(directory).resolve())
     sys.path.insert(0, entry)
+    token = _MODEL_DIRECTORY.set(Path(entry))
     try:
         yield
     finally:
+        _MODEL_DIRECTORY.reset(token)
         if entry in sys.path:
             sys.path.remove(entry)
 

@@ -15,7 +15,9 @@ A model file's ``[simulation]`` table sets the run (all keys optional)::
                               # run may average max(200, max_rhs_evals / 50) per output step
     steady_tol = 1e-6         # stop once max |du/dt| < steady_tol
     inputs = { x = { type = "uniform", low = 0.0, high = 1.0 } }   # or constant / values /
-                              # gaussian (mean, covariance): one draw per sample, fixed in time
+                              # gaussian (mean, covariance): one draw per sample, fixed in time;
+                              # values may come from a file: { file = "x.npy" } (or .h5 with
+                              # dataset), batch x size or size
     nudge = { out = { target = [0.0, 1.0], beta = 0.5 } }
     plasticity = { every = 10 }   # rules run every 10 steps; "continuous" (weights in the
                                   # ODE state, rules give dW/dt); "off"; default every step
@@ -69,7 +71,8 @@ from .errors import ConfigError, NeurosimError, SimulationError, unknown
 from .graph import SOMA, Network, check_finite, check_keys, parse_model_text
 from .plasticity import PhaseRecord, RuleSet
 from .plasticity.continuous import PlasticSystem
-from .registry import importable_from
+from .io.arrays import KEYS, ArrayFile
+from .registry import importable_from, model_directory
 from .solvers import (FixedStepSolver, Observer, SolveStats, SteadyState, TorchDiffEq,
                       get_solver, make_schedule, solve)
 from .solvers.limits import check_max_rhs_evals
@@ -502,6 +505,15 @@ class Simulation:
         sim.base_dir = str(Path(base_dir).resolve()) if base_dir is not None else ""
         return sim
 
+    @classmethod
+    def from_model_file(cls, path, **overrides) -> "Simulation":
+        """A simulation from a model file (its directory is the ``base_dir``; ``overrides``
+        replace [simulation] keys)."""
+        from .graph import load_model_file
+        model = load_model_file(path)
+        return cls.from_model_text(model.text, where=str(model.path), base_dir=model.path.parent,
+                                   **overrides)
+
     def _make_drive(self) -> Drive | None:
         """The stimuli compiled against the network (None without stimuli); time-varying
         inputs are clamped at the current time."""
@@ -542,8 +554,8 @@ class Simulation:
             where = f"[simulation] inputs.{name}"
             if isinstance(entry, (list, int, float)):
                 entry = {"type": "values", "values": entry}
-            check_keys(entry, {"type", "low", "high", "value", "values", "mean", "covariance"},
-                       where)
+            check_keys(entry, {"type", "low", "high", "value", "values", "file", "dataset",
+                               "mean", "covariance"}, where)
             try:
                 x = self._input_values(entry, size, gen, where)
             except (TypeError, ValueError, RuntimeError) as err:
@@ -559,14 +571,22 @@ class Simulation:
     def _input_values(self, entry: Mapping, size: int, gen, where: str) -> torch.Tensor:
         """One input population's clamped values (batch x size, float64)."""
         batch = self.options.batch
-        kind = entry.get("type", "values" if "values" in entry else "uniform")
+        kind = entry.get("type", "values" if "values" in entry or "file" in entry else "uniform")
         if kind == "uniform":
             lo, hi = float(entry.get("low", 0.0)), float(entry.get("high", 1.0))
             return lo + (hi - lo) * torch.rand(batch, size, generator=gen, dtype=torch.float64)
         if kind == "constant":
             return torch.full((batch, size), float(entry.get("value", 0.0)), dtype=torch.float64)
         if kind == "values":
-            x = torch.as_tensor(entry["values"], dtype=torch.float64)
+            if ("values" in entry) == ("file" in entry):
+                raise ConfigError(f'{where}: give values = [...] or file = "x.npy" (or .h5 with '
+                                  "dataset), not both.")
+            if "file" in entry:
+                source = ArrayFile.from_table({k: entry[k] for k in KEYS if k in entry}, where,
+                                              model_directory())
+                x = torch.as_tensor(source.load(where), dtype=torch.float64)
+            else:
+                x = torch.as_tensor(entry["values"], dtype=torch.float64)
             if x.ndim == 0:                   # one number for every neuron
                 x = x.expand(size)
             if tuple(x.shape) not in ((size,), (batch, size)):

@@ -46,7 +46,6 @@ import inspect
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -54,6 +53,7 @@ import torch
 
 from .errors import ConfigError, unknown
 from .graph import SOMA, check_keys
+from .io.arrays import KEYS, ArrayFile
 
 __all__ = ["Stimulus", "Waveform", "Step", "Pulses", "Ramp", "Sine", "OrnsteinUhlenbeck",
            "WhiteNoise", "Sampled", "Function", "WAVEFORMS", "Drive", "stimuli_from",
@@ -496,38 +496,21 @@ class Stimulus:
 
 
 def _load_samples(table: Mapping, where: str, base_dir) -> tuple[Any, Any]:
-    """(values, times) of an array stimulus from inline values or a .npy/.h5 file."""
+    """(values, times) of an array stimulus from inline values or a .npy/.h5 file (``times``
+    may name a dataset of the same HDF5 file)."""
     if ("values" in table) == ("file" in table):
         raise ConfigError(f"{where}: an array stimulus needs values = [...] or file = "
                           '"samples.npy" (or .h5 with dataset), not both.')
     if "values" in table:
         return table["values"], table.get("times")
-    path = Path(table["file"])
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    if not path.is_file():
-        raise ConfigError(f"{where}: file {str(path)!r} does not exist.")
+    source = ArrayFile.from_table({k: table[k] for k in KEYS if k in table}, where, base_dir)
     times = table.get("times")
-    if path.suffix in (".h5", ".hdf5"):
-        import h5py
-        if "dataset" not in table:
-            raise ConfigError(f'{where}: name the HDF5 dataset, e.g. dataset = "current".')
-        try:
-            with h5py.File(path, "r") as fh:
-                values = fh[table["dataset"]][()]
-                if isinstance(times, str):
-                    times = fh[times][()]
-        except KeyError as err:
-            raise ConfigError(f"{where}: {path} has no dataset {err}.") from None
-        except OSError as err:
-            raise ConfigError(f"{where}: cannot read {path} as HDF5 ({err}).") from None
-        return values, times
-    if "dataset" in table:
-        raise ConfigError(f"{where}: dataset applies to HDF5 files only.")
-    try:
-        return np.load(path, allow_pickle=False), times
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{where}: cannot read {path} as .npy ({err}).") from None
+    if isinstance(times, str):
+        if source.dataset is None:
+            raise ConfigError(f"{where}: times = {times!r} names a dataset, which only HDF5 "
+                              "files have; give the times as a list of numbers.")
+        times = ArrayFile(source.path, times).load(where)
+    return source.load(where), times
 
 
 def waveform_from_table(table: Mapping, where: str, base_dir=None) -> Waveform:

@@ -6,6 +6,7 @@ from typing import Sequence
 
 from ..errors import ConfigError, unknown
 from .populations import SOMA, Population
+from ..io.arrays import ArrayFile
 from .projections import Projection
 
 
@@ -64,8 +65,15 @@ class Network:
             if proj.init == "gram_xavier" and n_post != n_pre:
                 raise ConfigError(f'{where}: init "gram_xavier" builds a square matrix; source '
                                   f"and target sizes differ ({n_pre} vs {n_post}).")
-            # explicit tensors and masks are shape-checked here, not at first use
-            if not isinstance(proj.init, str):
+            # explicit tensors and masks are shape-checked here, not at first use (a file's
+            # shape from its header)
+            if isinstance(proj.init, ArrayFile):
+                shape = proj.init.shape(f'{where} init')
+                if shape != proj.weight_shape(n_post, n_pre):
+                    raise ConfigError(f"{where}: init {proj.init} has shape {shape} but "
+                                      f'"{target.name}" x "{proj.source}" needs '
+                                      f"{proj.weight_shape(n_post, n_pre)}.")
+            elif not isinstance(proj.init, str):
                 import torch
                 proj.initial_weight(n_post, n_pre, torch.Generator())
             proj.initial_mask(n_post, n_pre)

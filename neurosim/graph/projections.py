@@ -15,7 +15,10 @@ Weights are created by an initialiser named in ``init``:
   decorrelating lateral matrices R, initialised to I)
 - "identity": structural autapses ``r_src -> same neuron``, no weight tensor (never plastic)
 - a registered or imported ("module:function") initialiser (see ``INITIALISERS``)
-- or an explicit tensor / nested list of shape (target.size, source.size).
+- an explicit tensor / nested list of shape (target.size, source.size),
+- or a file holding one: ``{ file = "W.npy" }`` or ``{ file = "weights.h5", dataset = "W" }``
+  (relative to the model file's directory; read when the network is compiled, so the model
+  file stays small: neurosim.io.arrays).
 Every random initialiser is multiplied by ``scale``.
 
 An optional fixed ``mask`` zeroes absent synapses; plasticity never creates them. It is a 0/1
@@ -51,7 +54,8 @@ import torch
 import torch.nn.functional as nnf
 
 from ..errors import ConfigError, did_you_mean
-from ..registry import Registry
+from ..io.arrays import ArrayFile, is_array_file
+from ..registry import Registry, model_directory
 from .populations import SOMA
 
 
@@ -124,12 +128,14 @@ class Projection:
         where = f'projection "{self.name}"'
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"projection name {self.name!r} must be an identifier.")
+        if is_array_file(self.init):
+            self.init = ArrayFile.from_table(self.init, f"{where} init", model_directory())
         if self.has_weight and isinstance(self.init, str) and ":" not in self.init and \
                 self.init not in INITIALISERS:
             raise ConfigError(f'{where}: unknown init "{self.init}".'
                               f"{did_you_mean(self.init, INITIALISERS)} "
                               f"Valid initialisers: {', '.join(INITIALISERS)}, "
-                              "'module:function', or a matrix.")
+                              "'module:function', a matrix, or a file { file = \"W.npy\" }.")
         for key in ("gain", "scale"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -206,6 +212,15 @@ class Projection:
             return None
         shape = self.weight_shape(n_post, n_pre)
         init = self.init
+        if isinstance(init, ArrayFile):
+            where = f'projection "{self.name}" init'
+            if init.shape(where) != shape:
+                raise ConfigError(f'projection "{self.name}": {init} has shape '
+                                  f"{init.shape(where)} but {self.target} x {self.source} needs "
+                                  f"{shape}.")
+            weight = torch.as_tensor(init.load(where)).to(dtype)
+            self._check_finite(weight, f"init (file {init})")
+            return weight
         if not isinstance(init, str):
             try:
                 weight = torch.as_tensor(init, dtype=dtype)
