@@ -2,6 +2,7 @@
 
     python benchmarks/ensemble_speed.py [--members 10] [--rows 400] [--test-rows 1000]
                                         [--repeats 3] [--threads 2] [--device cpu]
+                                        [--model models/corinfomax_ainf_mnist.toml]
 
 Both sides run the real training loop (neurosim.training: ``Trainer.train_epoch`` once per
 seed, ``Ensemble.train_epoch`` once for all seeds) on the first ``--rows`` MNIST training
@@ -9,7 +10,8 @@ images (each member shuffles them with its own seed; batch 20, T 30/10, float32)
 ``--test-rows`` test images. Printed: training samples per second (the epochs' training
 passes, all members counted) and evaluation samples per second for both, and their ratio;
 rounds are interleaved so that other load on a shared machine hits both alike. Uses MNIST
-when present (`neurosim data fetch mnist`), random images otherwise.
+when present (`neurosim data fetch mnist`), random images otherwise; ``--model`` names
+another model file (its own dataset, e.g. models/corinfomax_digits.toml).
 """
 from __future__ import annotations
 
@@ -43,12 +45,12 @@ def cpu_flags() -> str:
     return ", ".join(label for flag, label in names if flag in flags) or "none of AVX2/512/AMX"
 
 
-def members(seeds, data: Dataset, device: str) -> list[Trainer]:
-    text = MODEL.read_text()
+def members(model: Path, seeds, data: Dataset, device: str) -> list[Trainer]:
+    text = model.read_text()
     trainers = []
     for seed in seeds:
-        trainer = Trainer.from_model_text(text, progress=False, base_dir=MODELS, seed=seed,
-                                          device=device, metrics=[])
+        trainer = Trainer.from_model_text(text, progress=False, base_dir=model.parent,
+                                          seed=seed, device=device, metrics=[])
         trainer._dataset = data.to(trainer.config.torch_dtype, device)   # the subset
         trainer._split()
         trainers.append(trainer)
@@ -63,23 +65,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--group-size", type=int, default=None,
                         help="members per stacked network (default: all in one)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    x, y, source = mnist_images(args.rows + args.test_rows)
-    data = Dataset("mnist", x[:args.rows], y[:args.rows], x[args.rows:], y[args.rows:], 10,
-                   (1, 28, 28))
+    if args.model.resolve() == MODEL:
+        x, y, source = mnist_images(args.rows + args.test_rows)
+        data = Dataset("mnist", x[:args.rows], y[:args.rows], x[args.rows:], y[args.rows:], 10,
+                       (1, 28, 28))
+    else:
+        full = Trainer.from_model_file(args.model, progress=False).dataset
+        data = Dataset(full.name, full.train_x[:args.rows], full.train_y[:args.rows],
+                       full.test_x[:args.test_rows], full.test_y[:args.test_rows],
+                       full.n_classes, full.input_shape)
+        source = full.name
+        args.rows, args.test_rows = len(data.train_x), len(data.test_x)
     seeds = list(range(args.members))
-    print(f"CorInfoMax-A-inf 784-500-10, {source}, {args.members} seeds, {args.rows} training "
+    print(f"{args.model.name}, {source}, {args.members} seeds, {args.rows} training "
           f"rows per member and epoch (batch 20, T 30/10), {args.test_rows} test rows; "
           f"{cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {args.device}, ensemble groups of "
           f"{args.group_size or args.members}", flush=True)
-    ensemble = Ensemble(members(seeds, data, args.device), progress=False,
+    ensemble = Ensemble(members(args.model, seeds, data, args.device), progress=False,
                         group_size=args.group_size)
-    sequential = members(seeds, data, args.device)
+    sequential = members(args.model, seeds, data, args.device)
     train = {"ensemble": [], "sequential": []}
     test = {"ensemble": [], "sequential": []}
     with torch.inference_mode():

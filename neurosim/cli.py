@@ -7,6 +7,7 @@
     neurosim plot FILE.h5|RUN_DIR [--out PNG] [--populations P..] [--variables V..] [--samples I..]
                   [--neurons I..] [--projections W..] [--synapses POST:PRE..] [--t-start T] ...
     neurosim data list | neurosim data fetch NAME [--from PATH]
+    neurosim sweep SWEEP.toml --out DIR [--workers N] [--storage URL] [--executor ray]
 """
 from __future__ import annotations
 
@@ -61,6 +62,24 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0 (seeds)."""
     return _checked(int, text, lambda v: v >= 0, "a whole number >= 0")
+
+
+def seed_list(text: str) -> list[int]:
+    """argparse type: seeds as "0-9", "0,1,2" or "0-4,7" (whole numbers >= 0, no repeats)."""
+    seeds = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            first = last = -1
+        if first < 0 or last < first:
+            raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers >= 0 written as "
+                                             '"0-9", "0,1,2" or "0-4,7"')
+        seeds.extend(range(first, last + 1))
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a seed; each member needs its own")
+    return seeds
 
 
 def device_name(text: str) -> str:
@@ -204,6 +223,11 @@ def _training_checks(args, run_dir: Path) -> None:
     from .registry import importable_from
     from .training.config import build_network, split_tables, training_config_from_table
     _check_run_dir(run_dir, args.force, args.model)
+    for seed in args.seeds or ():
+        if (run_dir / f"seed_{seed}" / "run.h5").exists() and not args.force:
+            raise NeurosimError(f"{run_dir / f'seed_{seed}'} already holds a run; continue the "
+                                f"ensemble with `neurosim resume {run_dir}`, or pass --force "
+                                "to start over.")
     model = load_model_file(args.model)
     where = str(model.path)
     data = parse_model_text(model.text, where)
@@ -219,7 +243,8 @@ def _training_checks(args, run_dir: Path) -> None:
                             "epochs >= 1 in the model file or pass --epochs N.")
     with importable_from(model.path.parent):
         network = build_network(data, where)
-    args.size_estimate = sizing.estimate_training(network, config, run_dir=run_dir)
+    args.size_estimate = sizing.estimate_training(network, config, run_dir=run_dir,
+                                                  members=len(args.seeds or [None]))
     if not args.no_size_check:
         sizing.check_size(args.size_estimate,
                           hint="use a smaller --batch-size, [training] eval_batch_size or "
@@ -278,6 +303,8 @@ def _simulate(args) -> None:
 def _train(args) -> None:
     from .training import Trainer
     run_dir = Path(args.out)
+    if args.seeds:
+        return _train_ensemble(args, run_dir)
     rank = 0
     if args.distributed:
         from .graph import load_model_file
@@ -301,8 +328,36 @@ def _train(args) -> None:
     print(f"run saved in {run_dir} (metrics.csv, run.h5{kept})")
 
 
+def _train_ensemble(args, run_dir: Path) -> None:
+    from .training import Ensemble
+    if args.seed is not None or args.distributed:
+        flag = "--seed" if args.seed is not None else "--distributed"
+        raise NeurosimError(f"--seeds trains an ensemble (one member per seed); it does not "
+                            f"combine with {flag}.")
+    _training_checks(args, run_dir)
+    ensemble = Ensemble.from_model_file(args.model, args.seeds, progress=not args.quiet,
+                                        epochs=args.epochs, batch_size=args.batch_size,
+                                        device=args.device, dtype=args.dtype,
+                                        threads=args.threads,
+                                        keep_checkpoints=args.keep_checkpoints)
+    ensemble.fit(run_dir)
+    print(f"ensemble of {len(args.seeds)} saved in {run_dir}/seed_<s>/ (one run directory "
+          f"per member; `neurosim table {run_dir}` summarises them)")
+
+
 def _resume(args) -> None:
-    from .training import Trainer
+    from .training import Ensemble, Trainer
+    if not (Path(args.run_dir) / "run.h5").exists() and any(
+            Path(args.run_dir).glob("seed_*/run.h5")):
+        ensemble = Ensemble.resume(args.run_dir, progress=not args.quiet, device=args.device,
+                                   threads=args.threads, keep_checkpoints=args.keep_checkpoints)
+        target = args.epochs if args.epochs is not None else ensemble.members[0].config.epochs
+        if ensemble.epoch >= target:
+            print(f"{args.run_dir} already has {ensemble.epoch} epochs (target {target}); "
+                  "pass --epochs N to extend it.")
+            return
+        ensemble.fit(args.run_dir, epochs=target)
+        return
     trainer = Trainer.resume(args.run_dir, progress=not args.quiet, device=args.device,
                              threads=args.threads, keep_checkpoints=args.keep_checkpoints)
     target = args.epochs if args.epochs is not None else trainer.config.epochs
@@ -337,6 +392,22 @@ def _table(args) -> None:
     for flag, path in (("csv", args.csv), ("markdown", args.markdown), ("plot", args.plot)):
         if path:
             print(f"wrote {path}")
+
+
+def _sweep(args) -> None:
+    from .sweep import load_sweep
+    from .sweep.run import run_sweep
+    if args.executor != "ray" and args.address:
+        raise NeurosimError("--address names a Ray cluster; use it with --executor ray.")
+    spec = load_sweep(args.sweep)
+    summary = run_sweep(spec, args.out, storage=args.storage, workers=args.workers,
+                        threads=args.threads, executor=args.executor, address=args.address,
+                        heartbeat=args.heartbeat, verbose=args.verbose, quiet=args.quiet)
+    best = summary["best"]
+    if best is not None:
+        values = spec.describe({p.key: best[p.key] for p in spec.space})
+        print(f"best: trial {best['trial']}, {spec.objective} {best['objective']:.4f}: {values}")
+    print(f"sweep saved in {args.out} (summary.md, summary.csv, trials/)")
 
 
 def _data(args) -> None:
@@ -395,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--epochs", type=positive_int)
     train.add_argument("--seed", type=non_negative_int)
+    train.add_argument("--seeds", type=seed_list, metavar="SEEDS",
+                       help='train one member per seed ("0-9", "0,1,2") as one batched '
+                       "ensemble in this process; each member is a run directory "
+                       "OUT/seed_<s> (protocols: ep, copi)")
     train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N")
     train.add_argument("--dtype", choices=["float32", "float64"])
@@ -414,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     resume = sub.add_parser("resume", help="continue (or extend) a training run")
-    resume.add_argument("run_dir")
+    resume.add_argument("run_dir", help="a run directory, or an ensemble's (--seeds) folder")
     resume.add_argument("--epochs", type=positive_int, help="train until this many epochs")
     resume.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N")
     resume.add_argument("--threads", type=positive_int, help="CPU threads for torch")
@@ -465,6 +540,31 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--markdown", help="also write the Markdown table to this file")
     table.add_argument("--plot", help="learning curves (mean over seeds, range as a band)")
     table.set_defaults(func=_table)
+
+    sweep = sub.add_parser("sweep", help="search a model file's settings over seeds (Optuna)",
+                           description="Run (or resume) the sweep a sweep file describes: "
+                           "each trial is one configuration, trained once per seed into "
+                           "ordinary run directories under --out/trials. See docs/sweeps.md.")
+    sweep.add_argument("sweep", help="sweep file (TOML: [sweep] and [space])")
+    sweep.add_argument("--out", required=True,
+                       help="sweep directory (rerun with the same one to resume)")
+    sweep.add_argument("--storage", metavar="URL",
+                       help="study database shared by several machines, e.g. "
+                       "postgresql://user:pw@host/db (default: sqlite in --out)")
+    sweep.add_argument("--workers", type=positive_int, metavar="N",
+                       help="trials run at once (default 1; with Ray: the cluster's CPUs)")
+    sweep.add_argument("--threads", type=positive_int,
+                       help="CPU threads per worker (default: cores / workers; Ray: 1)")
+    sweep.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local processes (default) or Ray tasks")
+    sweep.add_argument("--address", help='Ray cluster address (e.g. "auto", host:6379), or '
+                       '"local" for a Ray cluster on this machine (the default)')
+    sweep.add_argument("--heartbeat", type=positive_int, default=10, metavar="S",
+                       help="seconds between a trial's heartbeats; a trial silent for 3 of "
+                       "them is taken as dead and continued by another worker (default 10)")
+    sweep.add_argument("--verbose", action="store_true", help="a line per epoch of every run")
+    sweep.add_argument("--quiet", action="store_true", help="no line per trial")
+    sweep.set_defaults(func=_sweep)
 
     data = sub.add_parser("data", help="datasets: list what is present, fetch")
     data.add_argument("--root", help="data directory (default $NEUROSIM_DATA or ~/.cache/neurosim/data)")

@@ -1,4 +1,5 @@
-"""Results over seeds: ``neurosim table RUNS...`` (run directories, or folders holding them).
+"""Results over seeds: ``neurosim table RUNS...`` (run directories, or folders holding them,
+such as a sweep directory: ``neurosim sweep`` names each trial by its key and values).
 
 Each run directory (``neurosim train --out DIR``: model.toml and metrics.csv) is one seed of
 one configuration; its settings are the model file's with the command line's overrides
@@ -185,8 +186,8 @@ def group(paths) -> list[Configuration]:
         run, data = read_run(path)
         key = configuration_key(data)
         if key not in configs:
-            name = data.get("network", {}).get("name") or _template_name(data) or \
-                path.parent.name or path.name
+            name = _sweep_label(path) or data.get("network", {}).get("name") or \
+                _template_name(data) or path.parent.name or path.name
             reference = data.get("reference")           # checked when the file was parsed
             configs[key] = Configuration(name, key, reference)
         configs[key].runs.append(run)
@@ -199,6 +200,19 @@ def group(paths) -> list[Configuration]:
             seen[config.name] = seen.get(config.name, 0) + 1
             config.name = f"{config.name} ({chr(96 + seen[config.name])})"
     return list(configs.values())
+
+
+def _sweep_label(path: Path) -> str | None:
+    """A sweep trial's label ("0003: protocol.beta = 0.7, ..."), from the trial.json that
+    ``neurosim sweep`` writes beside the trial's seed directories."""
+    info = path.parent / "trial.json"
+    if not info.is_file():
+        return None
+    try:
+        label = json.loads(info.read_text(encoding="utf-8")).get("label")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return label if isinstance(label, str) else None
 
 
 def _template_name(data: dict) -> str | None:

@@ -96,18 +96,20 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_validation_split_and_jacobi_solver_match_separate_runs():
-    """Each member holds out its own validation rows (seeded by its seed) and the Jacobi
-    Euler solver (right-hand side path) steps members together."""
+    """Each member holds out its own validation rows (seeded by its seed), the Jacobi
+    Euler solver (right-hand side path) steps members together, and members in groups
+    (one stacked network per group) train as alone."""
     text = TEXT.replace('dataset = "digits"', 'dataset = "digits"\nvalidation = 100')
     kwargs = dict(progress=False, base_dir=MODELS, epochs=1, dtype="float64", solver="euler")
-    ensemble = Ensemble.from_model_text(text, [5, 6], **kwargs)
+    ensemble = Ensemble.from_model_text(text, [5, 6, 7], group_size=2, **kwargs)
+    assert [part for part, _ in ensemble.groups] == [slice(0, 2), slice(2, 3)]
     ensemble.train_epoch()
-    for seed, member in zip([5, 6], ensemble.members):
+    for seed, member in zip([5, 6, 7], ensemble.members):
         trainer = Trainer.from_model_text(text, seed=seed, **kwargs)
         trainer.train_epoch()
         assert "validation_accuracy" in trainer.history.columns
         _compare(trainer, member)
-    assert not torch.equal(*(m.validation_indices for m in ensemble.members))
+    assert not torch.equal(*(m.validation_indices for m in ensemble.members[:2]))
 
 
 def test_summary_line():
@@ -119,6 +121,7 @@ def test_summary_line():
 
 @pytest.mark.parametrize("model, overrides, message", [
     ("pepita_digits.toml", {}, 'protocol "pepita" does not run as an ensemble'),
+    ("bp_digits.toml", {}, 'protocol "backprop" does not run as an ensemble'),
     ("corinfomax_digits.toml", {"solver": "dopri5"}, 'solver "dopri5" adapts its steps'),
 ])
 def test_refuses_what_it_cannot_run(model, overrides, message):
@@ -158,3 +161,54 @@ def test_resume_refuses_members_at_different_epochs(tmp_path):
     straggler.fit(member_dir(tmp_path, 1), log=None)
     with pytest.raises(NeurosimError, match="different epochs"):
         Ensemble.resume(tmp_path, progress=False)
+
+
+def test_command_line_trains_resumes_and_refuses(tmp_path, capsys):
+    from neurosim.cli import main
+    out = tmp_path / "ens"
+    model = str(MODELS / "corinfomax_digits.toml")
+    assert main(["train", model, "--out", str(out), "--seeds", "0,2", "--epochs", "1",
+                 "--quiet"]) == 0
+    assert sorted(d.name for d in out.iterdir()) == ["seed_0", "seed_2"]
+    assert main(["resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert [Trainer.resume(out / d, progress=False).epoch for d in ("seed_0", "seed_2")] == [2, 2]
+    capsys.readouterr()
+    assert main(["table", str(out)]) == 0
+    assert "| 2 | " in capsys.readouterr().out            # one configuration of two seeds
+    for argv, message in [
+        (["--seeds", "0,2"], "already holds a run; continue the ensemble with `neurosim resume"),
+        (["--seeds", "4-2"], "seeds are whole numbers >= 0"),
+        (["--seeds", "1,1"], "repeats a seed"),
+        (["--seeds", "5", "--seed", "3"], "does not combine with --seed"),
+    ]:
+        assert main(["train", model, "--out", str(out), "--quiet", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["train", str(MODELS / "pepita_digits.toml"), "--out", str(tmp_path / "p"),
+                 "--seeds", "0,1"]) == 2
+    assert 'protocol "pepita" does not run as an ensemble' in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("model, options", [
+    ("copi_fa_digits.toml", ""),                  # fixed random feedback per member's seed
+    ("copi_bp_digits.toml", ", norm_gain = true"),     # per-member gains
+])
+def test_copi_members_equal_separate_runs(model, options):
+    """COPI (feed-forward passes, decorrelation and forward rules, FA feedback matrices
+    stacked from each member's own protocol) in an ensemble: each member is its own run."""
+    text = (MODELS / model).read_text().replace("warmup = { epochs = 5,", "warmup = { epochs = 1,")
+    text = text.replace('form = "left"', f'form = "left"{options}')
+    kwargs = dict(progress=False, base_dir=MODELS, epochs=2, dtype="float64")
+    ensemble = Ensemble.from_model_text(text, [0, 1], **kwargs)
+    for _ in range(2):
+        ensemble.train_epoch()
+    for seed, member in zip([0, 1], ensemble.members):
+        trainer = Trainer.from_model_text(text, seed=seed, **kwargs)
+        for _ in range(2):
+            trainer.train_epoch()
+        _compare(trainer, member)
+        for name, matrix in trainer.protocol.feedback.items():
+            assert torch.equal(member.protocol.feedback[name], matrix)
+    if "fa" in model:
+        a, b = (m.protocol.feedback for m in ensemble.members)
+        assert not torch.equal(a[next(iter(a))], b[next(iter(b))])

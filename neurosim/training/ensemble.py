@@ -38,6 +38,7 @@ import torch
 
 from ..dynamics import CompiledNetwork, NeuralState
 from ..errors import ConfigError, NeurosimError
+from ..graph import parse_model_text
 from ..io.atomic import write_text_atomic
 from ..metrics import MetricContext
 from ..protocols import PROTOCOLS, LearningProtocol, build_protocol
@@ -128,15 +129,19 @@ class Ensemble:
 
         def same(trainer):
             settings = {k: v for k, v in trainer.overrides.items() if k != "seed"}
-            if trainer.model_text is not None:
-                return trainer.model_text, sorted(settings.items())
+            if trainer.model_text is not None:       # the model's tables, [training] seed aside
+                tables = parse_model_text(trainer.model_text, trainer.where)
+                if isinstance(tables.get("training"), dict):
+                    tables["training"].pop("seed", None)
+                return tables, sorted(settings.items())
             config = trainer.config.as_dict()
             config.pop("seed", None)
             return repr(config), repr(trainer.protocol.config())
         if same(member) != same(first):
             raise ConfigError(f"ensemble member {i} is not the model of member 0: members "
-                              "differ only in their seeds (train other settings as separate "
-                              "runs or in a sweep).")
+                              "differ only in their seeds ([training] seed or the seed "
+                              "override); train other settings as separate runs or in a "
+                              "sweep.")
         if member.epoch != first.epoch:
             raise ConfigError(f"ensemble member {i} is at epoch {member.epoch}, member 0 at "
                               f"{first.epoch}; members train in step.")
