@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--group-size", type=int, default=None,
-                        help="members per stacked network (default: all in one)")
+                        help="members per stacked network (default: as many as fit half the CPU cache)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,13 +83,13 @@ def main() -> None:
         source = full.name
         args.rows, args.test_rows = len(data.train_x), len(data.test_x)
     seeds = list(range(args.members))
+    ensemble = Ensemble(members(args.model, seeds, data, args.device), progress=False,
+                        group_size=args.group_size)
     print(f"{args.model.name}, {source}, {args.members} seeds, {args.rows} training "
           f"rows per member and epoch (batch 20, T 30/10), {args.test_rows} test rows; "
           f"{cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {args.device}, ensemble groups of "
-          f"{args.group_size or args.members}", flush=True)
-    ensemble = Ensemble(members(args.model, seeds, data, args.device), progress=False,
-                        group_size=args.group_size)
+          f"{[part.stop - part.start for part, _ in ensemble.groups]}", flush=True)
     sequential = members(args.model, seeds, data, args.device)
     train = {"ensemble": [], "sequential": []}
     test = {"ensemble": [], "sequential": []}

@@ -212,3 +212,18 @@ def test_copi_members_equal_separate_runs(model, options):
     if "fa" in model:
         a, b = (m.protocol.feedback for m in ensemble.members)
         assert not torch.equal(a[next(iter(a))], b[next(iter(b))])
+
+
+def test_auto_group_size_keeps_a_group_within_half_the_cache(monkeypatch):
+    from neurosim.training import ensemble as module
+    members = [Trainer.from_model_text(TEXT, progress=False, base_dir=MODELS, seed=s).net
+               for s in range(5)]
+    per_member = sum(t.numel() * t.element_size() for table in (members[0].weights,
+                                                                 members[0].biases)
+                     for t in table.values())
+    monkeypatch.setattr(module, "cache_bytes", lambda: 2 * (2 * per_member + 1))
+    assert module.auto_group_size(members) == 2      # 2 per group at most: 3 groups -> 2
+    monkeypatch.setattr(module, "cache_bytes", lambda: 64 * per_member)
+    assert module.auto_group_size(members) == 5
+    monkeypatch.setattr(module, "cache_bytes", lambda: 1)
+    assert module.auto_group_size(members) == 1

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import torch
 
+#: a strided product target of at least this many entries per member is updated member by
+#: member in place (measured on CPUs: faster than a batched product plus a copy from about
+#: 200 x 500 entries on)
+MEMBER_LOOP_SIZE = 100_000
+
 
 def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b: ``torch.mm`` for two matrices, else the batched product (a shared matrix
@@ -32,6 +37,12 @@ def addmm_(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: floa
     a, b, alpha = _batched(target, a, b, alpha)
     if target.is_contiguous():
         return target.baddbmm_(a, b, beta=beta, alpha=alpha)
+    if target.shape[-2] * target.shape[-1] >= MEMBER_LOOP_SIZE:
+        # large products (evaluation batches) keep every thread busy on their own: one
+        # in-place product per member, no copy of the result
+        for member, left, right in zip(target, a, b):
+            member.addmm_(left, right, beta=beta, alpha=alpha)
+        return target
     # torch's CPU baddbmm_ into a strided view (e.g. a population's columns of the state)
     # runs one product per member on one thread; into a new tensor it runs them in parallel
     return target.copy_(torch.baddbmm(target, a, b, beta=beta, alpha=alpha))
