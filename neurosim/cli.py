@@ -369,6 +369,15 @@ def _resume(args) -> None:
 
 
 def _inspect(args) -> None:
+    folder = Path(args.file)
+    if folder.is_dir() and not (folder / "run.h5").exists() and \
+            not (folder / "metrics.csv").exists() and any(folder.glob("seed_*/run.h5")):
+        from .table import make_table              # an ensemble (train --seeds)
+        members = sorted(d.name for d in folder.glob("seed_*") if (d / "run.h5").exists())
+        print(f"{folder}: an ensemble of {len(members)} members ({', '.join(members)}); "
+              f"`neurosim inspect {folder / members[0]}` shows one of them.")
+        print(make_table([folder]), end="")
+        return
     if Path(args.file).is_dir():
         from .training.summary import describe_run
         print(describe_run(args.file))

@@ -613,6 +613,11 @@ def plot_path(path, out=None, *, log: Callable[[str], Any] | None = None,
             raise ConfigError(f"{path} is a training run directory: its plot shows metrics.csv "
                               f"per epoch; {flags} choose what to draw from a recording "
                               "(FILE.h5 written by `neurosim simulate`).")
+        if not (path / "metrics.csv").exists() and any(path.glob("seed_*/metrics.csv")):
+            from .table import make_table          # an ensemble (train --seeds): seed bands
+            target = Path(out or path / "training.png")
+            make_table([path], plot_out=target)
+            return target
         return plot_run(path, out or path / "training.png")
     if not path.exists():
         raise NeurosimError(f"{path} does not exist; give a recording .h5 or a run directory.")

@@ -175,6 +175,10 @@ def test_command_line_trains_resumes_and_refuses(tmp_path, capsys):
     capsys.readouterr()
     assert main(["table", str(out)]) == 0
     assert "| 2 | " in capsys.readouterr().out            # one configuration of two seeds
+    assert main(["inspect", str(out)]) == 0
+    assert "an ensemble of 2 members (seed_0, seed_2)" in capsys.readouterr().out
+    assert main(["plot", str(out)]) == 0 and (out / "training.png").stat().st_size > 1000
+    capsys.readouterr()
     for argv, message in [
         (["--seeds", "0,2"], "already holds a run; continue the ensemble with `neurosim resume"),
         (["--seeds", "4-2"], "seeds are whole numbers >= 0"),
