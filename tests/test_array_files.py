@@ -136,3 +136,13 @@ def test_non_finite_weights_in_a_file_are_refused(tmp_path):
     np.save(tmp_path / "w.npy", np.full((4, 3), np.nan))
     with pytest.raises(ConfigError, match="non-finite|finite"):
         Simulation.from_model_file(path)
+
+
+def test_big_endian_files_load_and_complex_ones_are_refused(tmp_path):
+    path = write_model(tmp_path)
+    np.save(tmp_path / "w.npy", W.astype(">f8"))
+    sim = Simulation.from_model_file(path, dtype="float64")
+    assert torch.equal(sim.weights["x_h"], torch.as_tensor(W))
+    np.save(tmp_path / "w.npy", W.astype(np.complex128))
+    with pytest.raises(ConfigError, match="complex128 values, not real numbers"):
+        Simulation.from_model_file(path)

@@ -120,7 +120,7 @@ def test_summary_line():
 
 
 @pytest.mark.parametrize("model, overrides, message", [
-    ("pepita_digits.toml", {}, 'protocol "pepita" does not run as an ensemble'),
+    ("infomorphic_digits.toml", {}, 'protocol "infomorphic" does not run as an ensemble'),
     ("bp_digits.toml", {}, 'protocol "backprop" does not run as an ensemble'),
     ("corinfomax_digits.toml", {"solver": "dopri5"}, 'solver "dopri5" adapts its steps'),
 ])
@@ -187,9 +187,9 @@ def test_command_line_trains_resumes_and_refuses(tmp_path, capsys):
     ]:
         assert main(["train", model, "--out", str(out), "--quiet", *argv]) == 2
         assert message in capsys.readouterr().err
-    assert main(["train", str(MODELS / "pepita_digits.toml"), "--out", str(tmp_path / "p"),
+    assert main(["train", str(MODELS / "bp_digits.toml"), "--out", str(tmp_path / "p"),
                  "--seeds", "0,1"]) == 2
-    assert 'protocol "pepita" does not run as an ensemble' in capsys.readouterr().err
+    assert 'protocol "backprop" does not run as an ensemble' in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 
@@ -231,3 +231,62 @@ def test_auto_group_size_keeps_a_group_within_half_the_cache(monkeypatch):
     assert module.auto_group_size(members) == 5
     monkeypatch.setattr(module, "cache_bytes", lambda: 1)
     assert module.auto_group_size(members) == 1
+
+
+def test_pepita_members_equal_separate_runs_and_resume_exactly(tmp_path):
+    """PEPITA (two passes, dropout masks from each member's generator, F from each member's
+    seed, the rule's momentum velocity stacked and handed back to each member's rule)."""
+    text = (MODELS / "pepita_digits.toml").read_text()
+    kwargs = dict(progress=False, base_dir=MODELS, dtype="float64")
+    ensemble = Ensemble.from_model_text(text, [0, 1], epochs=2, **kwargs)
+    ensemble.fit(tmp_path / "whole", log=None)
+    for seed, member in zip([0, 1], ensemble.members):
+        trainer = Trainer.from_model_text(text, seed=seed, epochs=2, **kwargs)
+        for _ in range(2):
+            trainer.train_epoch()
+        _compare(trainer, member)
+        assert torch.equal(member.protocol.F, trainer.protocol.F)
+        mine, theirs = member.protocol.rules.state_dict(), trainer.protocol.rules.state_dict()
+        assert mine.keys() == theirs.keys() and mine
+        for key in mine:
+            assert torch.allclose(mine[key]["velocity"], theirs[key]["velocity"], rtol=0,
+                                  atol=1e-10)
+    part = Ensemble.from_model_text(text, [0, 1], epochs=1, **kwargs)
+    part.fit(tmp_path / "part", log=None)
+    resumed = Ensemble.resume(tmp_path / "part", progress=False, epochs=2)
+    resumed.fit(tmp_path / "part", log=None)
+    for a, b in zip(ensemble.members, resumed.members):
+        for name in a.net.weights:
+            assert torch.equal(a.net.weights[name], b.net.weights[name]), name
+
+
+@pytest.mark.parametrize("model, change, message", [
+    ("pepita_digits.toml", ('F_scale = 0.05', 'F_scale = 0.05\nfeedback = "mirror"'),
+     'with feedback = "mirror" does not run as an ensemble'),
+    ("pepita_conv_digits.toml", ("", ""), "ensembles take dense networks"),
+])
+def test_refuses_pepita_options_it_cannot_stack(model, change, message):
+    text = (MODELS / model).read_text().replace(*change)
+    with pytest.raises(ConfigError, match=message):
+        Ensemble.from_model_text(text, [0, 1], progress=False, base_dir=MODELS)
+
+
+def test_members_may_differ_in_run_only_settings_and_a_diverging_member_saves_nothing(
+        tmp_path):
+    from neurosim.cli import main
+    out = tmp_path / "ens"
+    model = str(MODELS / "corinfomax_digits.toml")
+    assert main(["train", model, "--out", str(out), "--seeds", "0-1", "--epochs", "1",
+                 "--quiet"]) == 0
+    # one member resumed alone with other run-only settings, then the whole ensemble
+    assert main(["resume", str(out / "seed_1"), "--epochs", "2", "--threads", "1",
+                 "--quiet"]) == 0
+    assert main(["resume", str(out / "seed_0"), "--epochs", "2", "--quiet"]) == 0
+    ensemble = Ensemble.resume(out, progress=False, epochs=3)
+    assert ensemble.epoch == 2
+    ensemble.members[1].net.weights["ff1"][0, 0] = float("nan")
+    with pytest.raises(NeurosimError, match=r"seeds \[1\] became non-finite after epoch 2"):
+        ensemble._check_finite()                  # what fit checks before saving any member
+    with pytest.raises(NeurosimError, match="ensemble member 1"):
+        ensemble.fit(out, log=None)               # here the dynamics notice it first
+    assert [Trainer.resume(out / d, progress=False).epoch for d in ("seed_0", "seed_1")] == [2, 2]

@@ -452,3 +452,13 @@ ensemble = true
     for kept in (out / "trials" / "0000" / "seed_1").glob("checkpoints/*"):
         kept.unlink()
     assert runner.open_ensemble(0, values) is None              # mixed: seed by seed
+
+
+def test_ensemble_sweep_of_a_model_that_cannot_run_as_one_is_refused_first(tmp_path, capsys):
+    path = write_sweep(tmp_path, GRID.format(name="bad", epochs=1, batch=64).replace(
+        "seeds = [0, 1]", "seeds = [0, 1]\nensemble = true"))
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "[sweep] ensemble = true (set it to false" in err and 'protocol "backprop"' in err
+    assert err.count("\n") == 1 and not out.exists()

@@ -37,6 +37,7 @@ evaluation their activities are read as drawn.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
@@ -258,7 +259,8 @@ class CompiledNetwork:
         """An ensemble of networks of one layout (neurosim.training.ensemble): weights,
         masks and biases stacked along a leading member axis (M x ...), states M x batch x n,
         each member's products its own (neurosim.dynamics.ops). The members' own tensors become
-        views of the stacked ones, so a change made through either is seen by both."""
+        views of the stacked ones, so a change made through either is seen by both. The
+        ensemble's network description is a copy of member 0's, with rules of its own."""
         first = nets[0]
         for i, net in enumerate(nets[1:], 1):
             if _layout(net) != _layout(first):
@@ -270,6 +272,7 @@ class CompiledNetwork:
                                   f"0 {first.dtype} on {first.device}; use one dtype and device.")
         ensemble = object.__new__(cls)
         ensemble.__dict__.update(first.__dict__)
+        ensemble.network = copy.deepcopy(first.network)   # its rules hold the stacked state
         ensemble.members = len(nets)
         ensemble._bias_checked, ensemble._ff_plan = {}, None
         for table in ("weights", "masks", "biases"):
@@ -706,6 +709,8 @@ class CompiledNetwork:
         if generator is None:
             raise ConfigError(f'dropout on population "{name}" draws a random mask: pass '
                               "generator= (or masks= from an earlier pass).")
+        if isinstance(generator, (list, tuple)):      # an ensemble: each member's own draw
+            return torch.stack([self._dropout_mask(name, p, shape[1:], g) for g in generator])
         keep = torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype)
         return keep.ge_(p).mul_(1.0 / (1.0 - p))      # in place: 1 / (1 - p) or 0
 

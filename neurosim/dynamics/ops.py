@@ -74,5 +74,5 @@ def member_scale(value, like: torch.Tensor):
     """A per-member number as a factor for (M x rows x cols) tensors: a float stays a float,
     a 1-d tensor of M values becomes M x 1 x 1 (dtype and device of ``like``)."""
     if isinstance(value, torch.Tensor) and value.dim() > 0:
-        return value.to(like.dtype).reshape(-1, 1, 1)
+        return value.to(like.device, like.dtype).reshape(-1, 1, 1)
     return float(value)

@@ -196,8 +196,12 @@ class Projection:
 
     def add_outer_(self, out: torch.Tensor, post: torch.Tensor, pre: torch.Tensor,
                    alpha: float = 1.0) -> torch.Tensor:
-        """``out += alpha * outer(post, pre)`` in place (one fused product when dense)."""
-        return out.addmm_(post.T, pre, alpha=alpha)
+        """``out += alpha * outer(post, pre)`` in place (one fused product when dense; a
+        leading ensemble-member axis allowed)."""
+        if out.dim() == 2:
+            return out.addmm_(post.T, pre, alpha=alpha)
+        from ..dynamics import ops                 # the graph is imported by dynamics
+        return ops.addmm_(out, post.mT, pre, alpha=alpha)
 
     @property
     def is_identity(self) -> bool:

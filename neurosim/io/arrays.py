@@ -43,7 +43,8 @@ class ArrayFile:
         dataset = table.get("dataset")
         if not path.is_file():
             raise ConfigError(f"{where}: file {str(path)!r} does not exist (relative paths are "
-                              "relative to the model file's directory).")
+                              "relative to the model file's directory, or to the working "
+                              "directory for model text without one).")
         if path.suffix in HDF5_SUFFIXES:
             if not isinstance(dataset, str) or not dataset:
                 raise ConfigError(f'{where}: name the HDF5 dataset of {path.name}, e.g. '
@@ -93,9 +94,13 @@ class ArrayFile:
         else:
             with opened:
                 values = opened[self.dataset][()]
-        if not np.issubdtype(np.asarray(values).dtype, np.number):
-            raise ConfigError(f"{where}: {self.path} holds {np.asarray(values).dtype} values, "
-                              "not numbers.")
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.number) or \
+                np.issubdtype(values.dtype, np.complexfloating):
+            raise ConfigError(f"{where}: {self.path} holds {values.dtype} values, not real "
+                              "numbers.")
+        if not values.dtype.isnative:                # e.g. big-endian files: torch reads native
+            values = values.astype(values.dtype.newbyteorder("="))
         return values
 
     def __str__(self) -> str:

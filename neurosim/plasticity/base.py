@@ -268,6 +268,20 @@ class PlasticityRule:
         return {"type": self.name, **{k: getattr(self, k) for k in params
                                       if k != "self" and hasattr(self, k)}}
 
+    def stack_state(self, states: list) -> None:
+        """Ensembles: take the members' states (their ``state_dict()``s, member order) as
+        this rule's state with a leading member axis. A rule with state implements this and
+        :meth:`member_states` to run in ensembles; the default accepts only empty states."""
+        if any(states):
+            raise ConfigError(f'rule "{self.name}" keeps state ({sorted(states[0] or {})}) and '
+                              "cannot stack it for an ensemble; implement stack_state and "
+                              "member_states.")
+
+    def member_states(self, count: int) -> list:
+        """Ensembles: this rule's state split into its ``count`` members' states (what each
+        member's own rule would hold); see :meth:`stack_state`."""
+        return [{} for _ in range(count)]
+
     def state_dict(self) -> dict:
         """The rule's own state to save with a checkpoint (tensors, numbers, nested dicts);
         empty for stateless rules."""

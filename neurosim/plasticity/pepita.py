@@ -46,6 +46,7 @@ class Pepita(PlasticityRule):
     name = "pepita"
     needs_phases = ("standard", "modulated")
     spatial = True          # conv2d projections: patch-wise outer products (Projection.outer)
+    ensemble_ready = True   # dense projections; the velocity stacked per member
 
     def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  hebbian: bool = False):
@@ -115,6 +116,29 @@ class Pepita(PlasticityRule):
         if self.velocity is None:
             return {}
         return {"velocity": self.velocity, "velocity_scale": self.velocity_scale}
+
+    def stack_state(self, states: list) -> None:
+        """The members' velocities V stacked (their c is the same number: it depends only on
+        the momentum and the steps taken; otherwise each V absorbs its c)."""
+        if not any(states):
+            self.velocity, self.velocity_scale = None, 1.0
+            return
+        if not all(states):
+            raise ConfigError('rule "pepita": some ensemble members have a momentum velocity '
+                              "and some do not; resume the members one by one to the same "
+                              "epoch first.")
+        scales = [float(s.get("velocity_scale", 1.0)) for s in states]
+        fold = len(set(scales)) > 1
+        self.velocity = torch.stack([torch.as_tensor(s["velocity"]) * (c if fold else 1.0)
+                                     for s, c in zip(states, scales)])
+        self.velocity_scale = 1.0 if fold else scales[0]
+
+    def member_states(self, count: int) -> list:
+        """Member k's V (a view of the stacked one) and the shared c."""
+        if self.velocity is None:
+            return [{} for _ in range(count)]
+        return [{"velocity": self.velocity[k], "velocity_scale": self.velocity_scale}
+                for k in range(count)]
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore V and c (c = 1 when absent)."""

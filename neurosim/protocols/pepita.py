@@ -117,7 +117,7 @@ from typing import Mapping
 
 import torch
 
-from ..dynamics import NeuralState
+from ..dynamics import NeuralState, ops
 from ..errors import ConfigError
 from ..plasticity import PepitaRule, PhaseRecord
 from .base import LearningProtocol, StepOutput, register_protocol
@@ -136,6 +136,8 @@ TIME_LOCAL_MASKS = ("fresh", "shared")
 def _unit_frobenius(h: torch.Tensor) -> torch.Tensor:
     """h / |h|_F over the whole batch (h unchanged when it is all zero)."""
     norm = torch.linalg.matrix_norm(h)
+    if h.dim() > 2:                                  # an ensemble: each member's own norm
+        return h / torch.where(norm > 0, norm, 1.0)[..., None, None]
     return h / norm if float(norm) > 0 else h
 
 
@@ -169,6 +171,7 @@ class Pepita(LearningProtocol):
 
     name = "pepita"
     phases = ("standard", "modulated")
+    ensemble_ready = True   # fixed feedback on dense layers (see stack_members)
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out", sign: int = 1,
                  output_error: str = "modulated", dropout: float | Mapping = 0.0,
@@ -319,7 +322,19 @@ class Pepita(LearningProtocol):
 
     def modulate(self, x: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
         """x_mod = x + s F e (rows are samples: x + s e F^T)."""
-        return torch.addmm(x, error, self.F.T, alpha=float(self.sign))
+        return ops.addmm(x, error, self.F.mT, alpha=float(self.sign))
+
+    def stack_members(self, members) -> None:
+        """Each member's F (drawn from its own seed), stacked; the members' own become
+        views. Ensembles take fixed feedback only (not mirroring, not time_local)."""
+        if self.feedback != "fixed" or self.time_local:
+            what = 'feedback = "mirror"' if self.feedback != "fixed" else "time_local = true"
+            raise ConfigError(f'protocol "pepita" with {what} does not run as an ensemble yet; '
+                              "train its seeds as separate runs or in a sweep.")
+        stacked = torch.stack([m.F for m in members])
+        self.F = stacked
+        for k, member in enumerate(members):
+            member.F = stacked[k]
 
     def mirrors(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is a weight-mirroring epoch (module docstring)."""

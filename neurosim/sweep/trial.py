@@ -143,24 +143,32 @@ class TrialRunner:
     def open_ensemble(self, slot: int, values: dict):
         """The trial's seeds as one Ensemble: new when no seed has started, resumed when all
         have checkpoints at one epoch; None otherwise (then each seed runs on its own)."""
+        from ..io import kept_checkpoints
         from ..training import Ensemble, Trainer
         from ..training.ensemble import member_dir
-        trial_dir = self.trial_dir(slot)
-        started = [(member_dir(trial_dir, s) / "run.h5").exists() for s in self.spec.seeds]
-        if not any(started):
-            return Ensemble([Trainer.from_model_text(
-                self.model_text(slot, values, seed),
-                where=str(member_dir(trial_dir, seed) / "model.toml"),
-                base_dir=self.spec.model_path.parent, progress=False, threads=self.threads)
-                for seed in self.spec.seeds], progress=False)
-        if not all(started):
-            return None
+        trial_dir, key = self.trial_dir(slot), trial_key(slot)
+        started = [(member_dir(trial_dir, s) / "run.h5").exists() or
+                   (member_dir(trial_dir, s).is_dir() and
+                    bool(kept_checkpoints(member_dir(trial_dir, s))))
+                   for s in self.spec.seeds]
         try:
-            ensemble = Ensemble.resume(trial_dir, progress=False, threads=self.threads)
+            if not any(started):
+                return Ensemble([Trainer.from_model_text(
+                    self.model_text(slot, values, seed),
+                    where=str(member_dir(trial_dir, seed) / "model.toml"),
+                    base_dir=self.spec.model_path.parent, progress=False,
+                    threads=self.threads) for seed in self.spec.seeds], progress=False)
+            if not all(started):
+                return None
+            ensemble = Ensemble.resume(trial_dir, progress=False, threads=self.threads,
+                                       warn=lambda m: self.log(f"trial {key}: warning: {m}"))
+        except ConfigError as err:       # this configuration cannot run as an ensemble
+            self.log(f"trial {key}: its seeds train one by one ({err})")
+            return None
         except NeurosimError:            # killed between two members' checkpoints
             return None
-        if [m.model_text for m in ensemble.members] != \
-                [self.model_text(slot, values, seed) for seed in self.spec.seeds]:
+        texts = {m.config.seed: m.model_text for m in ensemble.members}
+        if texts != {seed: self.model_text(slot, values, seed) for seed in self.spec.seeds}:
             return None                  # open_run names the stray directory
         if 0 < ensemble.epoch < ensemble.members[0].config.epochs:
             self.log(f"trial {trial_key(slot)}: the ensemble of seeds continues from its "
@@ -190,7 +198,8 @@ class TrialRunner:
                     report(_mean([objective_value(_truncated(m.history.columns, epoch),
                                                   spec.objective, where)
                                   for m in ensemble.members]), epoch)
-            for seed, member in zip(spec.seeds, ensemble.members):
+            for member in ensemble.members:
+                seed = member.config.seed
                 results[seed] = objective_value(member.history.columns, spec.objective, where)
                 epochs[seed] = member.epoch
         elif report is None:
@@ -245,6 +254,10 @@ def check_first(spec) -> None:
     trainer.dataset                            # loaded and checked against the network
     if trainer.config.epochs < 1:
         raise ConfigError(f"{where}: [training] epochs is 0; nothing to train.")
+    if spec.ensemble:
+        from ..training.ensemble import check_ensemble_ready
+        check_ensemble_ready(trainer, f"{spec.path} [sweep] ensemble = true (set it to false "
+                                      "to train each trial's seeds one by one)")
 
 
 __all__ = ["TrialRunner", "objective_value", "trial_key", "check_first"]

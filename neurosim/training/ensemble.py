@@ -18,10 +18,12 @@ per member, ``out/seed_<s>/`` (model.toml, metrics.csv, run.h5: ``neurosim resum
 ``inspect``, ``plot`` and ``table`` read them as any run); a member's ``seconds`` and
 ``train_seconds`` are the ensemble's time for the epoch, shared by all members.
 
-Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, and "copi") and rules
-(``ensemble_ready``, keeping no state of their own: "ep_contrastive", "corinfomax_lateral",
-"copi_forward", "decorrelation") declare that their arithmetic broadcasts over the member
-axis; others are refused. A protocol's own state (COPI's fixed feedback matrices, drawn from
+Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, "copi", and "pepita" with
+fixed feedback) and rules (``ensemble_ready``: "ep_contrastive", "corinfomax_lateral",
+"copi_forward", "decorrelation", "pepita") declare that their arithmetic broadcasts over the
+member axis; others are refused, and so are spatial (conv) projections and random
+activities. A rule's state (PEPITA's momentum) is stacked from the members' by its
+``stack_state`` and handed back after every epoch by ``member_states``. A protocol's own state (COPI's fixed feedback matrices, drawn from
 each member's seed) is stacked by its ``stack_members``. ``group_size`` splits the members
 into groups of stacked networks stepped one after another (default, :func:`auto_group_size`:
 on a CPU as many members per group as keep a group's weights within half the last-level
@@ -48,6 +50,8 @@ from ..solvers import FixedStepSolver
 from .trainer import MODEL_FILE, RUN_FILE, Trainer, _progress, _threads
 
 MEMBER_DIR = re.compile(r"^seed_(-?\d+)$")
+#: overrides members may differ in: the seed and settings that do not change the numbers
+RUN_ONLY = ("seed", "threads", "device", "keep_checkpoints", "epochs")
 
 
 def member_dir(out, seed: int) -> Path:
@@ -89,6 +93,10 @@ class Ensemble:
             protocol = build_protocol(first.protocol.config(), f"{self.where} [protocol]")
             protocol.bind(net, input=cfg.input, output=cfg.output, seed=cfg.seed)
             protocol.stack_members([m.protocol for m in self.members[part]])
+            own = {key: rule for key, _, rule in protocol.rules.entries}
+            for key, rule in own.items():
+                rule.stack_state([self._rule(m, key).state_dict()
+                                  for m in self.members[part]])
             self.groups.append((part, protocol))
 
     # ------------------------------------------------------------------ building
@@ -130,8 +138,8 @@ class Ensemble:
     def _check_member(self, i: int, member: Trainer) -> None:
         first = self.members[0]
 
-        def same(trainer):
-            settings = {k: v for k, v in trainer.overrides.items() if k != "seed"}
+        def same(trainer):              # what decides the numbers; not run-only settings
+            settings = {k: v for k, v in trainer.overrides.items() if k not in RUN_ONLY}
             if trainer.model_text is not None:       # the model's tables, [training] seed aside
                 tables = parse_model_text(trainer.model_text, trainer.where)
                 if isinstance(tables.get("training"), dict):
@@ -150,23 +158,33 @@ class Ensemble:
                               f"{first.epoch}; members train in step.")
 
     def _check_protocol(self, first: Trainer) -> None:
-        protocol = first.protocol
-        if not protocol.ensemble_ready:
-            ready = ", ".join(sorted(n for n, c in PROTOCOLS.items() if c.ensemble_ready))
-            raise ConfigError(f'{self.where}: protocol "{protocol.name}" does not run as an '
-                              f"ensemble yet (ensembles: {ready}); train its seeds as separate "
-                              "runs (neurosim train --seed S) or in a sweep.")
-        solver = getattr(protocol, "solver", None)
-        if solver is not None and not isinstance(solver, FixedStepSolver):
-            raise ConfigError(f'{self.where}: solver "{solver.name}" adapts its steps to each '
-                              "network, so an ensemble cannot step its members together; use a "
-                              "fixed-step solver (gs-euler, euler, heun, rk4).")
-        for key, _, rule in protocol.rules.entries:
-            if not rule.ensemble_ready or rule.state_dict():
-                raise ConfigError(f'{self.where}: rule "{rule.name}" on {key.split(".")[0]} '
-                                  "does not run in an ensemble (it must handle a leading "
-                                  "member axis and keep no state of its own: "
-                                  "ensemble_ready = True); train the seeds as separate runs.")
+        check_ensemble_ready(first, self.where)
+
+    @staticmethod
+    def _rule(member: Trainer, key: str):
+        return next(rule for k, _, rule in member.protocol.rules.entries if k == key)
+
+    def _check_finite(self) -> None:
+        """Before any member is saved: every member's weights and biases finite (else no
+        member's checkpoint moves on, so the folder stays at one epoch)."""
+        bad = [m.config.seed for m in self.members
+               if not all(bool(torch.isfinite(t).all()) for table in (m.net.weights,
+                                                                      m.net.biases)
+                          for t in table.values())]
+        if bad:
+            raise NeurosimError(f"ensemble members with seeds {bad} became non-finite after "
+                                f"epoch {self.epoch}; no member's checkpoint was overwritten. "
+                                "Lower the learning rates or the step, or leave those seeds "
+                                "out.")
+
+    def _share_rule_states(self) -> None:
+        """Give each member's own rules their part of the ensemble's rule states (what a
+        checkpoint of the member saves)."""
+        for part, protocol in self.groups:
+            members = self.members[part]
+            for key, _, rule in protocol.rules.entries:
+                for member, state in zip(members, rule.member_states(len(members))):
+                    self._rule(member, key).load_state_dict(state)
 
     # ------------------------------------------------------------------ training
     @property
@@ -224,6 +242,7 @@ class Ensemble:
             for m in members:
                 m.steps += 1
         train_time = time.perf_counter() - start
+        self._share_rule_states()
         plans = [m.evaluation_plan() for m in members]
         evaluations = [[] for _ in members]
         for j, (prefix, _, _, _) in enumerate(plans[0]):
@@ -301,6 +320,7 @@ class Ensemble:
         with _threads(first.config.threads):
             while self.epoch < target:
                 rows = self.train_epoch()
+                self._check_finite()
                 for m, d in zip(self.members, dirs):
                     m.save(d)
                 if log:
@@ -338,6 +358,37 @@ def auto_group_size(nets: Sequence[CompiledNetwork]) -> int:
     per_group = max(1, (cache_bytes() // 2) // max(member, 1))
     groups = math.ceil(count / per_group)
     return math.ceil(count / groups)
+
+
+def check_ensemble_ready(trainer: Trainer, where: str) -> None:
+    """ConfigError unless ``trainer``'s model can train as an ensemble: an ensemble-ready
+    protocol with a fixed-step solver, ensemble-ready rules, dense projections and
+    deterministic activities."""
+    protocol = trainer.protocol
+    if not protocol.ensemble_ready:
+        ready = ", ".join(sorted(n for n, c in PROTOCOLS.items() if c.ensemble_ready))
+        raise ConfigError(f'{where}: protocol "{protocol.name}" does not run as an '
+                          f"ensemble yet (ensembles: {ready}); train its seeds as separate "
+                          "runs (neurosim train --seed S) or in a sweep.")
+    solver = getattr(protocol, "solver", None)
+    if solver is not None and not isinstance(solver, FixedStepSolver):
+        raise ConfigError(f'{where}: solver "{solver.name}" adapts its steps to each '
+                          "network, so an ensemble cannot step its members together; use a "
+                          "fixed-step solver (gs-euler, euler, heun, rk4).")
+    for key, _, rule in protocol.rules.entries:
+        if not rule.ensemble_ready:
+            raise ConfigError(f'{where}: rule "{rule.name}" on {key.split(".")[0]} '
+                              "does not run in an ensemble (it must handle a leading "
+                              "member axis and stack its state: ensemble_ready = True); "
+                              "train the seeds as separate runs.")
+    spatial = [q.name for q in trainer.network.projections if not q.is_dense]
+    stochastic = [s.name for s in trainer.net.slots.values() if s.stochastic]
+    if spatial or stochastic:
+        what = (f"spatial projections ({', '.join(spatial)})" if spatial else
+                f"populations with random activities ({', '.join(stochastic)})")
+        raise ConfigError(f"{where}: ensembles take dense networks with deterministic "
+                          f"activities; this one has {what}. Train its seeds as separate "
+                          "runs or in a sweep.")
 
 
 def check_seeds(seeds, where: str = "ensemble") -> list[int]:
