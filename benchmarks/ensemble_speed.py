@@ -67,7 +67,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--group-size", type=int, default=None,
-                        help="members per stacked network (default: as many as fit half the CPU cache)")
+                        help="members per stacked network (default: as many as fit in half "
+                        "the CPU cache)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -29,7 +29,8 @@ def _compare(separate: Trainer, member: Trainer, tol: float = 1e-10) -> None:
         scale = max(1.0, float(w.abs().max()))
         assert float((member.net.weights[name] - w).abs().max()) <= tol * scale, name
     for name, b in separate.net.biases.items():
-        assert float((member.net.biases[name] - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
+        bound = tol * max(1.0, float(b.abs().max()))
+        assert float((member.net.biases[name] - b).abs().max()) <= bound
     rows_a, rows_b = list(separate.history.rows()), list(member.history.rows())
     assert len(rows_a) == len(rows_b)
     for a, b in zip(rows_a, rows_b):
@@ -121,7 +122,7 @@ def test_summary_line():
 
 @pytest.mark.parametrize("model, overrides, message", [
     ("infomorphic_digits.toml", {}, 'protocol "infomorphic" does not run as an ensemble'),
-    ("bp_digits.toml", {}, 'protocol "backprop" does not run as an ensemble'),
+    ("bp_conv_digits.toml", {}, "ensembles take dense networks"),
     ("corinfomax_digits.toml", {"solver": "dopri5"}, 'solver "dopri5" adapts its steps'),
 ])
 def test_refuses_what_it_cannot_run(model, overrides, message):
@@ -187,9 +188,9 @@ def test_command_line_trains_resumes_and_refuses(tmp_path, capsys):
     ]:
         assert main(["train", model, "--out", str(out), "--quiet", *argv]) == 2
         assert message in capsys.readouterr().err
-    assert main(["train", str(MODELS / "bp_digits.toml"), "--out", str(tmp_path / "p"),
+    assert main(["train", str(MODELS / "infomorphic_digits.toml"), "--out", str(tmp_path / "p"),
                  "--seeds", "0,1"]) == 2
-    assert 'protocol "backprop" does not run as an ensemble' in capsys.readouterr().err
+    assert 'protocol "infomorphic" does not run as an ensemble' in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 
@@ -290,3 +291,31 @@ def test_members_may_differ_in_run_only_settings_and_a_diverging_member_saves_no
     with pytest.raises(NeurosimError, match="ensemble member 1"):
         ensemble.fit(out, log=None)               # here the dynamics notice it first
     assert [Trainer.resume(out / d, progress=False).epoch for d in ("seed_0", "seed_1")] == [2, 2]
+
+
+@pytest.mark.parametrize("model", ["bp_digits.toml", "fa_digits.toml", "bp_adam_digits.toml"])
+def test_backprop_members_equal_separate_runs_and_resume_exactly(tmp_path, model):
+    """Backprop and feedback alignment: autograd through the stacked weights (each member's
+    loss its own), SGD momentum / Adam buffers stacked, the step count shared; FA's fixed
+    feedback matrices from each member's seed."""
+    text = (MODELS / model).read_text()
+    kwargs = dict(progress=False, base_dir=MODELS, dtype="float64")
+    ensemble = Ensemble.from_model_text(text, [0, 1], epochs=2, **kwargs)
+    ensemble.fit(tmp_path / "whole", log=None)
+    for seed, member in zip([0, 1], ensemble.members):
+        trainer = Trainer.from_model_text(text, seed=seed, epochs=2, **kwargs)
+        for _ in range(2):
+            trainer.train_epoch()
+        _compare(trainer, member)
+        assert member.protocol._steps == trainer.protocol._steps
+        for buffer, tensors in trainer.protocol._state.items():
+            for key, value in tensors.items():
+                assert torch.allclose(member.protocol._state[buffer][key], value, rtol=0,
+                                      atol=1e-12)
+    part = Ensemble.from_model_text(text, [0, 1], epochs=1, **kwargs)
+    part.fit(tmp_path / "part", log=None)
+    resumed = Ensemble.resume(tmp_path / "part", progress=False, epochs=2)
+    resumed.fit(tmp_path / "part", log=None)
+    for a, b in zip(ensemble.members, resumed.members):
+        for name in a.net.weights:
+            assert torch.equal(a.net.weights[name], b.net.weights[name]), name

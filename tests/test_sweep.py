@@ -455,10 +455,20 @@ ensemble = true
 
 
 def test_ensemble_sweep_of_a_model_that_cannot_run_as_one_is_refused_first(tmp_path, capsys):
-    path = write_sweep(tmp_path, GRID.format(name="bad", epochs=1, batch=64).replace(
-        "seeds = [0, 1]", "seeds = [0, 1]\nensemble = true"))
+    models = Path(__file__).resolve().parents[1] / "models"
+    path = tmp_path / "sweep.toml"
+    path.write_text(f"""
+[sweep]
+model = "{models / 'infomorphic_digits.toml'}"
+name = "bad"
+seeds = [0, 1]
+ensemble = true
+
+[space]
+"training.epochs" = [1]
+""")
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "[sweep] ensemble = true (set it to false" in err and 'protocol "backprop"' in err
+    assert "[sweep] ensemble = true (set it to false" in err and 'protocol "infomorphic"' in err
     assert err.count("\n") == 1 and not out.exists()

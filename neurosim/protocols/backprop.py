@@ -72,6 +72,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..dynamics import ops
 from ..errors import ConfigError, unknown
 from ..graph.populations import DynamicPopulation
 from ..graph.projections import INITIALISERS
@@ -127,13 +128,13 @@ class _FeedbackLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, feedback):
         ctx.save_for_backward(h, feedback)
-        return h.mm(weight.t())
+        return ops.matmul(h, weight.mT)
 
     @staticmethod
     def backward(ctx, grad):
         h, feedback = ctx.saved_tensors
-        grad_h = grad.mm(feedback.t()) if ctx.needs_input_grad[0] else None
-        grad_w = grad.t().mm(h) if ctx.needs_input_grad[1] else None
+        grad_h = ops.matmul(grad, feedback.mT) if ctx.needs_input_grad[0] else None
+        grad_w = ops.matmul(grad.mT, h) if ctx.needs_input_grad[1] else None
         return grad_h, grad_w, None
 
 
@@ -177,6 +178,7 @@ class Backprop(LearningProtocol):
     batch mean of the loss, :meth:`loss` its sum over a batch."""
 
     name = "backprop"
+    ensemble_ready = True   # dense layers (see stack_members)
     phases = ()
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out",
@@ -327,7 +329,8 @@ class Backprop(LearningProtocol):
         """a = h W^T for layer ``index`` (0-based), or the layer's spatial operator (a
         convolution, a max-pooling); backpropagation differentiates it by autograd."""
         projection = self._projections[index]
-        return projection.drive(h, weight) if not projection.is_dense else h.mm(weight.t())
+        return projection.drive(h, weight) if not projection.is_dense else \
+            ops.matmul(h, weight.mT)
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor] | None = None,
                 biases: Mapping[str, torch.Tensor] | None = None,
@@ -344,7 +347,7 @@ class Backprop(LearningProtocol):
         h = a = x
         for i, layer in enumerate(self._layers):
             a = self._linear(i, h, weights.get(layer.projection))
-            bias = biases[layer.population]
+            bias = biases[layer.population].unsqueeze(-2)      # 1 x n (or M x 1 x n)
             a = a + (bias if layer.bias_scale == 1.0 else bias * layer.bias_scale)
             h = net.slots[layer.population].activate(a)
             if generator is not None and layer.drop > 0:
@@ -359,8 +362,8 @@ class Backprop(LearningProtocol):
         """The per-sample loss l_b (a vector over the batch): -sum_k t_k log softmax(a_L)_k
         (cross_entropy) or 0.5 |h_L - t|^2 (mse)."""
         if self.loss_name == "cross_entropy":
-            return -(target * torch.log_softmax(a_out, dim=1)).sum(dim=1)
-        return 0.5 * ((h_out - target) ** 2).sum(dim=1)
+            return -(target * torch.log_softmax(a_out, dim=-1)).sum(dim=-1)
+        return 0.5 * ((h_out - target) ** 2).sum(dim=-1)
 
     def gradients(self, x: torch.Tensor, target: torch.Tensor,
                   generator: torch.Generator | None = None
@@ -379,9 +382,9 @@ class Backprop(LearningProtocol):
             biases = {name: leaves.get(("biases", name), b)
                       for name, b in self.net.biases.items()}
             a_out, h_out = self.forward(x, weights, biases, generator)
-            mean = self.objective(a_out, h_out, target).mean()
-            if leaves:
-                grads = torch.autograd.grad(mean, list(leaves.values()))
+            mean = self.objective(a_out, h_out, target).mean(dim=-1)   # one per member
+            if leaves:       # members' losses summed: each member's gradient is its own
+                grads = torch.autograd.grad(mean.sum(), list(leaves.values()))
             else:
                 grads = ()
         return dict(zip(leaves, grads)), mean.detach(), h_out.detach()
@@ -429,6 +432,34 @@ class Backprop(LearningProtocol):
         """The network's state after one feed-forward sweep on x (no dropout)."""
         state, _ = self.net.feedforward({self.input: x})
         return state
+
+    def stack_members(self, members) -> None:
+        """The members' optimiser buffers (and feedback-alignment matrices) stacked, the
+        members' own becoming views; the step count is shared (:meth:`share_members`).
+        Dense layers only."""
+        spatial = [q.name for q in self._projections if not q.is_dense]
+        if spatial:
+            raise ConfigError(f'protocol "{self.name}" on spatial projections '
+                              f'({", ".join(spatial)}) does not run as an ensemble yet; train '
+                              "its seeds as separate runs.")
+        for buffer, tensors in self._state.items():
+            for key in tensors:
+                stacked = torch.stack([m._state[buffer][key] for m in members])
+                tensors[key] = stacked
+                for k, member in enumerate(members):
+                    member._state[buffer][key] = stacked[k]
+        self._steps = members[0]._steps
+        feedback = getattr(self, "feedback", None)
+        for name in feedback or {}:
+            stacked = torch.stack([m.feedback[name] for m in members])
+            feedback[name] = stacked
+            for k, member in enumerate(members):
+                member.feedback[name] = stacked[k]
+
+    def share_members(self, members) -> None:
+        """The step count (the optimiser's bias corrections) for every member."""
+        for member in members:
+            member._steps = self._steps
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The chosen loss summed over the batch (float64): cross-entropy of the output

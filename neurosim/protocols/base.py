@@ -109,6 +109,11 @@ class LearningProtocol:
                                   f"{sorted(member.state_dict())}) and does not stack it for "
                                   "an ensemble; override stack_members.")
 
+    def share_members(self, members: "list[LearningProtocol]") -> None:
+        """Called on an ensemble's protocol after every epoch: bring the members' own
+        protocols up to date with what is not a view of the stacked state (counters). The
+        default has nothing to share."""
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Output activity after inference (batch x n_out, a new tensor)."""
         with torch.inference_mode():

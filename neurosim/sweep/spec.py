@@ -11,7 +11,7 @@
     pruner = "none"                       # or "median" (per-epoch mean over the seeds)
     seed = 0                              # the sampler's seed (random, tpe, cmaes)
     ensemble = false                      # true: a trial's seeds train as one batched
-                                          # ensemble (protocols ep, copi; docs/ensembles.md)
+                                          # ensemble (docs/ensembles.md: ep, copi, pepita, backprop)
 
     [space]
     "training.epochs" = [2]                        # a list: the choices (a grid axis)

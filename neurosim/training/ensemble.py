@@ -18,16 +18,18 @@ per member, ``out/seed_<s>/`` (model.toml, metrics.csv, run.h5: ``neurosim resum
 ``inspect``, ``plot`` and ``table`` read them as any run); a member's ``seconds`` and
 ``train_seconds`` are the ensemble's time for the epoch, shared by all members.
 
-Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, "copi", and "pepita" with
-fixed feedback) and rules (``ensemble_ready``: "ep_contrastive", "corinfomax_lateral",
-"copi_forward", "decorrelation", "pepita") declare that their arithmetic broadcasts over the
-member axis; others are refused, and so are spatial (conv) projections and random
-activities. A rule's state (PEPITA's momentum) is stacked from the members' by its
-``stack_state`` and handed back after every epoch by ``member_states``. A protocol's own state (COPI's fixed feedback matrices, drawn from
-each member's seed) is stacked by its ``stack_members``. ``group_size`` splits the members
-into groups of stacked networks stepped one after another (default, :func:`auto_group_size`:
-on a CPU as many members per group as keep a group's weights within half the last-level
-cache, on a GPU all).
+Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, "copi", "pepita" with
+fixed feedback, "backprop" and "feedback_alignment" on dense layers) and rules
+(``ensemble_ready``: "ep_contrastive", "corinfomax_lateral", "copi_forward",
+"decorrelation", "pepita") declare that their arithmetic broadcasts over the member axis;
+others are refused, and so are spatial (conv) projections and random activities. A rule's
+state (PEPITA's momentum) is stacked from the members' by its ``stack_state`` and handed
+back after every epoch by ``member_states``; a protocol's own state (fixed feedback
+matrices drawn from each member's seed, optimiser buffers) is stacked by its
+``stack_members`` and its counters handed back by ``share_members``. ``group_size`` splits
+the members into groups of stacked networks stepped one after another (default,
+:func:`auto_group_size`: on a CPU as many members per group as keep a group's weights within
+half the last-level cache, on a GPU all).
 """
 from __future__ import annotations
 
@@ -182,6 +184,7 @@ class Ensemble:
         checkpoint of the member saves)."""
         for part, protocol in self.groups:
             members = self.members[part]
+            protocol.share_members([m.protocol for m in members])
             for key, _, rule in protocol.rules.entries:
                 for member, state in zip(members, rule.member_states(len(members))):
                     self._rule(member, key).load_state_dict(state)
