@@ -42,6 +42,33 @@ def _compare(separate: Trainer, member: Trainer, tol: float = 1e-10) -> None:
     assert separate.steps == member.steps
 
 
+
+def _ensemble_and_separate(text: str, seeds, epochs: int, out, **kwargs):
+    """An ensemble of ``seeds`` trained ``epochs`` into ``out`` and the same seeds trained
+    one by one (float64)."""
+    kwargs = dict(progress=False, base_dir=MODELS, dtype="float64", **kwargs)
+    ensemble = Ensemble.from_model_text(text, seeds, epochs=epochs, **kwargs)
+    ensemble.fit(out, log=None)
+    separate = []
+    for seed in seeds:
+        trainer = Trainer.from_model_text(text, seed=seed, epochs=epochs, **kwargs)
+        for _ in range(epochs):
+            trainer.train_epoch()
+        separate.append(trainer)
+    return ensemble, separate
+
+
+def _check_resume_is_exact(text: str, whole: Ensemble, out) -> None:
+    """One epoch, a resume to ``whole``'s epochs: the same weights bit for bit."""
+    part = Ensemble.from_model_text(text, whole.seeds, epochs=1, progress=False,
+                                    base_dir=MODELS, dtype="float64")
+    part.fit(out, log=None)
+    resumed = Ensemble.resume(out, progress=False, epochs=whole.epoch)
+    resumed.fit(out, log=None)
+    for a, b in zip(whole.members, resumed.members):
+        for name in a.net.weights:
+            assert torch.equal(a.net.weights[name], b.net.weights[name]), name
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Three members (seeds 0, 1, 2) for 2 epochs, float64, as an ensemble and separately."""
@@ -238,13 +265,8 @@ def test_pepita_members_equal_separate_runs_and_resume_exactly(tmp_path):
     """PEPITA (two passes, dropout masks from each member's generator, F from each member's
     seed, the rule's momentum velocity stacked and handed back to each member's rule)."""
     text = (MODELS / "pepita_digits.toml").read_text()
-    kwargs = dict(progress=False, base_dir=MODELS, dtype="float64")
-    ensemble = Ensemble.from_model_text(text, [0, 1], epochs=2, **kwargs)
-    ensemble.fit(tmp_path / "whole", log=None)
-    for seed, member in zip([0, 1], ensemble.members):
-        trainer = Trainer.from_model_text(text, seed=seed, epochs=2, **kwargs)
-        for _ in range(2):
-            trainer.train_epoch()
+    ensemble, separate = _ensemble_and_separate(text, [0, 1], 2, tmp_path / "whole")
+    for trainer, member in zip(separate, ensemble.members):
         _compare(trainer, member)
         assert torch.equal(member.protocol.F, trainer.protocol.F)
         mine, theirs = member.protocol.rules.state_dict(), trainer.protocol.rules.state_dict()
@@ -252,13 +274,7 @@ def test_pepita_members_equal_separate_runs_and_resume_exactly(tmp_path):
         for key in mine:
             assert torch.allclose(mine[key]["velocity"], theirs[key]["velocity"], rtol=0,
                                   atol=1e-10)
-    part = Ensemble.from_model_text(text, [0, 1], epochs=1, **kwargs)
-    part.fit(tmp_path / "part", log=None)
-    resumed = Ensemble.resume(tmp_path / "part", progress=False, epochs=2)
-    resumed.fit(tmp_path / "part", log=None)
-    for a, b in zip(ensemble.members, resumed.members):
-        for name in a.net.weights:
-            assert torch.equal(a.net.weights[name], b.net.weights[name]), name
+    _check_resume_is_exact(text, ensemble, tmp_path / "part")
 
 
 @pytest.mark.parametrize("model, change, message", [
@@ -299,23 +315,12 @@ def test_backprop_members_equal_separate_runs_and_resume_exactly(tmp_path, model
     loss its own), SGD momentum / Adam buffers stacked, the step count shared; FA's fixed
     feedback matrices from each member's seed."""
     text = (MODELS / model).read_text()
-    kwargs = dict(progress=False, base_dir=MODELS, dtype="float64")
-    ensemble = Ensemble.from_model_text(text, [0, 1], epochs=2, **kwargs)
-    ensemble.fit(tmp_path / "whole", log=None)
-    for seed, member in zip([0, 1], ensemble.members):
-        trainer = Trainer.from_model_text(text, seed=seed, epochs=2, **kwargs)
-        for _ in range(2):
-            trainer.train_epoch()
+    ensemble, separate = _ensemble_and_separate(text, [0, 1], 2, tmp_path / "whole")
+    for trainer, member in zip(separate, ensemble.members):
         _compare(trainer, member)
         assert member.protocol._steps == trainer.protocol._steps
         for buffer, tensors in trainer.protocol._state.items():
             for key, value in tensors.items():
                 assert torch.allclose(member.protocol._state[buffer][key], value, rtol=0,
                                       atol=1e-12)
-    part = Ensemble.from_model_text(text, [0, 1], epochs=1, **kwargs)
-    part.fit(tmp_path / "part", log=None)
-    resumed = Ensemble.resume(tmp_path / "part", progress=False, epochs=2)
-    resumed.fit(tmp_path / "part", log=None)
-    for a, b in zip(ensemble.members, resumed.members):
-        for name in a.net.weights:
-            assert torch.equal(a.net.weights[name], b.net.weights[name]), name
+    _check_resume_is_exact(text, ensemble, tmp_path / "part")
