@@ -21,6 +21,7 @@ from neurosim.plasticity import PlasticityRule
 
 class Oja(PlasticityRule):
     name = "oja"
+    ensemble_ready = True     # written for a leading member axis too (seed ensembles)
 
     def __init__(self, lr: float = 0.1):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
@@ -29,6 +30,6 @@ class Oja(PlasticityRule):
 
     def derivative(self, ctx) -> torch.Tensor:
         x, y = ctx.pre(ctx.phases[0]), ctx.post(ctx.phases[0])
-        hebb = y.T @ x / ctx.batch_size
-        decay = (y.T @ y / ctx.batch_size) @ ctx.weight
+        hebb = y.mT @ x / ctx.batch_size
+        decay = (y.mT @ y / ctx.batch_size) @ ctx.weight
         return (hebb - decay) * self.lr

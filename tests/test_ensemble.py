@@ -324,3 +324,62 @@ def test_backprop_members_equal_separate_runs_and_resume_exactly(tmp_path, model
                 assert torch.allclose(member.protocol._state[buffer][key], value, rtol=0,
                                       atol=1e-12)
     _check_resume_is_exact(text, ensemble, tmp_path / "part")
+
+
+def test_relax_with_a_user_rule_members_equal_separate_runs(tmp_path):
+    """The unsupervised protocol with the example Oja rule (examples/oja.py, written for a
+    member axis): members equal their separate runs; steady_tol is refused."""
+    import shutil
+    import numpy as np
+    shutil.copy(MODELS.parent / "examples" / "oja.py", tmp_path / "oja.py")
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(6, 6))
+    np.savez(tmp_path / "gauss.npz", train_x=rng.normal(size=(400, 6)) @ mixing,
+             test_x=rng.normal(size=(100, 6)) @ mixing)
+    text = """
+[[population]]
+name = "x"
+type = "input"
+size = 6
+
+[[population]]
+name = "y"
+type = "interneuron"
+size = 2
+leak = 1.0
+activation = "linear"
+
+[[projection]]
+name = "w"
+source = "x"
+target = "y"
+init = "normal"
+scale = 0.3
+rules = [{ type = "oja:Oja", lr = 0.01 }]
+
+[data]
+path = "gauss.npz"
+
+[protocol]
+type = "relax"
+T = 3
+step = 1.0
+
+[training]
+epochs = 2
+batch_size = 20
+output = "y"
+metrics = [{ type = "principal_alignment", projection = "w" }]
+"""
+    kwargs = dict(progress=False, base_dir=tmp_path, dtype="float64")
+    ensemble = Ensemble.from_model_text(text, [0, 1, 2], epochs=2, **kwargs)
+    for _ in range(2):
+        ensemble.train_epoch()
+    for seed, member in zip([0, 1, 2], ensemble.members):
+        trainer = Trainer.from_model_text(text, seed=seed, epochs=2, **kwargs)
+        for _ in range(2):
+            trainer.train_epoch()
+        _compare(trainer, member)
+    with pytest.raises(ConfigError, match="steady_tol stops each run"):
+        Ensemble.from_model_text(text.replace("step = 1.0", "step = 1.0\nsteady_tol = 1e-6"),
+                                 [0, 1], **kwargs)

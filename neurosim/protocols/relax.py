@@ -31,6 +31,7 @@ class Relax(LearningProtocol):
     name = "relax"
     phases = ("free",)
     supervised = False
+    ensemble_ready = True   # without steady_tol (see stack_members)
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out", T: int = 30,
                  solver: str = "gs-euler", step: Any = 0.05, steady_tol: float | None = None):
@@ -50,13 +51,23 @@ class Relax(LearningProtocol):
         return {"type": self.name, "T": self.T, "solver": self.solver.name,
                 "step": self.schedule.config(), "steady_tol": self.steady_tol}
 
+    def stack_members(self, members) -> None:
+        """Ensembles: only a fixed number of steps (with ``steady_tol`` each member would
+        stop at its own step, the ensemble at one shared step)."""
+        if self.steady_tol is not None:
+            raise ConfigError('protocol "relax" with steady_tol stops each run when its own '
+                              "state settles, so its seeds cannot step together; train them "
+                              "as separate runs, or leave steady_tol out for an ensemble.")
+        super().stack_members(members)
+
     def infer(self, x: torch.Tensor) -> NeuralState:
         """The relaxed state on inputs x (a reused buffer)."""
         net = self.net
         self._buffers = writable(self._buffers)
-        if x.shape[0] not in self._buffers:
-            self._buffers[x.shape[0]] = net.zero_state(x.shape[0])
-        state = self._buffers[x.shape[0]]
+        rows = x.shape[-2]
+        if rows not in self._buffers:
+            self._buffers[rows] = net.zero_state(rows)
+        state = self._buffers[rows]
         state.u.zero_()
         net.sync_activity(state)
         net.clamp_inputs(state, {self.input: x})
@@ -71,7 +82,8 @@ class Relax(LearningProtocol):
                    step: int = 0) -> StepOutput:
         state = self.infer(x)
         record = PhaseRecord(self.net, {"free": state})
-        rates = {f"rate_{p.name}": self.net.r_of(state, p.name).mean(dtype=torch.float64)
-                 for p in self.net.network.dynamic}
+        rates = {f"rate_{p.name}": self.net.r_of(state, p.name).mean(dim=(-2, -1),
+                                                                     dtype=torch.float64)
+                 for p in self.net.network.dynamic}          # one per member in an ensemble
         rates.update(self.rules.apply(record, lr_scale=lr_scale, epoch=epoch, step=step))
         return StepOutput(None, rates)
