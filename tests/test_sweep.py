@@ -1,8 +1,10 @@
 """`neurosim sweep`: the sweep file and its errors, the TOML writer, and sweeps on SQLite
 (a grid with 2 worker processes; random and TPE samplers; the median pruner). Each trial is
 a set of ordinary run directories: `neurosim table` reads the sweep directory and
-`Trainer.resume` loads them. PostgreSQL with SIGKILL and resume: test_sweep_postgres.py;
-Ray: test_sweep_ray.py."""
+`Trainer.resume` loads them. The worker's races (a trial popped twice, a live worker taken
+for dead, a worker killed before its first heartbeat), which errors fail a trial for good,
+and signals to the sweep are checked by direct calls into neurosim.sweep.study and .run.
+PostgreSQL with SIGKILL and resume: test_sweep_postgres.py; Ray: test_sweep_ray.py."""
 from __future__ import annotations
 
 import collections
@@ -181,6 +183,18 @@ def test_toml_writer_round_trips_every_model_file():
     assert tomllib.loads(dumps(tricky)) == tricky
 
 
+def test_toml_writer_escapes_every_control_character():
+    """TOML forbids raw control characters in strings, DEL (U+007F) included, which JSON's
+    escaping leaves raw; keys and values, U+0000-U+009F and characters beyond the BMP."""
+    from neurosim.sweep.toml_write import dumps
+    every = "".join(chr(c) for c in range(0xA0)) + "\U0001F600 \U00010348 \U0010FFFD"
+    data = {"t": {every: every, "each": [chr(c) for c in range(0xA0)]},
+            "arr": [{"name": every}]}
+    text = dumps(data)
+    assert tomllib.loads(text) == data
+    assert "\x7f" not in text and "\\u007f" in text
+
+
 def test_example_sweep_files_are_valid():
     from neurosim.sweep import load_sweep
     files = sorted((REPO / "models" / "sweeps").glob("*.toml"))
@@ -222,6 +236,16 @@ BAD = {
                    ["the list of values is empty"]),
     "twice": ('[sweep]\nmodel = "tiny.toml"\n[space]\n"protocol.lr" = [0.1, 0.1]\n',
               ["listed twice"]),
+    "equal values": ('[sweep]\nmodel = "tiny.toml"\n[space]\n'
+                     '"protocol.momentum" = [0, 0.0]\n',
+                     ["the values 0 and 0.0 compare equal", "list only one of them"]),
+    "equal to a boolean": ('[sweep]\nmodel = "tiny.toml"\n[space]\n'
+                           '"training.eval_batch_size" = [500, 1, true]\n',
+                           ["the values 1 and true compare equal"]),
+    "objective column": ('[sweep]\nmodel = "tiny.toml"\nobjective = "max:train_angle"\n'
+                         '[space]\n"protocol.lr" = [0.1]\n',
+                         ["objective 'max:train_angle': the runs write no train_angle column",
+                          "test_loss"]),
     "range in grid": ('[sweep]\nmodel = "tiny.toml"\n[space]\n'
                       '"protocol.lr" = { low = 0.01, high = 0.1 }\n',
                       ["a range cannot be a grid axis"]),
@@ -270,6 +294,7 @@ def test_bad_command_lines(tmp_path, capsys):
     path = grid_sweep(tmp_path)
     for argv, fragment in (
             (["--storage", "mongodb://x"], "use postgresql://"),
+            (["--storage", "mysql://user:pw@host/db"], "mysql databases are not supported"),
             (["--storage", "nonsense"], "not a database URL"),
             (["--address", "auto"], "use it with --executor ray"),
             (["--workers", "0"], "--workers: must be a whole number >= 1")):
@@ -472,3 +497,319 @@ ensemble = true
     err = capsys.readouterr().err
     assert "[sweep] ensemble = true (set it to false" in err and 'protocol "infomorphic"' in err
     assert err.count("\n") == 1 and not out.exists()
+
+
+# ---------------------------------------------------------------------------- the worker
+SMALL = """
+[sweep]
+model = "tiny.toml"
+name = "small"
+seeds = [0]
+[space]
+"training.epochs" = [1]
+"protocol.lr" = [0.05, 0.1]
+"""
+RESULT = {"value": 0.5, "seeds": {0: 0.5}, "epochs": {0: 1}, "seconds": 0.0}
+
+
+def small_study(tmp_path: Path, heartbeat: int = 1):
+    """A 2-point grid in SQLite as a worker sees it: (spec, study, storage, runner, setup)."""
+    import optuna
+    from neurosim.sweep import load_sweep
+    from neurosim.sweep.study import WorkerSetup, make_pruner, make_storage, open_study
+    from neurosim.sweep.trial import TrialRunner
+    spec = load_sweep(write_sweep(tmp_path, SMALL))
+    out = tmp_path / "out"
+    out.mkdir()
+    url = sqlite_url(out)
+    open_study(spec, url, heartbeat)
+    storage = make_storage(url, heartbeat)
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    setup = WorkerSetup(spec, str(out), url, 1, heartbeat, quiet=True, check=False)
+    runner = TrialRunner(spec, out, threads=1, log=lambda line: None)
+    return spec, study, storage, runner, setup
+
+
+def run_trial(study, storage, taken, runner, setup, log=print) -> bool:
+    import optuna
+    from neurosim.sweep.study import _run
+    return _run(study, storage, *taken, runner, setup, log, optuna)
+
+
+def states(study) -> list[str]:
+    return [t.state.name for t in study.get_trials()]
+
+
+def test_a_trial_popped_by_two_workers_at_once_runs_once(tmp_path, monkeypatch):
+    """SQLite's WAITING -> RUNNING is not atomic: two workers may both pop one trial. Each
+    writes its owner token; the one that wrote last runs it, and the other hands it over
+    without an error (before: UpdateFinishedTrialError, exit 2), in every order."""
+    from neurosim.sweep.study import _claim, _pop_waiting
+    spec, study, storage, runner, setup = small_study(tmp_path)
+    runs = []
+    monkeypatch.setattr(runner, "run", lambda slot, values, **_: runs.append(slot) or RESULT)
+    first = _pop_waiting(study, storage, spec)                       # worker A
+    second = _claim(study, storage, spec, first[0]._trial_id)        # worker B, same trial
+    assert run_trial(study, storage, first, runner, setup) is False and runs == []
+    assert run_trial(study, storage, second, runner, setup) is True and runs == [0]
+    # B wrote its token while A ran the trial: B finds it finished
+    first = _pop_waiting(study, storage, spec)
+    late = []
+
+    def run_while_b_takes_it(slot, values, **_):
+        late.append(_claim(study, storage, spec, first[0]._trial_id))
+        runs.append(slot)
+        return RESULT
+
+    monkeypatch.setattr(runner, "run", run_while_b_takes_it)
+    assert run_trial(study, storage, first, runner, setup) is True and runs == [0, 1]
+    assert run_trial(study, storage, late[0], runner, setup) is False and runs == [0, 1]
+    # ... and a token written after the trial finished takes nothing
+    assert _claim(study, storage, spec, first[0]._trial_id) is None
+    assert states(study) == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize("pruner", ["none", "median"])
+def test_a_worker_taken_for_dead_hands_its_trial_over(tmp_path, monkeypatch, pruner):
+    """Another worker fails a live trial as stale and queues its retry: the live worker's
+    next write (its result, or a pruning report) finds the trial finished; it says so in
+    one line and returns False, and the retry completes the slot."""
+    import dataclasses
+    from optuna.trial import TrialState
+    from neurosim.sweep.study import RETRY_OF, _pop_waiting, retry_stale
+    spec, study, storage, runner, setup = small_study(tmp_path)
+    setup.spec = dataclasses.replace(spec, pruner=pruner)
+    taken = _pop_waiting(study, storage, spec)
+    trial_id = taken[0]._trial_id
+
+    def taken_for_dead(slot, values, report=None, **_):
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)   # fail_stale_trials
+        retry_stale(study, storage.get_trial(trial_id))
+        if report is not None:
+            report(0.5, 1)
+        return RESULT
+
+    monkeypatch.setattr(runner, "run", taken_for_dead)
+    lines = []
+    assert run_trial(study, storage, taken, runner, setup, lines.append) is False
+    assert len(lines) == 1 and "taken for dead" in lines[0], lines
+    monkeypatch.setattr(runner, "run", lambda slot, values, **_: RESULT)
+    for _ in range(2):                          # slot 1, then the retry of slot 0
+        assert run_trial(study, storage, _pop_waiting(study, storage, spec), runner, setup)
+    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.get_trials()[2].user_attrs[RETRY_OF] == 0
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_retried(tmp_path, monkeypatch):
+    """A trial left RUNNING without a heartbeat row (its worker killed between taking it and
+    its first heartbeat) is failed after the grace period and queued again, so the sweep
+    finishes (before: it waited forever); an interruption in that window fails and queues
+    the trial at once."""
+    from optuna.trial import TrialState
+    from neurosim.sweep import study as sweep_study
+    from neurosim.sweep.study import RETRY_OF, SLOT, _pop_waiting, fail_dead_trials, work
+    spec, study, storage, runner, setup = small_study(tmp_path)
+    first = study.get_trials()[0]
+    storage.set_trial_state_values(first._trial_id, state=TrialState.RUNNING)   # killed here
+    fail_dead_trials(study, storage, grace=60)
+    assert states(study) == ["RUNNING", "WAITING"]                  # within the grace period
+    fail_dead_trials(study, storage, grace=0)
+    assert states(study) == ["FAIL", "WAITING", "WAITING"]
+    assert study.get_trials()[2].user_attrs[SLOT] == 0
+    assert study.get_trials()[2].user_attrs[RETRY_OF] == 0
+
+    def interrupted(trial_id):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, "record_heartbeat", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _pop_waiting(study, storage, spec)
+    assert states(study) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    assert study.get_trials()[3].user_attrs[SLOT] == 1
+    # a whole worker: the trial without a heartbeat is retried after 3 heartbeats (3 s)
+    storage = sweep_study.make_storage(setup.storage, setup.heartbeat)
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING)
+    monkeypatch.setattr(sweep_study.TrialRunner, "run", lambda *a, **k: RESULT)
+    assert work(setup) == 2
+    assert states(study).count("COMPLETE") == 2
+
+
+@pytest.mark.parametrize("case", ["configuration", "objective", "data", "disk", "stray run"])
+def test_only_the_configurations_own_errors_fail_a_trial_for_good(tmp_path, monkeypatch, case):
+    """A configuration or training error fails the trial for good (neurosim:error, the sweep
+    goes on). An objective column the runs lack, a data file missing here, a full disk or a
+    run directory of another configuration are not the trial's: it is queued again and the
+    worker stops with one clear message."""
+    from neurosim.data import DataError
+    from neurosim.errors import ConfigError
+    from neurosim.sweep.study import ERROR, _pop_waiting
+    from neurosim.sweep.trial import RetryableError, objective_value
+    spec, study, storage, runner, setup = small_study(tmp_path)
+
+    def fails(slot, values, **_):
+        if case == "configuration":
+            raise ConfigError('protocol "backprop": lr must be > 0, got -1.')
+        if case == "objective":
+            objective_value({"test_accuracy": [0.5]}, "train_angle", "trial 0000: ")
+        if case == "data":
+            raise DataError("MNIST not found in /data. Run `neurosim data fetch mnist`.")
+        if case == "disk":
+            raise OSError(28, "No space left on device", "/out/trials/0000/seed_0/run.h5")
+        raise RetryableError("/out/trials/0000/seed_0 holds a run of another configuration")
+
+    monkeypatch.setattr(runner, "run", fails)
+    taken = _pop_waiting(study, storage, spec)
+    if case == "configuration":
+        assert run_trial(study, storage, taken, runner, setup) is True
+        assert states(study) == ["FAIL", "WAITING"]
+        assert "lr must be > 0" in study.get_trials()[0].user_attrs[ERROR]
+        return
+    with pytest.raises(RetryableError) as caught:
+        run_trial(study, storage, taken, runner, setup)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert {"objective": "the run has no train_angle column", "data": "MNIST not found",
+            "disk": "cannot read or write /out/trials/0000/seed_0/run.h5: No space left",
+            "stray run": "holds a run of another configuration"}[case] in message
+    if case in ("data", "disk"):
+        assert "trial 0000 cannot run on" in message and "It is queued again" in message
+    assert states(study) == ["FAIL", "WAITING", "WAITING"]       # the slot retried
+    assert ERROR not in study.get_trials()[0].user_attrs
+
+
+def test_trial_directories_outlive_a_renamed_model_file(tmp_path, capsys):
+    """Run directories name the sweep's model file in their header comment; after the model
+    file was renamed (same text, same fingerprint) they are still this trial's. A directory
+    of another configuration is an error that does not fail the trial for good."""
+    from neurosim.sweep import load_sweep
+    from neurosim.sweep.trial import RetryableError, TrialRunner
+    path = write_sweep(tmp_path, SMALL)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet"]) == 0
+    before = load_sweep(path)
+    (tmp_path / "tiny.toml").rename(tmp_path / "renamed.toml")
+    path.write_text(SMALL.replace("tiny.toml", "renamed.toml"))
+    spec = load_sweep(path)
+    assert spec.digest == before.digest
+    runner = TrialRunner(spec, out, threads=1, log=lambda line: None)
+    values = spec.grid()[0]
+    assert "tiny.toml" in (out / "trials" / "0000" / "seed_0" / "model.toml").read_text()
+    result = runner.run(0, values)
+    assert result["epochs"] == {0: 1} and 0 < result["value"] <= 1
+    with pytest.raises(RetryableError, match="holds a run of another configuration"):
+        runner.run(1, values)
+
+
+def test_each_worker_checks_the_first_configuration_before_taking_a_trial(tmp_path,
+                                                                          monkeypatch):
+    """A worker (a process, a Ray task on another machine) builds the first configuration
+    itself first: one that cannot (its data missing there) stops without taking a trial."""
+    import socket
+    from neurosim.data import DataError
+    from neurosim.errors import NeurosimError
+    from neurosim.sweep import study as sweep_study
+    spec, study, storage, runner, setup = small_study(tmp_path)
+    setup.check = True
+
+    def no_data(spec):
+        raise DataError("MNIST not found in /data. Run `neurosim data fetch mnist`.")
+
+    monkeypatch.setattr(sweep_study, "check_first", no_data)
+    with pytest.raises(NeurosimError, match=f"^on {socket.gethostname()}: MNIST not found"):
+        sweep_study.work(setup)
+    assert states(study) == ["WAITING", "WAITING"]
+
+
+def test_storage_is_checked_before_anything_is_written(tmp_path, capsys):
+    """A study storage that cannot be opened writes nothing; a sweep directory is continued
+    only with the storage it recorded (which the error names, password masked)."""
+    import socket
+    from neurosim.sweep import load_sweep
+    from neurosim.sweep.run import _write_state
+    pytest.importorskip("psycopg2")
+    path = grid_sweep(tmp_path)
+    out = tmp_path / "out"
+    with socket.socket() as s:                  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["sweep", str(path), "--out", str(out), "--storage",
+                 f"postgresql://nobody@127.0.0.1:{port}/none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot open the study storage" in err and err.count("\n") == 1
+    assert not out.exists()
+    spec = load_sweep(path)
+    _write_state(spec, out, sqlite_url(out))                 # as an earlier run left it
+    other = tmp_path / "other.db"
+    assert main(["sweep", str(path), "--out", str(out), "--storage", f"sqlite:///{other}"]) == 2
+    err = capsys.readouterr().err
+    assert f"holds a sweep whose study is in {sqlite_url(out)}" in err and \
+        "give another --out" in err and err.count("\n") == 1
+    assert not other.exists()
+    _write_state(spec, out, "postgresql://user:secret@db:5432/sweeps")
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "study is in postgresql://user:***@db:5432/sweeps" in err and "secret" not in err
+    assert "pass --storage postgresql://user:***@db:5432/sweeps" in err
+    assert not (out / "study.db").exists()
+
+
+def test_a_signal_to_the_sweep_stops_its_worker_processes():
+    """SIGTERM (or SIGINT) to the sweep's own process only is passed on to its worker
+    processes; those still running after the wait are terminated, none is left behind, and
+    the sweep ends as interrupted. A worker takes the first signal as KeyboardInterrupt (it
+    then queues its trial again) and ignores the copies that follow."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+    from neurosim.sweep.run import _run_processes
+    from neurosim.sweep.study import _interrupt_once
+    before = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+
+    def terminate_when_started():
+        deadline = time.monotonic() + 30
+        while signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM] and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1.0)                          # both workers started
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_started, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _run_processes([60, 60], target=time.sleep, wait=2)
+    assert time.monotonic() - start < 20
+    assert multiprocessing.active_children() == []
+    assert {n: signal.getsignal(n) for n in before} == before
+    try:                                       # a worker's handler
+        for number in before:
+            signal.signal(number, _interrupt_once)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        os.kill(os.getpid(), signal.SIGINT)      # ignored now
+        time.sleep(0.1)
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+def test_ray_without_an_address_starts_its_own_cluster(monkeypatch):
+    """No --address (or "local"): ray.init(address="local"), never attaching by accident
+    to a cluster that happens to run on this machine."""
+    from neurosim.errors import NeurosimError
+    from neurosim.sweep import run
+    calls = []
+
+    class NoRay:
+        def init(self, **kwargs):
+            calls.append(kwargs)
+            raise RuntimeError("no Ray here")
+
+    monkeypatch.setattr(run, "_require_ray", NoRay)
+    for address in (None, "local"):
+        with pytest.raises(NeurosimError, match="cannot start a Ray cluster on this machine"):
+            run._run_ray(None, "out", "sqlite:///x.db", 2, 1, address, 1, False, True, print)
+    assert [(c["address"], c["num_cpus"]) for c in calls] == [("local", 2), ("local", 2)]

@@ -4,8 +4,8 @@ processes or Ray tasks), then summarise.
 The sweep directory (``--out``) holds
 
     sweep.toml     the sweep file as given
-    sweep.json     its name, fingerprint and storage (a rerun with another sweep file or
-                   model file is refused)
+    sweep.json     its name, fingerprint and storage (a rerun with another sweep file,
+                   model file or --storage is refused)
     study.db       the Optuna study (SQLite; absent with --storage postgresql://...)
     trials/<key>/  one trial: trial.json (its values) and seed_<s>/, ordinary run directories
     summary.md     the trials (state, objective, values), the best, and `neurosim table`
@@ -18,6 +18,10 @@ import io
 import json
 import logging
 import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import NeurosimError
@@ -31,8 +35,9 @@ from .trial import TRIALS_DIR, check_first, trial_key
 STATE_FILE, SWEEP_COPY = "sweep.json", "sweep.toml"
 
 
-def check_out_dir(spec, out: Path) -> None:
-    """--out: new, empty, or a sweep directory of this very sweep; writable."""
+def check_out_dir(spec, out: Path, url: str | None = None) -> None:
+    """--out: new, empty, or a sweep directory of this very sweep (and, given ``url``, of
+    this storage); writable."""
     if out.exists() and not out.is_dir():
         raise NeurosimError(f"--out {out} is a file; a sweep writes a directory: give a new or "
                             "empty directory path.")
@@ -49,6 +54,15 @@ def check_out_dir(spec, out: Path) -> None:
                                 "not from this sweep file and model file (fingerprint "
                                 f"{spec.digest}); give another --out, or delete {out} to start "
                                 "over.")
+        recorded = info.get("storage")
+        if url is not None and recorded and not _same_storage(recorded, url, out):
+            own = recorded.startswith("sqlite:") and recorded.endswith("/study.db") and \
+                (out / "study.db").is_file()
+            how = "leave --storage out (its own study.db)" if own else \
+                f"pass --storage {recorded} (with the password, if it has one)"
+            raise NeurosimError(f"--out {out} holds a sweep whose study is in {recorded} (see "
+                                f"{state}), not in {mask(url)}; to continue it, {how}, or "
+                                "give another --out to start a new sweep.")
     elif out.is_dir() and any(out.iterdir()):
         raise NeurosimError(f"--out {out} is not empty and holds no sweep; give a new or empty "
                             "directory.")
@@ -58,6 +72,15 @@ def check_out_dir(spec, out: Path) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise NeurosimError(f"--out {out}: {existing} is not a directory you can write to; "
                             "choose another path.")
+
+
+def _same_storage(recorded: str, url: str, out: Path) -> bool:
+    """Whether ``url`` is the storage sweep.json records (as masked); a sweep directory's
+    own study.db is itself also after the directory was moved."""
+    if recorded == mask(url):
+        return True
+    return url == default_storage(out) and recorded.startswith("sqlite:") and \
+        recorded.endswith("/study.db") and (out / "study.db").is_file()
 
 
 def _write_state(spec, out: Path, url: str) -> None:
@@ -75,55 +98,106 @@ def run_sweep(spec, out, *, storage: str | None = None, workers: int | None = No
               log=print) -> dict:
     """Run (or resume) a sweep into ``out``; returns the summary (see :func:`summarize`).
     Everything is checked before anything is written: the optional dependencies, the
-    storage URL, --out, and the first configuration (built, its data loaded)."""
+    storage URL, --out (and the storage it records), the first configuration (built, its
+    data loaded, its objective column written) and the study storage (opened). SIGINT or
+    SIGTERM stops the workers, which queue their trials again, and raises
+    KeyboardInterrupt."""
     require_optuna()
     out = Path(out)
     url = storage or default_storage(out)
     check_storage_url(url)
     if executor == "ray":
         _require_ray()
-    check_out_dir(spec, out)
+    check_out_dir(spec, out, url)
     check_first(spec)
-    _write_state(spec, out, url)
+    if url == default_storage(out):
+        out.mkdir(parents=True, exist_ok=True)
     study = open_study(spec, url, heartbeat)
+    _write_state(spec, out, url)
     plan = plan_of(study, spec.planned)
     if plan.done:
         log(f"sweep {spec.name}: all {spec.planned} trials finished before; summarising")
-    else:
-        if executor == "ray":
+    elif executor == "ray":
+        with _interruptible():
             _run_ray(spec, out, url, workers, threads, address, heartbeat, verbose, quiet, log)
-        else:
-            workers = workers or 1
-            threads = threads or default_threads(workers)
-            log(f"sweep {spec.name}: {spec.planned} trials x {len(spec.seeds)} seeds "
-                f"({spec.sampler}), {len(plan.finished)} finished before; {workers} worker"
-                f"{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}; "
-                f"study in {mask(url)}")
-            setups = [WorkerSetup(spec, str(out.resolve()), url, threads, heartbeat, i,
-                                  verbose, quiet) for i in range(workers)]
-            if workers == 1:
+    else:
+        workers = workers or 1
+        threads = threads or default_threads(workers)
+        log(f"sweep {spec.name}: {spec.planned} trials x {len(spec.seeds)} seeds "
+            f"({spec.sampler}), {len(plan.finished)} finished before; {workers} worker"
+            f"{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}; "
+            f"study in {mask(url)}")
+        setups = [WorkerSetup(spec, str(out.resolve()), url, threads, heartbeat, i,
+                              verbose, quiet, check=workers > 1) for i in range(workers)]
+        if workers == 1:                 # here, where check_first has just run
+            with _interruptible():
                 work(setups[0], log)
-            else:
-                _run_processes(setups)
+        else:
+            _run_processes(setups)
     summary = summarize(spec, out, study)
     write_text_atomic(out / "summary.md", summary["markdown"])
     write_text_atomic(out / "summary.csv", summary["csv"])
     return summary
 
 
-def _run_processes(setups) -> None:
+@contextmanager
+def _interruptible(processes=()):
+    """While inside: SIGINT and SIGTERM are passed on to ``processes`` (the worker processes,
+    which then queue their trials again) and raise KeyboardInterrupt here. Outside the main
+    thread (signals cannot be handled there) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number, frame):
+        for p in processes:
+            if p.pid is not None and p.exitcode is None:      # started, still running
+                os.kill(p.pid, number)
+        raise KeyboardInterrupt
+
+    before = {n: signal.signal(n, interrupt) for n in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+def _stop(processes, wait: float = 30.0) -> None:
+    """Give interrupted workers ``wait`` seconds to queue their trials again, then terminate
+    those still running (SIGTERM, then SIGKILL): none is left behind. Further signals are
+    ignored meanwhile."""
+    before = {n: signal.signal(n, signal.SIG_IGN) for n in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deadline = time.monotonic() + wait
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for ending in ("terminate", "kill"):
+            alive = [p for p in processes if p.exitcode is None]
+            for p in alive:
+                getattr(p, ending)()
+            for p in alive:
+                p.join(5)
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+def _run_processes(setups, target=worker_main, wait: float = 30.0) -> None:
+    """The workers as local processes (``target(setup)`` each); on SIGINT or SIGTERM they
+    are stopped (:func:`_stop`) and KeyboardInterrupt is raised."""
     import multiprocessing
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=worker_main, args=(s,), name=f"sweep-worker-{s.worker}")
-                 for s in setups]
-    for p in processes:
-        p.start()
+    processes = [context.Process(target=target, args=(s,), name=f"sweep-worker-{i}")
+                 for i, s in enumerate(setups)]
     try:
-        for p in processes:
-            p.join()
-    except KeyboardInterrupt:           # the workers got the same SIGINT; let them queue
-        for p in processes:             # their trials again
-            p.join(timeout=30)
+        with _interruptible(processes):
+            for p in processes:
+                p.start()
+            for p in processes:
+                p.join()
+    except KeyboardInterrupt:
+        _stop([p for p in processes if p.pid is not None], wait)
         raise
     failed = [p for p in processes if p.exitcode != 0]
     if failed:
@@ -148,18 +222,24 @@ def _ray_work(setup: WorkerSetup) -> int:
 
 
 def _run_ray(spec, out, url, workers, threads, address, heartbeat, verbose, quiet, log):
-    """The workers as Ray tasks (``address``: a cluster's, or "local" for a cluster of
-    this machine's with ``workers`` CPUs)."""
+    """The workers as Ray tasks (``address``: a cluster's, or "local" (also None) for a new
+    cluster of this machine's with ``workers`` CPUs, never one that happens to run here)."""
     ray = _require_ray()
     threads = threads or 1
     options = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True,
                    configure_logging=False)
+    local = address in (None, "local")
     try:
-        if address in (None, "local"):
-            ray.init(num_cpus=(workers or os.cpu_count() or 1) * threads, **options)
+        if local:
+            ray.init(address="local", num_cpus=(workers or os.cpu_count() or 1) * threads,
+                     **options)
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        if local:
+            raise NeurosimError(f"--executor ray: cannot start a Ray cluster on this machine "
+                                f"({err}); check the Ray installation, or give a running "
+                                "cluster's --address.") from None
         raise NeurosimError(f"--address {address}: cannot connect to a Ray cluster ({err}); "
                             "start one with `ray start --head` or give its address.") from None
     try:

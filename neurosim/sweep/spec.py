@@ -385,6 +385,12 @@ def _choices(key, values, current, present, where) -> Param:
                               f"model file has {_kind(current)} there ({value_text(current)}).")
     if len(set(texts)) != len(texts):
         raise ConfigError(f"{w}: a value is listed twice ({', '.join(texts)}); list each once.")
+    for i, value in enumerate(values):
+        for other in values[i + 1:]:
+            if value == other:           # 0 == 0.0, 1 == true: Optuna takes them for one
+                raise ConfigError(f"{w}: the values {value_text(value)} and "
+                                  f"{value_text(other)} compare equal, so the sweep cannot "
+                                  "tell them apart; list only one of them.")
     encoded = any(isinstance(v, (list, dict)) for v in values)
     return Param(key, "choice", tuple(values), encoded=encoded)
 

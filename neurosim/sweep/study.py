@@ -9,14 +9,20 @@ and one ranked beyond the planned number (two workers asking at once for the las
 closed at once as surplus (state FAIL, user attribute ``neurosim:surplus``), never trained.
 
 Exactly once. A running trial records a heartbeat every ``heartbeat`` seconds; one whose
-heartbeat is older than three intervals (its worker was killed, or its machine lost) is
+heartbeat is older than three intervals (its worker was killed, or its machine lost), or
+that has run that long without ever recording one (killed right after taking it), is
 failed by the next worker that looks, and re-enqueued with the same slot and parameters
 (user attribute ``neurosim:retry_of``). The retry continues the slot's run directories from
-their checkpoints. A worker holds a lock on the trial directory while it trains, and checks
-after taking it that the slot is not finished already, so no slot is trained twice at once
-or completed twice. A slot is finished by a COMPLETE or PRUNED trial, or by a FAIL with
-``neurosim:error`` (training itself failed: non-finite weights, a bad value); workers stop
-when every slot is finished.
+their checkpoints. Taking a queued trial is not atomic on SQLite (two workers may both move
+it to RUNNING), so the taker writes an owner token (``neurosim:owner``) and runs the trial
+only while that token is still its own. A worker holds a lock on the trial directory while
+it trains, and checks after taking it that the trial is still its own and the slot not
+finished already, so no slot is trained twice at once or completed twice. A worker whose
+trial was finished by another meanwhile (it was taken for dead) hands it over quietly. A
+slot is finished by a COMPLETE or PRUNED trial, or by a FAIL with ``neurosim:error``
+(training itself failed: non-finite weights, a bad value); an error that is not the
+configuration's (a data file missing on this machine, a stray run directory) leaves the
+trial to be retried and stops the worker. Workers stop when every slot is finished.
 """
 from __future__ import annotations
 
@@ -25,18 +31,24 @@ import inspect
 import math
 import os
 import re
+import signal
+import socket
 import sys
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import DataError
 from ..errors import NeurosimError
+from ..io import NeurosimIOError
+from .trial import RetryableError, TrialRunner, check_first
 
 SLOT, RETRY_OF, ERROR = "neurosim:slot", "neurosim:retry_of", "neurosim:error"
 SURPLUS, DUPLICATE, SEEDS = "neurosim:surplus", "neurosim:duplicate", "neurosim:seeds"
-HOST = "neurosim:host"
+HOST, OWNER = "neurosim:host", "neurosim:owner"
 DIGEST, PLANNED, PLAN_DONE = "neurosim:digest", "neurosim:planned", "neurosim:plan_complete"
 HEARTBEAT = 10          # seconds between heartbeats; a trial is stale after 3 of them
 
@@ -86,9 +98,10 @@ def check_storage_url(url: str) -> str:
             return f"postgresql+{module}://{rest}"
         raise NeurosimError(f"--storage {mask(url)}: PostgreSQL needs a driver "
                             f"({' or '.join(candidates)}): pip install 'neurosim[sweep]'.")
-    if base not in ("sqlite", "mysql"):
-        raise NeurosimError(f"--storage {mask(url)}: use postgresql://... (several machines) "
-                            "or sqlite:///FILE (one machine).")
+    if base != "sqlite":
+        raise NeurosimError(f"--storage {mask(url)}: {base} databases are not supported (only "
+                            "PostgreSQL and SQLite are); use postgresql://user:password@host:"
+                            "5432/database (several machines) or sqlite:///FILE (one machine).")
     return url
 
 
@@ -123,13 +136,15 @@ def retry_stale(study, trial) -> None:
     if trial.user_attrs.get(SURPLUS) or trial.user_attrs.get(DUPLICATE):
         return
     slot = trial.user_attrs.get(SLOT)
-    if slot is None:
+    if slot is None:                     # died before it was given its slot
         slot = _rank(study, trial.number)
+        if slot >= study.user_attrs.get(PLANNED, slot + 1):
+            return                       # a surplus trial
     system = {k: v for k, v in trial.system_attrs.items()}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params,
         distributions=trial.distributions, system_attrs=system,
-        user_attrs={**{k: v for k, v in trial.user_attrs.items() if k != ERROR},
+        user_attrs={**{k: v for k, v in trial.user_attrs.items() if k not in (ERROR, OWNER)},
                     SLOT: slot, RETRY_OF: trial.number}))
 
 
@@ -190,6 +205,46 @@ def plan_of(study, planned: int, grace: float = 60.0) -> Plan:
                  if s not in plan.finished and s not in plan.active and
                  (t.datetime_complete is None or t.datetime_complete < old)}
     return plan
+
+
+def fail_dead_trials(study, storage, grace: float) -> None:
+    """Fail the trials whose worker died, and queue their retries: those whose heartbeat is
+    older than the storage's grace period (Optuna's check), and those RUNNING for longer
+    than ``grace`` seconds without ever recording one (killed between being taken and their
+    first heartbeat)."""
+    import optuna
+    from optuna.trial import TrialState
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+    before = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    for trial_id in _never_beating(storage, study._study_id):
+        start = storage.get_trial(trial_id).datetime_start
+        if start is None or start >= before:
+            continue                     # taken just now: its heartbeat is on its way
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                retry_stale(study, storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue                     # finished (or failed) meanwhile by another worker
+
+
+def _never_beating(storage, study_id: int) -> list[int]:
+    """Ids of the study's RUNNING trials that have no heartbeat row."""
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    session = storage.scoped_session()
+    try:
+        rows = (session.query(models.TrialModel.trial_id)
+                .outerjoin(models.TrialHeartbeatModel,
+                           models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id,
+                        models.TrialModel.state == TrialState.RUNNING,
+                        models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+                .all())
+    finally:
+        session.close()
+    return [row[0] for row in rows]
 
 
 def open_study(spec, url: str, heartbeat: int = HEARTBEAT, log=print):
@@ -306,6 +361,7 @@ class WorkerSetup:
     worker: int = 0
     verbose: bool = False
     quiet: bool = False
+    check: bool = True
 
 
 def _say(text: str) -> None:
@@ -314,11 +370,16 @@ def _say(text: str) -> None:
 
 def work(setup: WorkerSetup, log=_say) -> int:
     """Pull trials from the study and run them until every planned slot is finished;
-    returns how many trials this worker finished."""
+    returns how many trials this worker finished. With ``setup.check`` the first
+    configuration is built here first (its data loaded), so that a machine that cannot run
+    the sweep stops before it takes a trial."""
     optuna = require_optuna()
-    from optuna.trial import TrialState
-    from .trial import TrialRunner
     spec = setup.spec
+    if setup.check:
+        try:
+            check_first(spec)
+        except NeurosimError as err:
+            raise NeurosimError(f"on {socket.gethostname()}: {err}") from None
     if setup.threads:
         import torch
         torch.set_num_threads(setup.threads)
@@ -328,91 +389,137 @@ def work(setup: WorkerSetup, log=_say) -> int:
     runner = TrialRunner(spec, setup.out_dir, threads=setup.threads,
                          log=(lambda _: None) if setup.quiet else log,
                          verbose=setup.verbose)
-    poll = min(2.0, setup.heartbeat / 2)
+    poll, grace = min(2.0, setup.heartbeat / 2), 3 * setup.heartbeat
     finished = 0
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optuna.storages.fail_stale_trials(study)      # and re-enqueue them (retry_stale)
-        plan = plan_of(study, spec.planned, grace=3 * setup.heartbeat)
+        fail_dead_trials(study, storage, grace)       # and re-enqueue them (retry_stale)
+        plan = plan_of(study, spec.planned, grace=grace)
         if plan.done:
             return finished
-        trial = _pop_waiting(study, storage) if plan.waiting else None
-        if trial is None and plan.lost:
+        taken = _pop_waiting(study, storage, spec) if plan.waiting else None
+        if taken is None and plan.lost:
             slot, dead = min(plan.lost.items())
             log(f"trial {slot:04d}: its last attempt (#{dead.number}) died with no retry "
                 "queued; queueing it again")
             retry_stale(study, dead)
             continue
-        if trial is None and spec.sampler != "grid" and plan.originals < spec.planned:
+        if taken is None and spec.sampler != "grid" and plan.originals < spec.planned:
             with warnings.catch_warnings():  # "heartbeats are meant for Study.optimize"
                 warnings.simplefilter("ignore")
                 trial = study.ask()          # a new point (or a retry queued meanwhile)
-            storage.record_heartbeat(trial._trial_id)      # stale, not lost, if we die now
-            if SLOT not in storage.get_trial(trial._trial_id).user_attrs:
-                rank = _rank(study, trial.number)
-                if rank >= spec.planned:     # another worker took the last slot first
-                    storage.set_trial_user_attr(trial._trial_id, SURPLUS, True)
-                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                    continue
-                storage.set_trial_user_attr(trial._trial_id, SLOT, rank)
-        if trial is None:
+            taken = _claim(study, storage, spec, trial._trial_id, trial)
+            if taken is None:                # surplus, or finished by another taker
+                continue
+        if taken is None:
             time.sleep(poll)             # the rest is running elsewhere: wait, in case it dies
             continue
-        if _run(study, storage, trial, runner, setup, log, optuna):
+        if _run(study, storage, *taken, runner, setup, log, optuna):
             finished += 1
 
 
-def _pop_waiting(study, storage):
-    """Take a waiting (enqueued or retried) trial, atomically; None when there is none."""
+def _pop_waiting(study, storage, spec):
+    """Take a waiting (enqueued or retried) trial: ``(trial, owner token)`` (see
+    :func:`_claim`), or None when there is none."""
     import optuna
     from optuna.trial import TrialState
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)),
                     key=lambda t: t.number):
         try:
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                storage.record_heartbeat(t._trial_id)     # stale, not lost, if we die now
-                return optuna.trial.Trial(study, t._trial_id)
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
+        taken = _claim(study, storage, spec, t._trial_id)
+        if taken is not None:
+            return taken
     return None
 
 
-def _run(study, storage, trial, runner, setup, log, optuna) -> bool:
+def _claim(study, storage, spec, trial_id: int, trial=None):
+    """Make a trial just moved to RUNNING (popped, or asked: ``trial``) this worker's: its
+    first heartbeat, a new owner token and, for a new trial, its slot. Returns ``(trial,
+    token)``, or None when it is not to run here: finished already by a worker that took it
+    at the same moment, or surplus (closed at once). Interrupted here, the trial is failed
+    and queued again, never left RUNNING without a heartbeat."""
+    import optuna
+    from optuna.trial import TrialState
+    token = uuid.uuid4().hex
+    try:
+        storage.record_heartbeat(trial_id)            # stale, not lost, if we die now
+        storage.set_trial_user_attr(trial_id, OWNER, token)
+        if trial is None:
+            trial = optuna.trial.Trial(study, trial_id)
+        if SLOT not in storage.get_trial(trial_id).user_attrs:
+            rank = _rank(study, trial.number)
+            if rank >= spec.planned:     # another worker took the last slot first
+                storage.set_trial_user_attr(trial_id, SURPLUS, True)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                return None
+            storage.set_trial_user_attr(trial_id, SLOT, rank)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    except BaseException:
+        _abandon(study, storage, trial_id, token)
+        raise
+    return trial, token
+
+
+def _owned(storage, trial_id: int, token: str) -> bool:
+    """Whether the trial is still RUNNING under this worker's owner token."""
+    from optuna.trial import TrialState
+    frozen = storage.get_trial(trial_id)
+    return frozen.state == TrialState.RUNNING and frozen.user_attrs.get(OWNER) == token
+
+
+def _abandon(study, storage, trial_id: int, token: str) -> None:
+    """Fail a trial this worker took but cannot finish (interrupted, or an error that is not
+    the configuration's) and queue it again, unless another worker owns it by now."""
+    from optuna.trial import TrialState
+    try:
+        frozen = storage.get_trial(trial_id)
+        if frozen.state == TrialState.RUNNING and frozen.user_attrs.get(OWNER) in (token, None) \
+                and storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            retry_stale(study, storage.get_trial(trial_id))
+    except Exception:                    # the database is gone: the heartbeat check retries it
+        pass
+
+
+def _run(study, storage, trial, token, runner, setup, log, optuna) -> bool:
     """Run one trial to its end (COMPLETE, PRUNED, FAIL with an error); True when it
-    finished its slot here. The trial directory's lock is held until the trial is told,
-    so a second trial of the same slot (a retry queued twice) sees it finished."""
-    import socket
-    spec = setup.spec
-    frozen = storage.get_trial(trial._trial_id)
-    slot = frozen.user_attrs.get(SLOT)
-    retry_of = frozen.user_attrs.get(RETRY_OF)
-    ran_on = frozen.user_attrs.get(HOST)
-    here = socket.gethostname()
-    storage.set_trial_user_attr(trial._trial_id, HOST, here)
+    finished its slot here. It runs only while it is RUNNING under this worker's token,
+    checked again once the trial directory's lock is held (two workers that took it at once
+    each wrote a token; the last one runs it, the other returns False). The lock is held
+    until the trial is told, so a second trial of the same slot (a retry queued twice) sees
+    it finished. A trial finished by another worker meanwhile (taken for dead) is handed
+    over: one line, False."""
+    slot = storage.get_trial(trial._trial_id).user_attrs[SLOT]
     with _Heartbeat(storage, trial._trial_id, setup.heartbeat):
         try:
-            values = {p.key: p.suggest(trial) for p in spec.space}
+            if not _owned(storage, trial._trial_id, token):
+                return False
             with runner.locked(slot):
-                return _run_locked(study, storage, trial, runner, setup, log, optuna, slot,
-                                   values, retry_of, ran_on if ran_on != here else None)
+                if not _owned(storage, trial._trial_id, token):
+                    return False
+                return _run_owned(study, storage, trial, slot, runner, setup, log, optuna)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log(f"trial {slot:04d}: #{trial.number} was finished by another worker while it "
+                f"ran here (taken for dead: no heartbeat for {3 * setup.heartbeat} s); its "
+                "retry continues from these run directories")
+            return False
         except BaseException:
-            # interrupted (Ctrl-C) or a bug: the slot is queued again, to continue from
-            # its checkpoints when the sweep is started again
-            try:
-                from optuna.trial import TrialState
-                if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                    retry_stale(study, storage.get_trial(trial._trial_id))
-            except Exception:
-                pass
+            # interrupted (Ctrl-C), an error that is not the configuration's, or a bug: the
+            # slot is queued again, to continue from its checkpoints when the sweep is
+            # started again
+            _abandon(study, storage, trial._trial_id, token)
             raise
 
 
-def _run_locked(study, storage, trial, runner, setup, log, optuna, slot, values, retry_of,
-                elsewhere) -> bool:
+def _run_owned(study, storage, trial, slot, runner, setup, log, optuna) -> bool:
     from optuna.trial import TrialState
-    spec, key = setup.spec, f"{slot:04d}"
+    spec = setup.spec
+    frozen = storage.get_trial(trial._trial_id)
+    retry_of = frozen.user_attrs.get(RETRY_OF)
+    key, here, ran_on = f"{slot:04d}", socket.gethostname(), frozen.user_attrs.get(HOST)
     done = [t for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get(SLOT) == slot and t.number != trial.number and is_final(t)
             and not t.user_attrs.get(DUPLICATE)]
@@ -420,12 +527,15 @@ def _run_locked(study, storage, trial, runner, setup, log, optuna, slot, values,
         storage.set_trial_user_attr(trial._trial_id, DUPLICATE, True)
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         return False
+    storage.set_trial_user_attr(trial._trial_id, HOST, here)
+    values = {p.key: p.suggest(trial) for p in spec.space}
     numbers = [t.number for t in study.get_trials(deepcopy=False)
                if t.user_attrs.get(SLOT) == slot]
-    runner.write_info(slot, values, numbers)
     retry = None
     if retry_of is not None:
-        retry = f"#{retry_of}" + (f", which ran on {elsewhere}" if elsewhere else "")
+        retry = f"#{retry_of}" + (f", which ran on {ran_on}" if ran_on not in (None, here)
+                                  else "")
+
     def prune(value, epoch):             # the pruner sees each epoch's mean over seeds
         if math.isfinite(value):
             trial.report(value, epoch)
@@ -434,18 +544,19 @@ def _run_locked(study, storage, trial, runner, setup, log, optuna, slot, values,
 
     report = prune if spec.pruner != "none" else None
     try:
+        runner.write_info(slot, values, numbers)
         result = runner.run(slot, values, report=report, retry=retry)
     except optuna.TrialPruned as pruned:
-        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        _tell(study, trial, TrialState.PRUNED)
         _progress(study, spec, log, setup, f"trial {key} pruned at {pruned} | "
                   f"{spec.describe(values)}")
         return True
-    except NeurosimError as err:
+    except (RetryableError, DataError, NeurosimIOError, OSError) as err:
+        raise _not_the_configuration(err, key, here) from None
+    except NeurosimError as err:         # the configuration's own: the same on every retry
         message = " ".join(str(err).split())
         storage.set_trial_user_attr(trial._trial_id, ERROR, message[:2000])
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        if "objective" in message and "column" in message:
-            raise                        # the same in every trial: stop the sweep
+        _tell(study, trial, TrialState.FAIL)
         _progress(study, spec, log, setup, f"trial {key} failed: {message}")
         return True
     value = result["value"]
@@ -455,18 +566,39 @@ def _run_locked(study, storage, trial, runner, setup, log, optuna, slot, values,
         storage.set_trial_user_attr(trial._trial_id, ERROR,
                                     f"objective {spec.objective} is not finite "
                                     f"(per seed: {result['seeds']})")
-        state = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True).state
+        _tell(study, trial, TrialState.FAIL)
     else:
-        state = study.tell(trial, value, skip_if_finished=True).state
-    if state != TrialState.COMPLETE and math.isfinite(value):
-        log(f"trial {key}: #{trial.number} was given up for dead (no heartbeat for "
-            f"{3 * setup.heartbeat} s) while it ran; its retry reads these results")
-        return False
+        _tell(study, trial, TrialState.COMPLETE, value)
     seeds = ", ".join(f"{v:.4g}" for v in result["seeds"].values())
     _progress(study, spec, log, setup,
               f"trial {key} done: {spec.objective} {value:.4f} (seeds {seeds}; "
               f"{result['seconds']:.1f} s) | {spec.describe(values)}")
     return True
+
+
+def _tell(study, trial, state, value=None) -> None:
+    """Tell the trial's end; UpdateFinishedTrialError when another worker finished it first
+    (it was taken for dead)."""
+    import optuna
+    told = study.tell(trial, value, state=state, skip_if_finished=True)
+    if told.state != state:
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"trial #{trial.number} is {told.state.name} already")
+
+
+def _not_the_configuration(err: BaseException, key: str, host: str) -> RetryableError:
+    """The error that stops a worker whose trial failed for a reason that is not its
+    configuration's (the trial is queued again)."""
+    if isinstance(err, RetryableError):
+        return err
+    if isinstance(err, OSError):
+        where = f" {err.filename}" if err.filename else ""
+        text = f"cannot read or write{where}: {err.strerror or err}."
+    else:
+        text = " ".join(str(err).split())
+    return RetryableError(f"trial {key} cannot run on {host}: {text} It is queued again: fix "
+                          "this, then run the same command to continue (finished trials are "
+                          "kept).")
 
 
 def _progress(study, spec, log, setup, text: str) -> None:
@@ -477,7 +609,10 @@ def _progress(study, spec, log, setup, text: str) -> None:
 
 
 def worker_main(setup: WorkerSetup) -> None:
-    """Entry point of a spawned worker process: :func:`work`, errors as one line, exit 2."""
+    """Entry point of a spawned worker process: :func:`work`, errors as one line, exit 2;
+    SIGINT or SIGTERM (the sweep's own, passed on) queues its trial again, exit 130."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _interrupt_once)
     try:
         work(setup)
     except NeurosimError as err:
@@ -487,10 +622,19 @@ def worker_main(setup: WorkerSetup) -> None:
         sys.exit(130)
 
 
+def _interrupt_once(number, frame) -> None:
+    """A worker's SIGINT and SIGTERM: KeyboardInterrupt, once; the copies that follow (a
+    terminal's Ctrl-C reaches the worker and the sweep, which passes it on) are ignored, so
+    that they cannot break off the handing back of its trial."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def default_threads(workers: int) -> int:
     """CPU threads per worker: the cores shared among the workers (at least 1)."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 __all__ = ["open_study", "plan_of", "work", "WorkerSetup", "make_storage", "default_storage",
-           "Plan", "retry_stale", "mask", "require_optuna", "HEARTBEAT"]
+           "Plan", "retry_stale", "fail_dead_trials", "mask", "require_optuna", "HEARTBEAT"]

@@ -14,10 +14,17 @@ from ..errors import ConfigError
 _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+def _string(text: str) -> str:
+    """A TOML basic string: JSON's escapes (TOML shares them: ``\\n``, ``\\uXXXX``) for
+    the control characters JSON escapes (U+0000-U+001F), and ``\\u007f`` for DEL, which
+    JSON leaves raw but TOML forbids."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _key(key: str) -> str:
     if not isinstance(key, str):
         raise ConfigError(f"TOML keys are text, got {key!r}.")
-    return key if _BARE.match(key) else json.dumps(key, ensure_ascii=False)
+    return key if _BARE.match(key) else _string(key)
 
 
 def value_text(value) -> str:
@@ -32,7 +39,7 @@ def value_text(value) -> str:
         text = repr(value)
         return text if any(c in text for c in ".en") else text + ".0"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)   # TOML basic strings share JSON escapes
+        return _string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(value_text(v) for v in value) + "]"
     if isinstance(value, dict):

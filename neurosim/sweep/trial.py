@@ -9,6 +9,10 @@ ensemble (neurosim.training.ensemble: the same run directories), continued as on
 seed has a checkpoint at the same epoch and seed by seed otherwise. The trial's value is the
 mean of the seeds' objectives. With a pruner the seeds are trained epoch by epoch in lockstep
 and the mean after each epoch is reported, so that a hopeless trial can be stopped early.
+
+A :class:`RetryableError` is an error that is not the configuration's own (a run directory
+of another configuration in the way, an objective column the runs do not write): the trial
+is not recorded as failed but left to be retried, and the worker stops.
 """
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 
 
+class RetryableError(NeurosimError):
+    """The trial could not run for a reason that is not its configuration's: it is left to
+    be retried (not recorded as failed) and the worker stops with this message."""
+
+
 def trial_key(slot: int) -> str:
     """The directory name of the trial in plan position ``slot`` (0000, 0001, ...)."""
     return f"{slot:04d}"
@@ -35,21 +44,34 @@ def objective_value(columns: dict, objective: str, where: str = "") -> float:
     """The objective of one run from its metrics (``{column: [value per epoch]}``):
     ``final_test_accuracy`` (the last epoch's test accuracy), ``max:COL`` / ``min:COL`` (the
     best epoch's), or ``COL`` (the last epoch's; peak_test_accuracy is the best so far)."""
-    how, _, column = objective.rpartition(":")
-    if column == "final_test_accuracy":
-        column = "test_accuracy"
+    how, column = objective_column(objective)
     values = columns.get(column)
     if not values:
         known = ", ".join(sorted(columns)) or "(no epochs yet)"
-        raise NeurosimError(f"{where}objective {objective!r}: the run has no {column} column; "
-                            f"its metrics.csv columns are {known}. Set [sweep] objective to one "
-                            "of them.")
+        raise RetryableError(f"{where}objective {objective!r}: the run has no {column} "
+                             f"column; its metrics.csv columns are {known}. Set [sweep] "
+                             "objective to one of them (in a new --out directory: the sweep "
+                             "file is part of the sweep's fingerprint).")
     if how:
         finite = [v for v in values if math.isfinite(v)]
         if not finite:
             return math.nan
         return max(finite) if how == "max" else min(finite)
     return float(values[-1])
+
+
+def objective_column(objective: str) -> tuple[str, str]:
+    """(``"max"``, ``"min"`` or ``""``, the metrics.csv column) of an objective."""
+    how, _, column = objective.rpartition(":")
+    return how, "test_accuracy" if column == "final_test_accuracy" else column
+
+
+def same_model_text(a: str, b: str) -> bool:
+    """Whether two trial model files are the same but for their header comment (which
+    names the sweep's model file: it may have been renamed or moved since)."""
+    def body(text):
+        return text.split("\n", 1)[1] if text.startswith("#") else text
+    return body(a) == body(b)
 
 
 def _truncated(columns: dict, epochs: int) -> dict:
@@ -119,10 +141,11 @@ class TrialRunner:
         if (run_dir / "run.h5").exists() or (run_dir.is_dir() and kept_checkpoints(run_dir)):
             trainer = Trainer.resume(run_dir, progress=False, threads=self.threads,
                                      warn=lambda m: self.log(f"trial {key}: warning: {m}"))
-            if trainer.model_text != text:
-                raise NeurosimError(f"{run_dir} holds a run of another configuration (its "
-                                    "model.toml differs from this trial's); move it away or "
-                                    "start the sweep in a new --out directory.")
+            if not same_model_text(trainer.model_text, text):
+                raise RetryableError(f"{run_dir} holds a run of another configuration (its "
+                                     "model.toml differs from this trial's); move it away and "
+                                     "run the same command again, or start the sweep in a new "
+                                     "--out directory.")
             target = trainer.config.epochs
             if 0 < trainer.epoch < target:
                 self.log(f"trial {key}: seed_{seed} continues from its checkpoint at epoch "
@@ -168,7 +191,9 @@ class TrialRunner:
         except NeurosimError:            # killed between two members' checkpoints
             return None
         texts = {m.config.seed: m.model_text for m in ensemble.members}
-        if texts != {seed: self.model_text(slot, values, seed) for seed in self.spec.seeds}:
+        if sorted(texts) != sorted(self.spec.seeds) or not all(
+                same_model_text(texts[seed], self.model_text(slot, values, seed))
+                for seed in self.spec.seeds):
             return None                  # open_run names the stray directory
         if 0 < ensemble.epoch < ensemble.members[0].config.epochs:
             self.log(f"trial {trial_key(slot)}: the ensemble of seeds continues from its "
@@ -233,7 +258,8 @@ def _mean(values) -> float:
 
 def check_first(spec) -> None:
     """Build the sweep's first configuration (model text, network, protocol, options, data)
-    so that a bad key or value is reported before anything runs."""
+    and check that its runs write the objective's column, so that a bad key or value, or a
+    missing data file, is reported before anything runs."""
     from ..graph import parse_model_text
     from ..training import Trainer
     values = {}
@@ -258,6 +284,48 @@ def check_first(spec) -> None:
         from ..training.ensemble import check_ensemble_ready
         check_ensemble_ready(trainer, f"{spec.path} [sweep] ensemble = true (set it to false "
                                       "to train each trial's seeds one by one)")
+    _, column = objective_column(spec.objective)
+    if column in _planned_columns(trainer):
+        return
+    columns = _epoch_columns(trainer)
+    if columns is not None and column not in columns:
+        raise ConfigError(f"{spec.path} [sweep] objective {spec.objective!r}: the runs write no "
+                          f"{column} column (the first configuration's metrics.csv columns are "
+                          f"{', '.join(sorted(columns))}); set objective to one of them.")
 
 
-__all__ = ["TrialRunner", "objective_value", "trial_key", "check_first"]
+def _planned_columns(trainer) -> set:
+    """The metrics.csv columns every epoch of ``trainer`` writes, known from its evaluation
+    plan without training (step metrics and metric plug-ins name theirs when computed)."""
+    columns = {"epoch", "lr_scale", "train_seconds", "seconds"}
+    for prefix, _, labels, _ in trainer.evaluation_plan():
+        if labels is not None:
+            columns |= {f"{prefix}_accuracy", f"{prefix}_loss"}
+    if "test_accuracy" in columns:
+        columns |= {"peak_test_accuracy", "peak_epoch"}
+    return columns
+
+
+def _epoch_columns(trainer) -> set | None:
+    """The columns of one epoch of ``trainer`` (thrown away after) on one training batch and
+    one evaluation batch of each held-out set: the cheapest run that writes every column;
+    None when so small an epoch fails (the trials then tell)."""
+    from dataclasses import replace
+
+    def cut(rows, n):
+        return None if rows is None else rows[:n]
+
+    train, held = trainer.config.batch_size, trainer.config.eval_batch_size
+    data = trainer.dataset
+    trainer.train_x, trainer.train_y = cut(trainer.train_x, train), cut(trainer.train_y, train)
+    trainer.val_x, trainer.val_y = cut(trainer.val_x, held), cut(trainer.val_y, held)
+    trainer._dataset = replace(data, test_x=cut(data.test_x, held),
+                               test_y=cut(data.test_y, held))
+    try:
+        return set(trainer.train_epoch())
+    except Exception:                    # e.g. a metric that needs more rows than these
+        return None
+
+
+__all__ = ["TrialRunner", "RetryableError", "objective_value", "objective_column", "trial_key",
+           "check_first", "same_model_text"]
