@@ -73,7 +73,7 @@ from .plasticity import PhaseRecord, RuleSet
 from .plasticity.continuous import PlasticSystem
 from .io.arrays import KEYS, ArrayFile
 from .registry import importable_from, model_directory
-from .solvers import (FixedStepSolver, Observer, SolveStats, SteadyState, TorchDiffEq,
+from .solvers import (FixedStepSolver, Observer, Probe, SolveStats, SteadyState, TorchDiffEq,
                       get_solver, make_schedule, solve)
 from .solvers.limits import check_max_rhs_evals
 from .solvers.system import check_system_solver, integrate_system
@@ -707,7 +707,7 @@ class Simulation:
                               f"run to, so give one >= {self.step}.")
         self._inputs_from_state()
         self.state.t = self.t
-        observers = []
+        observers, probes = [], []
         if recorder is not None:
             if self.drive is not None:      # dendritic v of a record includes the stimuli at t
                 observers.append(Observer(lambda k, t, s: setattr(s, "t", t), 1))
@@ -741,9 +741,13 @@ class Simulation:
                 for m, name in stimuli:
                     recorder.append(m.key, self._stimulus_value(name, self.t), self.t)
             for m in monitors:
-                observers.append(Observer(
-                    lambda k, t, s, m=m: recorder.append(m.key, read_monitor(m, self.net, s), t),
-                    m.every))
+                probe = self._probe(m, recorder)
+                if probe is not None:
+                    probes.append(probe)
+                else:
+                    observers.append(Observer(
+                        lambda k, t, s, m=m: recorder.append(m.key, read_monitor(m, self.net, s),
+                                                             t), m.every))
             for m, name in stimuli:
                 observers.append(Observer(
                     lambda k, t, s, m=m, name=name: recorder.append(
@@ -773,10 +777,13 @@ class Simulation:
         try:
             if self.plasticity[0] == "continuous":
                 with torch.no_grad():
-                    stats = self._run_continuous(total, observers, bar, after_step)
+                    stats = self._run_continuous(
+                        total, [*observers, *(p.as_observer() for p in probes)], bar,
+                        after_step)
             else:
                 with torch.inference_mode():
-                    stats = self._run_discrete(total, observers, bar, after_step)
+                    stats = self._run_discrete(total, observers, probes, bar, after_step,
+                                               checkpoint, checkpoint_every)
         finally:
             if bar is not None:
                 bar.close()
@@ -858,11 +865,32 @@ class Simulation:
                               "stimulus (stop = ...).")
         return SteadyState(self.options.steady_tol, max_steps=total - self.step, after=after)
 
-    def _run_discrete(self, total: int, observers, bar, after_step) -> SolveStats:
+    def _probe(self, monitor: MonitorSpec, recorder) -> Probe | None:
+        """A soma monitor (u or r of a population's neurons) as a :class:`Probe` writing
+        blocks of records into ``recorder``; None for the others (dendrites, weights)."""
+        if monitor.compartment != SOMA or monitor.variable not in ("u", "r"):
+            return None
+        slot = self.net.slots[monitor.population]
+        cols = slot.u_cols if monitor.variable == "u" else slot.r_cols
+        if cols is None:
+            return None
+        picked = range(slot.size) if monitor.indices is None else monitor.indices
+        columns = torch.tensor([cols.start + i for i in picked], dtype=torch.int64,
+                               device=self.state.u.device)
+        def sink(steps, times, values):
+            if len(times) == 1:                  # the eager path: one record at a time
+                recorder.append(monitor.key, values[0], times[0])
+            else:
+                recorder.append_block(monitor.key, values, times)
+        return Probe(monitor.variable, columns, monitor.every, sink)
+
+    def _run_discrete(self, total: int, observers, probes, bar, after_step, checkpoint,
+                      checkpoint_every) -> SolveStats:
         """Fixed weights, or rules after every N-th step (the solve is cut at multiples of N)."""
         mode, every = self.plasticity
         common = dict(solver=self.solver, schedule=self.schedule, observers=observers,
-                      progress=bar, after_step=after_step)
+                      probes=probes, progress=bar, after_step=after_step,
+                      after_every=checkpoint_every or 1 if checkpoint is not None else total + 1)
         if mode == "off":
             return solve(self.dynamics(), self.state, n_steps=total, step0=self.step,
                          t0=self.t, steady=self._steady(total), **common)

@@ -388,6 +388,10 @@ def test_killed_simulation_resumes_into_its_own_recording(full_recording, tmp_pa
                     os._exit(3)
                 super().append(name, values, t)
 
+            def append_block(self, name, values, times):      # the fused path's records
+                for row, t in zip(values, times):
+                    self.append(name, row, t)
+
         text = {SIM_TEXT!r}
         sim = Simulation.from_model_text(text)
         mons = monitors_from(parse_model_text(text), sim.network, "model")

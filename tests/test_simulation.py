@@ -165,13 +165,16 @@ class SpyRecorder(Recorder):
 
 
 def test_recording_streams_chunks_during_the_run(tmp_path):
+    """One append per record on the eager path (the fused path's blocks: test_fused.py)."""
+    from neurosim.dynamics import fused
     text = model()
     sim = Simulation.from_model_text(text, n_steps=40)
     mons = monitors(text, sim)
     path = tmp_path / "rec.h5"
     rec = SpyRecorder(path, chunk_size=4, attrs={"solver": sim.solver.name})
     try:
-        sim.run(monitors=mons, recorder=rec)
+        with fused.mode("off"):
+            sim.run(monitors=mons, recorder=rec)
         # the 30th append happens at step 11 (3 monitors at step 0, then 2 per step plus 1 on
         # even steps): lower/soma/u had 12 records, all 3 chunks of 4 already on disk
         complete, rows, chunks = rec.seen_mid_run

@@ -5,7 +5,8 @@ A model TOML naming the .npy files of :mod:`network` is written next to them and
 batch 1, float32). A run is timed around ``Simulation.run`` only (building the simulation,
 which reads the weight files, is not timed), either without recording or recording the 10
 somas of :func:`network.recorded` at every step into an HDF5 file with a
-:class:`neurosim.io.Recorder`, as ``neurosim simulate`` does.
+:class:`neurosim.io.Recorder`, as ``neurosim simulate`` does; on the fused path (the default
+for this network) or, for comparison, the eager one.
 """
 from __future__ import annotations
 
@@ -97,9 +98,12 @@ def write_model(directory) -> Path:
 
 
 class NeurosimRunner:
-    """Builds and runs the network from ``model.toml``; ``record`` adds the 10-soma monitor."""
+    """Builds and runs the network from ``model.toml``; ``record`` adds the 10-soma monitor.
+    ``path``: "fused" (the compiled many-step loop, required) or "eager" (one tensor
+    operation at a time; neurosim.dynamics.fused explains both)."""
 
-    def __init__(self, directory, record: bool, threads: int):
+    def __init__(self, directory, record: bool, threads: int, path: str = "fused"):
+        self.mode = {"fused": "require", "eager": "off"}[path]
         from neurosim.io import MonitorSpec
         torch.set_num_threads(threads)
         self.directory, self.record = Path(directory), record
@@ -111,6 +115,11 @@ class NeurosimRunner:
 
     def run(self) -> tuple[float, dict]:
         """One timed run from a fresh simulation: (seconds, trajectory)."""
+        from neurosim.dynamics import fused
+        with fused.mode(self.mode):
+            return self._run()
+
+    def _run(self) -> tuple[float, dict]:
         from neurosim.io import Recorder
         from neurosim.simulation import Simulation
         sim = Simulation.from_model_file(self.model)

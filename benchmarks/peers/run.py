@@ -1,7 +1,8 @@
 """Simulation speed of neurosim beside Brian2 and BrainPy on one network (issue 13).
 
     python benchmarks/peers/run.py [--sizes 1000 4000] [--repeats 3] [--threads 2]
-                                   [--skip-peers] [--brian2-targets cpp_standalone]
+                                   [--paths fused eager] [--skip-peers]
+                                   [--brian2-targets cpp_standalone]
 
 The network (benchmarks/peers/network.py): N pyramidal neurons (basal and apical dendrites,
 sigmoid) with dense recurrent apical input, 100 clamped inputs onto the basal dendrites and
@@ -17,7 +18,7 @@ gives steps per second (best and median) and the ratios neurosim / BrainPy and n
 Brian2 (of the best rates; above 1: neurosim is faster).
 
 Tools: neurosim through its Python API (Simulation from a model TOML, float32, torch threads
-= --threads), with no recording and recording 10 somas every step into HDF5 (a Recorder, as
+= --threads; on its fused path, and with --paths eager also on its eager path), with no recording and recording 10 somas every step into HDF5 (a Recorder, as
 ``neurosim simulate`` does); BrainPy (bm.for_loop, JAX jit, float32) and Brian2 (cpp_standalone
 by default; float64) in subprocesses of the peers' own virtual environment,
 benchmarks/peers/.venv-peers (made by benchmarks/peers/setup_peers.sh, never in the project's
@@ -133,9 +134,10 @@ def measure(n: int, args) -> list[dict]:
         print(f"\n## N = {n}: float64 reference in {time.perf_counter() - start:.1f} s; "
               f"{network.summary(ref)}", flush=True)
         tools = []            # (row, run() -> seconds)
-        for record in (False, True):
-            runner = NeurosimRunner(directory, record, args.threads)
-            label = "neurosim, recording 10 somas" if record else "neurosim, no recording"
+        for path, record in [(p, r) for p in args.paths for r in (False, True)]:
+            runner = NeurosimRunner(directory, record, args.threads, path)
+            label = (f"neurosim {path}, recording 10 somas" if record else
+                     f"neurosim {path}, no recording")
             seconds, result = runner.run()        # warm-up and check
             tools.append(_checked({"tool": label, "kind": "neurosim"}, result, ref,
                                   lambda runner=runner: runner.run()[0]))
@@ -224,6 +226,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--paths", nargs="+", default=["fused"], choices=["fused", "eager"],
+                    help="neurosim's paths to time: the compiled many-step loop (fused, the "
+                         "default for this network) and/or one tensor operation at a time")
     ap.add_argument("--skip-peers", action="store_true",
                     help="only neurosim and the reference (runs in the project's venv alone)")
     ap.add_argument("--brian2-targets", nargs="+", default=["cpp_standalone"],

@@ -536,6 +536,45 @@ class Recorder:
             self._write_monitor(m)
             self._file.flush()
 
+    def append_block(self, name: str, values: torch.Tensor, times) -> None:
+        """Add ``len(times)`` consecutive records of monitor ``name`` at once (``values``:
+        records x the monitor's shape), as that many :meth:`append` calls would, with one
+        tensor copy per chunk."""
+        self._check_open()
+        times = [float(t) for t in times]
+        m = self._monitors.get(name)
+        if m is None or self.resuming:
+            self.append(name, values, times[0] if times else 0.0)   # raises: says why
+        if not isinstance(values, torch.Tensor) or values.dim() != 1 + len(m.shape) or \
+                tuple(values.shape[1:]) != m.shape or values.shape[0] != len(times):
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values)
+            raise RecordingError(f'Recorder({self.path}): append_block("{name}") takes '
+                                 f"{len(times)} records of shape {m.shape} for {len(times)} "
+                                 f"times, i.e. a tensor of shape {(len(times), *m.shape)}; got "
+                                 f"{got}.")
+        clock = self._clocks[m.spec.every]
+        done = 0
+        while done < len(times):
+            take = min(len(times) - done, self.chunk_size - m.fill)
+            for t in times[done:done + take]:     # the time axis, as append() keeps it
+                self._check_time(clock, m, t)
+                if m.count == clock.count:
+                    clock.buf[clock.fill] = t
+                    clock.fill += 1
+                    if clock.fill == self.chunk_size:
+                        self._write_clock(clock)
+                        self._file.flush()
+                m.fill += 1
+            if m.buffer is None:
+                m.buffer = torch.empty((self.chunk_size, *m.shape), dtype=m.dtype,
+                                       device=values.device)
+            m.buffer[m.fill - take:m.fill].copy_(values[done:done + take].detach())
+            self._started = True
+            done += take
+            if m.fill == self.chunk_size:
+                self._write_monitor(m)
+                self._file.flush()
+
     def _check_time(self, clock: _Clock, m: _Monitor, t: float) -> None:
         j = m.count - clock.written
         if m.count < clock.count and j >= 0 and isinstance(t, (int, float)) \

@@ -10,7 +10,8 @@ right-hand-side evaluations allowed per output interval, which also sets the run
 from __future__ import annotations
 
 from ..errors import ConfigError, did_you_mean
-from .base import (ContinuousSolver, FixedStepSolver, Observer, SolveStats, Solver, SteadyState,
+from .base import (ContinuousSolver, FixedStepSolver, Observer, Probe, SolveStats, Solver,
+                   SteadyState,
                    solve)
 from .external import ScipyIVP, TorchDiffEq
 from .fixed import RK4, Euler, GaussSeidelEuler, Heun
@@ -50,7 +51,7 @@ def get_solver(name: str, **options) -> Solver:
                       f"Valid solvers: {', '.join(SOLVER_NAMES)}.")
 
 
-__all__ = ["ContinuousSolver", "FixedStepSolver", "Observer", "SolveStats", "Solver",
+__all__ = ["ContinuousSolver", "FixedStepSolver", "Observer", "Probe", "SolveStats", "Solver",
            "SteadyState", "solve", "ScipyIVP", "TorchDiffEq", "RK4", "Euler", "GaussSeidelEuler",
            "Heun", "ConstantStep", "InverseTimeDecay", "make_schedule", "get_solver",
            "SOLVER_NAMES", "DEFAULT_MAX_RHS_EVALS", "StiffnessWarning"]

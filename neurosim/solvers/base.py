@@ -46,9 +46,12 @@ class Solver:
 
 
 class FixedStepSolver(Solver):
-    """A solver that advances the state in place by one step of size dt."""
+    """A solver that advances the state in place by one step of size dt. ``fused``: the
+    form of the compiled many-step loop (neurosim.dynamics.fused) that computes the same
+    steps, "jacobi" or "gauss-seidel", or None."""
 
     order: ClassVar[int] = 1
+    fused: ClassVar[str | None] = None
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
         """Advance ``state`` in place by one step of size ``dt``: u, then r = sigma(u)."""
@@ -93,14 +96,21 @@ class Observer:
 def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedule,
           n_steps: int, step0: int = 0, t0: float = 0.0, observers: list[Observer] = (),
           steady: SteadyState | None = None, check_finite_every: int = 1,
-          progress=None, after_step: Callable[[int, float], None] | None = None) -> SolveStats:
+          progress=None, after_step: Callable[[int, float], None] | None = None,
+          probes: list[Probe] = (), after_every: int = 1) -> SolveStats:
     """Advance ``state`` in place from step ``step0`` (time ``t0``) to step ``n_steps``.
 
     ``schedule(k)`` gives the step size of step k (k counts from the start of the phase, so a
-    run resumed at ``step0`` continues the schedule where it stopped); observers see the state after steps that
-    are multiples of their ``every``; ``steady`` stops early at a fixed point;
-    ``after_step(k, t)`` runs after each (fixed-step) step or segment (e.g. checkpoints);
-    ``progress`` is a tqdm-like bar updated by the number of steps done."""
+    run resumed at ``step0`` continues the schedule where it stopped); observers see the state
+    after steps that are multiples of their ``every``, probes record columns of it (without
+    Python work per step on the fused path); ``steady`` stops early at a fixed point;
+    ``after_step(k, t)`` runs after each step that is a multiple of ``after_every`` and at
+    the end (fixed-step solvers; e.g. checkpoints), or after each segment (continuous ones);
+    ``progress`` is a tqdm-like bar updated by the number of steps done.
+
+    Fixed-step solvers with a ``fused`` form run on the compiled loop of
+    neurosim.dynamics.fused where it applies, in chunks that end wherever Python must act
+    (a due observer, a steady-state check, ``after_every``)."""
     if steady is not None:
         n_steps = min(n_steps, step0 + steady.max_steps)
     if dynamics.stochastic and not solver.supports_noise:
@@ -132,8 +142,19 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
         return False
 
     done = False
-    if isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
-                                                    or progress or after_step or dynamics.drive):
+    fused = None
+    if isinstance(solver, FixedStepSolver) and k < n_steps:
+        from ..dynamics.fused import stepper
+        fused = stepper(dynamics, state, solver, n_steps - k)
+    if fused is None:
+        observers = [*observers, *(p.as_observer() for p in probes)]
+    if fused is not None:
+        k, t, done = _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps,
+                                  observers, probes, steady, visit, after_step, after_every,
+                                  progress)
+    elif isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
+                                                      or progress or after_step or
+                                                      dynamics.drive):
         for j in range(k, n_steps):      # fast path: nothing to do between steps
             solver.step(dynamics, state, schedule(j))
             t = time(j, t)
@@ -145,7 +166,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
             k, t = k + 1, time(k, t)
             dynamics.set_time(state, t)
             done = visit(k, t)
-            if after_step is not None:
+            if after_step is not None and (k % after_every == 0 or done or k == n_steps):
                 after_step(k, t)
             if progress is not None:
                 progress.update(1)
@@ -174,3 +195,61 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     if steady is not None and stats.converged is None:
         stats.converged = False
     return stats
+
+
+@dataclass
+class Probe:
+    """Record columns of ``state.u`` (``source`` "u") or ``state.r`` ("r") after every step
+    that is a multiple of ``every``: ``sink(steps, times, values)`` gets them in blocks
+    (values: records x batch x len(columns), a buffer that is reused after the call)."""
+
+    source: str
+    columns: torch.Tensor
+    every: int
+    sink: Callable[[list[int], list[float], torch.Tensor], None]
+
+    def as_observer(self) -> Observer:
+        """The same records, one at a time (eager and continuous paths)."""
+        def record(k: int, t: float, state: NeuralState) -> None:
+            values = state.u if self.source == "u" else state.r
+            self.sink([k], [t], values.index_select(-1, self.columns).unsqueeze(0))
+        return Observer(record, self.every)
+
+
+MAX_CHUNK = 1024       # steps per call of the fused loop (progress bars move between calls)
+
+
+def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observers, probes,
+                 steady, visit, after_step, after_every, progress):
+    """The fixed-step loop on the compiled loop: chunks of steps up to the next step where an
+    observer is due, the steady state is checked or ``after_step`` must run."""
+    every = [obs.every for obs in observers]
+    if steady is not None:
+        every.append(steady.check_every)
+    if after_step is not None:
+        every.append(after_every)
+    buffers = [torch.empty((min(MAX_CHUNK // p.every + 1, MAX_CHUNK), *state.u.shape[:-1],
+                            p.columns.numel()), dtype=state.u.dtype) for p in probes]
+    done = False
+    while k < n_steps and not done:
+        stop = min(n_steps, k + MAX_CHUNK, *((k // e + 1) * e for e in every))
+        dts, times, tt = [], [], t
+        for j in range(k, stop):
+            dts.append(schedule(j))
+            tt = time(j, tt)
+            times.append(tt)
+        taken = fused.advance(state, dts, k, list(zip(probes, buffers)))
+        for probe, buffer in zip(probes, buffers):
+            steps = [j for j in range(k + 1, k + taken + 1) if j % probe.every == 0]
+            if steps:
+                probe.sink(steps, [times[j - k - 1] for j in steps], buffer[:len(steps)])
+        k, t = k + taken, times[taken - 1]
+        dynamics.set_time(state, t)
+        if taken < len(dts):
+            dynamics.check_finite(state, k)      # raises: a potential became non-finite
+        done = visit(k, t)
+        if after_step is not None and (k % after_every == 0 or done or k == n_steps):
+            after_step(k, t)
+        if progress is not None:
+            progress.update(taken)
+    return k, t, done

@@ -14,6 +14,7 @@ class Euler(FixedStepSolver):
     order = 1
     tableau = tableaux.EULER
     supports_noise = True
+    fused = "jacobi"
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
         """For all populations at once, u_p <- u_p + (h_p / rate_p) f_p(t, u) +
@@ -29,6 +30,7 @@ class GaussSeidelEuler(FixedStepSolver):
     name = "gs-euler"
     order = 1
     supports_noise = True
+    fused = "gauss-seidel"
 
     def step(self, dynamics: PhaseDynamics, state: NeuralState, dt: float) -> None:
         """For each population p in declaration order: u_p <- u_p + (h_p / rate_p) f_p(t, u, r)

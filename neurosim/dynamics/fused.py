@@ -1,0 +1,351 @@
+"""The fused path: many fixed steps of linear cells in one compiled call.
+
+Explicit Euler (Jacobi) and layer-ordered Euler (Gauss-Seidel) on networks of linear cells
+(module docstring of neurosim.dynamics.compiled) are, per population p with
+``h_p = dt rate_p`` (or its ``fixed_step``),
+
+    u_p <- (1 - h_p d_p) u_p + h_p (r_src W_p^T + I_p),        r_p <- sigma_p(u_p)
+
+with every population reading the activities of the previous step (Jacobi) or the newest
+ones (Gauss-Seidel, in declaration order). The eager path runs this as a few tensor
+operations per population and step, each paying Python and dispatch work; at N = 1,000 that
+work costs more than the 1,000 x 1,000 product itself. The fused path runs a whole chunk
+of steps in one call of a small C++ loop (``csrc/fused_euler.cpp``, OpenMP over the neurons
+of each population, a barrier between phases). It also copies monitored columns of ``u``
+or ``r`` into a buffer at each due step (:class:`Probe`), so recording adds no work per step
+either. Numerics are those of the eager path up to float rounding: the sums run in another
+order.
+
+The loop is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``)
+into ``$NEUROSIM_CACHE/ext`` (default ``~/.cache/neurosim/ext``), keyed by the source, the
+flags and the compiler. This takes about a second, once per machine. It is loaded with ctypes
+and needs neither torch headers nor ninja.
+
+When it applies (:func:`unsupported` gives the reason when not):
+
+- solver ``euler`` or ``gs-euler``, on the CPU, float32 or float64, not an ensemble;
+- every dynamic population a built-in linear cell without noise, whose activation is
+  linear, relu, clip[a,b], leaky_relu[s], sigmoid or tanh;
+- no stimuli (time-varying drive), batch up to :data:`MAX_BATCH` (beyond it the eager
+  path's matrix-matrix products are faster).
+
+Otherwise the eager path runs, with the same results. ``NEUROSIM_FUSED=off`` (or
+:func:`set_mode`) always takes the eager path; ``require`` makes a run that cannot take the
+fused path an error, which tests use to compare both.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import ConfigError, SimulationError
+
+SOURCE = Path(__file__).with_name("csrc") / "fused_euler.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared",
+         "-fPIC")
+MAX_BATCH = 4                 # larger batches run faster as the eager path's GEMMs
+COPY_MIN_STEPS = 16           # solves this long read a row-major KT_p from a transposed copy
+COPY_MAX_BYTES = 1 << 28      # ... of at most 256 MiB per operator
+MODES = ("auto", "off", "require")
+ACTIVATION_CODES = {"linear": 0, "relu": 1, "clip": 2, "sigmoid": 3, "tanh": 4,
+                    "leaky_relu": 5}
+_PARAMETERS = re.compile(r"^([a-z_]+)(?:\[([-+0-9.eE]+)(?:,([-+0-9.eE]+))?\])?$")
+
+_mode = os.environ.get("NEUROSIM_FUSED", "auto").strip().lower() or "auto"
+_library: ctypes.CDLL | None = None
+_build_error: str | None = None
+_lock = threading.Lock()
+
+
+def set_mode(mode: str) -> None:
+    """"auto" (fused where it applies, else eager), "off" (always eager) or "require" (an
+    error where the fused path does not apply)."""
+    global _mode
+    if mode not in MODES:
+        raise ConfigError(f"fused mode must be one of {', '.join(MODES)}, got {mode!r}.")
+    _mode = mode
+
+
+def get_mode() -> str:
+    """The mode :func:`set_mode` (or $NEUROSIM_FUSED) chose."""
+    return _mode
+
+
+@contextmanager
+def mode(value: str):
+    """Run a block in fused mode ``value`` (see :func:`set_mode`)."""
+    before = _mode
+    set_mode(value)
+    try:
+        yield
+    finally:
+        set_mode(before)
+
+
+def cache_dir() -> Path:
+    """Where the compiled loop is kept: $NEUROSIM_CACHE/ext, else ~/.cache/neurosim/ext."""
+    root = os.environ.get("NEUROSIM_CACHE") or Path.home() / ".cache" / "neurosim"
+    return Path(root) / "ext"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or \
+        shutil.which("clang++")
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled loop, built on first use; None (see :func:`build_error`) when it cannot
+    be built here."""
+    global _library, _build_error
+    with _lock:
+        if _library is not None or _build_error is not None:
+            return _library
+        try:
+            _library = _load(_build())
+        except (OSError, subprocess.SubprocessError, RuntimeError) as err:
+            _build_error = " ".join(str(err).split())[:600]
+        return _library
+
+
+def build_error() -> str | None:
+    """Why the compiled loop could not be built (None when it was, or was not tried)."""
+    return _build_error
+
+
+def _build() -> Path:
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found ($CXX, c++, g++ or clang++); install one "
+                           "(Debian: apt install g++) to use the fused path")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout.splitlines()[:1]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), compiler, *version,
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"neurosim_fused_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)],
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}: "
+                               f"{(result.stderr or result.stdout)[-500:]}")
+        os.replace(built, target)         # atomic: concurrent builders race harmlessly
+    return target
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (-march=native builds for them: a cache shared by machines
+    with other CPUs must not hand one of them this build)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    i64, f64p, ptr = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
+    for name in ("neurosim_euler_f32", "neurosim_euler_f64"):
+        fn = getattr(lib, name)
+        fn.restype = i64
+        fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, i64, f64p,
+                       ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int]
+    return lib
+
+
+@dataclass
+class Probe:
+    """Columns of ``state.u`` (``source`` "u") or ``state.r`` ("r") recorded after every
+    step that is a multiple of ``every``: ``sink(steps, times, values)`` receives them a
+    chunk at a time (values: records x batch x len(columns), a buffer reused afterwards)."""
+
+    source: str
+    columns: torch.Tensor
+    every: int
+    sink: Callable[[list[int], list[float], torch.Tensor], None]
+
+
+def _activation_code(slot) -> tuple[int, float, float] | None:
+    activation = slot.activation
+    if activation is None or slot.activate is not activation.forward or \
+            getattr(activation.forward, "__module__", "") != "neurosim.graph.activations":
+        return None
+    match = _PARAMETERS.match(activation.name)
+    if match is None or match.group(1) not in ACTIVATION_CODES:
+        return None
+    name, a, b = match.group(1), match.group(2), match.group(3)
+    if name == "clip":
+        return ACTIVATION_CODES[name], float(a or 0.0), float(b or 1.0)
+    if name == "leaky_relu":
+        return ACTIVATION_CODES[name], float(a or 0.01), 0.0
+    return ACTIVATION_CODES[name], 0.0, 0.0
+
+
+def unsupported(dynamics, state) -> str | None:
+    """Why the fused path cannot step ``state`` under ``dynamics`` (None when it can)."""
+    net = dynamics.net
+    if state.u.device.type != "cpu":
+        return f"the state is on {state.u.device} (the fused loop runs on the CPU)"
+    if state.u.dtype not in (torch.float32, torch.float64):
+        return f"dtype {state.u.dtype} (float32 or float64 only)"
+    if net.members is not None or state.u.dim() != 2:
+        return "an ensemble (member axis)"
+    if state.u.shape[0] > MAX_BATCH:
+        return f"batch {state.u.shape[0]} > {MAX_BATCH} (the eager GEMMs are faster)"
+    if not (state.u.is_contiguous() and state.r.is_contiguous()):
+        return "a state that is not contiguous"
+    if dynamics.drive is not None:
+        return "stimuli (a time-varying drive)"
+    for slot in dynamics.slots:
+        if slot.cell is not None:
+            return f'population "{slot.name}" is a general cell (its own drift)'
+        if slot.noise > 0 or slot.stochastic:
+            return f'population "{slot.name}" is noisy or stochastic'
+        if _activation_code(slot) is None:
+            return f'population "{slot.name}" has activation {slot.activation.name!r}'
+        kt = dynamics.operators.get(slot.name)
+        if kt is not None and (kt.dtype != state.u.dtype or
+                               not (kt.is_contiguous() or kt.mT.is_contiguous())):
+            return f'the operator of "{slot.name}" is neither row- nor column-major'
+        current = dynamics.currents.get(slot.name)
+        if current is not None and (current.dim() != 2 or current.shape[-1] != slot.size or
+                                    current.shape[0] not in (1, state.u.shape[0])):
+            return f'population "{slot.name}" has a current of shape {tuple(current.shape)}'
+    return None
+
+
+class FusedStepper:
+    """Steps one phase's state in chunks through the compiled loop (see module docstring),
+    reading the phase's operators (fixed within a phase) and currents in place. The loop's
+    fastest form takes each population's rows of W_p = KT_p^T contiguous: a view of a
+    column-major ``KT_p``; a row-major one is copied transposed (``copy``: solves of at least
+    COPY_MIN_STEPS steps, operators up to COPY_MAX_BYTES) or read as it is, a little slower
+    (1.1-1.5x per product here)."""
+
+    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL, copy: bool):
+        self.dynamics, self.jacobi = dynamics, jacobi
+        self.fn = lib.neurosim_euler_f64 if state.u.dtype == torch.float64 else \
+            lib.neurosim_euler_f32
+        layout, params, self._keep = [], [], []
+        self.weights, self.currents, self.current_rows = [], [], []
+        for slot in dynamics.slots:
+            code, a, b = _activation_code(slot)
+            kt = dynamics.operators.get(slot.name)
+            src = slot.source_cols if kt is not None else None
+            operator, transposed = _operator(kt, copy and kt is not None and
+                                             kt.numel() * kt.element_size() <= COPY_MAX_BYTES)
+            layout.append([slot.u_cols.start, slot.size, slot.r_cols.start,
+                           src.start if src is not None else 0,
+                           src.stop - src.start if src is not None else 0, code, transposed])
+            params.append([slot.decay, slot.rate,
+                           -1.0 if slot.fixed_step is None else float(slot.fixed_step), a, b])
+            self.weights.append(operator)
+            current = dynamics.currents.get(slot.name)
+            if current is not None:
+                current = current.to(state.u.dtype).contiguous()
+            self.currents.append(current)
+            self.current_rows.append(0 if current is None else current.shape[0])
+        self.layout = torch.tensor(layout, dtype=torch.int64)
+        self.params = torch.tensor(params, dtype=torch.float64)
+        self.weight_ptrs = torch.tensor([w.data_ptr() if w is not None else 0
+                                         for w in self.weights], dtype=torch.int64)
+        self.current_ptrs = torch.tensor([c.data_ptr() if c is not None else 0
+                                          for c in self.currents], dtype=torch.int64)
+        self.rows = torch.tensor(self.current_rows, dtype=torch.int64)
+        self.scratch = torch.empty(state.u.shape, dtype=state.u.dtype)
+
+    def advance(self, state, dts: list[float], step0: int,
+                probes: list[tuple[Probe, torch.Tensor]] = ()) -> int:
+        """Take ``len(dts)`` steps from step ``step0``; each probe's buffer (records x batch x
+        columns) receives its due records in order. Returns the steps taken: fewer when a
+        step made a potential non-finite (the state is then that step's)."""
+        batch = state.u.shape[0]
+        records = torch.tensor([[0 if p.source == "u" else 1, p.every, p.columns.numel(),
+                                 p.columns.data_ptr(), buffer.data_ptr()]
+                                for p, buffer in probes], dtype=torch.int64).reshape(-1, 5)
+        steps = torch.tensor(dts, dtype=torch.float64)
+        threads = max(1, torch.get_num_threads())
+        done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
+                       state.r.stride(0), len(self.weights), self.layout.data_ptr(),
+                       self.params.data_ptr(), self.weight_ptrs.data_ptr(),
+                       self.current_ptrs.data_ptr(), self.rows.data_ptr(), len(dts),
+                       steps.data_ptr(), int(self.jacobi), self.scratch.data_ptr(),
+                       records.shape[0], records.data_ptr(), step0, threads)
+        self.dynamics.rhs_evals += int(done)
+        self.dynamics.silent.clear()
+        return int(done)
+
+
+def _operator(kt: torch.Tensor | None, copy: bool) -> tuple[torch.Tensor | None, int]:
+    """The operator as the loop reads it: (W_p, 1) with W_p = KT_p^T, n_p x sources,
+    row-major (dot products, the fastest form): a view where ``KT_p`` is column-major, else a
+    copy when ``copy``; or (KT_p, 0) for a row-major ``KT_p`` read as it is (panel form)."""
+    if kt is None:
+        return None, 0
+    if kt.mT.is_contiguous():
+        return kt.mT, 1
+    if copy:
+        return kt.mT.contiguous(), 1
+    return kt, 0
+
+
+def stepper(dynamics, state, solver, steps: int = COPY_MIN_STEPS) -> FusedStepper | None:
+    """A :class:`FusedStepper` for a solve of ``steps`` steps, or None for the eager path
+    (mode "auto"); mode "require" raises instead of returning None."""
+    if _mode == "off":
+        return None
+    kind = getattr(solver, "fused", None)
+    reason = None if kind is not None else f'solver "{solver.name}" has no fused form'
+    reason = reason or unsupported(dynamics, state)
+    lib = None
+    if reason is None:
+        lib = library()
+        if lib is None:
+            reason = f"the fused loop could not be built: {_build_error}"
+            if _mode == "auto":
+                _warn_once(reason)
+    if reason is not None:
+        if _mode == "require":
+            raise SimulationError(f"the fused path cannot run this solve: {reason} "
+                                  "(NEUROSIM_FUSED=require); set NEUROSIM_FUSED=auto to fall "
+                                  "back to the eager path.")
+        return None
+    # operators and currents are fixed within a phase (the stepper reads them in place)
+    copy = steps >= COPY_MIN_STEPS
+    key = (kind, state.u.dtype, tuple(state.u.shape), state.u.stride(), state.r.stride())
+    found = dynamics.__dict__.get("_fused_stepper")
+    if found is None or found[0] != key or (copy and not found[2]):
+        found = dynamics.__dict__["_fused_stepper"] = (
+            key, FusedStepper(dynamics, state, kind == "jacobi", lib, copy), copy)
+    return found[1]
+
+
+_warned = False
+
+
+def _warn_once(reason: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"neurosim runs fixed-step solves on its slower eager path: {reason}",
+                      RuntimeWarning, stacklevel=3)

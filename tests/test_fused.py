@@ -1,0 +1,328 @@
+"""The fused path (neurosim.dynamics.fused): many Euler steps in one compiled call. Every
+test runs the same simulation on the fused and on the eager path and compares them."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from neurosim.dynamics import fused
+from neurosim.errors import SimulationError
+from neurosim.io import MonitorSpec, Recorder, open_recording
+from neurosim.simulation import Simulation
+
+if fused.library() is None and os.environ.get("NEUROSIM_REQUIRE_FUSED"):   # set by .ci/run
+    raise RuntimeError(f"the fused loop cannot be built here: {fused.build_error()}")
+pytestmark = pytest.mark.skipif(fused.library() is None,
+                                reason=f"no fused loop here: {fused.build_error()}")
+
+
+def model(*, solver="euler", batch=1, dtype="float64", hidden="sigmoid", top="tanh",
+          inh="relu", fixed_step="", narrow=4, n_steps=300, dt=0.05, extra="",
+          gain_rec=0.4, inputs="x = { values = [0.2, -0.4, 0.9, 0.1, 0.5] }") -> str:
+    """Input x (5) -> hidden (40, recurrent) <-> top (``narrow`` neurons, so its operator is
+    column-major) and an interneuron pool (3) feeding back onto hidden's apical dendrite."""
+    return f"""
+[network]
+name = "fused_test"
+
+[[population]]
+name = "x"
+type = "input"
+size = 5
+
+[[population]]
+name = "hidden"
+type = "pyramidal"
+size = 40
+leak = 0.3
+basal = 1.0
+apical = 0.5
+bias = 0.1
+activation = "{hidden}"
+{fixed_step}
+
+[[population]]
+name = "top"
+type = "pyramidal"
+size = {narrow}
+leak = 0.2
+basal = 1.0
+apical = 0.5
+rate = 2.0
+activation = "{top}"
+
+[[population]]
+name = "inh"
+type = "interneuron"
+size = 3
+activation = "{inh}"
+
+[[projection]]
+name = "x_hidden"
+source = "x"
+target = "hidden"
+compartment = "basal"
+init = "he_uniform"
+
+[[projection]]
+name = "hidden_hidden"
+source = "hidden"
+target = "hidden"
+compartment = "apical"
+init = "normal"
+scale = {gain_rec}
+
+[[projection]]
+name = "hidden_top"
+source = "hidden"
+target = "top"
+compartment = "basal"
+
+[[projection]]
+name = "top_hidden"
+source = "top"
+target = "hidden"
+compartment = "apical"
+
+[[projection]]
+name = "hidden_inh"
+source = "hidden"
+target = "inh"
+init = "ones"
+scale = 0.05
+
+[[projection]]
+name = "inh_hidden"
+source = "inh"
+target = "hidden"
+compartment = "apical"
+init = "ones"
+gain = -0.5
+
+[simulation]
+solver = "{solver}"
+dt = {dt}
+n_steps = {n_steps}
+batch = {batch}
+dtype = "{dtype}"
+seed = 3
+inputs = {{ {inputs} }}
+{extra}
+"""
+
+
+def run(text: str, mode: str, n_steps=None, **kwargs) -> Simulation:
+    with fused.mode(mode):
+        sim = Simulation.from_model_text(text)
+        sim.run(n_steps, **kwargs)
+    return sim
+
+
+def tolerance(dtype: str) -> dict:
+    return dict(rtol=0, atol=1e-12) if dtype == "float64" else dict(rtol=0, atol=2e-5)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_equals_eager(threads, solver, dtype, batch):
+    text = model(solver=solver, dtype=dtype, batch=batch,
+                 inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
+    eager, fast = run(text, "off"), run(text, "require")
+    assert fast.step == eager.step == 300
+    assert fast.t == eager.t
+    torch.testing.assert_close(fast.state.u, eager.state.u, **tolerance(dtype))
+    torch.testing.assert_close(fast.state.r, eager.state.r, **tolerance(dtype))
+    assert float(eager.state.u.abs().max()) > 0.05       # the network is not silent
+
+
+@pytest.mark.parametrize("activations", [("linear", "clip[-0.5,0.8]", "leaky_relu[0.1]"),
+                                         ("relu", "sigmoid", "clip"),
+                                         ("tanh", "linear", "sigmoid")])
+def test_every_activation(activations):
+    hidden, top, inh = activations
+    text = model(hidden=hidden, top=top, inh=inh, gain_rec=0.2, n_steps=200)
+    eager, fast = run(text, "off"), run(text, "require")
+    torch.testing.assert_close(fast.state.u, eager.state.u, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.state.r, eager.state.r, rtol=0, atol=1e-12)
+
+
+def test_fixed_step_wide_top_and_decaying_schedule():
+    """A population with fixed_step, an operator that is row-major for every population (a
+    wide top layer) and a step schedule that changes every step."""
+    text = model(fixed_step="fixed_step = 0.02", narrow=40, solver="gs-euler",
+                 dt="{ type = \"inverse_time\", dt = 0.1, decay = 0.01 }")
+    eager, fast = run(text, "off"), run(text, "require")
+    assert fast.t == eager.t
+    torch.testing.assert_close(fast.state.u, eager.state.u, rtol=0, atol=1e-12)
+
+
+def test_short_solves_read_row_major_operators_in_place(threads):
+    """Runs of fewer than COPY_MIN_STEPS steps read a row-major KT_p as it is (no transposed
+    copy: the loop's other product form)."""
+    text = model(narrow=40, batch=2, n_steps=300)
+    sims = {}
+    for mode in ("off", "require"):
+        with fused.mode(mode):
+            sim = Simulation.from_model_text(text)
+            for stop in range(10, 301, 10):
+                sim.run(stop)
+        sims[mode] = sim
+    assert 10 < fused.COPY_MIN_STEPS
+    torch.testing.assert_close(sims["require"].state.u, sims["off"].state.u, rtol=0, atol=1e-12)
+    sim = sims["require"]
+    short = fused.stepper(sim.dynamics(), sim.state, sim.solver, 10)
+    long = fused.stepper(sim.dynamics(), sim.state, sim.solver, 1000)
+    assert short.layout[:, 6].tolist() == [0, 0, 1]      # hidden, top row-major; inh not
+    assert long.layout[:, 6].tolist() == [1, 1, 1]
+
+
+def test_recordings_and_checkpoints_match(tmp_path, threads):
+    """Soma monitors (every step and every 7th) go through the loop's probes, a dendrite
+    monitor through an observer; the files, their time axes and the checkpoints agree."""
+    text = model(batch=2, n_steps=250)
+    monitors = [MonitorSpec("hidden", "soma", "u", indices=(0, 5, 39)),
+                MonitorSpec("top", "soma", "r", every=7),
+                MonitorSpec("hidden", "apical", "v", every=50)]
+    files = {}
+    for mode in ("off", "require"):
+        out, ckpt = tmp_path / f"{mode}.h5", tmp_path / f"{mode}.ckpt.h5"
+        with fused.mode(mode):
+            sim = Simulation.from_model_text(text)
+            with Recorder(out, attrs=sim.run_attrs(), config_text=sim.model_text,
+                          chunk_size=64) as rec:
+                sim.run(monitors=monitors, recorder=rec, checkpoint=ckpt, checkpoint_every=100)
+        files[mode] = out
+        assert sim.step == 250
+    with open_recording(files["off"]) as a, open_recording(files["require"]) as b:
+        assert a.variables() == b.variables()
+        for key in a.variables():
+            va, vb = a.read(key), b.read(key)
+            assert va.values.shape == vb.values.shape
+            np.testing.assert_allclose(vb.values, va.values, rtol=0, atol=1e-12)
+            np.testing.assert_array_equal(vb.time, va.time)
+        assert a.read("hidden/soma/u").values.shape == (251, 2, 3)
+        assert a.read("top/soma/r").values.shape == (36, 2, 4)
+    for mode in ("off", "require"):        # the last checkpoint is that of step 200
+        with fused.mode(mode):
+            resumed = Simulation.load_checkpoint(tmp_path / f"{mode}.ckpt.h5")
+        assert resumed.step == 200
+
+
+def test_blocks_reach_the_file_during_the_run(tmp_path):
+    """Records arrive in blocks, and full chunks are on disk while the run goes on."""
+    seen = []
+
+    class Spy(Recorder):
+        def append_block(self, name, values, times):
+            super().append_block(name, values, times)
+            with open_recording(self.path) as live:
+                seen.append((len(times), live.complete,
+                             live.read("hidden/soma/u").values.shape[0]))
+
+    text = model(n_steps=250)
+    with fused.mode("require"):
+        sim = Simulation.from_model_text(text)
+        with Spy(tmp_path / "r.h5", chunk_size=64) as rec:
+            sim.run(monitors=[MonitorSpec("hidden", "soma", "u")], recorder=rec,
+                    checkpoint=tmp_path / "c.h5", checkpoint_every=100)
+    assert [n for n, _, _ in seen] == [100, 100, 50]       # blocks end at the checkpoints
+    # full chunks of 64 on disk after each block; the checkpoints flush every record so far
+    # (101 at step 100, 201 at step 200), so the next chunk ends at 165
+    assert [(done, rows) for _, done, rows in seen] == [(False, 64), (False, 165),
+                                                        (False, 201)]
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path):
+    text = model(n_steps=200)
+    whole = run(text, "require")
+    with fused.mode("require"):
+        first = Simulation.from_model_text(text)
+        first.run(120)
+        first.save_checkpoint(tmp_path / "c.h5")
+        second = Simulation.load_checkpoint(tmp_path / "c.h5")
+        second.run(200)
+    assert torch.equal(second.state.u, whole.state.u)
+
+
+def test_divergence_is_reported_at_the_same_step():
+    text = model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5, n_steps=2000)
+    errors = {}
+    for mode in ("off", "require"):
+        with pytest.raises(SimulationError, match="non-finite soma potential") as caught:
+            run(text, mode)
+        errors[mode] = str(caught.value)
+    assert errors["off"] == errors["require"]
+
+
+def test_steady_state_stops_at_the_same_step():
+    text = model(n_steps=5000, extra="steady_tol = 1e-7", gain_rec=0.2)
+    eager, fast = run(text, "off"), run(text, "require")
+    assert 0 < fast.step == eager.step < 5000
+    torch.testing.assert_close(fast.state.u, eager.state.u, rtol=0, atol=1e-12)
+
+
+def test_unsupported_networks_take_the_eager_path():
+    noisy = model(extra="").replace('bias = 0.1', 'bias = 0.1\nnoise = 0.1')
+    with pytest.raises(SimulationError, match='"hidden" is noisy'):
+        run(noisy, "require")
+    auto, eager = run(noisy, "auto"), run(noisy, "off")
+    assert torch.equal(auto.state.u, eager.state.u)
+    wide = model(batch=fused.MAX_BATCH + 1)
+    with pytest.raises(SimulationError, match="batch"):
+        run(wide, "require")
+    rk4 = model(solver="rk4")
+    with pytest.raises(SimulationError, match='solver "rk4" has no fused form'):
+        run(rk4, "require")
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("NEUROSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setattr(fused, "_build_error", None)
+    monkeypatch.setattr(fused, "_warned", False)
+    monkeypatch.setattr(fused.shutil, "which", lambda name: None)
+    text = model(n_steps=50)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        auto = run(text, "auto")
+    torch.testing.assert_close(auto.state.u, run(text, "off").state.u, rtol=0, atol=0)
+    with pytest.raises(SimulationError, match="could not be built"):
+        run(text, "require")
+
+
+def test_mode_names_are_checked():
+    with pytest.raises(Exception, match="auto, off, require"):
+        fused.set_mode("fast")
+
+
+def test_append_block_equals_appends(tmp_path):
+    values = torch.arange(3 * 70 * 2, dtype=torch.float32).reshape(3 * 70, 2)
+    times = [0.1 * k for k in range(3 * 70)]
+    spec = MonitorSpec("p", "soma", "u")
+    paths = tmp_path / "rows.h5", tmp_path / "block.h5"
+    with Recorder(paths[0], chunk_size=32) as rec:
+        rec.add(spec.key, spec, (2,), torch.float32)
+        for row, t in zip(values, times):
+            rec.append(spec.key, row, t)
+    with Recorder(paths[1], chunk_size=32) as rec:
+        rec.add(spec.key, spec, (2,), torch.float32)
+        rec.append_block(spec.key, values[:5], times[:5])
+        rec.append_block(spec.key, values[5:100], times[5:100])
+        rec.append_block(spec.key, values[100:], times[100:])
+        with pytest.raises(Exception, match=r"shape \(2, 2\)"):
+            rec.append_block(spec.key, values[:2, :1], times[:2])
+    with open_recording(paths[0]) as a, open_recording(paths[1]) as b:
+        np.testing.assert_array_equal(a.read(spec.key).values, b.read(spec.key).values)
+        np.testing.assert_array_equal(a.read(spec.key).time, b.read(spec.key).time)
