@@ -326,3 +326,26 @@ def test_append_block_equals_appends(tmp_path):
     with open_recording(paths[0]) as a, open_recording(paths[1]) as b:
         np.testing.assert_array_equal(a.read(spec.key).values, b.read(spec.key).values)
         np.testing.assert_array_equal(a.read(spec.key).time, b.read(spec.key).time)
+
+
+def test_append_block_shares_time_axes_and_checks_them(tmp_path):
+    """Two monitors with one every share a time axis: blocks of either may lead, across
+    chunk boundaries of the axis; a block at other times is refused, naming the record."""
+    first, second = MonitorSpec("p", "soma", "u"), MonitorSpec("p", "soma", "r")
+    times = [0.5 * k for k in range(150)]
+    with Recorder(tmp_path / "r.h5", chunk_size=16) as rec:
+        rec.add(first.key, first, (1,), torch.float64)
+        rec.add(second.key, second, (1,), torch.float64)
+        values = torch.arange(150, dtype=torch.float64).reshape(150, 1)
+        rec.append_block(first.key, values[:40], times[:40])
+        rec.append_block(second.key, values[:25], times[:25])         # lags: checked
+        rec.append_block(second.key, values[25:90], times[25:90])     # catches up, leads
+        rec.append_block(first.key, values[40:150], times[40:150])
+        rec.append_block(second.key, values[90:150], times[90:150])
+        rec.append_block(second.key, values[:1], [80.0])
+        with pytest.raises(Exception, match=r"record 150 at t=75\.0.*has t=80\.0"):
+            rec.append_block(first.key, values[:1], [75.0])
+    with open_recording(tmp_path / "r.h5") as f:
+        for key in (first.key, second.key):
+            np.testing.assert_array_equal(f.read(key).time[:150], times)
+            np.testing.assert_array_equal(f.read(key).values[:150, 0], np.arange(150))

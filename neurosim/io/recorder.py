@@ -553,18 +553,33 @@ class Recorder:
                                  f"times, i.e. a tensor of shape {(len(times), *m.shape)}; got "
                                  f"{got}.")
         clock = self._clocks[m.spec.every]
-        done = 0
-        while done < len(times):
-            take = min(len(times) - done, self.chunk_size - m.fill)
-            for t in times[done:done + take]:     # the time axis, as append() keeps it
-                self._check_time(clock, m, t)
-                if m.count == clock.count:
-                    clock.buf[clock.fill] = t
-                    clock.fill += 1
-                    if clock.fill == self.chunk_size:
-                        self._write_clock(clock)
-                        self._file.flush()
-                m.fill += 1
+        stamps = np.asarray(times, dtype=np.float64)
+        done, wrote = 0, False
+        while done < len(stamps):
+            take = min(len(stamps) - done, self.chunk_size - m.fill)
+            # records another monitor already put on the shared time axis: the same times
+            lag = max(0, min(take, clock.count - m.count))
+            start = m.count - clock.written
+            if lag and start + lag > 0:
+                skip = max(0, -start)
+                held = clock.buf[start + skip:start + lag]
+                given = stamps[done + skip:done + lag]
+                bad = np.flatnonzero(held != given)
+                if bad.size:
+                    k = int(bad[0]) + skip
+                    self._time_mismatch(clock, m, m.count + k, float(stamps[done + k]),
+                                        float(clock.buf[start + k]))
+            m.fill += lag
+            lead = stamps[done + lag:done + take]        # the rest extends the time axis
+            while lead.size:
+                room = min(lead.size, self.chunk_size - clock.fill)
+                clock.buf[clock.fill:clock.fill + room] = lead[:room]
+                clock.fill += room
+                m.fill += room
+                lead = lead[room:]
+                if clock.fill == self.chunk_size:
+                    self._write_clock(clock)
+                    wrote = True
             if m.buffer is None:
                 m.buffer = torch.empty((self.chunk_size, *m.shape), dtype=m.dtype,
                                        device=values.device)
@@ -573,17 +588,23 @@ class Recorder:
             done += take
             if m.fill == self.chunk_size:
                 self._write_monitor(m)
-                self._file.flush()
+                wrote = True
+        if wrote:
+            self._file.flush()
 
     def _check_time(self, clock: _Clock, m: _Monitor, t: float) -> None:
         j = m.count - clock.written
         if m.count < clock.count and j >= 0 and isinstance(t, (int, float)) \
                 and clock.buf[j] != t:
-            raise RecordingError(
-                f'Recorder({self.path}): monitor "{m.name}" appended its record {m.count} at '
-                f"t={t}, but the shared time axis {clock.ds.name} has t={clock.buf[j]} there; "
-                f"monitors with the same every={m.spec.every} must be appended at the same times "
-                f"(give this one a different `every` or append it on the same steps).")
+            self._time_mismatch(clock, m, m.count, t, clock.buf[j])
+
+    def _time_mismatch(self, clock: _Clock, m: _Monitor, record: int, t: float,
+                       held: float) -> None:
+        raise RecordingError(
+            f'Recorder({self.path}): monitor "{m.name}" appended its record {record} at '
+            f"t={t}, but the shared time axis {clock.ds.name} has t={held} there; "
+            f"monitors with the same every={m.spec.every} must be appended at the same times "
+            f"(give this one a different `every` or append it on the same steps).")
 
     def _write_clock(self, clock: _Clock) -> None:
         n, k = clock.written, clock.fill

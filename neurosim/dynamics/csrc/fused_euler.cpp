@@ -200,17 +200,25 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-    auto range = [&](int64_t n) {     // this thread's neurons, from a 64-byte boundary
-      constexpr int64_t line = 64 / sizeof(T);
-      const int64_t per = ((n + nt - 1) / nt + line - 1) / line * line;
-      const int64_t lo = std::min(n, id * per);
-      return std::make_pair(lo, std::min(n, lo + per));
+    // This thread's neurons of population p: Gauss-Seidel splits each population, Jacobi
+    // the neurons of all populations together (so that small populations do not leave a
+    // thread idle), at 64-byte boundaries.
+    constexpr int64_t line = 64 / sizeof(T);
+    auto split = [&](int64_t n, int64_t part) {
+      return std::min(n, ((n + nt - 1) / nt + line - 1) / line * line * part);
+    };
+    const int64_t g0 = split(total, id), g1 = split(total, id + 1);
+    auto range = [&](int64_t p) {
+      const int64_t n = lay[p * 7 + 1];
+      if (!jacobi) return std::make_pair(split(n, id), split(n, id + 1));
+      return std::make_pair(std::clamp(g0 - off[p], int64_t(0), n),
+                            std::clamp(g1 - off[p], int64_t(0), n));
     };
     // acc[:, p] = r[:, s0:s0+S] W_p^T for this thread's rows of W_p
     auto product = [&](int64_t p) {
       const int64_t* L = lay + p * 7;
       const int64_t n = L[1], s0 = L[3], S = L[4];
-      const auto [lo, hi] = range(n);
+      const auto [lo, hi] = range(p);
       T* a = acc + off[p];
       if (L[6]) {                       // W_p row-major (n x S): dot products
         int64_t j = lo;
@@ -234,7 +242,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       const int64_t u0 = L[0], n = L[1], r0 = L[2], kind = L[5];
       const double step = Q[2] >= 0 ? Q[2] : step_dt * Q[1];
       const T h = T(step), keep = T(1.0 - step * Q[0]), a = T(Q[3]), c = T(Q[4]);
-      const auto [lo, hi] = range(n);
+      const auto [lo, hi] = range(p);
       for (int64_t b = 0; b < B; ++b) {
         const T* cur = I[p] ? I[p] + (Irows[p] > 1 ? b : 0) * n : nullptr;
         const T* ap = acc + off[p] + b * total;
