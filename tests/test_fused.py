@@ -168,24 +168,21 @@ def test_fixed_step_wide_top_and_decaying_schedule():
     torch.testing.assert_close(fast.state.u, eager.state.u, rtol=0, atol=1e-12)
 
 
-def test_short_solves_read_row_major_operators_in_place(threads):
-    """Runs of fewer than COPY_MIN_STEPS steps read a row-major KT_p as it is (no transposed
-    copy: the loop's other product form)."""
+def test_a_run_cut_into_pieces_repeats_the_uncut_one_bit_for_bit(threads):
+    """Runs of 10 steps (each a new solve) against one of 300, on both operator forms: a
+    row-major KT_p (summed over each thread's sources) and a column-major one (rows of W_p);
+    and the same against the eager path to rounding."""
     text = model(narrow=40, batch=2, n_steps=300)
-    sims = {}
-    for mode in ("off", "require"):
-        with fused.mode(mode):
-            sim = Simulation.from_model_text(text)
-            for stop in range(10, 301, 10):
-                sim.run(stop)
-        sims[mode] = sim
-    assert 10 < fused.COPY_MIN_STEPS
-    torch.testing.assert_close(sims["require"].state.u, sims["off"].state.u, rtol=0, atol=1e-12)
-    sim = sims["require"]
-    short = fused.stepper(sim.dynamics(), sim.state, sim.solver, 10)
-    long = fused.stepper(sim.dynamics(), sim.state, sim.solver, 1000)
-    assert short.layout[:, 6].tolist() == [0, 0, 1]      # hidden, top row-major; inh not
-    assert long.layout[:, 6].tolist() == [1, 1, 1]
+    with fused.mode("require"):
+        whole = Simulation.from_model_text(text)
+        whole.run()
+        cut = Simulation.from_model_text(text)
+        for stop in range(10, 301, 10):
+            cut.run(stop)
+    assert torch.equal(cut.state.u, whole.state.u)
+    torch.testing.assert_close(whole.state.u, run(text, "off").state.u, rtol=0, atol=1e-12)
+    form = fused.stepper(whole.dynamics(), whole.state, whole.solver).layout[:, 6].tolist()
+    assert form == [0, 0, 1]            # hidden and top row-major; inh (3 neurons) column-major
 
 
 def test_recordings_and_checkpoints_match(tmp_path, threads):

@@ -56,9 +56,7 @@ from ..errors import ConfigError, SimulationError
 SOURCE = Path(__file__).with_name("csrc") / "fused_euler.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared",
          "-fPIC")
-MAX_BATCH = 4                 # larger batches run faster as the eager path's GEMMs
-COPY_MIN_STEPS = 16           # solves this long read a row-major KT_p from a transposed copy
-COPY_MAX_BYTES = 1 << 28      # ... of at most 256 MiB per operator
+MAX_BATCH = 8                 # larger batches: the eager GEMMs catch up (level at 16-32)
 MODES = ("auto", "off", "require")
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "clip": 2, "sigmoid": 3, "tanh": 4,
                     "leaky_relu": 5}
@@ -236,13 +234,11 @@ def unsupported(dynamics, state) -> str | None:
 
 class FusedStepper:
     """Steps one phase's state in chunks through the compiled loop (see module docstring),
-    reading the phase's operators (fixed within a phase) and currents in place. The loop's
-    fastest form takes each population's rows of W_p = KT_p^T contiguous: a view of a
-    column-major ``KT_p``; a row-major one is copied transposed (``copy``: solves of at least
-    COPY_MIN_STEPS steps, operators up to COPY_MAX_BYTES) or read as it is, a little slower
-    (1.1-1.5x per product here)."""
+    reading the phase's operators (fixed within a phase) and currents in place. Each sum of a
+    product runs in an order set by the thread count alone, so a run cut into pieces
+    (resumed, or stopped for checkpoints) repeats the uncut one bit for bit."""
 
-    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL, copy: bool):
+    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL):
         self.dynamics, self.jacobi = dynamics, jacobi
         self.fn = lib.neurosim_euler_f64 if state.u.dtype == torch.float64 else \
             lib.neurosim_euler_f32
@@ -252,8 +248,7 @@ class FusedStepper:
             code, a, b = _activation_code(slot)
             kt = dynamics.operators.get(slot.name)
             src = slot.source_cols if kt is not None else None
-            operator, transposed = _operator(kt, copy and kt is not None and
-                                             kt.numel() * kt.element_size() <= COPY_MAX_BYTES)
+            operator, transposed = _operator(kt)
             layout.append([slot.u_cols.start, slot.size, slot.r_cols.start,
                            src.start if src is not None else 0,
                            src.stop - src.start if src is not None else 0, code, transposed])
@@ -272,7 +267,7 @@ class FusedStepper:
         self.current_ptrs = torch.tensor([c.data_ptr() if c is not None else 0
                                           for c in self.currents], dtype=torch.int64)
         self.rows = torch.tensor(self.current_rows, dtype=torch.int64)
-        self.scratch = torch.empty(state.u.shape, dtype=state.u.dtype)
+        self.scratch = torch.empty(0, dtype=state.u.dtype)
 
     def advance(self, state, dts: list[float], step0: int,
                 probes: list[tuple[Probe, torch.Tensor]] = ()) -> int:
@@ -285,6 +280,8 @@ class FusedStepper:
                                 for p, buffer in probes], dtype=torch.int64).reshape(-1, 5)
         steps = torch.tensor(dts, dtype=torch.float64)
         threads = max(1, torch.get_num_threads())
+        if self.scratch.numel() < (threads + 1) * state.u.numel():   # products, partial sums
+            self.scratch = torch.empty((threads + 1) * state.u.numel(), dtype=state.u.dtype)
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self.layout.data_ptr(),
                        self.params.data_ptr(), self.weight_ptrs.data_ptr(),
@@ -296,22 +293,20 @@ class FusedStepper:
         return int(done)
 
 
-def _operator(kt: torch.Tensor | None, copy: bool) -> tuple[torch.Tensor | None, int]:
-    """The operator as the loop reads it: (W_p, 1) with W_p = KT_p^T, n_p x sources,
-    row-major (dot products, the fastest form): a view where ``KT_p`` is column-major, else a
-    copy when ``copy``; or (KT_p, 0) for a row-major ``KT_p`` read as it is (panel form)."""
+def _operator(kt: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
+    """The operator as the loop reads it, never copied: (W_p = KT_p^T, 1) where ``KT_p`` is
+    column-major (n_p x sources, row-major: dot products over its rows), else (KT_p, 0),
+    row-major (each thread sums over its share of the sources)."""
     if kt is None:
         return None, 0
     if kt.mT.is_contiguous():
         return kt.mT, 1
-    if copy:
-        return kt.mT.contiguous(), 1
     return kt, 0
 
 
-def stepper(dynamics, state, solver, steps: int = COPY_MIN_STEPS) -> FusedStepper | None:
-    """A :class:`FusedStepper` for a solve of ``steps`` steps, or None for the eager path
-    (mode "auto"); mode "require" raises instead of returning None."""
+def stepper(dynamics, state, solver) -> FusedStepper | None:
+    """A :class:`FusedStepper` for this solve, or None for the eager path (mode "auto");
+    mode "require" raises instead of returning None."""
     if _mode == "off":
         return None
     kind = getattr(solver, "fused", None)
@@ -331,12 +326,11 @@ def stepper(dynamics, state, solver, steps: int = COPY_MIN_STEPS) -> FusedSteppe
                                   "back to the eager path.")
         return None
     # operators and currents are fixed within a phase (the stepper reads them in place)
-    copy = steps >= COPY_MIN_STEPS
     key = (kind, state.u.dtype, tuple(state.u.shape), state.u.stride(), state.r.stride())
     found = dynamics.__dict__.get("_fused_stepper")
-    if found is None or found[0] != key or (copy and not found[2]):
+    if found is None or found[0] != key:
         found = dynamics.__dict__["_fused_stepper"] = (
-            key, FusedStepper(dynamics, state, kind == "jacobi", lib, copy), copy)
+            key, FusedStepper(dynamics, state, kind == "jacobi", lib))
     return found[1]
 
 

@@ -145,7 +145,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     fused = None
     if isinstance(solver, FixedStepSolver) and k < n_steps:
         from ..dynamics.fused import stepper
-        fused = stepper(dynamics, state, solver, n_steps - k)
+        fused = stepper(dynamics, state, solver)
     if fused is None:
         observers = [*observers, *(p.as_observer() for p in probes)]
     if fused is not None:

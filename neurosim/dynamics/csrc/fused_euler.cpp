@@ -173,11 +173,11 @@ inline void panel(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, in
 
 // Arguments (addresses are of float32 or float64 arrays, as T):
 //   u, r: B x ldu / B x ldr state rows; layout: P x 7 int64 (u0 n r0 s0 S activation
-//   and 1 where the operator is W_p, n x S row-major: dot products; 0 where it is
-//   KT_p, S x n row-major: panel);
+//   and 1 where the operator is W_p, n x S row-major: dot products over rows; 0 where it
+//   is KT_p, S x n row-major: panel over sources);
 //   params: P x 5 double (decay rate fixed_step(<0: none) a b); weights: P addresses of
 //   the operators (0: none); currents: P addresses (0: none) with rows 1 or B;
-//   dts: K step sizes; scratch: B x (sum n); records: R x (source 0 u / 1 r, every, M,
+//   dts: K step sizes; scratch: (threads + 1) x B x (sum n); records: R x (source 0 u / 1 r, every, M,
 //   address of M int64 columns, address of the output, records x B x M).
 template <typename T>
 int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const int64_t* lay,
@@ -208,13 +208,19 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       return std::min(n, ((n + nt - 1) / nt + line - 1) / line * line * part);
     };
     const int64_t g0 = split(total, id), g1 = split(total, id + 1);
+    auto split4 = [&](int64_t n, int64_t part) {
+      return std::min(n, ((n + nt - 1) / nt + 3) / 4 * 4 * part);
+    };
     auto range = [&](int64_t p) {
       const int64_t n = lay[p * 7 + 1];
       if (!jacobi) return std::make_pair(split(n, id), split(n, id + 1));
       return std::make_pair(std::clamp(g0 - off[p], int64_t(0), n),
                             std::clamp(g1 - off[p], int64_t(0), n));
     };
-    // acc[:, p] = r[:, s0:s0+S] W_p^T for this thread's rows of W_p
+    // The product r[:, s0:s0+S] KT_p: from W_p = KT_p^T (column-major KT_p), this thread's
+    // rows of W_p into acc; from a row-major KT_p, this thread's sources (rows of KT_p) for
+    // every neuron into its own partial sums (acc's block id + 1), added up by the update.
+    // Either way each sum's order depends on the thread count only, never on the chunk.
     auto product = [&](int64_t p) {
       const int64_t* L = lay + p * 7;
       const int64_t n = L[1], s0 = L[3], S = L[4];
@@ -232,8 +238,11 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
           for (int64_t b = 0; b < B; ++b)
             a[b * total + j] = dot<T>(W[p] + j * S, Rr + b * ldr + s0, S);
       }
-      else                              // KT_p row-major (S x n)
-        panel<T>(W[p], S, n, Rr + s0, ldr, B, lo, hi, a, total);
+      else {                            // KT_p row-major (S x n): this thread's sources
+        const int64_t i0 = split4(S, id), i1 = split4(S, id + 1);
+        panel<T>(W[p] + i0 * n, i1 - i0, n, Rr + s0 + i0, ldr, B, 0, n,
+                 acc + (id + 1) * B * total + off[p], total);
+      }
     };
     // u_p <- (1 - h d) u_p + h (acc_p + I_p); r_p <- sigma(u_p), this thread's neurons
     auto update = [&](int64_t p, double step_dt, int& ok) {
@@ -246,10 +255,17 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       for (int64_t b = 0; b < B; ++b) {
         const T* cur = I[p] ? I[p] + (Irows[p] > 1 ? b : 0) * n : nullptr;
         const T* ap = acc + off[p] + b * total;
+        const T* parts = acc + B * total + off[p] + b * total;   // row-major KT_p: partial sums
         T* up = U + b * ldu + u0;
         T* rp = Rr + b * ldr + r0;
         for (int64_t j = lo; j < hi; ++j) {
-          const T drive = (W[p] ? ap[j] : T(0)) + (cur ? cur[j] : T(0));
+          T product = T(0);
+          if (W[p] && L[6]) {
+            product = ap[j];
+          } else if (W[p]) {
+            for (int64_t t = 0; t < nt; ++t) product += parts[t * B * total + j];
+          }
+          const T drive = product + (cur ? cur[j] : T(0));
           const T v = keep * up[j] + h * drive;
           ok &= std::isfinite(v) ? 1 : 0;
           up[j] = v;
