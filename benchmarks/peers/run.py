@@ -1,7 +1,8 @@
 """Simulation speed of neurosim beside Brian2 and BrainPy on one network (issue 13).
 
     python benchmarks/peers/run.py [--sizes 1000 4000] [--repeats 3] [--threads 2]
-                                   [--paths fused eager] [--skip-peers]
+                                   [--paths fused eager] [--peers brainpy brian2]
+                                   [--skip-peers]
                                    [--brian2-targets cpp_standalone]
 
 The network (benchmarks/peers/network.py): N pyramidal neurons (basal and apical dendrites,
@@ -143,10 +144,10 @@ def measure(n: int, args) -> list[dict]:
                                   lambda runner=runner: runner.run()[0]))
         peers = []
         if not args.skip_peers:
-            specs = [("brainpy", "run_brainpy.py", ())] + [
+            specs = [("brainpy", "run_brainpy.py", ())] * ("brainpy" in args.peers) + [
                 (f"brian2_{t}", "run_brian2.py",
                  ("--target", t) + (() if args.brian2_openmp else ("--no-openmp",)))
-                for t in args.brian2_targets]
+                for t in args.brian2_targets] * ("brian2" in args.peers)
             for key, script, extra in specs:
                 peer = Peer(key, script, directory, args.threads, extra)
                 peers.append(peer)
@@ -229,6 +230,9 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=["fused"], choices=["fused", "eager"],
                     help="neurosim's paths to time: the compiled many-step loop (fused, the "
                          "default for this network) and/or one tensor operation at a time")
+    ap.add_argument("--peers", nargs="+", default=["brainpy", "brian2"],
+                    choices=["brainpy", "brian2"],
+                    help="which peers to run (Brian2 at N = 4,000 takes about 2 minutes a run)")
     ap.add_argument("--skip-peers", action="store_true",
                     help="only neurosim and the reference (runs in the project's venv alone)")
     ap.add_argument("--brian2-targets", nargs="+", default=["cpp_standalone"],
