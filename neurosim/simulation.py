@@ -890,7 +890,8 @@ class Simulation:
         mode, every = self.plasticity
         common = dict(solver=self.solver, schedule=self.schedule, observers=observers,
                       probes=probes, progress=bar, after_step=after_step,
-                      after_every=checkpoint_every or 1 if checkpoint is not None else total + 1)
+                      after_every=checkpoint_every if checkpoint is not None and
+                      checkpoint_every else total + 1)
         if mode == "off":
             return solve(self.dynamics(), self.state, n_steps=total, step0=self.step,
                          t0=self.t, steady=self._steady(total), **common)

@@ -346,3 +346,134 @@ def test_append_block_shares_time_axes_and_checks_them(tmp_path):
         for key in (first.key, second.key):
             np.testing.assert_array_equal(f.read(key).time[:150], times)
             np.testing.assert_array_equal(f.read(key).values[:150, 0], np.arange(150))
+
+
+def test_euler_first_recomputes_r_from_u_as_the_eager_step_does():
+    """A state whose r is not sigma(u) (EP's nudged phase starts from u = r0; users write
+    state["h"].u): the Jacobi step reads sigma(u), on both paths."""
+    text = model(n_steps=50)
+    sims = {}
+    for mode in ("off", "require"):
+        with fused.mode(mode):
+            sim = Simulation.from_model_text(text)
+            sim.state["hidden"].u[:] = 0.7
+            sim.state["top"].u[:] = -0.3
+            sim.run()
+        sims[mode] = sim
+    torch.testing.assert_close(sims["require"].state.u, sims["off"].state.u, rtol=0,
+                               atol=1e-12)
+
+
+def test_activation_parameters_are_not_rounded():
+    text = model(hidden="clip[0.1234567,0.9876543]", inh="leaky_relu[0.01234567]",
+                 n_steps=100)
+    eager, fast = run(text, "off"), run(text, "require")
+    torch.testing.assert_close(fast.state.u, eager.state.u, rtol=0, atol=1e-12)
+
+
+def test_checkpoint_without_every_keeps_whole_chunks(tmp_path, monkeypatch):
+    calls = []
+    advance = fused.FusedStepper.advance
+    monkeypatch.setattr(fused.FusedStepper, "advance",
+                        lambda self, *a, **k: calls.append(1) or advance(self, *a, **k))
+    with fused.mode("require"):
+        sim = Simulation.from_model_text(model(n_steps=300))
+        sim.run(checkpoint=tmp_path / "c.h5")
+    assert len(calls) == 1
+
+
+def test_unchecked_solves_run_on_after_a_non_finite_step():
+    """check_finite_every=0 (the protocols check after the phase): no stop, as eager."""
+    from neurosim.solvers import get_solver, make_schedule, solve
+    text = model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5)
+    ends = {}
+    for mode in ("off", "require"):
+        with fused.mode(mode), torch.inference_mode():
+            sim = Simulation.from_model_text(text)
+            stats = solve(sim.dynamics(), sim.state, solver=get_solver("euler"),
+                          schedule=make_schedule(0.5), n_steps=2000, check_finite_every=0)
+            ends[mode] = (stats.steps, bool(torch.isfinite(sim.state.u).all()))
+    assert ends["off"] == ends["require"] == (2000, False)
+
+
+def test_probe_columns_are_checked():
+    from neurosim.solvers import Probe, get_solver, make_schedule, solve
+    sim = Simulation.from_model_text(model())
+    bad = Probe("u", torch.tensor([0, 10_000]), 1, lambda *a: None)
+    with fused.mode("require"), torch.inference_mode(), \
+            pytest.raises(SimulationError, match=r"columns in \[0, 47\)"):
+        solve(sim.dynamics(), sim.state, solver=get_solver("euler"),
+              schedule=make_schedule(0.05), n_steps=10, probes=[bad])
+    got = []
+    ok = Probe("u", torch.tensor([1, 3], dtype=torch.int32)[::1], 1,
+               lambda steps, times, values: got.append(values.clone()))
+    with fused.mode("require"), torch.inference_mode():
+        solve(sim.dynamics(), sim.state, solver=get_solver("euler"),
+              schedule=make_schedule(0.05), n_steps=10, probes=[ok])
+    assert torch.equal(got[-1][-1], sim.state.u[:, [1, 3]])
+
+
+def test_operators_of_another_shape_are_refused():
+    sim = Simulation.from_model_text(model())
+    dyn = sim.dynamics()
+    dyn.operators = {**dyn.operators, "hidden": dyn.operators["hidden"][:-1]}
+    assert "has shape" in fused.unsupported(dyn, sim.state)
+
+
+def test_a_one_dimensional_nudge_target_keeps_the_fused_path():
+    text = model(n_steps=100, extra='nudge = { top = { target = [0.1, 0.2, 0.3, 0.4], '
+                                      'beta = 0.5 } }').replace(
+        'name = "hidden_top"', 'name = "hidden_top"').replace(
+        '[[projection]]\nname = "hidden_inh"',
+        '[[projection]]\nname = "top_top"\nsource = "top"\ntarget = "top"\ninit = "zeros"\n\n'
+        '[[projection]]\nname = "hidden_inh"')
+    eager, fast = run(text, "off"), run(text, "require")
+    torch.testing.assert_close(fast.state.u, eager.state.u, rtol=0, atol=1e-12)
+
+
+def test_a_forked_child_runs_the_loop_on_one_thread():
+    import multiprocessing
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(model(n_steps=20), "require")               # the parent's OpenMP team exists
+        context = multiprocessing.get_context("fork")
+        with context.Pool(1) as pool:
+            result = pool.apply_async(_child_run)
+            threads, finite = result.get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert (threads, finite) == (1, True)
+
+
+def _child_run():
+    sim = run(model(n_steps=50), "require")
+    return fused.threads(), bool(torch.isfinite(sim.state.u).all())
+
+
+def test_threads_are_capped_by_the_cpus_available(monkeypatch):
+    monkeypatch.setattr(fused.os, "sched_getaffinity", lambda pid: {0})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert fused.threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_append_block_rounds_to_the_buffer_dtype(tmp_path):
+    spec = MonitorSpec("p", "soma", "u")
+    values = torch.linspace(0, 1, 64 * 3, dtype=torch.float32).reshape(-1, 1) / 3
+    times = [float(k) for k in range(values.shape[0])]
+    stored = []
+    for name, block in (("rows", False), ("block", True)):
+        with Recorder(tmp_path / f"{name}.h5", chunk_size=64) as rec:
+            rec.add(spec.key, spec, (1,), torch.bfloat16)
+            if block:
+                rec.append_block(spec.key, values, times)
+            else:
+                for row, t in zip(values, times):
+                    rec.append(spec.key, row, t)
+        with open_recording(tmp_path / f"{name}.h5") as f:
+            stored.append(f.read(spec.key).values)
+    np.testing.assert_array_equal(stored[0], stored[1])

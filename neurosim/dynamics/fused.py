@@ -10,16 +10,20 @@ with every population reading the activities of the previous step (Jacobi) or th
 ones (Gauss-Seidel, in declaration order). The eager path runs this as a few tensor
 operations per population and step, each paying Python and dispatch work; at N = 1,000 that
 work costs more than the 1,000 x 1,000 product itself. The fused path runs a whole chunk
-of steps in one call of a small C++ loop (``csrc/fused_euler.cpp``, OpenMP over the neurons
-of each population, a barrier between phases). It also copies monitored columns of ``u``
-or ``r`` into a buffer at each due step (:class:`Probe`), so recording adds no work per step
-either. Numerics are those of the eager path up to float rounding: the sums run in another
-order.
+of steps in one call of a small C++ loop (``csrc/fused_euler.cpp``: OpenMP threads share
+the neurons, or the sources of a row-major operator, with a barrier between phases). It
+also copies monitored columns of ``u`` or ``r`` into a buffer at each due step
+(:class:`neurosim.solvers.Probe`), so recording adds no work per step either. Numerics are
+those of the eager path up to float rounding: the sums run in another order, which depends
+on the thread count only (a run cut into pieces repeats the uncut one bit for bit with the
+same number of threads).
 
 The loop is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``)
 into ``$NEUROSIM_CACHE/ext`` (default ``~/.cache/neurosim/ext``), keyed by the source, the
-flags and the compiler. This takes about a second, once per machine. It is loaded with ctypes
-and needs neither torch headers nor ninja.
+flags, the compiler and the CPU's features. This takes about a second, once per machine. It
+is loaded with ctypes and needs neither torch headers nor ninja. It runs on torch's thread
+count, at most the CPUs the process may use, and on one thread in a child forked after it
+ran (the OpenMP runtime's threads do not survive a fork).
 
 When it applies (:func:`unsupported` gives the reason when not):
 
@@ -27,7 +31,10 @@ When it applies (:func:`unsupported` gives the reason when not):
 - every dynamic population a built-in linear cell without noise, whose activation is
   linear, relu, clip[a,b], leaky_relu[s], sigmoid or tanh;
 - no stimuli (time-varying drive), batch up to :data:`MAX_BATCH` (beyond it the eager
-  path's matrix-matrix products are faster).
+  path's matrix-matrix products are as fast), no tensor that requires gradients.
+
+A steady-state stop (``steady_tol``) checks after every step by default, so those runs take
+one step per call and gain little.
 
 Otherwise the eager path runs, with the same results. ``NEUROSIM_FUSED=off`` (or
 :func:`set_mode`) always takes the eager path; ``require`` makes a run that cannot take the
@@ -38,16 +45,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -60,9 +65,13 @@ MAX_BATCH = 8                 # larger batches: the eager GEMMs catch up (level 
 MODES = ("auto", "off", "require")
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "clip": 2, "sigmoid": 3, "tanh": 4,
                     "leaky_relu": 5}
-_PARAMETERS = re.compile(r"^([a-z_]+)(?:\[([-+0-9.eE]+)(?:,([-+0-9.eE]+))?\])?$")
 
 _mode = os.environ.get("NEUROSIM_FUSED", "auto").strip().lower() or "auto"
+if _mode not in MODES:
+    warnings.warn(f"NEUROSIM_FUSED={_mode!r} is not one of {', '.join(MODES)}; using auto.",
+                  RuntimeWarning, stacklevel=2)
+    _mode = "auto"
+_forked = False          # in a child forked after the loop ran: one thread (see below)
 _library: ctypes.CDLL | None = None
 _build_error: str | None = None
 _lock = threading.Lock()
@@ -99,9 +108,18 @@ def cache_dir() -> Path:
     return Path(root) / "ext"
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or \
-        shutil.which("clang++")
+def _compiler() -> list[str] | None:
+    """The compiler command: $CXX (which may carry arguments, e.g. "ccache g++"), else c++,
+    g++ or clang++ on the PATH."""
+    given = shlex.split(os.environ.get("CXX", "")) or ["c++"]
+    found = shutil.which(given[0])
+    if found is not None:
+        return [found, *given[1:]]
+    for name in ("g++", "clang++"):
+        found = shutil.which(name)
+        if found is not None:
+            return [found]
+    return None
 
 
 def library() -> ctypes.CDLL | None:
@@ -128,9 +146,9 @@ def _build() -> Path:
     if compiler is None:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++ or clang++); install one "
                            "(Debian: apt install g++) to use the fused path")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                              timeout=60).stdout.splitlines()[:1]
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), compiler, *version,
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), *compiler, *version,
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"neurosim_fused_{key}.so"
     if target.exists():
@@ -138,10 +156,10 @@ def _build() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)],
+        result = subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(built)],
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}: "
+            raise RuntimeError(f"{' '.join(compiler)} failed to build {SOURCE.name}: "
                                f"{(result.stderr or result.stdout)[-500:]}")
         os.replace(built, target)         # atomic: concurrent builders race harmlessly
     return target
@@ -167,36 +185,46 @@ def _load(path: Path) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype = i64
         fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, i64, f64p,
-                       ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int]
+                       ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int]
     return lib
 
 
-@dataclass
-class Probe:
-    """Columns of ``state.u`` (``source`` "u") or ``state.r`` ("r") recorded after every
-    step that is a multiple of ``every``: ``sink(steps, times, values)`` receives them a
-    chunk at a time (values: records x batch x len(columns), a buffer reused afterwards)."""
+def _after_fork() -> None:
+    """The loop's OpenMP runtime (the system's libgomp) does not survive fork() with its
+    threads: a child forked after the loop ran would hang in it, so there it runs on one
+    thread."""
+    global _forked
+    _forked = True
 
-    source: str
-    columns: torch.Tensor
-    every: int
-    sink: Callable[[list[int], list[float], torch.Tensor], None]
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def threads() -> int:
+    """Threads of the loop: torch's, at most the CPUs this process may run on (more would
+    wait on each other at every barrier), one in a forked child."""
+    if _forked:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cpus))
 
 
 def _activation_code(slot) -> tuple[int, float, float] | None:
+    """(code, a, b) of a built-in activation the loop computes (clip's [a, b], leaky_relu's
+    slope a, from the activation's unrounded ``params``), or None."""
     activation = slot.activation
     if activation is None or slot.activate is not activation.forward or \
             getattr(activation.forward, "__module__", "") != "neurosim.graph.activations":
         return None
-    match = _PARAMETERS.match(activation.name)
-    if match is None or match.group(1) not in ACTIVATION_CODES:
+    name = activation.name.split("[", 1)[0]
+    if name not in ACTIVATION_CODES:
         return None
-    name, a, b = match.group(1), match.group(2), match.group(3)
-    if name == "clip":
-        return ACTIVATION_CODES[name], float(a or 0.0), float(b or 1.0)
-    if name == "leaky_relu":
-        return ACTIVATION_CODES[name], float(a or 0.01), 0.0
-    return ACTIVATION_CODES[name], 0.0, 0.0
+    a, b = (tuple(float(v) for v in activation.params) + (0.0, 0.0))[:2]
+    return ACTIVATION_CODES[name], a, b
 
 
 def unsupported(dynamics, state) -> str | None:
@@ -212,6 +240,13 @@ def unsupported(dynamics, state) -> str | None:
         return f"batch {state.u.shape[0]} > {MAX_BATCH} (the eager GEMMs are faster)"
     if not (state.u.is_contiguous() and state.r.is_contiguous()):
         return "a state that is not contiguous"
+    if state.r.dtype != state.u.dtype or state.r.device != state.u.device or \
+            tuple(state.r.shape) != (state.u.shape[0], sum(s.size for s in net.slots.values())):
+        return f"r of shape {tuple(state.r.shape)} and dtype {state.r.dtype} does not match u"
+    if torch.is_grad_enabled() and (state.u.requires_grad or any(
+            isinstance(t, torch.Tensor) and t.requires_grad
+            for t in (*dynamics.operators.values(), *dynamics.currents.values()))):
+        return "tensors that require gradients (the loop does not record autograd)"
     if dynamics.drive is not None:
         return "stimuli (a time-varying drive)"
     for slot in dynamics.slots:
@@ -222,12 +257,21 @@ def unsupported(dynamics, state) -> str | None:
         if _activation_code(slot) is None:
             return f'population "{slot.name}" has activation {slot.activation.name!r}'
         kt = dynamics.operators.get(slot.name)
-        if kt is not None and (kt.dtype != state.u.dtype or
-                               not (kt.is_contiguous() or kt.mT.is_contiguous())):
-            return f'the operator of "{slot.name}" is neither row- nor column-major'
+        if kt is not None:
+            cols = slot.source_cols
+            expected = (cols.stop - cols.start, slot.size) if cols is not None else None
+            if tuple(kt.shape) != expected:
+                return (f'the operator of "{slot.name}" has shape {tuple(kt.shape)}, not '
+                        f"{expected}")
+            if kt.dtype != state.u.dtype or kt.device != state.u.device:
+                return f'the operator of "{slot.name}" is {kt.dtype} on {kt.device}'
+            if not (kt.is_contiguous() or kt.mT.is_contiguous()):
+                return f'the operator of "{slot.name}" is neither row- nor column-major'
         current = dynamics.currents.get(slot.name)
-        if current is not None and (current.dim() != 2 or current.shape[-1] != slot.size or
-                                    current.shape[0] not in (1, state.u.shape[0])):
+        if current is not None and (current.dim() not in (1, 2) or
+                                    current.shape[-1] != slot.size or
+                                    (current.dim() == 2 and
+                                     current.shape[0] not in (1, state.u.shape[0]))):
             return f'population "{slot.name}" has a current of shape {tuple(current.shape)}'
     return None
 
@@ -257,37 +301,42 @@ class FusedStepper:
             self.weights.append(operator)
             current = dynamics.currents.get(slot.name)
             if current is not None:
-                current = current.to(state.u.dtype).contiguous()
+                current = current.to(state.u.dtype).reshape(-1, slot.size).contiguous()
             self.currents.append(current)
             self.current_rows.append(0 if current is None else current.shape[0])
-        self.layout = torch.tensor(layout, dtype=torch.int64)
-        self.params = torch.tensor(params, dtype=torch.float64)
+        self.layout = torch.tensor(layout, dtype=torch.int64, device="cpu")
+        self.params = torch.tensor(params, dtype=torch.float64, device="cpu")
         self.weight_ptrs = torch.tensor([w.data_ptr() if w is not None else 0
-                                         for w in self.weights], dtype=torch.int64)
+                                         for w in self.weights], dtype=torch.int64, device="cpu")
         self.current_ptrs = torch.tensor([c.data_ptr() if c is not None else 0
-                                          for c in self.currents], dtype=torch.int64)
-        self.rows = torch.tensor(self.current_rows, dtype=torch.int64)
-        self.scratch = torch.empty(0, dtype=state.u.dtype)
+                                          for c in self.currents], dtype=torch.int64,
+                                         device="cpu")
+        self.rows = torch.tensor(self.current_rows, dtype=torch.int64, device="cpu")
+        self.scratch = torch.empty(0, dtype=state.u.dtype, device="cpu")
 
-    def advance(self, state, dts: list[float], step0: int,
-                probes: list[tuple[Probe, torch.Tensor]] = ()) -> int:
-        """Take ``len(dts)`` steps from step ``step0``; each probe's buffer (records x batch x
-        columns) receives its due records in order. Returns the steps taken: fewer when a
-        step made a potential non-finite (the state is then that step's)."""
+    def advance(self, state, dts: list[float], step0: int, probes=(), *,
+                check: bool = True) -> int:
+        """Take ``len(dts)`` steps from step ``step0``; ``probes``: (source, columns, every,
+        buffer) with ``columns`` int64 and contiguous, in range, and ``buffer`` (records x batch
+        x columns, contiguous, the state's dtype) receiving its due records in order. Returns
+        the steps taken: fewer when ``check`` and a step made a potential non-finite (the
+        state is then that step's)."""
         batch = state.u.shape[0]
-        records = torch.tensor([[0 if p.source == "u" else 1, p.every, p.columns.numel(),
-                                 p.columns.data_ptr(), buffer.data_ptr()]
-                                for p, buffer in probes], dtype=torch.int64).reshape(-1, 5)
-        steps = torch.tensor(dts, dtype=torch.float64)
-        threads = max(1, torch.get_num_threads())
-        if self.scratch.numel() < (threads + 1) * state.u.numel():   # products, partial sums
-            self.scratch = torch.empty((threads + 1) * state.u.numel(), dtype=state.u.dtype)
+        records = torch.tensor([[0 if source == "u" else 1, every, columns.numel(),
+                                 columns.data_ptr(), buffer.data_ptr()]
+                                for source, columns, every, buffer in probes],
+                               dtype=torch.int64, device="cpu").reshape(-1, 5)
+        steps = torch.tensor(dts, dtype=torch.float64, device="cpu")
+        count = threads()
+        if self.scratch.numel() < (count + 1) * state.u.numel():   # products, partial sums
+            self.scratch = torch.empty((count + 1) * state.u.numel(), dtype=state.u.dtype,
+                                       device="cpu")
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self.layout.data_ptr(),
                        self.params.data_ptr(), self.weight_ptrs.data_ptr(),
                        self.current_ptrs.data_ptr(), self.rows.data_ptr(), len(dts),
                        steps.data_ptr(), int(self.jacobi), self.scratch.data_ptr(),
-                       records.shape[0], records.data_ptr(), step0, threads)
+                       records.shape[0], records.data_ptr(), step0, count, int(check))
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
         return int(done)

@@ -29,13 +29,16 @@ class Activation:
     """An activation: ``forward(u, out=None, generator=None)`` and ``derivative(u)``.
 
     ``elementwise``: r_i depends on u_i only (needed for Jacobians of implicit solvers);
-    ``stochastic``: forward draws from ``generator`` (the run's, so resume stays exact)."""
+    ``stochastic``: forward draws from ``generator`` (the run's, so resume stays exact);
+    ``params``: the numbers in the name's brackets, unrounded (clip's lo and hi, leaky_relu's
+    slope)."""
 
     name: str
     forward: Callable[..., torch.Tensor]
     derivative: Callable[[torch.Tensor], torch.Tensor]
     elementwise: bool = True
     stochastic: bool = False
+    params: tuple[float, ...] = ()
 
 
 def _write(value: torch.Tensor, out):
@@ -52,7 +55,7 @@ def clip(lo: float = 0.0, hi: float = 1.0) -> Activation:
     def derivative(u):
         return ((u > lo) & (u < hi)).to(u.dtype)
 
-    return Activation(f"clip[{lo:g},{hi:g}]", forward, derivative)
+    return Activation(f"clip[{lo:g},{hi:g}]", forward, derivative, params=(lo, hi))
 
 
 def relu() -> Activation:
@@ -69,7 +72,7 @@ def leaky_relu(slope: float = 0.01) -> Activation:
     def derivative(u):
         return torch.where(u > 0, torch.ones_like(u), torch.full_like(u, slope))
 
-    return Activation(f"leaky_relu[{slope:g}]", forward, derivative)
+    return Activation(f"leaky_relu[{slope:g}]", forward, derivative, params=(slope,))
 
 
 def linear() -> Activation:

@@ -539,7 +539,8 @@ class Recorder:
     def append_block(self, name: str, values: torch.Tensor, times) -> None:
         """Add ``len(times)`` consecutive records of monitor ``name`` at once (``values``:
         records x the monitor's shape), as that many :meth:`append` calls would, with one
-        tensor copy per chunk."""
+        tensor copy per chunk. A time that differs from the shared time axis raises as
+        :meth:`append` does; records of earlier chunks of the block are then kept."""
         self._check_open()
         times = [float(t) for t in times]
         m = self._monitors.get(name)
@@ -561,8 +562,8 @@ class Recorder:
                 # whole chunks that lead the time axis: written straight from the block
                 n = m.written
                 m.ds.resize(n + whole, axis=0)
-                m.ds[n:n + whole] = values[done:done + whole].detach().to("cpu").to(
-                    m.storage).numpy()
+                m.ds[n:n + whole] = values[done:done + whole].detach().to(m.dtype).to(
+                    "cpu").to(m.storage).numpy()          # rounded as the buffer would
                 m.written += whole
                 clock.ds.resize((clock.written + whole,))
                 clock.ds[clock.written:clock.written + whole] = stamps[done:done + whole]

@@ -151,7 +151,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     if fused is not None:
         k, t, done = _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps,
                                   observers, probes, steady, visit, after_step, after_every,
-                                  progress)
+                                  progress, check_finite_every)
     elif isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
                                                       or progress or after_step or
                                                       dynamics.drive):
@@ -220,16 +220,31 @@ MAX_CHUNK = 1024       # steps per call of the fused loop (progress bars move be
 
 
 def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observers, probes,
-                 steady, visit, after_step, after_every, progress):
+                 steady, visit, after_step, after_every, progress, check_finite_every):
     """The fixed-step loop on the compiled loop: chunks of steps up to the next step where an
-    observer is due, the steady state is checked or ``after_step`` must run."""
+    observer is due, the steady state is checked or ``after_step`` must run. With
+    ``check_finite_every`` the loop stops at the step that made a potential non-finite and
+    that step is reported (the eager path reports the next multiple of it); with 0 it runs
+    on, as the eager path does."""
     every = [obs.every for obs in observers]
     if steady is not None:
         every.append(steady.check_every)
     if after_step is not None:
         every.append(after_every)
-    buffers = [torch.empty((min(MAX_CHUNK // p.every + 1, MAX_CHUNK), *state.u.shape[:-1],
-                            p.columns.numel()), dtype=state.u.dtype) for p in probes]
+    loop_probes = []
+    for p in probes:
+        width = (state.u if p.source == "u" else state.r).shape[-1]
+        columns = torch.as_tensor(p.columns).to("cpu", torch.int64).reshape(-1).contiguous()
+        if p.source not in ("u", "r") or (columns.numel() and not
+                                          (0 <= int(columns.min()) and
+                                           int(columns.max()) < width)):
+            raise SimulationError(f"Probe(source={p.source!r}) records columns "
+                                  f"{columns.tolist()[:8]}...; give source 'u' or 'r' and "
+                                  f"columns in [0, {width}).")
+        loop_probes.append((p.source, columns, p.every, torch.empty(
+            (min(MAX_CHUNK // p.every + 1, MAX_CHUNK), *state.u.shape[:-1], columns.numel()),
+            dtype=state.u.dtype, device="cpu")))
+    buffers = [probe[3] for probe in loop_probes]
     done = False
     while k < n_steps and not done:
         stop = min(n_steps, k + MAX_CHUNK, *((k // e + 1) * e for e in every))
@@ -238,15 +253,15 @@ def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observer
             dts.append(schedule(j))
             tt = time(j, tt)
             times.append(tt)
-        taken = fused.advance(state, dts, k, list(zip(probes, buffers)))
+        taken = fused.advance(state, dts, k, loop_probes, check=bool(check_finite_every))
         for probe, buffer in zip(probes, buffers):
             steps = [j for j in range(k + 1, k + taken + 1) if j % probe.every == 0]
             if steps:
                 probe.sink(steps, [times[j - k - 1] for j in steps], buffer[:len(steps)])
         k, t = k + taken, times[taken - 1]
         dynamics.set_time(state, t)
-        if taken < len(dts):
-            dynamics.check_finite(state, k)      # raises: a potential became non-finite
+        if taken < len(dts):                     # a potential became non-finite
+            dynamics.check_finite(state, k)      # raises
         done = visit(k, t)
         if after_step is not None and (k % after_every == 0 or done or k == n_steps):
             after_step(k, t)

@@ -178,12 +178,13 @@ inline void panel(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, in
 //   params: P x 5 double (decay rate fixed_step(<0: none) a b); weights: P addresses of
 //   the operators (0: none); currents: P addresses (0: none) with rows 1 or B;
 //   dts: K step sizes; scratch: (threads + 1) x B x (sum n); records: R x (source 0 u / 1 r, every, M,
-//   address of M int64 columns, address of the output, records x B x M).
+//   address of M int64 columns, address of the output, records x B x M); check: stop
+//   after a step that made a potential non-finite (else run all K steps).
 template <typename T>
 int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const int64_t* lay,
             const double* par, const int64_t* weights, const int64_t* currents,
             const int64_t* current_rows, int64_t K, const double* dt, int jacobi, T* acc,
-            int64_t R, const int64_t* records, int64_t step0, int threads) {
+            int64_t R, const int64_t* records, int64_t step0, int threads, int check) {
   std::vector<const T*> W(P, nullptr), I(P, nullptr);
   std::vector<int64_t> Irows(P, 0), off(P, 0);
   int64_t total = 0;
@@ -273,6 +274,17 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         activate_range<T>(kind, up, rp, lo, hi, a, c);
       }
     };
+    if (jacobi) {                       // r = sigma(u) first, as the eager step's rhs does
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t* L = lay + p * 7;
+        const double* Q = par + p * 5;
+        const auto [lo, hi] = range(p);
+        for (int64_t b = 0; b < B; ++b)
+          activate_range<T>(L[5], U + b * ldu + L[0], Rr + b * ldr + L[2], lo, hi, T(Q[3]),
+                            T(Q[4]));
+      }
+#pragma omp barrier
+    }
     for (int64_t k = 0; k < K; ++k) {
       int ok = 1;
       if (jacobi) {
@@ -290,7 +302,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
           }
         }
       }
-      if (!ok) {
+      if (!ok && check) {
 #pragma omp atomic write
         finite = 0;
       }
@@ -333,18 +345,18 @@ int64_t neurosim_euler_f32(int64_t B, float* u, int64_t ldu, float* r, int64_t l
                            const int64_t* layout, const double* params, const int64_t* weights,
                            const int64_t* currents, const int64_t* current_rows, int64_t K,
                            const double* dts, int jacobi, float* scratch, int64_t R,
-                           const int64_t* records, int64_t step0, int threads) {
+                           const int64_t* records, int64_t step0, int threads, int check) {
   return run<float>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows, K,
-                    dts, jacobi, scratch, R, records, step0, threads);
+                    dts, jacobi, scratch, R, records, step0, threads, check);
 }
 
 int64_t neurosim_euler_f64(int64_t B, double* u, int64_t ldu, double* r, int64_t ldr, int64_t P,
                            const int64_t* layout, const double* params, const int64_t* weights,
                            const int64_t* currents, const int64_t* current_rows, int64_t K,
                            const double* dts, int jacobi, double* scratch, int64_t R,
-                           const int64_t* records, int64_t step0, int threads) {
+                           const int64_t* records, int64_t step0, int threads, int check) {
   return run<double>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows, K,
-                     dts, jacobi, scratch, R, records, step0, threads);
+                     dts, jacobi, scratch, R, records, step0, threads, check);
 }
 
 }  // extern "C"
