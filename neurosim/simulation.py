@@ -156,9 +156,13 @@ def validate_monitor(monitor: MonitorSpec, network: Network, where: str = "monit
                               f'"{monitor.population}" of size {pop.size} (valid 0..{pop.size - 1}).')
 
 
-def read_monitor(monitor: MonitorSpec, net: CompiledNetwork, state) -> torch.Tensor:
+def read_monitor(monitor: MonitorSpec, net: CompiledNetwork, state,
+                 t: float | None = None) -> torch.Tensor:
     """The monitored values (batch x neurons, or W for a weight monitor) of a state; a
-    dendrite's v includes the stimuli injected into it (at ``state.t``)."""
+    dendrite's v includes the stimuli injected into it at ``t`` (which becomes the state's
+    time; default ``state.t``)."""
+    if t is not None:
+        state.t = t
     if monitor.compartment == SYNAPSES:
         return net.weights[monitor.population]
     if monitor.variable == "u":
@@ -709,8 +713,6 @@ class Simulation:
         self.state.t = self.t
         observers, probes = [], []
         if recorder is not None:
-            if self.drive is not None:      # dendritic v of a record includes the stimuli at t
-                observers.append(Observer(lambda k, t, s: setattr(s, "t", t), 1))
             recorder.annotate(self.run_attrs())
             monitors = [m if m.units or m.variable not in UNITS else
                         dataclasses.replace(m, units=UNITS[m.variable]) for m in monitors]
@@ -746,8 +748,9 @@ class Simulation:
                     probes.append(probe)
                 else:
                     observers.append(Observer(
-                        lambda k, t, s, m=m: recorder.append(m.key, read_monitor(m, self.net, s),
-                                                             t), m.every))
+                        lambda k, t, s, m=m: recorder.append(m.key, read_monitor(m, self.net, s,
+                                                                                 t), t),
+                        m.every))
             for m, name in stimuli:
                 observers.append(Observer(
                     lambda k, t, s, m=m, name=name: recorder.append(

@@ -477,3 +477,62 @@ def test_append_block_rounds_to_the_buffer_dtype(tmp_path):
         with open_recording(tmp_path / f"{name}.h5") as f:
             stored.append(f.read(spec.key).values)
     np.testing.assert_array_equal(stored[0], stored[1])
+
+
+STIMULI = """
+[[stimulus]]
+population = "hidden"
+compartment = "apical"
+type = "sine"
+amplitude = 0.8
+frequency = 0.7
+start = 1.0
+
+[[stimulus]]
+population = "top"
+type = "step"
+amplitude = [0.5, -0.5, 0.3, 0.1]
+start = 2.0
+stop = 6.0
+
+[[stimulus]]
+population = "inh"
+type = "ou"
+mean = 0.1
+sigma = 0.3
+tau = 0.5
+
+[[stimulus]]
+population = "x"
+type = "pulses"
+amplitude = 0.4
+start = 0.5
+width = 0.5
+period = 2.0
+count = 3
+"""
+
+
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+def test_stimuli_run_on_the_fused_path(tmp_path, threads, solver):
+    """Sine into a dendrite, a step per neuron, OU noise, pulses through an input's
+    projections; soma, dendrite and stimulus monitors: both paths record the same."""
+    text = model(solver=solver, batch=2, n_steps=400) + STIMULI
+    monitors = [MonitorSpec("hidden", "soma", "u", indices=(0, 7)),
+                MonitorSpec("hidden", "apical", "v", every=3), MonitorSpec("x", "soma", "r")]
+    values = {}
+    for mode in ("off", "require"):
+        with fused.mode(mode):
+            sim = Simulation.from_model_text(text)
+            with Recorder(tmp_path / f"{mode}.h5", attrs=sim.run_attrs(),
+                          config_text=sim.model_text) as rec:
+                sim.run(monitors=monitors, recorder=rec)
+        with open_recording(tmp_path / f"{mode}.h5") as f:
+            values[mode] = {key: f.read(key) for key in f.variables()}
+    assert set(values["off"]) == set(values["require"])
+    for key, eager in values["off"].items():
+        np.testing.assert_allclose(values["require"][key].values, eager.values, rtol=0,
+                                   atol=1e-12, err_msg=key)
+        np.testing.assert_array_equal(values["require"][key].time, eager.time)
+    u = values["off"]["hidden/soma/u"].values
+    assert np.ptp(u[-100:]) > 1e-3                   # the stimuli keep it moving

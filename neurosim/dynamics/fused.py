@@ -30,8 +30,11 @@ When it applies (:func:`unsupported` gives the reason when not):
 - solver ``euler`` or ``gs-euler``, on the CPU, float32 or float64, not an ensemble;
 - every dynamic population a built-in linear cell without noise, whose activation is
   linear, relu, clip[a,b], leaky_relu[s], sigmoid or tanh;
-- no stimuli (time-varying drive), batch up to :data:`MAX_BATCH` (beyond it the eager
-  path's matrix-matrix products are as fast), no tensor that requires gradients.
+- batch up to :data:`MAX_BATCH` (beyond it the eager path's matrix-matrix products are as
+  fast), no tensor that requires gradients.
+
+Stimuli (a time-varying drive) are evaluated in Python at each step's time, a chunk at a
+time, and handed to the loop as per-step currents.
 
 A steady-state stop (``steady_tol``) checks after every step by default, so those runs take
 one step per call and gain little.
@@ -184,8 +187,8 @@ def _load(path: Path) -> ctypes.CDLL:
     for name in ("neurosim_euler_f32", "neurosim_euler_f64"):
         fn = getattr(lib, name)
         fn.restype = i64
-        fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, i64, f64p,
-                       ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int]
+        fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, i64,
+                       f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -247,8 +250,6 @@ def unsupported(dynamics, state) -> str | None:
             isinstance(t, torch.Tensor) and t.requires_grad
             for t in (*dynamics.operators.values(), *dynamics.currents.values()))):
         return "tensors that require gradients (the loop does not record autograd)"
-    if dynamics.drive is not None:
-        return "stimuli (a time-varying drive)"
     for slot in dynamics.slots:
         if slot.cell is not None:
             return f'population "{slot.name}" is a general cell (its own drift)'
@@ -315,13 +316,32 @@ class FusedStepper:
         self.scratch = torch.empty(0, dtype=state.u.dtype, device="cpu")
 
     def advance(self, state, dts: list[float], step0: int, probes=(), *,
-                check: bool = True) -> int:
+                check: bool = True, stimuli=None) -> int:
         """Take ``len(dts)`` steps from step ``step0``; ``probes``: (source, columns, every,
         buffer) with ``columns`` int64 and contiguous, in range, and ``buffer`` (records x batch
-        x columns, contiguous, the state's dtype) receiving its due records in order. Returns
-        the steps taken: fewer when ``check`` and a step made a potential non-finite (the
-        state is then that step's)."""
+        x columns, contiguous, the state's dtype) receiving its due records in order;
+        ``stimuli``: population -> the stimuli's currents at each step (steps x rows x n,
+        rows 1 or batch). Returns the steps taken: fewer when ``check`` and a step made a
+        potential non-finite (the state is then that step's)."""
         batch = state.u.shape[0]
+        stimuli = {name: value.to("cpu", state.u.dtype).contiguous()
+                   for name, value in (stimuli or {}).items()}
+        for name, value in stimuli.items():
+            size = self.dynamics.net.slots[name].size
+            if value.dim() != 3 or value.shape[0] != len(dts) or value.shape[2] != size or \
+                    value.shape[1] not in (1, batch):
+                raise SimulationError(f'stimulus currents of "{name}" have shape '
+                                      f"{tuple(value.shape)}, not ({len(dts)}, 1 or {batch}, "
+                                      f"{size})")
+        order = [slot.name for slot in self.dynamics.slots]
+        unknown = set(stimuli) - set(order)
+        if unknown:
+            raise SimulationError(f"stimulus currents for {sorted(unknown)}, which the loop "
+                                  "does not step")
+        step_ptrs = torch.tensor([stimuli[n].data_ptr() if n in stimuli else 0 for n in order],
+                                 dtype=torch.int64, device="cpu")
+        step_rows = torch.tensor([stimuli[n].shape[1] if n in stimuli else 0 for n in order],
+                                 dtype=torch.int64, device="cpu")
         records = torch.tensor([[0 if source == "u" else 1, every, columns.numel(),
                                  columns.data_ptr(), buffer.data_ptr()]
                                 for source, columns, every, buffer in probes],
@@ -334,7 +354,8 @@ class FusedStepper:
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self.layout.data_ptr(),
                        self.params.data_ptr(), self.weight_ptrs.data_ptr(),
-                       self.current_ptrs.data_ptr(), self.rows.data_ptr(), len(dts),
+                       self.current_ptrs.data_ptr(), self.rows.data_ptr(),
+                       step_ptrs.data_ptr(), step_rows.data_ptr(), len(dts),
                        steps.data_ptr(), int(self.jacobi), self.scratch.data_ptr(),
                        records.shape[0], records.data_ptr(), step0, count, int(check))
         self.dynamics.rhs_evals += int(done)

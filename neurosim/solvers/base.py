@@ -146,6 +146,16 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     if isinstance(solver, FixedStepSolver) and k < n_steps:
         from ..dynamics.fused import stepper
         fused = stepper(dynamics, state, solver)
+    if fused is not None and dynamics.drive is not None:
+        # inputs driven by stimuli change their r between the loop's calls only: such
+        # probes read the state at chunk ends, as observers
+        clamped = [(s.r_cols.start, s.r_cols.stop) for s in dynamics.net.slots.values()
+                   if s.u_cols is None]
+        between = [p for p in probes if p.source == "r" and any(
+            bool(((torch.as_tensor(p.columns) >= lo) & (torch.as_tensor(p.columns) < hi)).any())
+            for lo, hi in clamped)]
+        observers = [*observers, *(p.as_observer() for p in between)]
+        probes = [p for p in probes if all(p is not q for q in between)]
     if fused is None:
         observers = [*observers, *(p.as_observer() for p in probes)]
     if fused is not None:
@@ -219,6 +229,26 @@ class Probe:
 MAX_CHUNK = 1024       # steps per call of the fused loop (progress bars move between calls)
 
 
+def _stimulus_currents(drive, t: float, times: list[float]) -> dict | None:
+    """The drive's currents at the start of each step of a chunk (the state's time, as the
+    eager step reads them): population -> steps x rows x n; None without a drive."""
+    if drive is None:
+        return None
+    starts = [t, *times[:-1]]
+    per_step = [drive.currents(s) for s in starts]
+    out = {}
+    for key in {key for currents in per_step for key in currents}:
+        values = [currents.get(key) for currents in per_step]
+        like = next(v for v in values if v is not None)
+        rows = max(v.shape[0] if v.dim() == 2 else 1 for v in values if v is not None)
+        block = like.new_zeros((len(values), rows, like.shape[-1]))
+        for i, value in enumerate(values):
+            if value is not None:
+                block[i] = value.reshape(-1, like.shape[-1])
+        out[key] = block
+    return out
+
+
 def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observers, probes,
                  steady, visit, after_step, after_every, progress, check_finite_every):
     """The fixed-step loop on the compiled loop: chunks of steps up to the next step where an
@@ -253,7 +283,8 @@ def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observer
             dts.append(schedule(j))
             tt = time(j, tt)
             times.append(tt)
-        taken = fused.advance(state, dts, k, loop_probes, check=bool(check_finite_every))
+        taken = fused.advance(state, dts, k, loop_probes, check=bool(check_finite_every),
+                              stimuli=_stimulus_currents(dynamics.drive, t, times))
         for probe, buffer in zip(probes, buffers):
             steps = [j for j in range(k + 1, k + taken + 1) if j % probe.every == 0]
             if steps:

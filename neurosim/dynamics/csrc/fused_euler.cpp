@@ -177,21 +177,26 @@ inline void panel(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, in
 //   is KT_p, S x n row-major: panel over sources);
 //   params: P x 5 double (decay rate fixed_step(<0: none) a b); weights: P addresses of
 //   the operators (0: none); currents: P addresses (0: none) with rows 1 or B;
+//   step_currents: P addresses (0: none) of K x rows x n currents added at step k (stimuli),
+//   rows (step_rows) 1 or B;
 //   dts: K step sizes; scratch: (threads + 1) x B x (sum n); records: R x (source 0 u / 1 r, every, M,
 //   address of M int64 columns, address of the output, records x B x M); check: stop
 //   after a step that made a potential non-finite (else run all K steps).
 template <typename T>
 int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const int64_t* lay,
             const double* par, const int64_t* weights, const int64_t* currents,
-            const int64_t* current_rows, int64_t K, const double* dt, int jacobi, T* acc,
+            const int64_t* current_rows, const int64_t* step_currents,
+            const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc,
             int64_t R, const int64_t* records, int64_t step0, int threads, int check) {
-  std::vector<const T*> W(P, nullptr), I(P, nullptr);
-  std::vector<int64_t> Irows(P, 0), off(P, 0);
+  std::vector<const T*> W(P, nullptr), I(P, nullptr), D(P, nullptr);
+  std::vector<int64_t> Irows(P, 0), Drows(P, 0), off(P, 0);
   int64_t total = 0;
   for (int64_t p = 0; p < P; ++p) {
     W[p] = reinterpret_cast<const T*>(weights[p]);
     I[p] = reinterpret_cast<const T*>(currents[p]);
     Irows[p] = current_rows[p];
+    D[p] = reinterpret_cast<const T*>(step_currents[p]);
+    Drows[p] = step_rows[p];
     off[p] = total;
     total += lay[p * 7 + 1];
   }
@@ -246,7 +251,8 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       }
     };
     // u_p <- (1 - h d) u_p + h (acc_p + I_p); r_p <- sigma(u_p), this thread's neurons
-    auto update = [&](int64_t p, double step_dt, int& ok) {
+    auto update = [&](int64_t p, int64_t k, int& ok) {
+      const double step_dt = dt[k];
       const int64_t* L = lay + p * 7;
       const double* Q = par + p * 5;
       const int64_t u0 = L[0], n = L[1], r0 = L[2], kind = L[5];
@@ -255,6 +261,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       const auto [lo, hi] = range(p);
       for (int64_t b = 0; b < B; ++b) {
         const T* cur = I[p] ? I[p] + (Irows[p] > 1 ? b : 0) * n : nullptr;
+        const T* now = D[p] ? D[p] + (k * Drows[p] + (Drows[p] > 1 ? b : 0)) * n : nullptr;
         const T* ap = acc + off[p] + b * total;
         const T* parts = acc + B * total + off[p] + b * total;   // row-major KT_p: partial sums
         T* up = U + b * ldu + u0;
@@ -266,7 +273,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
           } else if (W[p]) {
             for (int64_t t = 0; t < nt; ++t) product += parts[t * B * total + j];
           }
-          const T drive = product + (cur ? cur[j] : T(0));
+          const T drive = product + (cur ? cur[j] : T(0)) + (now ? now[j] : T(0));
           const T v = keep * up[j] + h * drive;
           ok &= std::isfinite(v) ? 1 : 0;
           up[j] = v;
@@ -291,12 +298,12 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         for (int64_t p = 0; p < P; ++p)
           if (W[p]) product(p);
 #pragma omp barrier
-        for (int64_t p = 0; p < P; ++p) update(p, dt[k], ok);
+        for (int64_t p = 0; p < P; ++p) update(p, k, ok);
       } else {
         for (int64_t p = 0; p < P; ++p) {
           if (W[p]) product(p);
 #pragma omp barrier
-          update(p, dt[k], ok);
+          update(p, k, ok);
           if (p + 1 < P) {
 #pragma omp barrier
           }
@@ -343,19 +350,23 @@ extern "C" {
 
 int64_t neurosim_euler_f32(int64_t B, float* u, int64_t ldu, float* r, int64_t ldr, int64_t P,
                            const int64_t* layout, const double* params, const int64_t* weights,
-                           const int64_t* currents, const int64_t* current_rows, int64_t K,
+                           const int64_t* currents, const int64_t* current_rows,
+                           const int64_t* step_currents, const int64_t* step_rows, int64_t K,
                            const double* dts, int jacobi, float* scratch, int64_t R,
                            const int64_t* records, int64_t step0, int threads, int check) {
-  return run<float>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows, K,
+  return run<float>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows,
+                    step_currents, step_rows, K,
                     dts, jacobi, scratch, R, records, step0, threads, check);
 }
 
 int64_t neurosim_euler_f64(int64_t B, double* u, int64_t ldu, double* r, int64_t ldr, int64_t P,
                            const int64_t* layout, const double* params, const int64_t* weights,
-                           const int64_t* currents, const int64_t* current_rows, int64_t K,
+                           const int64_t* currents, const int64_t* current_rows,
+                           const int64_t* step_currents, const int64_t* step_rows, int64_t K,
                            const double* dts, int jacobi, double* scratch, int64_t R,
                            const int64_t* records, int64_t step0, int threads, int check) {
-  return run<double>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows, K,
+  return run<double>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows,
+                     step_currents, step_rows, K,
                      dts, jacobi, scratch, R, records, step0, threads, check);
 }
 
