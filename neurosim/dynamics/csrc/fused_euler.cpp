@@ -346,28 +346,20 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
 
 }  // namespace
 
+// neurosim_euler_f32 and neurosim_euler_f64: run<float> and run<double> for ctypes
+#define NEUROSIM_EULER(NAME, T)                                                              \
+  int64_t NAME(int64_t B, T* u, int64_t ldu, T* r, int64_t ldr, int64_t P,                  \
+               const int64_t* layout, const double* params, const int64_t* weights,         \
+               const int64_t* currents, const int64_t* current_rows,                        \
+               const int64_t* step_currents, const int64_t* step_rows, int64_t K,           \
+               const double* dts, int jacobi, T* scratch, int64_t R, const int64_t* records, \
+               int64_t step0, int threads, int check) {                                     \
+    return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows,   \
+                  step_currents, step_rows, K, dts, jacobi, scratch, R, records, step0,     \
+                  threads, check);                                                          \
+  }
+
 extern "C" {
-
-int64_t neurosim_euler_f32(int64_t B, float* u, int64_t ldu, float* r, int64_t ldr, int64_t P,
-                           const int64_t* layout, const double* params, const int64_t* weights,
-                           const int64_t* currents, const int64_t* current_rows,
-                           const int64_t* step_currents, const int64_t* step_rows, int64_t K,
-                           const double* dts, int jacobi, float* scratch, int64_t R,
-                           const int64_t* records, int64_t step0, int threads, int check) {
-  return run<float>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows,
-                    step_currents, step_rows, K,
-                    dts, jacobi, scratch, R, records, step0, threads, check);
-}
-
-int64_t neurosim_euler_f64(int64_t B, double* u, int64_t ldu, double* r, int64_t ldr, int64_t P,
-                           const int64_t* layout, const double* params, const int64_t* weights,
-                           const int64_t* currents, const int64_t* current_rows,
-                           const int64_t* step_currents, const int64_t* step_rows, int64_t K,
-                           const double* dts, int jacobi, double* scratch, int64_t R,
-                           const int64_t* records, int64_t step0, int threads, int check) {
-  return run<double>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows,
-                     step_currents, step_rows, K,
-                     dts, jacobi, scratch, R, records, step0, threads, check);
-}
-
+NEUROSIM_EULER(neurosim_euler_f32, float)
+NEUROSIM_EULER(neurosim_euler_f64, double)
 }  // extern "C"
