@@ -290,8 +290,9 @@ def _simulate(args) -> None:
                         progress=not args.quiet)
     if args.checkpoint:
         sim.save_checkpoint(args.checkpoint)
+    how = f"; {stats.path}" if stats.path else ""
     msg = (f"{stats.steps} steps to t={stats.t:g} with {sim.solver.name} "
-           f"({stats.rhs_evals} right-hand-side evaluations)")
+           f"({stats.rhs_evals} right-hand-side evaluations{how})")
     if stats.converged is not None:
         msg += (f"; steady state {'reached' if stats.converged else 'NOT reached'} "
                 f"(max |du/dt| = {stats.residual:.3g})")

@@ -898,19 +898,20 @@ class Simulation:
         if mode == "off":
             return solve(self.dynamics(), self.state, n_steps=total, step0=self.step,
                          t0=self.t, steady=self._steady(total), **common)
-        evals, stats = 0, SolveStats(steps=self.step, t=self.t)
+        evals, stats, path = 0, SolveStats(steps=self.step, t=self.t), None
         while self.step < total:
             stop = min(total, (self.step // every + 1) * every)
             stats = solve(self.dynamics(), self.state, n_steps=stop, step0=self.step,
                           t0=self.t, steady=self._steady(total), **common)
             evals += stats.rhs_evals
+            path = path or stats.path
             self.step, self.t = stats.steps, stats.t
             if self.step % every == 0:
                 self.apply_rules()
                 after_step(self.step, self.t)        # the checkpoint that waited for the rules
             if stats.converged:
                 break
-        stats.rhs_evals = evals
+        stats.rhs_evals, stats.path = evals, path
         return stats
 
     def apply_rules(self) -> None:

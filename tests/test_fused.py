@@ -536,3 +536,14 @@ def test_stimuli_run_on_the_fused_path(tmp_path, threads, solver):
         np.testing.assert_array_equal(values["require"][key].time, eager.time)
     u = values["off"]["hidden/soma/u"].values
     assert np.ptp(u[-100:]) > 1e-3                   # the stimuli keep it moving
+
+
+def test_runs_say_which_path_they_took():
+    with fused.mode("auto"):
+        assert Simulation.from_model_text(model(n_steps=20)).run().path == "fused"
+        wide = Simulation.from_model_text(model(n_steps=20, batch=fused.MAX_BATCH + 1)).run()
+        assert wide.path.startswith("eager: batch 9 > 8")
+        assert Simulation.from_model_text(model(n_steps=20, solver="rk4")).run().path is None
+    with fused.mode("off"):
+        assert Simulation.from_model_text(model(n_steps=20)).run().path == \
+            "eager: NEUROSIM_FUSED=off"

@@ -240,7 +240,7 @@ def unsupported(dynamics, state) -> str | None:
     if net.members is not None or state.u.dim() != 2:
         return "an ensemble (member axis)"
     if state.u.shape[0] > MAX_BATCH:
-        return f"batch {state.u.shape[0]} > {MAX_BATCH} (the eager GEMMs are faster)"
+        return f"batch {state.u.shape[0]} > {MAX_BATCH} (the eager GEMMs are as fast)"
     if not (state.u.is_contiguous() and state.r.is_contiguous()):
         return "a state that is not contiguous"
     if state.r.dtype != state.u.dtype or state.r.device != state.u.device or \
@@ -372,6 +372,19 @@ def _operator(kt: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
     if kt.mT.is_contiguous():
         return kt.mT, 1
     return kt, 0
+
+
+def why_eager(dynamics, state, solver) -> str | None:
+    """Why a solve of a solver with a fused form takes the eager path ("eager: ..."), None
+    for solvers without one."""
+    if getattr(solver, "fused", None) is None:
+        return None
+    if _mode == "off":
+        return "eager: NEUROSIM_FUSED=off"
+    reason = unsupported(dynamics, state)
+    if reason is None and _library is None:
+        reason = f"the fused loop could not be built ({_build_error})"
+    return f"eager: {reason}" if reason else "eager"
 
 
 def stepper(dynamics, state, solver) -> FusedStepper | None:

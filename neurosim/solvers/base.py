@@ -23,13 +23,16 @@ from .schedules import time_grid
 
 @dataclass
 class SolveStats:
-    """What a solve did: steps taken, right-hand-side evaluations, final time and residual."""
+    """What a solve did: steps taken, right-hand-side evaluations, final time and residual;
+    ``path``: "fused" when the steps ran on the compiled loop (neurosim.dynamics.fused), the
+    reason it did not when it applies to the solver but not to this solve, else None."""
 
     steps: int = 0
     rhs_evals: int = 0
     t: float = 0.0
     residual: float | None = None
     converged: bool | None = None
+    path: str | None = None
 
 
 class Solver:
@@ -144,8 +147,9 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     done = False
     fused = None
     if isinstance(solver, FixedStepSolver) and k < n_steps:
-        from ..dynamics.fused import stepper
+        from ..dynamics.fused import stepper, why_eager
         fused = stepper(dynamics, state, solver)
+        stats.path = "fused" if fused is not None else why_eager(dynamics, state, solver)
     if fused is not None and dynamics.drive is not None:
         # inputs driven by stimuli change their r between the loop's calls only: such
         # probes read the state at chunk ends, as observers
