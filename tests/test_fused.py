@@ -181,7 +181,7 @@ def test_a_run_cut_into_pieces_repeats_the_uncut_one_bit_for_bit(threads):
             cut.run(stop)
     assert torch.equal(cut.state.u, whole.state.u)
     torch.testing.assert_close(whole.state.u, run(text, "off").state.u, rtol=0, atol=1e-12)
-    form = fused.stepper(whole.dynamics(), whole.state, whole.solver).layout[:, 6].tolist()
+    form = fused.stepper(whole.dynamics(), whole.state, whole.solver)[0].layout[:, 6].tolist()
     assert form == [0, 0, 1]            # hidden and top row-major; inh (3 neurons) column-major
 
 

@@ -374,47 +374,41 @@ def _operator(kt: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
     return kt, 0
 
 
-def why_eager(dynamics, state, solver) -> str | None:
-    """Why a solve of a solver with a fused form takes the eager path ("eager: ..."), None
-    for solvers without one."""
-    if getattr(solver, "fused", None) is None:
-        return None
-    if _mode == "off":
-        return "eager: NEUROSIM_FUSED=off"
-    reason = unsupported(dynamics, state)
-    if reason is None and _library is None:
-        reason = f"the fused loop could not be built ({_build_error})"
-    return f"eager: {reason}" if reason else "eager"
-
-
-def stepper(dynamics, state, solver) -> FusedStepper | None:
-    """A :class:`FusedStepper` for this solve, or None for the eager path (mode "auto");
-    mode "require" raises instead of returning None."""
-    if _mode == "off":
-        return None
+def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
+    """(the :class:`FusedStepper` for this solve, "fused"), or (None, "eager: <reason>") for
+    the eager path (mode "auto"; mode "require" raises instead), or (None, None) for a solver
+    without a fused form."""
     kind = getattr(solver, "fused", None)
-    reason = None if kind is not None else f'solver "{solver.name}" has no fused form'
-    reason = reason or unsupported(dynamics, state)
-    lib = None
+    if kind is None:
+        if _mode == "require":
+            _refuse(f'solver "{solver.name}" has no fused form')
+        return None, None
+    if _mode == "off":
+        return None, "eager: NEUROSIM_FUSED=off"
+    reason, lib = unsupported(dynamics, state), None
     if reason is None:
         lib = library()
         if lib is None:
-            reason = f"the fused loop could not be built: {_build_error}"
+            reason = f"the fused loop could not be built ({_build_error})"
             if _mode == "auto":
                 _warn_once(reason)
     if reason is not None:
         if _mode == "require":
-            raise SimulationError(f"the fused path cannot run this solve: {reason} "
-                                  "(NEUROSIM_FUSED=require); set NEUROSIM_FUSED=auto to fall "
-                                  "back to the eager path.")
-        return None
+            _refuse(reason)
+        return None, f"eager: {reason}"
     # operators and currents are fixed within a phase (the stepper reads them in place)
     key = (kind, state.u.dtype, tuple(state.u.shape), state.u.stride(), state.r.stride())
     found = dynamics.__dict__.get("_fused_stepper")
     if found is None or found[0] != key:
         found = dynamics.__dict__["_fused_stepper"] = (
             key, FusedStepper(dynamics, state, kind == "jacobi", lib))
-    return found[1]
+    return found[1], "fused"
+
+
+def _refuse(reason: str) -> None:
+    raise SimulationError(f"the fused path cannot run this solve: {reason} "
+                          "(NEUROSIM_FUSED=require); set NEUROSIM_FUSED=auto to fall back to "
+                          "the eager path.")
 
 
 _warned = False

@@ -147,9 +147,8 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     done = False
     fused = None
     if isinstance(solver, FixedStepSolver) and k < n_steps:
-        from ..dynamics.fused import stepper, why_eager
-        fused = stepper(dynamics, state, solver)
-        stats.path = "fused" if fused is not None else why_eager(dynamics, state, solver)
+        from ..dynamics.fused import stepper
+        fused, stats.path = stepper(dynamics, state, solver)
     if fused is not None and dynamics.drive is not None:
         # inputs driven by stimuli change their r between the loop's calls only: such
         # probes read the state at chunk ends, as observers
