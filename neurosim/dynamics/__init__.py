@@ -9,8 +9,8 @@ kinds) this is
     I_p = b_p + beta_p (y_p - r_p)     (the nudge only in nudged phases)
 
 How it is evaluated: neurosim.dynamics.compiled."""
-from .compiled import (CompiledNetwork, NeuralState, PhaseDynamics, PopulationSlot,
-                       PopulationState)
+from .compiled import (CompiledNetwork, Diagonal, LowPrecision, NeuralState, PhaseDynamics,
+                       PopulationSlot, PopulationState)
 
-__all__ = ["CompiledNetwork", "NeuralState", "PhaseDynamics", "PopulationSlot",
-           "PopulationState"]
+__all__ = ["CompiledNetwork", "Diagonal", "LowPrecision", "NeuralState", "PhaseDynamics",
+           "PopulationSlot", "PopulationState"]

@@ -23,6 +23,12 @@ nudge's ``-beta_p r_p`` is folded into ``KT_p``). ``KT_p`` of a narrow populatio
 neurons fed by many, e.g. an output layer) is stored column-major and its product runs
 transposed, ``u_p^T <- K_p r^T``, which BLAS does 1.2-2.5x faster for such shapes.
 
+Projections with ``precision = "bfloat16"`` (or "auto" resolved to it; see
+neurosim.graph.projections) leave ``KT_p`` for a second operator ``KT_p^low`` in bfloat16 (key
+:class:`LowPrecision`), multiplied by the activities rounded to bfloat16 and added to the
+float32 drift; such a population's identity autapses become an elementwise term ``c_p r_p``
+(key :class:`Diagonal`), so that ``KT_p`` keeps only the full-precision blocks.
+
 *General cells* (a kind that overrides ``drift``) call their own ``drift(u_p, v)``. Their
 clamped inputs are again computed once per phase, per compartment; their dynamic inputs onto
 compartment c are stacked into ``VT_{p,c}`` (coefficients ``gain_q``), one matrix product per
@@ -53,6 +59,25 @@ from . import ops
 
 NARROW_SIZE = 32      # populations up to this size with ...
 NARROW_RATIO = 4      # ... at least this many times as many source columns run transposed
+AUTO_BFLOAT16_ENTRIES = 128 * 128   # precision "auto": smaller weights stay in full precision
+                                    # (their bfloat16 product saves less than its extra steps)
+
+
+@dataclass(frozen=True)
+class LowPrecision:
+    """Key of a population's bfloat16 operator ``KT_p^low`` in a phase's operators (its
+    projections with ``precision = "bfloat16"``, over source columns ``low_cols``)."""
+
+    population: str
+
+
+@dataclass(frozen=True)
+class Diagonal:
+    """Key of a population's elementwise self-coupling ``c_p`` in a phase's operators (a
+    0-d tensor, or M x 1 x 1 in an ensemble): ``du_p/dt`` gains ``rate_p c_p r_p``; it holds
+    the identity autapses of populations with a bfloat16 operator, and their nudges."""
+
+    population: str
 
 
 @dataclass
@@ -150,6 +175,9 @@ class PopulationSlot:
     noise: float = 0.0
     fixed_step: float | None = None
     source_cols: slice | None = None    # linear cells: dynamic source range feeding KT_p
+    low_cols: slice | None = None       # linear cells: source range of the bfloat16 operator
+    self_coupling: float = 0.0          # linear cells with a bfloat16 operator: the identity
+                                        # autapses' k_q, applied elementwise
     cell: DynamicPopulation | None = None   # general cells: the population (its drift)
     inputs: tuple = ()                  # general cells: (compartment, dynamic source range|None)
     stochastic: bool = False            # r is a random draw
@@ -215,14 +243,19 @@ class CompiledNetwork:
                 elementwise=activation.elementwise and not custom,
                 bias_current=pop.has_bias or bool(pop.rules))
         self.n_all, self.n_dyn = r_off, u_off
+        self.low_precision = frozenset(q.name for q in network.projections
+                                       if self._in_bfloat16(q))
         for name, slot in list(self.slots.items()):
             if slot.u_cols is None:
                 continue
             incoming = [q for q in network.incoming(name)
                         if not network.population(q.source).is_input]
             if slot.cell is None:
-                self.slots[name] = replace(slot, source_cols=_span(
-                    self.slots[q.source] for q in incoming))
+                full, low, diagonal = self._grouped(name)
+                self.slots[name] = replace(
+                    slot, source_cols=_span(self.slots[q.source] for q in full),
+                    low_cols=_span(self.slots[q.source] for q in low),
+                    self_coupling=sum(self.coupling(q) for q in diagonal))
             else:
                 self.slots[name] = replace(slot, inputs=tuple(
                     (comp, _span(self.slots[q.source] for q in incoming if q.compartment == comp))
@@ -283,6 +316,39 @@ class CompiledNetwork:
                     getattr(net, table)[name] = stacked[name][m]
             setattr(ensemble, table, stacked)
         return ensemble
+
+    def _in_bfloat16(self, projection) -> bool:
+        """Whether a projection's product runs in bfloat16 (its ``precision``, "auto"
+        resolved for this network's dtype, device and CPU)."""
+        if projection.precision == "full":
+            return False
+        target, source = self.slots[projection.target], self.slots[projection.source]
+        applies = target.cell is None and source.u_cols is not None
+        if projection.precision == "bfloat16":
+            if not applies:
+                why = ("its source is an input (its product is computed once per phase)"
+                       if source.u_cols is None else
+                       f'its target "{target.name}" is a general cell (kind '
+                       f'"{target.cell.kind}")')
+                raise ConfigError(f'projection "{projection.name}": precision "bfloat16" '
+                                  f"applies to products recomputed every step between dynamic "
+                                  f"populations of linear cells, but {why}; remove precision "
+                                  'or set it to "auto".')
+            return True
+        n_post, n_pre = target.size, source.size
+        return (applies and n_post * n_pre >= AUTO_BFLOAT16_ENTRIES and
+                self.dtype == torch.float32 and self.device.type == "cpu" and
+                ops.native_bfloat16())
+
+    def _grouped(self, name: str) -> tuple[list, list, list]:
+        """A linear cell's dynamic inputs as (full precision, bfloat16, identity autapses
+        applied elementwise): the autapses leave ``KT_p`` once a bfloat16 operator exists."""
+        incoming = [q for q in self.network.incoming(name)
+                    if self.slots[q.source].u_cols is not None]
+        low = [q for q in incoming if q.name in self.low_precision]
+        diagonal = [q for q in incoming if low and q.source == name and q.is_identity]
+        full = [q for q in incoming if q not in low and q not in diagonal]
+        return full, low, diagonal
 
     def _rows(self, batch: int) -> tuple:
         """The leading shape of a state: (batch,), or (members, batch) for an ensemble."""
@@ -399,29 +465,43 @@ class CompiledNetwork:
                     if cols is not None:
                         ops[name, comp] = self._stack(name, cols, comp, reuse.get((name, comp))
                                                       if reuse else None)
-            elif slot.source_cols is not None:
+                continue
+            if slot.source_cols is not None:
                 ops[name] = self._stack(name, slot.source_cols, None,
                                         reuse.get(name) if reuse else None)
+            if slot.low_cols is not None:
+                key = LowPrecision(name)
+                ops[key] = self._stack(name, slot.low_cols, None, reuse.get(key) if reuse
+                                       else None, low=True)
+                if slot.self_coupling:
+                    ops[Diagonal(name)] = torch.tensor(slot.self_coupling, dtype=self.dtype,
+                                                       device=self.device)
         return ops
 
-    def _stack(self, name: str, cols: slice, compartment: str | None, kt) -> torch.Tensor:
+    def _stack(self, name: str, cols: slice, compartment: str | None, kt,
+               low: bool = False) -> torch.Tensor:
         """Blocks ``coef_q W_q^T`` of population ``name``'s dynamic inputs over source columns
-        ``cols`` (zero where nothing projects): every input with k_q (``compartment`` None,
-        linear cells) or those onto ``compartment`` with gain_q (general cells)."""
+        ``cols`` (zero where nothing projects): a linear cell's full-precision inputs with k_q
+        (``compartment`` None), or its bfloat16 ones (``low``), or a general cell's inputs onto
+        ``compartment`` with gain_q."""
         slot = self.slots[name]
         lo = cols.start
         lead = () if self.members is None else (self.members,)
         shape = (*lead, cols.stop - lo, slot.size)
-        if kt is None or tuple(kt.shape) != shape:
+        dtype = torch.bfloat16 if low else self.dtype
+        if kt is None or tuple(kt.shape) != shape or kt.dtype != dtype:
             narrow = slot.size <= NARROW_SIZE and NARROW_RATIO * slot.size <= shape[-2]
-            kt = torch.empty((*lead, *shape[:-3:-1]) if narrow else shape, dtype=self.dtype,
+            kt = torch.empty((*lead, *shape[:-3:-1]) if narrow else shape, dtype=dtype,
                              device=self.device)
             kt = kt.mT if narrow else kt
         written = set()          # source blocks holding a value (the rest are zeroed)
-        incoming = sorted((q for q in self.network.incoming(name)
-                           if self.slots[q.source].u_cols is not None and
-                           compartment in (None, q.compartment)),
-                          key=lambda q: q.name not in self.weights)   # weighted first
+        if compartment is None:
+            full, low_inputs, _ = self._grouped(name)
+            chosen = low_inputs if low else full
+        else:
+            chosen = [q for q in self.network.incoming(name)
+                      if self.slots[q.source].u_cols is not None and q.compartment == compartment]
+        incoming = sorted(chosen, key=lambda q: q.name not in self.weights)   # weighted first
         for q in incoming:
             if not q.is_dense:
                 raise ConfigError(f'projection "{q.name}" ({q.kind}) comes from the dynamic '
@@ -530,6 +610,15 @@ class CompiledNetwork:
                 cell_nudges[name] = beta
                 continue
             kt = operators.get(name)
+            if slot.low_cols is not None and (kt is None or not (
+                    slot.source_cols.start <= slot.r_cols.start < slot.source_cols.stop)):
+                # its own block is in bfloat16 (or absent): the nudge's -beta r_p joins the
+                # elementwise self-coupling, in full precision
+                key = Diagonal(name)
+                base = operators.get(key, torch.zeros((), dtype=self.dtype, device=self.device))
+                operators[key] = base - (beta if isinstance(beta, float) else
+                                         beta.reshape(-1, 1, 1))
+                continue
             if kt is None or slot.source_cols is None or not (
                     slot.source_cols.start <= slot.r_cols.start < slot.source_cols.stop):
                 raise ConfigError(f'population "{name}" cannot be nudged: it has no recurrent '
@@ -761,8 +850,9 @@ class PhaseDynamics:
 
     def to(self, dtype) -> "PhaseDynamics":
         """A copy of this phase evaluating in ``dtype`` (its own tensors)."""
-        def copy(tensors):
-            return {k: v.to(dtype, copy=True) for k, v in tensors.items()}
+        def copy(tensors):       # a bfloat16 operator stays one
+            return {k: v.clone() if isinstance(k, LowPrecision) else v.to(dtype, copy=True)
+                    for k, v in tensors.items()}
         return PhaseDynamics(self.net, copy(self.operators), copy(self.currents), self.generator,
                              cell_nudges=dict(self.cell_nudges), drive=self.drive, t=self.t)
 
@@ -814,7 +904,8 @@ class PhaseDynamics:
                           self._cell_drift(s, u, r, currents) for s in self.slots], dim=-1)
 
     def _drift(self, slot: PopulationSlot, u, r, out=None, currents=None) -> torch.Tensor:
-        """Linear cell: rate [-d u_p + r_src KT_p + I_p], into ``out`` (or a new tensor)."""
+        """Linear cell: rate [-d u_p + r_src KT_p (+ r_low KT_p^low + c_p r_p) + I_p], into
+        ``out`` (or a new tensor)."""
         u_p = u[..., slot.u_cols]
         kt = self.operators.get(slot.name)
         if kt is not None:
@@ -822,6 +913,12 @@ class PhaseDynamics:
             out.add_(u_p, alpha=-slot.decay)
         else:
             out = torch.mul(u_p, -slot.decay, out=out)
+        if slot.low_cols is not None:
+            low = self.operators[LowPrecision(slot.name)]
+            out.add_(ops.matmul(r[..., slot.low_cols].to(low.dtype), low))
+            diagonal = self.operators.get(Diagonal(slot.name))
+            if diagonal is not None:
+                out.addcmul_(r[..., slot.r_cols], diagonal)
         current = (self.currents if currents is None else currents).get(slot.name)
         if current is not None:
             out.add_(current)
@@ -867,22 +964,28 @@ class PhaseDynamics:
     def gauss_seidel_step_(self, state: NeuralState, dt: float) -> None:
         """Layer-ordered Euler step: populations are updated one after another in declaration
         order, each reading the newest activities (linear cells:
-        u_p <- (1 - h d_p) u_p + h (K_p r + I_p), h = dt rate_p; general cells:
+        u_p <- (1 - h d_p) u_p + h (K_p r + K_p^low r + c_p r_p + I_p), h = dt rate_p; general cells:
         u_p <- u_p + (h / rate_p) drift_p(u_p, v); then r_p <- sigma(u_p))."""
         self.rhs_evals += 1
         silent = self.silent
         driven = self.currents_at() if self.drive is not None else None
-        for slot, u_p, product, current, r_p in self._bind(state):
+        for slot, u_p, product, current, r_p, low in self._bind(state):
             if driven is not None:
                 current = driven.get(slot.name)
             h = slot.fixed_step if slot.fixed_step is not None else dt * slot.rate
-            if product is not None and not (silent and self.sources[slot.name] <= silent):
+            active = not (silent and self.sources[slot.name] <= silent)
+            if product is not None and active:
                 target, left, right = product
                 ops.addmm_(target, left, right, beta=1.0 - h * slot.decay, alpha=h)
             elif slot.cell is None:
                 u_p.mul_(1.0 - h * slot.decay)
             else:
                 u_p.add_(self._cell_drift(slot, state.u, state.r, driven), alpha=h / slot.rate)
+            if low is not None and active:
+                source, rounded, kt, diagonal = low
+                u_p.add_(ops.matmul(rounded.copy_(source), kt), alpha=h)
+                if diagonal is not None:
+                    u_p.addcmul_(r_p, diagonal, value=h)
             silent.discard(slot.name)
             if current is not None:
                 u_p.add_(current, alpha=h)
@@ -894,7 +997,9 @@ class PhaseDynamics:
     def _bind(self, state: NeuralState) -> list:
         """Per-population views into ``state`` and the operands of its product
         ``target <- beta target + alpha left @ right`` (``u_p``, ``r_src``, ``KT_p``, or their
-        transposes for a column-major ``KT_p``); cached while the same buffers are stepped."""
+        transposes for a column-major ``KT_p``), and of its bfloat16 part (``r_low``, a
+        bfloat16 buffer for it, ``KT_p^low``, ``c_p``); cached while the same buffers are
+        stepped."""
         key = (state.u.data_ptr(), state.r.data_ptr(), state.u.shape, state.r.shape,
                state.u.stride(), state.r.stride())
         if key != self._plan_key:
@@ -906,8 +1011,15 @@ class PhaseDynamics:
                     source = state.r[..., slot.source_cols]
                     product = ((u_p.mT, kt.mT, source.mT) if kt.mT.is_contiguous() and
                                not kt.is_contiguous() else (u_p, source, kt))
+                low = None
+                if slot.low_cols is not None:
+                    source = state.r[..., slot.low_cols]
+                    kt_low = self.operators[LowPrecision(slot.name)]
+                    low = (source, torch.empty(source.shape, dtype=kt_low.dtype,
+                                               device=source.device),
+                           kt_low, self.operators.get(Diagonal(slot.name)))
                 self._plan.append((slot, u_p, product, self.currents.get(slot.name),
-                                   state.r[..., slot.r_cols]))
+                                   state.r[..., slot.r_cols], low))
             self._plan_key = key
         return self._plan
 

@@ -60,6 +60,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, SimulationError
+from . import ops
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_euler.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared",
@@ -152,7 +153,7 @@ def _build() -> Path:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                              timeout=60).stdout.splitlines()[:1]
     key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), *compiler, *version,
-                                    _cpu_flags()]).encode()).hexdigest()[:16]
+                                    ops.cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"neurosim_fused_{key}.so"
     if target.exists():
         return target
@@ -166,19 +167,6 @@ def _build() -> Path:
                                f"{(result.stderr or result.stdout)[-500:]}")
         os.replace(built, target)         # atomic: concurrent builders race harmlessly
     return target
-
-
-def _cpu_flags() -> str:
-    """The CPU's feature flags (-march=native builds for them: a cache shared by machines
-    with other CPUs must not hand one of them this build)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    import platform
-    return f"{platform.machine()} {platform.processor()}"
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -255,6 +243,8 @@ def unsupported(dynamics, state) -> str | None:
             return f'population "{slot.name}" is a general cell (its own drift)'
         if slot.noise > 0 or slot.stochastic:
             return f'population "{slot.name}" is noisy or stochastic'
+        if slot.low_cols is not None:
+            return f'population "{slot.name}" has a bfloat16 projection'
         if _activation_code(slot) is None:
             return f'population "{slot.name}" has activation {slot.activation.name!r}'
         kt = dynamics.operators.get(slot.name)

@@ -45,13 +45,17 @@ def _as_list(value, n: int, name: str) -> list[float]:
 def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float = 0.15,
                      leak: float = 0.5, lam: float = 0.99999, mu_ff=1.0, mu_fb=0.15,
                      eta_lam=(1e-6, 1e-2), ff_rule=None, fb_rule=None, lateral_rule=None,
-                     name: str | None = None) -> dict:
+                     lateral_precision: str = "full", name: str | None = None) -> dict:
     """The graph tables (as a model file would write them) of a CorInfoMax network with layer
     sizes ``sizes = [n_0, ..., n_P]``; ``mu_ff`` has P entries, ``mu_fb`` P - 1, ``eta_lam``
     (A1) is [hidden, output]. ``ff_rule``, ``fb_rule`` and ``lateral_rule`` replace the
     built-in rules by a rule table such as ``{ type = "my_rule", momentum = 0.9 }``; its ``lr``
     (``lam`` for the lateral rule) is filled in from mu_ff / mu_fb / lam when the rule takes one
-    and the table does not set it."""
+    and the table does not set it. ``lateral_precision`` is the ``precision`` of the lateral
+    projections B in the dynamics: "full", "bfloat16" or "auto" (bfloat16 for the large ones
+    where the CPU has native bfloat16 arithmetic); the term is scaled by 2 gamma ~ 2e-5, so
+    bfloat16 changes the potentials by about their float32 rounding (see
+    neurosim.graph.projections)."""
     if variant not in VARIANTS:
         raise ConfigError(f'corinfomax: unknown variant "{variant}"; use "A-inf" or "A1".')
     sizes = [int(s) for s in sizes]
@@ -88,7 +92,7 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
         projections.append({"name": f"lat{k}", "source": layer, "target": layer,
                             "compartment": "apical", "init": "gram_xavier",
                             "gain": apical_scale * (2 * gamma if hidden else gamma),
-                            "rules": [lateral]})
+                            "precision": lateral_precision, "rules": [lateral]})
         projections.append({"name": f"aut{k}", "source": layer, "target": layer,
                             "compartment": "apical", "init": "identity",
                             "gain": apical_scale * leak})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..dynamics import NeuralState, PhaseDynamics
+from ..dynamics import Diagonal, LowPrecision, NeuralState, PhaseDynamics
 from ..errors import ConfigError, SimulationError
 from .base import ContinuousSolver
 from .limits import (DEFAULT_MAX_RHS_EVALS, IMPLICIT_ADVICE, RhsBudget, check_max_rhs_evals,
@@ -266,6 +266,13 @@ def _linear_blocks(dynamics: PhaseDynamics):
     for slot in dynamics.slots:
         rate[slot.u_cols], decay[slot.u_cols] = slot.rate, slot.decay
         coupling[slot.u_cols] = _coupling(dynamics, slot.name, slot.source_cols, slot.size)
+        if slot.low_cols is not None:           # bfloat16 operator and elementwise autapses
+            coupling[slot.u_cols] += _coupling(dynamics, LowPrecision(slot.name),
+                                               slot.low_cols, slot.size)
+            diagonal = dynamics.operators.get(Diagonal(slot.name))
+            if diagonal is not None:
+                own = np.arange(slot.u_cols.start, slot.u_cols.stop)
+                coupling[own, own] += float(diagonal)
 
     def blocks(u):
         slope = _slopes(dynamics, u)
