@@ -185,6 +185,35 @@ def test_a_run_cut_into_pieces_repeats_the_uncut_one_bit_for_bit(threads):
     assert form == [0, 0, 1]            # hidden and top row-major; inh (3 neurons) column-major
 
 
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [fused.PANEL_BATCH + 1, 20, 23])
+def test_register_blocked_products_equal_eager(threads, solver, dtype, batch):
+    """Batches above PANEL_BATCH multiply row-major operators in register blocks of samples
+    and of each thread's neurons (40 and 13 neurons: partial vectors at the ends of the
+    threads' ranges; 9 and 23 samples: partial blocks of samples)."""
+    text = model(solver=solver, dtype=dtype, batch=batch, narrow=13, n_steps=100,
+                 inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
+    eager, fast = run(text, "off"), run(text, "require")
+    torch.testing.assert_close(fast.state.u, eager.state.u, **tolerance(dtype))
+    torch.testing.assert_close(fast.state.r, eager.state.r, **tolerance(dtype))
+    form = fused.stepper(fast.dynamics(), fast.state, fast.solver)[0].layout[:, 6].tolist()
+    assert form == [2, 2, 1]            # hidden and top (13 > NARROW_SIZE / 4...) blocked
+    assert float(eager.state.u.abs().max()) > 0.05
+
+
+def test_register_blocked_runs_cut_into_pieces_repeat_the_uncut_one():
+    text = model(narrow=13, batch=20, n_steps=60)
+    with fused.mode("require"):
+        whole = Simulation.from_model_text(text)
+        whole.run()
+        cut = Simulation.from_model_text(text)
+        for stop in range(7, 61, 7):
+            cut.run(stop)
+        cut.run(60)
+    assert torch.equal(cut.state.u, whole.state.u)
+
+
 def test_recordings_and_checkpoints_match(tmp_path, threads):
     """Soma monitors (every step and every 7th) go through the loop's probes, a dendrite
     monitor through an observer; the files, their time axes and the checkpoints agree."""
@@ -542,7 +571,7 @@ def test_runs_say_which_path_they_took():
     with fused.mode("auto"):
         assert Simulation.from_model_text(model(n_steps=20)).run().path == "fused"
         wide = Simulation.from_model_text(model(n_steps=20, batch=fused.MAX_BATCH + 1)).run()
-        assert wide.path.startswith("eager: batch 9 > 8")
+        assert wide.path.startswith(f"eager: batch {fused.MAX_BATCH + 1} > {fused.MAX_BATCH}")
         assert Simulation.from_model_text(model(n_steps=20, solver="rk4")).run().path is None
     with fused.mode("off"):
         assert Simulation.from_model_text(model(n_steps=20)).run().path == \

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurosim.dynamics import CompiledNetwork, Diagonal, LowPrecision, ops
+from neurosim.dynamics import CompiledNetwork, Diagonal, LowPrecision, fused, ops
 from neurosim.errors import ConfigError
 from neurosim.graph import InputPopulation, Network, Projection, network_from_dict
 from neurosim.models.corinfomax import corinfomax_graph
@@ -151,12 +151,99 @@ def test_ensemble_members_match_their_own_bfloat16_runs():
 
 def test_the_fused_path_says_why_it_is_not_taken():
     x, _ = inputs(batch=2)
-    net = corinfomax("bfloat16")
+    net = corinfomax("bfloat16", dtype=torch.float64)
     state = net.zero_state(2)
     net.clamp_inputs(state, {"x": x})
     stats = solve(net.phase(net.build_operators(), {"x": x}), state, solver=get_solver("euler"),
                   schedule=ConstantStep(0.05), n_steps=5)
-    assert stats.path == 'eager: population "h1" has a bfloat16 projection'
+    assert stats.path == ('eager: population "h1" has a bfloat16 projection in a '
+                          "torch.float64 network (the loop multiplies bfloat16 in float32 "
+                          "networks)")
+    lib = fused.library()
+    if lib is not None and not lib.neurosim_bfloat16():
+        net = corinfomax("bfloat16")
+        state = net.zero_state(2)
+        net.clamp_inputs(state, {"x": x})
+        stats = solve(net.phase(net.build_operators(), {"x": x}), state,
+                      solver=get_solver("euler"), schedule=ConstantStep(0.05), n_steps=5)
+        assert stats.path == ("eager: a bfloat16 projection, and this CPU has no bfloat16 "
+                              "instructions (AVX512-BF16) for the loop")
+
+
+def _fused_bfloat16():
+    lib = fused.library()
+    return lib is not None and bool(lib.neurosim_bfloat16())
+
+
+needs_fused_bfloat16 = pytest.mark.skipif(not _fused_bfloat16(),
+                                          reason="the fused loop has no bfloat16 here "
+                                                 "(a CPU without AVX512-BF16)")
+
+
+def small_network(batch_seed=0):
+    """x (5) -> h (37, sigmoid: a bfloat16 recurrent projection and an identity autapse,
+    applied elementwise) <- top (10, full precision, row-major blocks)."""
+    network = network_from_dict({
+        "population": [{"name": "x", "type": "input", "size": 5},
+                       {"name": "h", "type": "pyramidal", "size": 37, "activation": "sigmoid",
+                        "leak": 0.3, "bias": 0.1},
+                       {"name": "top", "type": "pyramidal", "size": 10, "activation": "tanh"}],
+        "projection": [{"name": "x_h", "source": "x", "target": "h", "compartment": "basal"},
+                       {"name": "h_h", "source": "h", "target": "h", "compartment": "apical",
+                        "init": "normal", "scale": 0.5, "precision": "bfloat16"},
+                       {"name": "h_aut", "source": "h", "target": "h", "init": "identity",
+                        "gain": 0.3},
+                       {"name": "top_h", "source": "top", "target": "h",
+                        "compartment": "apical"},
+                       {"name": "h_top", "source": "h", "target": "top", "compartment": "basal"}]})
+    return CompiledNetwork(network, seed=5)
+
+
+@needs_fused_bfloat16
+@pytest.mark.parametrize("batch", [3, 20, 23])
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+def test_fused_bfloat16_step_is_exact_on_rounded_operands(batch, solver):
+    """One fused step: h moves by h (r_top KT + bf16(r_h) bf16(KT_low) + c r_h + I), the
+    bfloat16 products exact and summed in float32 (checked against float64 on the rounded
+    operands), with the full-precision part summed over sources (batch 3) or in blocks."""
+    net = small_network()
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, 5, generator=g) * 2 - 1
+    operators = net.build_operators()
+    dynamics = net.phase(operators, {"x": x})
+    state = net.zero_state(batch)
+    net.clamp_inputs(state, {"x": x})
+    state.u.copy_(torch.randn(state.u.shape, generator=g))
+    net.sync_activity(state)
+    before = state.clone()
+    with fused.mode("require"):
+        stats = solve(dynamics, state, solver=get_solver(solver), schedule=ConstantStep(0.05),
+                      n_steps=1)
+    assert stats.path == "fused"
+    slot = net.slots["h"]
+    r = before.r.double()
+    low = operators[LowPrecision("h")].double()
+    drive = (r[:, slot.source_cols] @ operators["h"].double()
+             + r[:, slot.low_cols].bfloat16().double() @ low
+             + float(operators[Diagonal("h")]) * r[:, slot.r_cols]
+             + dynamics.currents["h"].double())
+    h = 0.05
+    expected = (1 - h * slot.decay) * before.u[:, slot.u_cols].double() + h * drive
+    torch.testing.assert_close(state.u[:, slot.u_cols].double(), expected, rtol=0, atol=2e-6)
+
+
+@needs_fused_bfloat16
+@pytest.mark.parametrize("batch", [2, 20])
+def test_fused_bfloat16_corinfomax_phases_match_eager(batch):
+    """Free and nudged phases of CorInfoMax with bfloat16 laterals on both paths: within the
+    eager product's bfloat16 rounding of its result, scaled by 2 gamma."""
+    x, y = inputs(batch=batch)
+    results = {}
+    for mode in ("off", "require"):
+        with fused.mode(mode):
+            results[mode] = relax(corinfomax("bfloat16"), x, y)
+    for eager, fast in zip(results["off"], results["require"]):
+        torch.testing.assert_close(fast, eager, rtol=0, atol=4e-7)
 
 
 def test_implicit_solvers_jacobian_includes_the_bfloat16_operator():

@@ -11,7 +11,9 @@ ones (Gauss-Seidel, in declaration order). The eager path runs this as a few ten
 operations per population and step, each paying Python and dispatch work; at N = 1,000 that
 work costs more than the 1,000 x 1,000 product itself. The fused path runs a whole chunk
 of steps in one call of a small C++ loop (``csrc/fused_euler.cpp``: OpenMP threads share
-the neurons, or the sources of a row-major operator, with a barrier between phases). It
+the neurons, or for batches up to :data:`PANEL_BATCH` the sources of a row-major operator,
+with a barrier between phases; larger batches multiply in register blocks of samples and
+neurons, as a GEMM kernel does, without the thread start-up of one BLAS call per step). It
 also copies monitored columns of ``u`` or ``r`` into a buffer at each due step
 (:class:`neurosim.solvers.Probe`), so recording adds no work per step either. Numerics are
 those of the eager path up to float rounding: the sums run in another order, which depends
@@ -31,7 +33,10 @@ When it applies (:func:`unsupported` gives the reason when not):
 - every dynamic population a built-in linear cell without noise, whose activation is
   linear, relu, clip[a,b], leaky_relu[s], sigmoid or tanh;
 - batch up to :data:`MAX_BATCH` (beyond it the eager path's matrix-matrix products are as
-  fast), no tensor that requires gradients.
+  fast), no tensor that requires gradients;
+- projections with ``precision = "bfloat16"`` in float32 networks, where the loop was built
+  with AVX512-BF16 (the activities are rounded to bfloat16 as torch rounds them, and the
+  products summed in float32: the eager path's bfloat16 product also rounds its result).
 
 Stimuli (a time-varying drive) are evaluated in Python at each step's time, a chunk at a
 time, and handed to the loop as per-step currents.
@@ -61,11 +66,14 @@ import torch
 
 from ..errors import ConfigError, SimulationError
 from . import ops
+from .compiled import Diagonal, LowPrecision
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_euler.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared",
          "-fPIC")
-MAX_BATCH = 8                 # larger batches: the eager GEMMs catch up (level at 16-32)
+PANEL_BATCH = 8               # up to this batch row-major operators are summed over each
+                              # thread's sources; above it, in register blocks of samples
+MAX_BATCH = 64                # larger batches: the eager GEMMs catch up
 MODES = ("auto", "off", "require")
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "clip": 2, "sigmoid": 3, "tanh": 4,
                     "leaky_relu": 5}
@@ -175,8 +183,10 @@ def _load(path: Path) -> ctypes.CDLL:
     for name in ("neurosim_euler_f32", "neurosim_euler_f64"):
         fn = getattr(lib, name)
         fn.restype = i64
-        fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, i64,
-                       f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int]
+        fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, ptr,
+                       i64, f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int]
+    lib.neurosim_bfloat16.restype = ctypes.c_int
+    lib.neurosim_bfloat16.argtypes = []
     return lib
 
 
@@ -243,8 +253,9 @@ def unsupported(dynamics, state) -> str | None:
             return f'population "{slot.name}" is a general cell (its own drift)'
         if slot.noise > 0 or slot.stochastic:
             return f'population "{slot.name}" is noisy or stochastic'
-        if slot.low_cols is not None:
-            return f'population "{slot.name}" has a bfloat16 projection'
+        if slot.low_cols is not None and state.u.dtype != torch.float32:
+            return f'population "{slot.name}" has a bfloat16 projection in a {state.u.dtype} ' \
+                   "network (the loop multiplies bfloat16 in float32 networks)"
         if _activation_code(slot) is None:
             return f'population "{slot.name}" has activation {slot.activation.name!r}'
         kt = dynamics.operators.get(slot.name)
@@ -278,18 +289,26 @@ class FusedStepper:
         self.fn = lib.neurosim_euler_f64 if state.u.dtype == torch.float64 else \
             lib.neurosim_euler_f32
         layout, params, self._keep = [], [], []
-        self.weights, self.currents, self.current_rows = [], [], []
+        self.weights, self.low_weights, self.currents, self.current_rows = [], [], [], []
+        blocked = state.u.shape[0] > PANEL_BATCH
         for slot in dynamics.slots:
             code, a, b = _activation_code(slot)
             kt = dynamics.operators.get(slot.name)
             src = slot.source_cols if kt is not None else None
-            operator, transposed = _operator(kt)
+            operator, mode = _operator(kt, blocked)
+            low = dynamics.operators.get(LowPrecision(slot.name))
+            low_src = slot.low_cols if low is not None else None
+            diagonal = dynamics.operators.get(Diagonal(slot.name))
             layout.append([slot.u_cols.start, slot.size, slot.r_cols.start,
                            src.start if src is not None else 0,
-                           src.stop - src.start if src is not None else 0, code, transposed])
+                           src.stop - src.start if src is not None else 0, code, mode,
+                           low_src.start if low_src is not None else 0,
+                           low_src.stop - low_src.start if low_src is not None else 0])
             params.append([slot.decay, slot.rate,
-                           -1.0 if slot.fixed_step is None else float(slot.fixed_step), a, b])
+                           -1.0 if slot.fixed_step is None else float(slot.fixed_step), a, b,
+                           0.0 if diagonal is None else float(diagonal)])
             self.weights.append(operator)
+            self.low_weights.append(None if low is None else _row_pairs(low))
             current = dynamics.currents.get(slot.name)
             if current is not None:
                 current = current.to(state.u.dtype).reshape(-1, slot.size).contiguous()
@@ -297,8 +316,10 @@ class FusedStepper:
             self.current_rows.append(0 if current is None else current.shape[0])
         self.layout = torch.tensor(layout, dtype=torch.int64, device="cpu")
         self.params = torch.tensor(params, dtype=torch.float64, device="cpu")
-        self.weight_ptrs = torch.tensor([w.data_ptr() if w is not None else 0
-                                         for w in self.weights], dtype=torch.int64, device="cpu")
+        self.weight_ptrs, self.low_ptrs = (
+            torch.tensor([w.data_ptr() if w is not None else 0 for w in table],
+                         dtype=torch.int64, device="cpu")
+            for table in (self.weights, self.low_weights))
         self.current_ptrs = torch.tensor([c.data_ptr() if c is not None else 0
                                           for c in self.currents], dtype=torch.int64,
                                          device="cpu")
@@ -344,7 +365,7 @@ class FusedStepper:
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self.layout.data_ptr(),
                        self.params.data_ptr(), self.weight_ptrs.data_ptr(),
-                       self.current_ptrs.data_ptr(), self.rows.data_ptr(),
+                       self.low_ptrs.data_ptr(), self.current_ptrs.data_ptr(), self.rows.data_ptr(),
                        step_ptrs.data_ptr(), step_rows.data_ptr(), len(dts),
                        steps.data_ptr(), int(self.jacobi), self.scratch.data_ptr(),
                        records.shape[0], records.data_ptr(), step0, count, int(check))
@@ -353,15 +374,25 @@ class FusedStepper:
         return int(done)
 
 
-def _operator(kt: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
-    """The operator as the loop reads it, never copied: (W_p = KT_p^T, 1) where ``KT_p`` is
-    column-major (n_p x sources, row-major: dot products over its rows), else (KT_p, 0),
-    row-major (each thread sums over its share of the sources)."""
+def _operator(kt: torch.Tensor | None, blocked: bool) -> tuple[torch.Tensor | None, int]:
+    """The operator as the loop reads it, never copied, and how: (W_p = KT_p^T, 1) where
+    ``KT_p`` is column-major (n_p x sources, row-major: dot products over its rows), else
+    (KT_p, 0) for small batches (each thread sums over its share of the sources) or
+    (KT_p, 2) for ``blocked`` ones (register blocks of samples and of this thread's neurons)."""
     if kt is None:
         return None, 0
     if kt.mT.is_contiguous():
         return kt.mT, 1
-    return kt, 0
+    return kt, 2 if blocked else 0
+
+
+def _row_pairs(kt: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 operator KT (sources x n) as the loop reads it: pairs of rows interleaved
+    per column, ((sources + 1) / 2) x n x 2, an odd last row paired with zeros."""
+    kt = kt.contiguous()
+    if kt.shape[0] % 2:
+        kt = torch.cat([kt, kt.new_zeros(1, kt.shape[1])])
+    return kt.reshape(-1, 2, kt.shape[1]).transpose(1, 2).contiguous()
 
 
 def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
@@ -382,6 +413,10 @@ def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
             reason = f"the fused loop could not be built ({_build_error})"
             if _mode == "auto":
                 _warn_once(reason)
+        elif not lib.neurosim_bfloat16() and any(s.low_cols is not None
+                                                  for s in dynamics.slots):
+            reason = ("a bfloat16 projection, and this CPU has no bfloat16 instructions "
+                      "(AVX512-BF16) for the loop")
     if reason is not None:
         if _mode == "require":
             _refuse(reason)

@@ -2,8 +2,12 @@
 // Compiled on first use by neurosim.dynamics.fused (plain C++ and OpenMP, called through
 // ctypes); see there for the equations, the arguments and when the eager path runs instead.
 #include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include <algorithm>
@@ -171,12 +175,231 @@ inline void panel(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, in
   }
 }
 
+// ---- register-blocked products for batches above the dot-product sizes (mode 2) ----------
+// acc[b * lda + j] = sum_i x[b * ldx + i] kt[i * n + j] for MB samples and NV vectors of
+// columns, the sum over i in order (so its value does not depend on the thread count); the
+// last vector holds `tail` columns (masked loads) when PARTIAL. With ADD the sums start from
+// acc's values instead of 0.
+#ifdef __AVX512F__
+constexpr int GEMM_MB = 5, GEMM_NV = 4;
+#else
+constexpr int GEMM_MB = 6, GEMM_NV = 2;
+#endif
+
+template <typename T> struct Vec;
+template <> struct Vec<float> { typedef float type __attribute__((vector_size(VBYTES))); };
+template <> struct Vec<double> { typedef double type __attribute__((vector_size(VBYTES))); };
+template <typename T>
+using vec_t = typename Vec<T>::type;
+
+// the first c (< VBYTES / sizeof(T)) elements at p, the rest 0, without reading past them
+template <typename T>
+inline vec_t<T> load_part(const T* p, int64_t c) {
+  vec_t<T> v;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    v = (vec_t<T>)_mm512_maskz_loadu_ps((__mmask16)((1u << c) - 1), p);
+  } else {
+    v = (vec_t<T>)_mm512_maskz_loadu_pd((__mmask8)((1u << c) - 1), p);
+  }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)c),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    v = (vec_t<T>)_mm256_maskload_ps(p, m);
+  } else {
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(c), _mm256_setr_epi64x(0, 1, 2, 3));
+    v = (vec_t<T>)_mm256_maskload_pd(p, m);
+  }
+#else
+  v = vec_t<T>{};
+  std::memcpy(&v, p, c * sizeof(T));
+#endif
+  return v;
+}
+
+template <typename T, int MB, int NV, bool PARTIAL, bool ADD>
+inline void gemm_block(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, T* acc,
+                       int64_t lda, int64_t tail) {
+  constexpr int64_t V = VBYTES / sizeof(T);
+  typedef vec_t<T> vec;
+  vec c[MB][NV];
+  for (int a = 0; a < MB; ++a)
+    for (int v = 0; v < NV; ++v) {
+      if (!ADD) c[a][v] = vec{};
+      else if (PARTIAL && v == NV - 1) c[a][v] = load_part<T>(acc + a * lda + v * V, tail);
+      else std::memcpy(&c[a][v], acc + a * lda + v * V, VBYTES);
+    }
+  for (int64_t i = 0; i < S; ++i) {
+    const T* row = kt + i * n;
+    vec w[NV];
+    for (int v = 0; v < NV; ++v) {
+      if (PARTIAL && v == NV - 1) w[v] = load_part<T>(row + v * V, tail);
+      else std::memcpy(&w[v], row + v * V, VBYTES);
+    }
+    for (int a = 0; a < MB; ++a) {
+      const T xa = x[a * ldx + i];
+      for (int v = 0; v < NV; ++v) c[a][v] += xa * w[v];
+    }
+  }
+  for (int a = 0; a < MB; ++a)
+    for (int v = 0; v < NV; ++v)
+      std::memcpy(acc + a * lda + v * V, &c[a][v],
+                  (PARTIAL && v == NV - 1 ? tail : V) * sizeof(T));
+}
+
+// MB samples, columns [lo, hi): blocks of GEMM_NV vectors, then a last block of fewer
+template <typename T, int MB, bool ADD>
+inline void gemm_rows(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, T* acc,
+                      int64_t lda, int64_t lo, int64_t hi) {
+  constexpr int64_t V = VBYTES / sizeof(T);
+  int64_t j = lo;
+  for (; j + GEMM_NV * V <= hi; j += GEMM_NV * V)
+    gemm_block<T, MB, GEMM_NV, false, ADD>(kt + j, S, n, x, ldx, acc + j, lda, V);
+  const int64_t rest = hi - j;
+  if (rest <= 0) return;
+  const int64_t nv = (rest + V - 1) / V, tail = rest - (nv - 1) * V;
+#define NEUROSIM_TAIL(NVV)                                                                   \
+  if (nv == NVV) {                                                                           \
+    if (tail == V) gemm_block<T, MB, NVV, false, ADD>(kt + j, S, n, x, ldx, acc + j, lda, V); \
+    else gemm_block<T, MB, NVV, true, ADD>(kt + j, S, n, x, ldx, acc + j, lda, tail);        \
+    return;                                                                                  \
+  }
+  NEUROSIM_TAIL(1)
+  if constexpr (GEMM_NV >= 2) { NEUROSIM_TAIL(2) }
+  if constexpr (GEMM_NV >= 3) { NEUROSIM_TAIL(3) }
+  if constexpr (GEMM_NV >= 4) { NEUROSIM_TAIL(4) }
+#undef NEUROSIM_TAIL
+}
+
+// acc[b * lda + j] (+)= sum_i x[b * ldx + i] kt[i * n + j], all B samples, columns [lo, hi)
+template <typename T, bool ADD>
+void gemm(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B, int64_t lo,
+          int64_t hi, T* acc, int64_t lda) {
+  int64_t b = 0;
+  for (; b + GEMM_MB <= B; b += GEMM_MB)
+    gemm_rows<T, GEMM_MB, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi);
+  switch (B - b) {
+    case 1: gemm_rows<T, 1, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    case 2: gemm_rows<T, 2, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    case 3: gemm_rows<T, 3, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    case 4: gemm_rows<T, 4, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    case 5:
+      if constexpr (GEMM_MB > 5)
+        gemm_rows<T, 5, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi);
+      break;
+    default: break;
+  }
+}
+
+// ---- bfloat16 products (projections with precision "bfloat16"), AVX512-BF16 only ----------
+// kp: the operator as (S + 1) / 2 pairs of rows, n x 2 bfloat16 each (pair i: rows 2i, 2i+1
+// interleaved per column); xp: B x (S + 1) / 2 pairs of activities rounded to bfloat16 (round
+// to nearest even, as torch rounds). Products are exact in float32, summed in order of pairs.
+#ifdef __AVX512BF16__
+constexpr bool HAS_BF16 = true;
+
+template <int MB, int NV, bool PARTIAL, bool ADD>
+inline void bf16_block(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t* xp,
+                       int64_t ldx, float* acc, int64_t lda, int64_t tail) {
+  const __mmask16 mask = PARTIAL ? (__mmask16)((1u << tail) - 1) : (__mmask16)0xFFFF;
+  __m512 c[MB][NV];
+  for (int a = 0; a < MB; ++a)
+    for (int v = 0; v < NV; ++v) {
+      const bool part = PARTIAL && v == NV - 1;
+      c[a][v] = !ADD ? _mm512_setzero_ps()
+                     : part ? _mm512_maskz_loadu_ps(mask, acc + a * lda + v * 16)
+                            : _mm512_loadu_ps(acc + a * lda + v * 16);
+    }
+  for (int64_t i = 0; i < S2; ++i) {
+    const uint32_t* row = kp + i * n;
+    __m512bh w[NV];
+    for (int v = 0; v < NV; ++v)
+      w[v] = (__m512bh)(PARTIAL && v == NV - 1 ? _mm512_maskz_loadu_epi32(mask, row + v * 16)
+                                               : _mm512_loadu_si512(row + v * 16));
+    for (int a = 0; a < MB; ++a) {
+      const __m512bh xa = (__m512bh)_mm512_set1_epi32((int)xp[a * ldx + i]);
+      for (int v = 0; v < NV; ++v) c[a][v] = _mm512_dpbf16_ps(c[a][v], xa, w[v]);
+    }
+  }
+  for (int a = 0; a < MB; ++a)
+    for (int v = 0; v < NV; ++v) {
+      if (PARTIAL && v == NV - 1) _mm512_mask_storeu_ps(acc + a * lda + v * 16, mask, c[a][v]);
+      else _mm512_storeu_ps(acc + a * lda + v * 16, c[a][v]);
+    }
+}
+
+template <int MB, bool ADD>
+inline void bf16_rows(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t* xp,
+                      int64_t ldx, float* acc, int64_t lda, int64_t lo, int64_t hi) {
+  int64_t j = lo;
+  for (; j + 64 <= hi; j += 64)
+    bf16_block<MB, 4, false, ADD>(kp + j, S2, n, xp, ldx, acc + j, lda, 16);
+  const int64_t rest = hi - j;
+  if (rest <= 0) return;
+  const int64_t nv = (rest + 15) / 16, tail = rest - (nv - 1) * 16;
+#define NEUROSIM_TAIL(NVV)                                                                   \
+  if (nv == NVV) {                                                                           \
+    if (tail == 16) bf16_block<MB, NVV, false, ADD>(kp + j, S2, n, xp, ldx, acc + j, lda, 16); \
+    else bf16_block<MB, NVV, true, ADD>(kp + j, S2, n, xp, ldx, acc + j, lda, tail);         \
+    return;                                                                                  \
+  }
+  NEUROSIM_TAIL(1)
+  NEUROSIM_TAIL(2)
+  NEUROSIM_TAIL(3)
+  NEUROSIM_TAIL(4)
+#undef NEUROSIM_TAIL
+}
+
+// round x[b * ldx + i] (i < S) to bfloat16 pairs: xp[b * S2 + i / 2]
+inline void to_bf16_pairs(const float* x, int64_t ldx, int64_t B, int64_t S, uint32_t* xp) {
+  const int64_t S2 = (S + 1) / 2;
+  for (int64_t b = 0; b < B; ++b) {
+    const float* xb = x + b * ldx;
+    uint16_t* out = reinterpret_cast<uint16_t*>(xp + b * S2);
+    int64_t i = 0;
+    for (; i + 32 <= S; i += 32)
+      _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xb + i + 16),
+                                                                _mm512_loadu_ps(xb + i)));
+    for (; i < S; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, xb + i, 4);
+      out[i] = (bits & 0x7fffffffu) > 0x7f800000u
+                   ? (uint16_t)((bits >> 16) | 0x40)                    // NaN stays NaN
+                   : (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    }
+    if (S % 2) out[S] = 0;
+  }
+}
+
+template <bool ADD>
+void bf16_gemm(const uint32_t* kp, int64_t S, int64_t n, const uint32_t* xp, int64_t B,
+               int64_t lo, int64_t hi, float* acc, int64_t lda) {
+  const int64_t S2 = (S + 1) / 2;
+  int64_t b = 0;
+  for (; b + 5 <= B; b += 5) bf16_rows<5, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi);
+  switch (B - b) {
+    case 1: bf16_rows<1, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
+    case 2: bf16_rows<2, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
+    case 3: bf16_rows<3, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
+    case 4: bf16_rows<4, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
+    default: break;
+  }
+}
+#else
+constexpr bool HAS_BF16 = false;
+#endif
+
 // Arguments (addresses are of float32 or float64 arrays, as T):
-//   u, r: B x ldu / B x ldr state rows; layout: P x 7 int64 (u0 n r0 s0 S activation
-//   and 1 where the operator is W_p, n x S row-major: dot products over rows; 0 where it
-//   is KT_p, S x n row-major: panel over sources);
-//   params: P x 5 double (decay rate fixed_step(<0: none) a b); weights: P addresses of
-//   the operators (0: none); currents: P addresses (0: none) with rows 1 or B;
+//   u, r: B x ldu / B x ldr state rows; layout: P x 9 int64 (u0 n r0 s0 S activation mode
+//   ls0 lS): mode 1 where the operator is W_p, n x S row-major (dot products over its rows),
+//   0 or 2 where it is KT_p, S x n row-major (0: each thread's share of the sources, partial
+//   sums; 2: register blocks over samples and this thread's neurons, for larger batches);
+//   ls0, lS: the sources of the bfloat16 operator (lS = 0: none);
+//   params: P x 6 double (decay rate fixed_step(<0: none) a b c), c the elementwise
+//   self-coupling; weights: P addresses of the operators (0: none); low_weights: P addresses
+//   of the bfloat16 operators in pairs of rows (0: none; float32 and AVX512-BF16 builds only);
+//   currents: P addresses (0: none) with rows 1 or B;
 //   step_currents: P addresses (0: none) of K x rows x n currents added at step k (stimuli),
 //   rows (step_rows) 1 or B;
 //   dts: K step sizes; scratch: (threads + 1) x B x (sum n); records: R x (source 0 u / 1 r, every, M,
@@ -184,21 +407,25 @@ inline void panel(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, in
 //   after a step that made a potential non-finite (else run all K steps).
 template <typename T>
 int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const int64_t* lay,
-            const double* par, const int64_t* weights, const int64_t* currents,
-            const int64_t* current_rows, const int64_t* step_currents,
+            const double* par, const int64_t* weights, const int64_t* low_weights,
+            const int64_t* currents, const int64_t* current_rows, const int64_t* step_currents,
             const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc,
             int64_t R, const int64_t* records, int64_t step0, int threads, int check) {
+  constexpr int64_t NL = 9, NP = 6;      // layout and params per population
   std::vector<const T*> W(P, nullptr), I(P, nullptr), D(P, nullptr);
+  std::vector<const uint32_t*> LW(P, nullptr);
   std::vector<int64_t> Irows(P, 0), Drows(P, 0), off(P, 0);
-  int64_t total = 0;
+  int64_t total = 0, low_sources = 0;
   for (int64_t p = 0; p < P; ++p) {
     W[p] = reinterpret_cast<const T*>(weights[p]);
+    LW[p] = reinterpret_cast<const uint32_t*>(low_weights[p]);
+    if (LW[p]) low_sources = std::max(low_sources, lay[p * NL + 8]);
     I[p] = reinterpret_cast<const T*>(currents[p]);
     Irows[p] = current_rows[p];
     D[p] = reinterpret_cast<const T*>(step_currents[p]);
     Drows[p] = step_rows[p];
     off[p] = total;
-    total += lay[p * 7 + 1];
+    total += lay[p * NL + 1];
   }
   std::vector<int64_t> written(R, 0);
   int64_t done = K;
@@ -206,6 +433,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    std::vector<uint32_t> pairs(B * ((low_sources + 1) / 2));   // activities in bfloat16
     // This thread's neurons of population p: Gauss-Seidel splits each population, Jacobi
     // the neurons of all populations together (so that small populations do not leave a
     // thread idle), at 64-byte boundaries.
@@ -218,21 +446,25 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       return std::min(n, ((n + nt - 1) / nt + 3) / 4 * 4 * part);
     };
     auto range = [&](int64_t p) {
-      const int64_t n = lay[p * 7 + 1];
+      const int64_t n = lay[p * NL + 1];
       if (!jacobi) return std::make_pair(split(n, id), split(n, id + 1));
       return std::make_pair(std::clamp(g0 - off[p], int64_t(0), n),
                             std::clamp(g1 - off[p], int64_t(0), n));
     };
     // The product r[:, s0:s0+S] KT_p: from W_p = KT_p^T (column-major KT_p), this thread's
     // rows of W_p into acc; from a row-major KT_p, this thread's sources (rows of KT_p) for
-    // every neuron into its own partial sums (acc's block id + 1), added up by the update.
-    // Either way each sum's order depends on the thread count only, never on the chunk.
+    // every neuron into its own partial sums (acc's block id + 1), added up by the update, or
+    // (mode 2) this thread's neurons into acc, sums in source order. Then the bfloat16
+    // operator's product, this thread's neurons, added into acc (or written, when nothing
+    // else is there). Either way each sum's order depends on the thread count only, never on
+    // the chunk.
     auto product = [&](int64_t p) {
-      const int64_t* L = lay + p * 7;
+      const int64_t* L = lay + p * NL;
       const int64_t n = L[1], s0 = L[3], S = L[4];
       const auto [lo, hi] = range(p);
       T* a = acc + off[p];
-      if (L[6]) {                       // W_p row-major (n x S): dot products
+      if (!W[p]) {
+      } else if (L[6] == 1) {           // W_p row-major (n x S): dot products
         int64_t j = lo;
         for (; j + 4 <= hi; j += 4)
           for (int64_t b = 0; b < B; ++b) {
@@ -243,21 +475,33 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         for (; j < hi; ++j)
           for (int64_t b = 0; b < B; ++b)
             a[b * total + j] = dot<T>(W[p] + j * S, Rr + b * ldr + s0, S);
-      }
-      else {                            // KT_p row-major (S x n): this thread's sources
+      } else if (L[6] == 2) {           // KT_p row-major (S x n): blocks over this thread's neurons
+        gemm<T, false>(W[p], S, n, Rr + s0, ldr, B, lo, hi, a, total);
+      } else {                          // KT_p row-major (S x n): this thread's sources
         const int64_t i0 = split4(S, id), i1 = split4(S, id + 1);
         panel<T>(W[p] + i0 * n, i1 - i0, n, Rr + s0 + i0, ldr, B, 0, n,
                  acc + (id + 1) * B * total + off[p], total);
       }
+#ifdef __AVX512BF16__
+      if constexpr (std::is_same_v<T, float>) {
+        if (LW[p]) {
+          to_bf16_pairs(Rr + L[7], ldr, B, L[8], pairs.data());
+          if (W[p] && L[6] != 0) bf16_gemm<true>(LW[p], L[8], n, pairs.data(), B, lo, hi, a, total);
+          else bf16_gemm<false>(LW[p], L[8], n, pairs.data(), B, lo, hi, a, total);
+        }
+      }
+#endif
     };
     // u_p <- (1 - h d) u_p + h (acc_p + I_p); r_p <- sigma(u_p), this thread's neurons
     auto update = [&](int64_t p, int64_t k, int& ok) {
       const double step_dt = dt[k];
-      const int64_t* L = lay + p * 7;
-      const double* Q = par + p * 5;
+      const int64_t* L = lay + p * NL;
+      const double* Q = par + p * NP;
       const int64_t u0 = L[0], n = L[1], r0 = L[2], kind = L[5];
       const double step = Q[2] >= 0 ? Q[2] : step_dt * Q[1];
-      const T h = T(step), keep = T(1.0 - step * Q[0]), a = T(Q[3]), c = T(Q[4]);
+      const T h = T(step), keep = T(1.0 - step * Q[0]), a = T(Q[3]), c = T(Q[4]),
+              self = T(Q[5]);
+      const bool in_acc = (W[p] && L[6] != 0) || LW[p];     // acc holds the product
       const auto [lo, hi] = range(p);
       for (int64_t b = 0; b < B; ++b) {
         const T* cur = I[p] ? I[p] + (Irows[p] > 1 ? b : 0) * n : nullptr;
@@ -268,11 +512,10 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         T* rp = Rr + b * ldr + r0;
         for (int64_t j = lo; j < hi; ++j) {
           T product = T(0);
-          if (W[p] && L[6]) {
-            product = ap[j];
-          } else if (W[p]) {
+          if (W[p] && L[6] == 0)
             for (int64_t t = 0; t < nt; ++t) product += parts[t * B * total + j];
-          }
+          if (in_acc) product += ap[j];
+          if (self != T(0)) product += self * rp[j];
           const T drive = product + (cur ? cur[j] : T(0)) + (now ? now[j] : T(0));
           const T v = keep * up[j] + h * drive;
           ok &= std::isfinite(v) ? 1 : 0;
@@ -283,8 +526,8 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     };
     if (jacobi) {                       // r = sigma(u) first, as the eager step's rhs does
       for (int64_t p = 0; p < P; ++p) {
-        const int64_t* L = lay + p * 7;
-        const double* Q = par + p * 5;
+        const int64_t* L = lay + p * NL;
+        const double* Q = par + p * NP;
         const auto [lo, hi] = range(p);
         for (int64_t b = 0; b < B; ++b)
           activate_range<T>(L[5], U + b * ldu + L[0], Rr + b * ldr + L[2], lo, hi, T(Q[3]),
@@ -296,12 +539,12 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       int ok = 1;
       if (jacobi) {
         for (int64_t p = 0; p < P; ++p)
-          if (W[p]) product(p);
+          if (W[p] || LW[p]) product(p);
 #pragma omp barrier
         for (int64_t p = 0; p < P; ++p) update(p, k, ok);
       } else {
         for (int64_t p = 0; p < P; ++p) {
-          if (W[p]) product(p);
+          if (W[p] || LW[p]) product(p);
 #pragma omp barrier
           update(p, k, ok);
           if (p + 1 < P) {
@@ -346,20 +589,23 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
 
 }  // namespace
 
-// neurosim_euler_f32 and neurosim_euler_f64: run<float> and run<double> for ctypes
+// neurosim_euler_f32 and neurosim_euler_f64: run<float> and run<double> for ctypes;
+// neurosim_bfloat16: 1 when this build multiplies bfloat16 operators (AVX512-BF16)
 #define NEUROSIM_EULER(NAME, T)                                                              \
   int64_t NAME(int64_t B, T* u, int64_t ldu, T* r, int64_t ldr, int64_t P,                  \
                const int64_t* layout, const double* params, const int64_t* weights,         \
-               const int64_t* currents, const int64_t* current_rows,                        \
-               const int64_t* step_currents, const int64_t* step_rows, int64_t K,           \
-               const double* dts, int jacobi, T* scratch, int64_t R, const int64_t* records, \
-               int64_t step0, int threads, int check) {                                     \
-    return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, currents, current_rows,   \
-                  step_currents, step_rows, K, dts, jacobi, scratch, R, records, step0,     \
-                  threads, check);                                                          \
+               const int64_t* low_weights, const int64_t* currents,                         \
+               const int64_t* current_rows, const int64_t* step_currents,                   \
+               const int64_t* step_rows, int64_t K, const double* dts, int jacobi,          \
+               T* scratch, int64_t R, const int64_t* records, int64_t step0, int threads,   \
+               int check) {                                                                 \
+    return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, low_weights, currents,    \
+                  current_rows, step_currents, step_rows, K, dts, jacobi, scratch, R,       \
+                  records, step0, threads, check);                                          \
   }
 
 extern "C" {
 NEUROSIM_EULER(neurosim_euler_f32, float)
 NEUROSIM_EULER(neurosim_euler_f64, double)
+int neurosim_bfloat16() { return HAS_BF16 ? 1 : 0; }
 }  // extern "C"
