@@ -308,7 +308,7 @@ class FusedStepper:
                            -1.0 if slot.fixed_step is None else float(slot.fixed_step), a, b,
                            0.0 if diagonal is None else float(diagonal)])
             self.weights.append(operator)
-            self.low_weights.append(None if low is None else _row_pairs(low))
+            self.low_weights.append(None if low is None else low.contiguous())
             current = dynamics.currents.get(slot.name)
             if current is not None:
                 current = current.to(state.u.dtype).reshape(-1, slot.size).contiguous()
@@ -384,15 +384,6 @@ def _operator(kt: torch.Tensor | None, blocked: bool) -> tuple[torch.Tensor | No
     if kt.mT.is_contiguous():
         return kt.mT, 1
     return kt, 2 if blocked else 0
-
-
-def _row_pairs(kt: torch.Tensor) -> torch.Tensor:
-    """A bfloat16 operator KT (sources x n) as the loop reads it: pairs of rows interleaved
-    per column, ((sources + 1) / 2) x n x 2, an odd last row paired with zeros."""
-    kt = kt.contiguous()
-    if kt.shape[0] % 2:
-        kt = torch.cat([kt, kt.new_zeros(1, kt.shape[1])])
-    return kt.reshape(-1, 2, kt.shape[1]).transpose(1, 2).contiguous()
 
 
 def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:

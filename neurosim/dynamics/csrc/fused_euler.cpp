@@ -293,8 +293,8 @@ void gemm(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B,
 }
 
 // ---- bfloat16 products (projections with precision "bfloat16"), AVX512-BF16 only ----------
-// kp: the operator as (S + 1) / 2 pairs of rows, n x 2 bfloat16 each (pair i: rows 2i, 2i+1
-// interleaved per column); xp: B x (S + 1) / 2 pairs of activities rounded to bfloat16 (round
+// kp: columns of the operator as (S + 1) / 2 pairs of rows, n x 2 bfloat16 each (pair i:
+// rows 2i, 2i+1 interleaved per column; see pack_pairs); xp: B x (S + 1) / 2 pairs of activities rounded to bfloat16 (round
 // to nearest even, as torch rounds). Products are exact in float32, summed in order of pairs.
 #ifdef __AVX512BF16__
 constexpr bool HAS_BF16 = true;
@@ -351,6 +351,33 @@ inline void bf16_rows(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t*
 #undef NEUROSIM_TAIL
 }
 
+// columns [lo, hi) of a row-major S x n bfloat16 operator as (S + 1) / 2 pairs of rows
+// interleaved per column: kp[(i * w + j) * 2 + e] = kt[(2 i + e) n + lo + j], w = hi - lo
+inline void pack_pairs(const uint16_t* kt, int64_t S, int64_t n, int64_t lo, int64_t hi,
+                       uint16_t* kp) {
+  const int64_t w = hi - lo;
+  const __m512i first = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
+                                         40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
+                                         1, 32, 0);
+  const __m512i second = _mm512_add_epi16(first, _mm512_set1_epi16(16));
+  for (int64_t i = 0; i < S; i += 2) {
+    const uint16_t* a = kt + i * n + lo;
+    const uint16_t* b = i + 1 < S ? a + n : nullptr;
+    uint16_t* out = kp + i * w;
+    int64_t j = 0;
+    for (; j + 32 <= w; j += 32) {
+      const __m512i va = _mm512_loadu_si512(a + j);
+      const __m512i vb = b ? _mm512_loadu_si512(b + j) : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + 2 * j, _mm512_permutex2var_epi16(va, first, vb));
+      _mm512_storeu_si512(out + 2 * j + 32, _mm512_permutex2var_epi16(va, second, vb));
+    }
+    for (; j < w; ++j) {
+      out[2 * j] = a[j];
+      out[2 * j + 1] = b ? b[j] : 0;
+    }
+  }
+}
+
 // round x[b * ldx + i] (i < S) to bfloat16 pairs: xp[b * S2 + i / 2]
 inline void to_bf16_pairs(const float* x, int64_t ldx, int64_t B, int64_t S, uint32_t* xp) {
   const int64_t S2 = (S + 1) / 2;
@@ -398,7 +425,7 @@ constexpr bool HAS_BF16 = false;
 //   ls0, lS: the sources of the bfloat16 operator (lS = 0: none);
 //   params: P x 6 double (decay rate fixed_step(<0: none) a b c), c the elementwise
 //   self-coupling; weights: P addresses of the operators (0: none); low_weights: P addresses
-//   of the bfloat16 operators in pairs of rows (0: none; float32 and AVX512-BF16 builds only);
+//   of the bfloat16 operators, lS x n row-major (0: none; float32 and AVX512-BF16 builds);
 //   currents: P addresses (0: none) with rows 1 or B;
 //   step_currents: P addresses (0: none) of K x rows x n currents added at step k (stimuli),
 //   rows (step_rows) 1 or B;
@@ -434,6 +461,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
   {
     const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
     std::vector<uint32_t> pairs(B * ((low_sources + 1) / 2));   // activities in bfloat16
+    std::vector<std::vector<uint32_t>> packed(P);     // this thread's columns of LW, in pairs
     // This thread's neurons of population p: Gauss-Seidel splits each population, Jacobi
     // the neurons of all populations together (so that small populations do not leave a
     // thread idle), at 64-byte boundaries.
@@ -484,10 +512,13 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       }
 #ifdef __AVX512BF16__
       if constexpr (std::is_same_v<T, float>) {
-        if (LW[p]) {
+        if (LW[p] && hi > lo) {
           to_bf16_pairs(Rr + L[7], ldr, B, L[8], pairs.data());
-          if (W[p] && L[6] != 0) bf16_gemm<true>(LW[p], L[8], n, pairs.data(), B, lo, hi, a, total);
-          else bf16_gemm<false>(LW[p], L[8], n, pairs.data(), B, lo, hi, a, total);
+          const uint32_t* kp = packed[p].data();
+          if (W[p] && L[6] != 0)
+            bf16_gemm<true>(kp, L[8], hi - lo, pairs.data(), B, 0, hi - lo, a + lo, total);
+          else
+            bf16_gemm<false>(kp, L[8], hi - lo, pairs.data(), B, 0, hi - lo, a + lo, total);
         }
       }
 #endif
@@ -535,6 +566,16 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       }
 #pragma omp barrier
     }
+#ifdef __AVX512BF16__
+    for (int64_t p = 0; p < P; ++p)
+      if (LW[p]) {
+        const auto [lo, hi] = range(p);
+        packed[p].resize((lay[p * NL + 8] + 1) / 2 * std::max<int64_t>(hi - lo, 0));
+        if (hi > lo)
+          pack_pairs(reinterpret_cast<const uint16_t*>(LW[p]), lay[p * NL + 8], lay[p * NL + 1],
+                     lo, hi, reinterpret_cast<uint16_t*>(packed[p].data()));
+      }
+#endif
     for (int64_t k = 0; k < K; ++k) {
       int ok = 1;
       if (jacobi) {
