@@ -80,7 +80,13 @@ inline void activate_range(int64_t kind, const T* u, T* r, int64_t lo, int64_t h
       }
     }
   }
-  for (; j < hi; ++j) r[j] = activate<T>(kind, u[j], a, b);
+  switch (kind) {                       // one loop per kind, so that the compiler vectorises
+    case RELU: for (; j < hi; ++j) r[j] = u[j] > T(0) ? u[j] : T(0); break;
+    case CLIP: for (; j < hi; ++j) r[j] = std::min(std::max(u[j], a), b); break;
+    case LEAKY: for (; j < hi; ++j) r[j] = u[j] > T(0) ? u[j] : a * u[j]; break;
+    case LINEAR: for (; j < hi; ++j) r[j] = u[j]; break;
+    default: for (; j < hi; ++j) r[j] = activate<T>(kind, u[j], a, b);
+  }
 }
 
 // sum_i w[i] x[i] over vectors of VBYTES (one register each), four accumulators
@@ -294,7 +300,7 @@ void gemm(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B,
 
 // ---- bfloat16 products (projections with precision "bfloat16"), AVX512-BF16 only ----------
 // kp: columns of the operator as (S + 1) / 2 pairs of rows, n x 2 bfloat16 each (pair i:
-// rows 2i, 2i+1 interleaved per column; see pack_pairs); xp: B x (S + 1) / 2 pairs of activities rounded to bfloat16 (round
+// rows 2i, 2i+1 interleaved per column; n padded so that whole vectors load: pack_pairs); xp: B x (S + 1) / 2 pairs of activities rounded to bfloat16 (round
 // to nearest even, as torch rounds). Products are exact in float32, summed in order of pairs.
 #ifdef __AVX512BF16__
 constexpr bool HAS_BF16 = true;
@@ -315,8 +321,7 @@ inline void bf16_block(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t
     const uint32_t* row = kp + i * n;
     __m512bh w[NV];
     for (int v = 0; v < NV; ++v)
-      w[v] = (__m512bh)(PARTIAL && v == NV - 1 ? _mm512_maskz_loadu_epi32(mask, row + v * 16)
-                                               : _mm512_loadu_si512(row + v * 16));
+      w[v] = (__m512bh)_mm512_loadu_si512(row + v * 16);       // padded: whole vectors
     for (int a = 0; a < MB; ++a) {
       const __m512bh xa = (__m512bh)_mm512_set1_epi32((int)xp[a * ldx + i]);
       for (int v = 0; v < NV; ++v) c[a][v] = _mm512_dpbf16_ps(c[a][v], xa, w[v]);
@@ -352,10 +357,13 @@ inline void bf16_rows(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t*
 }
 
 // columns [lo, hi) of a row-major S x n bfloat16 operator as (S + 1) / 2 pairs of rows
-// interleaved per column: kp[(i * w + j) * 2 + e] = kt[(2 i + e) n + lo + j], w = hi - lo
+// interleaved per column: kp[(i * w + j) * 2 + e] = kt[(2 i + e) n + lo + j], rows of
+// w = padded(hi - lo) pairs, the padding zero (so that products load whole vectors)
+inline int64_t padded(int64_t width) { return (width + 15) / 16 * 16; }
+
 inline void pack_pairs(const uint16_t* kt, int64_t S, int64_t n, int64_t lo, int64_t hi,
                        uint16_t* kp) {
-  const int64_t w = hi - lo;
+  const int64_t w = padded(hi - lo), real = hi - lo;
   const __m512i first = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
                                          40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
                                          1, 32, 0);
@@ -365,16 +373,17 @@ inline void pack_pairs(const uint16_t* kt, int64_t S, int64_t n, int64_t lo, int
     const uint16_t* b = i + 1 < S ? a + n : nullptr;
     uint16_t* out = kp + i * w;
     int64_t j = 0;
-    for (; j + 32 <= w; j += 32) {
+    for (; j + 32 <= real; j += 32) {
       const __m512i va = _mm512_loadu_si512(a + j);
       const __m512i vb = b ? _mm512_loadu_si512(b + j) : _mm512_setzero_si512();
       _mm512_storeu_si512(out + 2 * j, _mm512_permutex2var_epi16(va, first, vb));
       _mm512_storeu_si512(out + 2 * j + 32, _mm512_permutex2var_epi16(va, second, vb));
     }
-    for (; j < w; ++j) {
+    for (; j < real; ++j) {
       out[2 * j] = a[j];
       out[2 * j + 1] = b ? b[j] : 0;
     }
+    for (; j < w; ++j) out[2 * j] = out[2 * j + 1] = 0;
   }
 }
 
@@ -462,6 +471,9 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
     std::vector<uint32_t> pairs(B * ((low_sources + 1) / 2));   // activities in bfloat16
     std::vector<std::vector<uint32_t>> packed(P);     // this thread's columns of LW, in pairs
+    int64_t widest = 0;
+    for (int64_t p = 0; p < P; ++p) widest = std::max(widest, lay[p * NL + 1]);
+    std::vector<T> drive(widest);                     // one row's drive, this thread's neurons
     // This thread's neurons of population p: Gauss-Seidel splits each population, Jacobi
     // the neurons of all populations together (so that small populations do not leave a
     // thread idle), at 64-byte boundaries.
@@ -515,10 +527,11 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         if (LW[p] && hi > lo) {
           to_bf16_pairs(Rr + L[7], ldr, B, L[8], pairs.data());
           const uint32_t* kp = packed[p].data();
+          const int64_t w = padded(hi - lo);
           if (W[p] && L[6] != 0)
-            bf16_gemm<true>(kp, L[8], hi - lo, pairs.data(), B, 0, hi - lo, a + lo, total);
+            bf16_gemm<true>(kp, L[8], w, pairs.data(), B, 0, hi - lo, a + lo, total);
           else
-            bf16_gemm<false>(kp, L[8], hi - lo, pairs.data(), B, 0, hi - lo, a + lo, total);
+            bf16_gemm<false>(kp, L[8], w, pairs.data(), B, 0, hi - lo, a + lo, total);
         }
       }
 #endif
@@ -533,25 +546,42 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       const T h = T(step), keep = T(1.0 - step * Q[0]), a = T(Q[3]), c = T(Q[4]),
               self = T(Q[5]);
       const bool in_acc = (W[p] && L[6] != 0) || LW[p];     // acc holds the product
+      const bool parts = W[p] && L[6] == 0;                   // partial sums per thread
       const auto [lo, hi] = range(p);
+      // drive = ((sum of partial sums) + acc + c r_p) + I + I_k, then u <- keep u + h drive;
+      // simple loops over this thread's neurons, which the compiler vectorises
       for (int64_t b = 0; b < B; ++b) {
         const T* cur = I[p] ? I[p] + (Irows[p] > 1 ? b : 0) * n : nullptr;
         const T* now = D[p] ? D[p] + (k * Drows[p] + (Drows[p] > 1 ? b : 0)) * n : nullptr;
         const T* ap = acc + off[p] + b * total;
-        const T* parts = acc + B * total + off[p] + b * total;   // row-major KT_p: partial sums
+        const T* pp = acc + B * total + off[p] + b * total;   // row-major KT_p: partial sums
         T* up = U + b * ldu + u0;
         T* rp = Rr + b * ldr + r0;
+        T* d = drive.data();
+        if (parts) {
+          for (int64_t j = lo; j < hi; ++j) d[j - lo] = pp[j];
+          for (int64_t t = 1; t < nt; ++t)
+            for (int64_t j = lo; j < hi; ++j) d[j - lo] += pp[t * B * total + j];
+          if (in_acc)
+            for (int64_t j = lo; j < hi; ++j) d[j - lo] += ap[j];
+        } else if (in_acc) {
+          for (int64_t j = lo; j < hi; ++j) d[j - lo] = ap[j];
+        } else {
+          for (int64_t j = lo; j < hi; ++j) d[j - lo] = T(0);
+        }
+        if (self != T(0))
+          for (int64_t j = lo; j < hi; ++j) d[j - lo] += self * rp[j];
+        if (cur)
+          for (int64_t j = lo; j < hi; ++j) d[j - lo] += cur[j];
+        if (now)
+          for (int64_t j = lo; j < hi; ++j) d[j - lo] += now[j];
+        T bad = T(0);                   // v * 0 is NaN exactly when v is not finite
         for (int64_t j = lo; j < hi; ++j) {
-          T product = T(0);
-          if (W[p] && L[6] == 0)
-            for (int64_t t = 0; t < nt; ++t) product += parts[t * B * total + j];
-          if (in_acc) product += ap[j];
-          if (self != T(0)) product += self * rp[j];
-          const T drive = product + (cur ? cur[j] : T(0)) + (now ? now[j] : T(0));
-          const T v = keep * up[j] + h * drive;
-          ok &= std::isfinite(v) ? 1 : 0;
+          const T v = keep * up[j] + h * d[j - lo];
+          bad += v * T(0);
           up[j] = v;
         }
+        ok &= bad == T(0) ? 1 : 0;
         activate_range<T>(kind, up, rp, lo, hi, a, c);
       }
     };
@@ -570,7 +600,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     for (int64_t p = 0; p < P; ++p)
       if (LW[p]) {
         const auto [lo, hi] = range(p);
-        packed[p].resize((lay[p * NL + 8] + 1) / 2 * std::max<int64_t>(hi - lo, 0));
+        packed[p].resize((lay[p * NL + 8] + 1) / 2 * padded(std::max<int64_t>(hi - lo, 0)));
         if (hi > lo)
           pack_pairs(reinterpret_cast<const uint16_t*>(LW[p]), lay[p * NL + 8], lay[p * NL + 1],
                      lo, hi, reinterpret_cast<uint16_t*>(packed[p].data()));
