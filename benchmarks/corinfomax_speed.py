@@ -172,56 +172,94 @@ def main():
         return re.sub(r'lateral_precision = "\w+"', f'lateral_precision = "{precision}"',
                       model_text)
 
-    def neurosim_train(variant, batch):
+    def trainer_for(variant, batch):
         precision, mode = VARIANTS[variant]
         trainer = Trainer.from_model_text(text_for(precision), progress=False,
                                           batch_size=batch)
-        protocol, onehot = trainer.protocol, trainer._one_hot
         gen = torch.Generator().manual_seed(0)
         with fused.mode(mode), torch.inference_mode():
             for i in range(0, 1000, batch):                 # warm-up
-                protocol.train_step(x_all[i:i + batch], onehot(y_all[i:i + batch]), gen)
+                trainer.protocol.train_step(x_all[i:i + batch],
+                                            trainer._one_hot(y_all[i:i + batch]), gen)
+        return trainer, gen
 
-            def run():
-                for i in range(0, args.train_samples, batch):
-                    protocol.train_step(x_all[i:i + batch], onehot(y_all[i:i + batch]), gen)
-            return timed(run, args.train_samples // batch * batch), trainer
+    def interleaved(jobs: dict, n_items: int) -> dict:
+        """Best of REPEATS runs per job (name: (fused mode, function[, items])), the jobs
+        taking turns within each repeat (so that this shared machine's slow and fast minutes
+        fall on all of them alike)."""
+        times = {name: [] for name in jobs}
+        for _ in range(REPEATS):
+            for name, (mode, fn, *items) in jobs.items():
+                with fused.mode(mode), torch.inference_mode():
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - start) /
+                                       (items[0] if items else n_items) * 1e3)
+        for name, values in times.items():
+            print(f"    {name}: {', '.join(f'{t:.4f}' for t in values)} ms/item "
+                  f"(median {statistics.median(values):.4f})", flush=True)
+        return {name: min(values) for name, values in times.items()}
 
-    for variant in args.variants:
-        prefix = "" if variant == "model" else f"{variant}_"
-        print(f"variant {variant}:", flush=True)
-        ms, trainer = neurosim_train(variant, 20)
-        low = sorted(trainer.protocol.net.low_precision)
-        results[f"{prefix}bfloat16_projections"] = ", ".join(low) or "none"
-        results[f"{prefix}neurosim_train_ms_per_sample_b20"] = ms
-        for batch in args.extra_batch_sizes:
-            results[f"{prefix}neurosim_train_ms_per_sample_b{batch}"] = \
-                neurosim_train(variant, batch)[0]
-        protocol = trainer.protocol
-        with fused.mode(VARIANTS[variant][1]), torch.inference_mode():
-            for batch in (20, 500, 1000, 10000):
-                protocol.predict(x_all[:batch])
-
-                def run():
-                    for i in range(0, args.test_samples, batch):
-                        protocol.predict(x_all[i:i + batch])
-                results[f"{prefix}neurosim_test_ms_per_sample_b{batch}"] = \
-                    timed(run, args.test_samples)
+    def prefix(variant):
+        return "" if variant == "model" else f"{variant}_"
 
     ref = ReferenceCorInfoMax([784, 500, 10])
+    xs, ys = x_all.T.contiguous(), torch.nn.functional.one_hot(y_all, 10).T.float()
     with torch.no_grad():
-        xs, ys = x_all.T.contiguous(), torch.nn.functional.one_hot(y_all, 10).T.float()
         ref.train_batch(xs[:, :20], ys[:, :20], 1.0)
 
-        def ref_train():
+    def ref_train():
+        with torch.no_grad():
             for i in range(0, args.reference_samples, 20):
                 ref.train_batch(xs[:, i:i + 20], ys[:, i:i + 20], 1.0 if i % 40 else -1.0)
 
-        def ref_test():
+    def ref_test():
+        with torch.no_grad():
             for i in range(0, args.reference_samples, 20):
                 ref.predict(xs[:, i:i + 20])
-        results["reference_train_ms_per_sample_b20"] = timed(ref_train, args.reference_samples)
-        results["reference_test_ms_per_sample_b20"] = timed(ref_test, args.reference_samples)
+
+    for batch in (20, *args.extra_batch_sizes):
+        built = {v: trainer_for(v, batch) for v in args.variants}
+        if batch == 20:
+            trainers = {v: trainer for v, (trainer, _) in built.items()}
+
+        def train_job(trainer, gen, batch=batch):
+            def run():
+                for i in range(0, args.train_samples, batch):
+                    trainer.protocol.train_step(x_all[i:i + batch],
+                                                trainer._one_hot(y_all[i:i + batch]), gen)
+            return run
+        print(f"training, batch {batch}:", flush=True)
+        jobs = {v: (VARIANTS[v][1], train_job(*built[v])) for v in args.variants}
+        if batch == 20:
+            jobs["reference"] = ("off", ref_train, args.reference_samples)
+        best = interleaved(jobs, args.train_samples // batch * batch)
+        if batch == 20:
+            results["reference_train_ms_per_sample_b20"] = best.pop("reference")
+        for v, ms in best.items():
+            results[f"{prefix(v)}neurosim_train_ms_per_sample_b{batch}"] = ms
+    for v, trainer in trainers.items():
+        low = sorted(trainer.protocol.net.low_precision)
+        results[f"{prefix(v)}bfloat16_projections"] = ", ".join(low) or "none"
+    for batch in (20, 500, 1000, 10000):
+        def test_job(protocol, batch=batch):
+            def run():
+                for i in range(0, args.test_samples, batch):
+                    protocol.predict(x_all[i:i + batch])
+            return run
+        for v, trainer in trainers.items():
+            with fused.mode(VARIANTS[v][1]), torch.inference_mode():
+                trainer.protocol.predict(x_all[:batch])
+        print(f"test, evaluation batch {batch}:", flush=True)
+        jobs = {v: (VARIANTS[v][1], test_job(t.protocol)) for v, t in trainers.items()}
+        if batch == 20:
+            jobs["reference"] = ("off", ref_test, args.reference_samples)
+        best = interleaved(jobs, args.test_samples)
+        if batch == 20:
+            results["reference_test_ms_per_sample_b20"] = best.pop("reference")
+        for v, ms in best.items():
+            results[f"{prefix(v)}neurosim_test_ms_per_sample_b{batch}"] = ms
+
     for variant in args.variants:
         prefix = "" if variant == "model" else f"{variant}_"
         results[f"{prefix}speedup_train"] = (results["reference_train_ms_per_sample_b20"]

@@ -314,17 +314,20 @@ class FusedStepper:
                 current = current.to(state.u.dtype).reshape(-1, slot.size).contiguous()
             self.currents.append(current)
             self.current_rows.append(0 if current is None else current.shape[0])
-        self.layout = torch.tensor(layout, dtype=torch.int64, device="cpu")
-        self.params = torch.tensor(params, dtype=torch.float64, device="cpu")
-        self.weight_ptrs, self.low_ptrs = (
-            torch.tensor([w.data_ptr() if w is not None else 0 for w in table],
-                         dtype=torch.int64, device="cpu")
-            for table in (self.weights, self.low_weights))
-        self.current_ptrs = torch.tensor([c.data_ptr() if c is not None else 0
-                                          for c in self.currents], dtype=torch.int64,
-                                         device="cpu")
-        self.rows = torch.tensor(self.current_rows, dtype=torch.int64, device="cpu")
+        # the loop's arguments as ctypes arrays (cheaper to build than tensors: phases of a
+        # training step are short)
+        self._layout = _int64s(v for row in layout for v in row)
+        self.params = _float64s(v for row in params for v in row)
+        self.weight_ptrs, self.low_ptrs, self.current_ptrs = (
+            _int64s(t.data_ptr() if t is not None else 0 for t in table)
+            for table in (self.weights, self.low_weights, self.currents))
+        self.rows = _int64s(self.current_rows)
         self.scratch = torch.empty(0, dtype=state.u.dtype, device="cpu")
+
+    @property
+    def layout(self) -> torch.Tensor:
+        """The loop's layout, one row per population (u0 n r0 s0 S activation mode ls0 lS)."""
+        return torch.tensor(list(self._layout), dtype=torch.int64).reshape(-1, 9)
 
     def advance(self, state, dts: list[float], step0: int, probes=(), *,
                 check: bool = True, stimuli=None) -> int:
@@ -349,29 +352,35 @@ class FusedStepper:
         if unknown:
             raise SimulationError(f"stimulus currents for {sorted(unknown)}, which the loop "
                                   "does not step")
-        step_ptrs = torch.tensor([stimuli[n].data_ptr() if n in stimuli else 0 for n in order],
-                                 dtype=torch.int64, device="cpu")
-        step_rows = torch.tensor([stimuli[n].shape[1] if n in stimuli else 0 for n in order],
-                                 dtype=torch.int64, device="cpu")
-        records = torch.tensor([[0 if source == "u" else 1, every, columns.numel(),
-                                 columns.data_ptr(), buffer.data_ptr()]
-                                for source, columns, every, buffer in probes],
-                               dtype=torch.int64, device="cpu").reshape(-1, 5)
-        steps = torch.tensor(dts, dtype=torch.float64, device="cpu")
+        step_ptrs = _int64s(stimuli[n].data_ptr() if n in stimuli else 0 for n in order)
+        step_rows = _int64s(stimuli[n].shape[1] if n in stimuli else 0 for n in order)
+        records = _int64s(v for source, columns, every, buffer in probes
+                          for v in (0 if source == "u" else 1, every, columns.numel(),
+                                    columns.data_ptr(), buffer.data_ptr()))
+        steps = _float64s(dts)
         count = threads()
         if self.scratch.numel() < (count + 1) * state.u.numel():   # products, partial sums
             self.scratch = torch.empty((count + 1) * state.u.numel(), dtype=state.u.dtype,
                                        device="cpu")
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
-                       state.r.stride(0), len(self.weights), self.layout.data_ptr(),
-                       self.params.data_ptr(), self.weight_ptrs.data_ptr(),
-                       self.low_ptrs.data_ptr(), self.current_ptrs.data_ptr(), self.rows.data_ptr(),
-                       step_ptrs.data_ptr(), step_rows.data_ptr(), len(dts),
-                       steps.data_ptr(), int(self.jacobi), self.scratch.data_ptr(),
-                       records.shape[0], records.data_ptr(), step0, count, int(check))
+                       state.r.stride(0), len(self.weights), self._layout, self.params,
+                       self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.rows,
+                       step_ptrs, step_rows, len(dts), steps, int(self.jacobi),
+                       self.scratch.data_ptr(), len(probes), records, step0, count,
+                       int(check))
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
         return int(done)
+
+
+def _int64s(values) -> ctypes.Array:
+    values = list(values)
+    return (ctypes.c_int64 * max(len(values), 1))(*values)
+
+
+def _float64s(values) -> ctypes.Array:
+    values = list(values)
+    return (ctypes.c_double * max(len(values), 1))(*values)
 
 
 def _operator(kt: torch.Tensor | None, blocked: bool) -> tuple[torch.Tensor | None, int]:
