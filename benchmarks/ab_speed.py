@@ -8,7 +8,9 @@ Each round runs one fresh process per checkout (the order alternates between rou
 timing the MNIST-settings model (784-500-10, T 30/10, gs-euler, float32, batch 20) on the
 same synthetic binary images: ms per training sample (best of 3 passes over
 --train-samples) and ms per test sample (evaluation batch 1000). Prints per-round numbers,
-the medians and the after/before ratios; --json writes them."""
+the medians and the after/before ratios; --json writes them. ``--eager`` runs both with
+NEUROSIM_FUSED=off and ``--full-precision`` without the model file's ``lateral_precision``
+line (both checkouts then run the eager float32 path: a regression check of that path)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 PROBE = r"""
@@ -54,9 +57,17 @@ print(json.dumps(out))
 """
 
 
-def measure(tree: Path, n_train: int, threads: int) -> dict:
+def measure(tree: Path, n_train: int, threads: int, eager: bool = False,
+            full_precision: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+    if eager:
+        env["NEUROSIM_FUSED"] = "off"
     model = tree / "models" / "corinfomax_ainf_mnist.toml"
+    if full_precision:
+        text = "".join(line for line in model.read_text().splitlines(keepends=True)
+                       if not line.lstrip().startswith("lateral_precision"))
+        model = Path(tempfile.mkdtemp()) / "corinfomax_ainf_mnist.toml"
+        model.write_text(text)
     done = subprocess.run([sys.executable, "-c", PROBE, str(n_train), str(model), str(threads)],
                           capture_output=True, text=True, env=env, cwd=tree, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -69,6 +80,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--train-samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eager", action="store_true", help="NEUROSIM_FUSED=off for both")
+    parser.add_argument("--full-precision", action="store_true",
+                        help="drop the model file's lateral_precision line for both")
     parser.add_argument("--json")
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
@@ -76,7 +90,8 @@ def main() -> None:
     for r in range(args.rounds):
         order = ("before", "after") if r % 2 == 0 else ("after", "before")
         for name in order:
-            runs[name].append(measure(trees[name], args.train_samples, args.threads))
+            runs[name].append(measure(trees[name], args.train_samples, args.threads,
+                                      args.eager, args.full_precision))
         print(f"round {r + 1}: " + "  ".join(
             f"{name} train {runs[name][-1]['train_ms_b20']:.4f} test "
             f"{runs[name][-1]['test_ms_b1000']:.4f}" for name in trees), flush=True)
