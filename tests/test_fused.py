@@ -198,7 +198,7 @@ def test_register_blocked_products_equal_eager(threads, solver, dtype, batch):
     torch.testing.assert_close(fast.state.u, eager.state.u, **tolerance(dtype))
     torch.testing.assert_close(fast.state.r, eager.state.r, **tolerance(dtype))
     form = fused.stepper(fast.dynamics(), fast.state, fast.solver)[0].layout[:, 6].tolist()
-    assert form == [2, 2, 1]            # hidden and top (13 > NARROW_SIZE / 4...) blocked
+    assert form == [2, 2, 3]            # hidden and top blocked; inh (3 neurons): dot products
     assert float(eager.state.u.abs().max()) > 0.05
 
 

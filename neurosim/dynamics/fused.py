@@ -384,14 +384,15 @@ def _float64s(values) -> ctypes.Array:
 
 
 def _operator(kt: torch.Tensor | None, blocked: bool) -> tuple[torch.Tensor | None, int]:
-    """The operator as the loop reads it, never copied, and how: (W_p = KT_p^T, 1) where
-    ``KT_p`` is column-major (n_p x sources, row-major: dot products over its rows), else
-    (KT_p, 0) for small batches (each thread sums over its share of the sources) or
-    (KT_p, 2) for ``blocked`` ones (register blocks of samples and of this thread's neurons)."""
+    """The operator as the loop reads it, never copied, and how: (W_p = KT_p^T, 1 or 3) where
+    ``KT_p`` is column-major (n_p x sources, row-major: dot products over its rows, threads
+    sharing the neurons, or for ``blocked`` batches the samples), else (KT_p, 0) for small
+    batches (each thread sums over its share of the sources) or (KT_p, 2) for ``blocked``
+    ones (register blocks of samples and of this thread's neurons)."""
     if kt is None:
         return None, 0
     if kt.mT.is_contiguous():
-        return kt.mT, 1
+        return kt.mT, 3 if blocked else 1
     return kt, 2 if blocked else 0
 
 

@@ -428,7 +428,8 @@ constexpr bool HAS_BF16 = false;
 
 // Arguments (addresses are of float32 or float64 arrays, as T):
 //   u, r: B x ldu / B x ldr state rows; layout: P x 9 int64 (u0 n r0 s0 S activation mode
-//   ls0 lS): mode 1 where the operator is W_p, n x S row-major (dot products over its rows),
+//   ls0 lS): mode 1 (3) where the operator is W_p, n x S row-major (dot products over its
+//   rows, threads sharing the neurons (the samples)),
 //   0 or 2 where it is KT_p, S x n row-major (0: each thread's share of the sources, partial
 //   sums; 2: register blocks over samples and this thread's neurons, for larger batches);
 //   ls0, lS: the sources of the bfloat16 operator (lS = 0: none);
@@ -504,16 +505,20 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       const auto [lo, hi] = range(p);
       T* a = acc + off[p];
       if (!W[p]) {
-      } else if (L[6] == 1) {           // W_p row-major (n x S): dot products
-        int64_t j = lo;
-        for (; j + 4 <= hi; j += 4)
-          for (int64_t b = 0; b < B; ++b) {
+      } else if (L[6] == 1 || L[6] == 3) {   // W_p row-major (n x S): dot products, for this
+        // thread's neurons and every sample (1) or every neuron and this thread's samples (3:
+        // a narrow population in a large batch)
+        const int64_t j0 = L[6] == 1 ? lo : 0, j1 = L[6] == 1 ? hi : n;
+        const int64_t b0 = L[6] == 1 ? 0 : B * id / nt, b1 = L[6] == 1 ? B : B * (id + 1) / nt;
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4)
+          for (int64_t b = b0; b < b1; ++b) {
             T out[4];
             dot4<T>(W[p] + j * S, S, Rr + b * ldr + s0, out);
             for (int r = 0; r < 4; ++r) a[b * total + j + r] = out[r];
           }
-        for (; j < hi; ++j)
-          for (int64_t b = 0; b < B; ++b)
+        for (; j < j1; ++j)
+          for (int64_t b = b0; b < b1; ++b)
             a[b * total + j] = dot<T>(W[p] + j * S, Rr + b * ldr + s0, S);
       } else if (L[6] == 2) {           // KT_p row-major (S x n): blocks over this thread's neurons
         gemm<T, false>(W[p], S, n, Rr + s0, ldr, B, lo, hi, a, total);
