@@ -278,10 +278,10 @@ inline void gemm_rows(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx
 #undef NEUROSIM_TAIL
 }
 
-// acc[b * lda + j] (+)= sum_i x[b * ldx + i] kt[i * n + j], all B samples, columns [lo, hi)
+// all B samples over sources [0, S) and columns [lo, hi), in blocks of samples
 template <typename T, bool ADD>
-void gemm(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B, int64_t lo,
-          int64_t hi, T* acc, int64_t lda) {
+void gemm_panel(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B,
+                int64_t lo, int64_t hi, T* acc, int64_t lda) {
   int64_t b = 0;
   for (; b + GEMM_MB <= B; b += GEMM_MB)
     gemm_rows<T, GEMM_MB, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi);
@@ -295,6 +295,26 @@ void gemm(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B,
         gemm_rows<T, 5, ADD>(kt, S, n, x + b * ldx, ldx, acc + b * lda, lda, lo, hi);
       break;
     default: break;
+  }
+}
+
+// acc[b * lda + j] (+)= sum_i x[b * ldx + i] kt[i * n + j], all B samples, columns [lo, hi):
+// panels of GEMM_KC sources x GEMM_NC columns (a quarter of a MiB: they stay in L2 while every
+// block of samples passes over them, so a large operator streams from memory once per step).
+// Each sum still runs over i in order: a panel continues the sums the one before left in acc.
+constexpr int64_t GEMM_KC = 256, GEMM_NC_BYTES = 1024;
+
+template <typename T, bool ADD>
+void gemm(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B, int64_t lo,
+          int64_t hi, T* acc, int64_t lda) {
+  constexpr int64_t NC = GEMM_NC_BYTES / sizeof(T);
+  for (int64_t j0 = lo; j0 < hi; j0 += NC) {
+    const int64_t j1 = std::min(hi, j0 + NC);
+    for (int64_t k0 = 0; k0 < S; k0 += GEMM_KC) {
+      const int64_t k = std::min(S - k0, GEMM_KC);
+      if (ADD || k0 > 0) gemm_panel<T, true>(kt + k0 * n, k, n, x + k0, ldx, B, j0, j1, acc, lda);
+      else gemm_panel<T, false>(kt + k0 * n, k, n, x + k0, ldx, B, j0, j1, acc, lda);
+    }
   }
 }
 
@@ -408,18 +428,34 @@ inline void to_bf16_pairs(const float* x, int64_t ldx, int64_t B, int64_t S, uin
   }
 }
 
+// pairs [0, S2) of all B samples, columns [lo, hi), in blocks of samples
+template <bool ADD>
+void bf16_panel(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t* xp, int64_t ldx,
+                int64_t B, int64_t lo, int64_t hi, float* acc, int64_t lda) {
+  int64_t b = 0;
+  for (; b + 5 <= B; b += 5) bf16_rows<5, ADD>(kp, S2, n, xp + b * ldx, ldx, acc + b * lda, lda, lo, hi);
+  switch (B - b) {
+    case 1: bf16_rows<1, ADD>(kp, S2, n, xp + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    case 2: bf16_rows<2, ADD>(kp, S2, n, xp + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    case 3: bf16_rows<3, ADD>(kp, S2, n, xp + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    case 4: bf16_rows<4, ADD>(kp, S2, n, xp + b * ldx, ldx, acc + b * lda, lda, lo, hi); break;
+    default: break;
+  }
+}
+
+// the bfloat16 product in panels of GEMM_KC pairs x GEMM_NC_BYTES / 4 columns (as gemm)
 template <bool ADD>
 void bf16_gemm(const uint32_t* kp, int64_t S, int64_t n, const uint32_t* xp, int64_t B,
                int64_t lo, int64_t hi, float* acc, int64_t lda) {
   const int64_t S2 = (S + 1) / 2;
-  int64_t b = 0;
-  for (; b + 5 <= B; b += 5) bf16_rows<5, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi);
-  switch (B - b) {
-    case 1: bf16_rows<1, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
-    case 2: bf16_rows<2, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
-    case 3: bf16_rows<3, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
-    case 4: bf16_rows<4, ADD>(kp, S2, n, xp + b * S2, S2, acc + b * lda, lda, lo, hi); break;
-    default: break;
+  constexpr int64_t NC = GEMM_NC_BYTES / 4;
+  for (int64_t j0 = lo; j0 < hi; j0 += NC) {
+    const int64_t j1 = std::min(hi, j0 + NC);
+    for (int64_t k0 = 0; k0 < S2; k0 += GEMM_KC) {
+      const int64_t k = std::min(S2 - k0, GEMM_KC);
+      if (ADD || k0 > 0) bf16_panel<true>(kp + k0 * n, k, n, xp + k0, S2, B, j0, j1, acc, lda);
+      else bf16_panel<false>(kp + k0 * n, k, n, xp + k0, S2, B, j0, j1, acc, lda);
+    }
   }
 }
 #else
