@@ -168,21 +168,26 @@ def test_fixed_step_wide_top_and_decaying_schedule():
     torch.testing.assert_close(fast.state.u, eager.state.u, rtol=0, atol=1e-12)
 
 
-def test_a_run_cut_into_pieces_repeats_the_uncut_one_bit_for_bit(threads):
-    """Runs of 10 steps (each a new solve) against one of 300, on both operator forms: a
-    row-major KT_p (summed over each thread's sources) and a column-major one (rows of W_p);
-    and the same against the eager path to rounding."""
-    text = model(narrow=40, batch=2, n_steps=300)
+@pytest.mark.parametrize("narrow, batch, every, form", [
+    (40, 2, 10, [0, 0, 1]),     # hidden and top summed over sources; inh (3) rows of W_p
+    (13, 20, 7, [2, 2, 3]),     # register blocks; inh's dot products shared out by samples
+])
+def test_a_run_cut_into_pieces_repeats_the_uncut_one_bit_for_bit(threads, narrow, batch,
+                                                                 every, form):
+    """Runs of a few steps (each a new solve) against one of 300, on every operator form:
+    a row-major KT_p (summed over each thread's sources, or in register blocks) and a
+    column-major one (rows of W_p); and the same against the eager path to rounding."""
+    text = model(narrow=narrow, batch=batch, n_steps=300)
     with fused.mode("require"):
         whole = Simulation.from_model_text(text)
         whole.run()
         cut = Simulation.from_model_text(text)
-        for stop in range(10, 301, 10):
+        for stop in (*range(every, 301, every), 300):
             cut.run(stop)
     assert torch.equal(cut.state.u, whole.state.u)
     torch.testing.assert_close(whole.state.u, run(text, "off").state.u, rtol=0, atol=1e-12)
-    form = fused.stepper(whole.dynamics(), whole.state, whole.solver)[0].layout[:, 6].tolist()
-    assert form == [0, 0, 1]            # hidden and top row-major; inh (3 neurons) column-major
+    stepper = fused.stepper(whole.dynamics(), whole.state, whole.solver)[0]
+    assert stepper.layout[:, 6].tolist() == form
 
 
 @pytest.mark.parametrize("solver", ["euler", "gs-euler"])
@@ -200,18 +205,6 @@ def test_register_blocked_products_equal_eager(threads, solver, dtype, batch):
     form = fused.stepper(fast.dynamics(), fast.state, fast.solver)[0].layout[:, 6].tolist()
     assert form == [2, 2, 3]            # hidden and top blocked; inh (3 neurons): dot products
     assert float(eager.state.u.abs().max()) > 0.05
-
-
-def test_register_blocked_runs_cut_into_pieces_repeat_the_uncut_one():
-    text = model(narrow=13, batch=20, n_steps=60)
-    with fused.mode("require"):
-        whole = Simulation.from_model_text(text)
-        whole.run()
-        cut = Simulation.from_model_text(text)
-        for stop in range(7, 61, 7):
-            cut.run(stop)
-        cut.run(60)
-    assert torch.equal(cut.state.u, whole.state.u)
 
 
 def test_recordings_and_checkpoints_match(tmp_path, threads):
