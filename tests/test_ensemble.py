@@ -277,6 +277,21 @@ def test_pepita_members_equal_separate_runs_and_resume_exactly(tmp_path):
     _check_resume_is_exact(text, ensemble, tmp_path / "part")
 
 
+@pytest.mark.parametrize("masks", ["fresh", "shared"])
+def test_pepita_time_local_members_equal_separate_runs(tmp_path, masks):
+    """The time-local variant: two rule passes per step, the modulated pass with fresh masks
+    from each member's generator (or the standard pass's)."""
+    text = (MODELS / "pepita_digits.toml").read_text()
+    text = text.replace("[protocol]", f'[protocol]\ntime_local = true\ntime_local_masks = '
+                                      f'"{masks}"', 1)
+    text = text.replace("momentum = 0.9 }", "momentum = 0.9, hebbian = true }")
+    assert text.count("hebbian = true") == 2
+    ensemble, separate = _ensemble_and_separate(text, [0, 1], 2, tmp_path / "whole")
+    for trainer, member in zip(separate, ensemble.members):
+        _compare(trainer, member)
+    _check_resume_is_exact(text, ensemble, tmp_path / "part")
+
+
 @pytest.mark.parametrize("model, change, message", [
     ("pepita_digits.toml", ('F_scale = 0.05', 'F_scale = 0.05\nfeedback = "mirror"'),
      'with feedback = "mirror" does not run as an ensemble'),

@@ -326,11 +326,10 @@ class Pepita(LearningProtocol):
 
     def stack_members(self, members) -> None:
         """Each member's F (drawn from its own seed), stacked; the members' own become
-        views. Ensembles take fixed feedback only (not mirroring, not time_local)."""
-        if self.feedback != "fixed" or self.time_local:
-            what = 'feedback = "mirror"' if self.feedback != "fixed" else "time_local = true"
-            raise ConfigError(f'protocol "pepita" with {what} does not run as an ensemble yet; '
-                              "train its seeds as separate runs or in a sweep.")
+        views. Ensembles take fixed feedback (not mirroring), with or without time_local."""
+        if self.feedback != "fixed":
+            raise ConfigError('protocol "pepita" with feedback = "mirror" does not run as an '
+                              "ensemble yet; train its seeds as separate runs or in a sweep.")
         stacked = torch.stack([m.F for m in members])
         self.F = stacked
         for k, member in enumerate(members):
