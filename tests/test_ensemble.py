@@ -292,14 +292,25 @@ def test_pepita_time_local_members_equal_separate_runs(tmp_path, masks):
     _check_resume_is_exact(text, ensemble, tmp_path / "part")
 
 
-@pytest.mark.parametrize("model, change, message", [
-    ("pepita_digits.toml", ('F_scale = 0.05', 'F_scale = 0.05\nfeedback = "mirror"'),
-     'with feedback = "mirror" does not run as an ensemble'),
-    ("pepita_conv_digits.toml", ("", ""), "ensembles take dense networks"),
-])
-def test_refuses_pepita_options_it_cannot_stack(model, change, message):
-    text = (MODELS / model).read_text().replace(*change)
-    with pytest.raises(ConfigError, match=message):
+def test_pepita_mirror_members_equal_separate_runs_and_resume_exactly(tmp_path):
+    """Weight mirroring: each member mirrors its own B_l with noise and masks from its own
+    generator (a pre-mirroring epoch, then learning and mirroring), F rescaled per member."""
+    text = (MODELS / "pepita_mirror_digits.toml").read_text().replace("mirror_pre = 2 ",
+                                                                      "mirror_pre = 1 ")
+    assert "mirror_pre = 1 " in text               # epoch 2 learns and mirrors
+    ensemble, separate = _ensemble_and_separate(text, [0, 1], 2, tmp_path / "whole")
+    for trainer, member in zip(separate, ensemble.members):
+        _compare(trainer, member)
+        for mine, theirs in zip(member.protocol.B, trainer.protocol.B):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-12)
+        torch.testing.assert_close(member.protocol.F, trainer.protocol.F, rtol=0, atol=1e-12)
+    assert not torch.equal(ensemble.members[0].protocol.F, ensemble.members[1].protocol.F)
+    _check_resume_is_exact(text, ensemble, tmp_path / "part")
+
+
+def test_refuses_pepita_options_it_cannot_stack():
+    text = (MODELS / "pepita_conv_digits.toml").read_text()
+    with pytest.raises(ConfigError, match="ensembles take dense networks"):
         Ensemble.from_model_text(text, [0, 1], progress=False, base_dir=MODELS)
 
 

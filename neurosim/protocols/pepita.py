@@ -133,6 +133,13 @@ MIRROR_DEFAULTS = {"mirror_lr": 0.01, "mirror_weight_decay": 1e-4, "mirror_noise
 TIME_LOCAL_MASKS = ("fresh", "shared")
 
 
+def _member(member: int | None):
+    """A tensor's part of one ensemble member (``member``), or the tensor itself (None)."""
+    if member is None:
+        return lambda t: t
+    return lambda t: t[member]
+
+
 def _unit_frobenius(h: torch.Tensor) -> torch.Tensor:
     """h / |h|_F over the whole batch (h unchanged when it is all zero)."""
     norm = torch.linalg.matrix_norm(h)
@@ -171,7 +178,7 @@ class Pepita(LearningProtocol):
 
     name = "pepita"
     phases = ("standard", "modulated")
-    ensemble_ready = True   # fixed feedback on dense layers (see stack_members)
+    ensemble_ready = True   # dense layers (see stack_members)
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out", sign: int = 1,
                  output_error: str = "modulated", dropout: float | Mapping = 0.0,
@@ -308,12 +315,14 @@ class Pepita(LearningProtocol):
         """The spread F is drawn with (and mirroring keeps): F_scale sqrt(2/d)."""
         return self.F_scale * math.sqrt(2.0 / self.net.slots[self.input].size)
 
-    def _product(self) -> None:
-        """F <- B_1 B_2 ... B_L (in place: F stays the same tensor)."""
-        product = self.B[0]
+    def _product(self, member: int | None = None) -> None:
+        """F <- B_1 B_2 ... B_L (in place: F stays the same tensor), of one ensemble member
+        (``member``) or of every one."""
+        pick = _member(member)
+        product = pick(self.B[0])
         for b in self.B[1:]:
-            product = product @ b
-        self.F.copy_(product)
+            product = product @ pick(b)
+        pick(self.F).copy_(product)
 
     def infer(self, x: torch.Tensor):
         """One standard pass on x without dropout (a new NeuralState)."""
@@ -325,15 +334,18 @@ class Pepita(LearningProtocol):
         return ops.addmm(x, error, self.F.mT, alpha=float(self.sign))
 
     def stack_members(self, members) -> None:
-        """Each member's F (drawn from its own seed), stacked; the members' own become
-        views. Ensembles take fixed feedback (not mirroring), with or without time_local."""
-        if self.feedback != "fixed":
-            raise ConfigError('protocol "pepita" with feedback = "mirror" does not run as an '
-                              "ensemble yet; train its seeds as separate runs or in a sweep.")
+        """Each member's F (drawn from its own seed) and, when mirroring, its B_l, stacked;
+        the members' own become views."""
         stacked = torch.stack([m.F for m in members])
         self.F = stacked
         for k, member in enumerate(members):
             member.F = stacked[k]
+        if self.feedback == "mirror":
+            for index in range(len(self.B)):
+                stacked = torch.stack([m.B[index] for m in members])
+                self.B[index] = stacked
+                for k, member in enumerate(members):
+                    member.B[index] = stacked[k]
 
     def mirrors(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is a weight-mirroring epoch (module docstring)."""
@@ -371,7 +383,7 @@ class Pepita(LearningProtocol):
                                               "feedback": self.F})
                 metrics = self.rules.apply(record, **common)
         if self.mirrors(epoch):
-            self.mirror(x.shape[0], generator)
+            self.mirror(x.shape[-2], generator)
         return StepOutput(out, metrics)
 
     def _time_local(self, standard, masks, out, target, x_mod, generator, common) -> dict:
@@ -405,12 +417,14 @@ class Pepita(LearningProtocol):
         reported.update(self.rules.apply(second, **common))
         return reported
 
-    def _layer(self, index: int, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _layer(self, index: int, h: torch.Tensor, generator: torch.Generator,
+               member: int | None = None) -> torch.Tensor:
         """Layer ``index`` (0-based) of the chain on a batch h, as the passes compute it:
-        m * T(phi(h W^T + b)) with a fresh dropout mask m for a hidden layer that has one."""
-        net, q = self.net, self.chain[index]
-        a = h.mm(net.weights[q.name].T)
-        bias = net.biases[q.target]
+        m * T(phi(h W^T + b)) with a fresh dropout mask m for a hidden layer that has one
+        (with the weights of ensemble member ``member``)."""
+        net, q, pick = self.net, self.chain[index], _member(member)
+        a = h.mm(pick(net.weights[q.name]).T)
+        bias = pick(net.biases[q.target])
         if bool(bias.any()):
             decay = net.network.population(q.target).linear_coefficients()[0]
             a.add_(bias, alpha=1.0 / decay)
@@ -424,26 +438,36 @@ class Pepita(LearningProtocol):
             y = y * keep.ge_(p).mul_(1.0 / (1.0 - p))
         return y
 
-    def mirror(self, batch: int, generator: torch.Generator) -> None:
+    def mirror(self, batch: int, generator) -> None:
         """One weight-mirroring step of every B_l (module docstring), noise and masks from
-        ``generator``; then the rescaling of F (``mirror_normalize``) and F = B_1 ... B_L."""
-        net = self.net
+        ``generator``; then the rescaling of F (``mirror_normalize``) and F = B_1 ... B_L. In
+        an ensemble (one generator per member) each member mirrors its own B_l from its own
+        generator, as its separate run does."""
+        if isinstance(generator, torch.Generator):
+            self._mirror(batch, generator, None)
+        else:
+            for member, own in enumerate(generator):
+                self._mirror(batch, own, member)
+
+    def _mirror(self, batch: int, generator: torch.Generator, member: int | None) -> None:
+        net, pick = self.net, _member(member)
         rate, shrink = self.mirror_lr, 1.0 - self.mirror_lr * self.mirror_weight_decay
-        for index, feedback in enumerate(self.B):
+        for index, stacked in enumerate(self.B):
+            feedback = pick(stacked)
             noise = torch.randn(batch, feedback.shape[0], generator=generator,
                                 device=generator.device, dtype=net.dtype).to(net.device)
             noise.mul_(self.mirror_noise)
             noise.sub_(noise.mean())
-            y = self._layer(index, noise, generator)
+            y = self._layer(index, noise, generator, member)
             feedback.mul_(shrink).addmm_(noise.T, y, alpha=rate / batch)
         if self.mirror_normalize:
-            self._product()
-            spread = float(self.F.std())
+            self._product(member)
+            spread = float(pick(self.F).std())
             if spread > 0 and math.isfinite(spread):
                 factor = (self.sigma_F / spread) ** (1.0 / len(self.B))
                 for feedback in self.B:
-                    feedback.mul_(factor)
-        self._product()
+                    pick(feedback).mul_(factor)
+        self._product(member)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy -sum t log p (or 0.5 |p - t|^2 with loss = "mse"), summed over the

@@ -18,8 +18,8 @@ per member, ``out/seed_<s>/`` (model.toml, metrics.csv, run.h5: ``neurosim resum
 ``inspect``, ``plot`` and ``table`` read them as any run); a member's ``seconds`` and
 ``train_seconds`` are the ensemble's time for the epoch, shared by all members.
 
-Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, "copi", "pepita" with
-fixed feedback (time-local or not), "backprop" and "feedback_alignment" on dense layers, "relax" without
+Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, "copi", "pepita" on dense
+layers (fixed or mirrored feedback, time-local or not), "backprop" and "feedback_alignment" on dense layers, "relax" without
 steady_tol) and rules (``ensemble_ready``: "ep_contrastive", "corinfomax_lateral",
 "copi_forward", "decorrelation", "pepita", and rules of your own such as examples/oja.py)
 declare that their arithmetic broadcasts over the member axis; others are refused, and so are spatial (conv) projections and random activities. A rule's
