@@ -214,6 +214,24 @@ def test_fallback_leaves_a_consistent_run_directory(tmp_path, capsys):
     assert trainer.epoch == 1 and len(messages) == 1 and "run.h5 is missing" in messages[0]
 
 
+def test_a_run_killed_between_its_checkpoint_and_its_metrics_gets_them_back(tmp_path,
+                                                                            capsys):
+    """save() writes run.h5, then metrics.csv: a run killed between the two (here: metrics.csv
+    one epoch short, or gone) gets the checkpoint's history back when it is resumed, also
+    when nothing is left to train (a sweep finds such a run finished)."""
+    run = tmp_path / "run"
+    train(tmp_path, run, 2)
+    whole = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text("\n".join(whole.splitlines()[:2]) + "\n")
+    assert csv_columns(run / "metrics.csv")["epoch"] == ["1"]
+    trainer = Trainer.resume(run, progress=False)
+    assert trainer.epoch == 2 and (run / "metrics.csv").read_text() == whole
+    (run / "metrics.csv").unlink()
+    capsys.readouterr()
+    assert cli(["resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert (run / "metrics.csv").read_text() == whole
+
+
 def test_no_intact_checkpoint_is_one_error_listing_every_file_tried(tmp_path, capsys):
     run = tmp_path / "run"
     train(tmp_path, run, 2)

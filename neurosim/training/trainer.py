@@ -505,7 +505,9 @@ class Trainer:
 
     def _adopt(self, run_dir, ckpt, skipped, warn) -> None:
         """Note that run_dir's run.h5 holds this epoch (what save() keeps next). After a
-        fallback: warn, put the loaded checkpoint back at run.h5 and cut metrics.csv to it."""
+        fallback: warn and put the loaded checkpoint back at run.h5. metrics.csv is made to
+        match the checkpoint's history: cut to it after a fallback, completed when the run
+        died between writing run.h5 and metrics.csv (save() writes them in that order)."""
         from ..io.series import keep_copy
         run_dir = Path(run_dir)
         if skipped:
@@ -515,7 +517,13 @@ class Trainer:
                             f"which is now also {run_dir / RUN_FILE}")
             # a copy, not a link: damage to one of the two files then leaves the other
             keep_copy(ckpt.path, run_dir / RUN_FILE, link=False)
-            write_text_atomic(run_dir / METRICS_FILE, _csv(self.history))
+        metrics, text = run_dir / METRICS_FILE, _csv(self.history)
+        try:
+            current = metrics.read_text()
+        except OSError:
+            current = None
+        if current != text:
+            write_text_atomic(metrics, text)
         self._run_dir, self._run_file_epoch = run_dir.resolve(), self.epoch
 
     def _restore(self, payload: Mapping, path) -> None:
