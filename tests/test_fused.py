@@ -207,6 +207,37 @@ def test_register_blocked_products_equal_eager(threads, solver, dtype, batch):
     assert float(eager.state.u.abs().max()) > 0.05
 
 
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+@pytest.mark.parametrize("batch", [2, 20])
+def test_ensembles_run_member_by_member(threads, solver, batch):
+    """An ensemble's phase (stacked weights, per-member currents and nudges) runs each member
+    through the loop and equals the eager batched products to rounding."""
+    from neurosim.dynamics import CompiledNetwork
+    from neurosim.graph import network_from_dict, parse_model_text
+    from neurosim.solvers import ConstantStep, get_solver, solve
+    network = network_from_dict(parse_model_text(model()))
+    nets = [CompiledNetwork(network, dtype=torch.float64, seed=s) for s in (1, 2, 3)]
+    ensemble = CompiledNetwork.stacked(nets)
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(3, batch, 5, generator=g, dtype=torch.float64) * 2 - 1
+    target = torch.rand(3, batch, 40, generator=g, dtype=torch.float64)
+    beta = torch.tensor([0.5, -0.5, 1.0], dtype=torch.float64)
+    results, paths = {}, {}
+    for mode in ("off", "require"):
+        operators = ensemble.build_operators()
+        state = ensemble.zero_state(batch)
+        ensemble.clamp_inputs(state, {"x": x})
+        run_ = dict(solver=get_solver(solver), schedule=ConstantStep(0.05), n_steps=60)
+        with fused.mode(mode):
+            free = solve(ensemble.phase(operators, {"x": x}), state, **run_)
+            nudged = solve(ensemble.phase(operators, {"x": x}, nudges={"hidden": (target, beta)}),
+                           state, **run_)
+        results[mode], paths[mode] = state.u.clone(), (free.path, nudged.path)
+    assert paths["require"] == ("fused", "fused")
+    torch.testing.assert_close(results["require"], results["off"], rtol=0, atol=1e-12)
+    assert float(results["off"].abs().max()) > 0.05
+
+
 def test_recordings_and_checkpoints_match(tmp_path, threads):
     """Soma monitors (every step and every 7th) go through the loop's probes, a dendrite
     monitor through an observer; the files, their time axes and the checkpoints agree."""

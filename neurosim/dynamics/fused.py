@@ -29,7 +29,8 @@ ran (the OpenMP runtime's threads do not survive a fork).
 
 When it applies (:func:`unsupported` gives the reason when not):
 
-- solver ``euler`` or ``gs-euler``, on the CPU, float32 or float64, not an ensemble;
+- solver ``euler`` or ``gs-euler``, on the CPU, float32 or float64 (an ensemble runs member
+  by member, each with its own weights);
 - every dynamic population a built-in linear cell without noise, whose activation is
   linear, relu, clip[a,b], leaky_relu[s], sigmoid or tanh;
 - batch up to :data:`MAX_BATCH` (beyond it the eager path's matrix-matrix products are as
@@ -235,14 +236,18 @@ def unsupported(dynamics, state) -> str | None:
         return f"the state is on {state.u.device} (the fused loop runs on the CPU)"
     if state.u.dtype not in (torch.float32, torch.float64):
         return f"dtype {state.u.dtype} (float32 or float64 only)"
-    if net.members is not None or state.u.dim() != 2:
-        return "an ensemble (member axis)"
-    if state.u.shape[0] > MAX_BATCH:
-        return f"batch {state.u.shape[0]} > {MAX_BATCH} (the eager GEMMs are as fast)"
+    lead = () if net.members is None else (net.members,)     # an ensemble: member by member
+    if state.u.dim() != 2 + len(lead) or tuple(state.u.shape[:len(lead)]) != lead:
+        return f"a state of shape {tuple(state.u.shape)} for {net.members or 'no'} members"
+    if lead and dynamics.drive is not None:
+        return "stimuli on an ensemble"
+    batch = state.u.shape[-2]
+    if batch > MAX_BATCH:
+        return f"batch {batch} > {MAX_BATCH} (the eager GEMMs are as fast)"
     if not (state.u.is_contiguous() and state.r.is_contiguous()):
         return "a state that is not contiguous"
     if state.r.dtype != state.u.dtype or state.r.device != state.u.device or \
-            tuple(state.r.shape) != (state.u.shape[0], sum(s.size for s in net.slots.values())):
+            tuple(state.r.shape) != (*lead, batch, sum(s.size for s in net.slots.values())):
         return f"r of shape {tuple(state.r.shape)} and dtype {state.r.dtype} does not match u"
     if torch.is_grad_enabled() and (state.u.requires_grad or any(
             isinstance(t, torch.Tensor) and t.requires_grad
@@ -261,7 +266,7 @@ def unsupported(dynamics, state) -> str | None:
         kt = dynamics.operators.get(slot.name)
         if kt is not None:
             cols = slot.source_cols
-            expected = (cols.stop - cols.start, slot.size) if cols is not None else None
+            expected = (*lead, cols.stop - cols.start, slot.size) if cols is not None else None
             if tuple(kt.shape) != expected:
                 return (f'the operator of "{slot.name}" has shape {tuple(kt.shape)}, not '
                         f"{expected}")
@@ -270,10 +275,12 @@ def unsupported(dynamics, state) -> str | None:
             if not (kt.is_contiguous() or kt.mT.is_contiguous()):
                 return f'the operator of "{slot.name}" is neither row- nor column-major'
         current = dynamics.currents.get(slot.name)
-        if current is not None and (current.dim() not in (1, 2) or
+        if current is not None and (current.dim() not in (1, 2, 2 + len(lead)) or
                                     current.shape[-1] != slot.size or
-                                    (current.dim() == 2 and
-                                     current.shape[0] not in (1, state.u.shape[0]))):
+                                    (current.dim() >= 2 and
+                                     current.shape[-2] not in (1, batch)) or
+                                    (current.dim() == 3 and
+                                     (not lead or current.shape[0] != lead[0]))):
             return f'population "{slot.name}" has a current of shape {tuple(current.shape)}'
     return None
 
@@ -426,9 +433,52 @@ def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
     key = (kind, state.u.dtype, tuple(state.u.shape), state.u.stride(), state.r.stride())
     found = dynamics.__dict__.get("_fused_stepper")
     if found is None or found[0] != key:
+        build = FusedStepper if dynamics.net.members is None else EnsembleStepper
         found = dynamics.__dict__["_fused_stepper"] = (
-            key, FusedStepper(dynamics, state, kind == "jacobi", lib))
+            key, build(dynamics, state, kind == "jacobi", lib))
     return found[1], "fused"
+
+
+class _MemberPhase:
+    """One ensemble member's part of a phase, as a :class:`FusedStepper` reads it: operators
+    and currents with a member axis taken at ``member`` (shared ones as they are)."""
+
+    def __init__(self, dynamics, member: int):
+        def own(value):
+            return value[member] if isinstance(value, torch.Tensor) and value.dim() == 3 \
+                else value
+        self.net, self.slots = dynamics.net, dynamics.slots
+        self.operators = {key: own(value) for key, value in dynamics.operators.items()}
+        self.currents = {key: own(value) for key, value in dynamics.currents.items()}
+        self.rhs_evals, self.silent = 0, set()
+
+
+class EnsembleStepper:
+    """An ensemble's phase on the loop, member by member (each member's own weights, its own
+    call): every member runs exactly the loop of its separate run."""
+
+    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL):
+        self.dynamics = dynamics
+        self.members = [FusedStepper(_MemberPhase(dynamics, m), _member_state(state, m),
+                                     jacobi, lib) for m in range(state.u.shape[0])]
+
+    def advance(self, state, dts: list[float], step0: int, probes=(), *,
+                check: bool = True, stimuli=None) -> int:
+        """As :meth:`FusedStepper.advance`, every member in turn; the steps taken are the
+        fewest any member took (a member stopped by a non-finite potential)."""
+        if probes or stimuli:
+            raise SimulationError("the loop does not record or drive ensembles; run them on "
+                                  "the eager path (NEUROSIM_FUSED=off)")
+        done = min(member.advance(_member_state(state, m), dts, step0, check=check)
+                   for m, member in enumerate(self.members))
+        self.dynamics.rhs_evals += done
+        self.dynamics.silent.clear()
+        return done
+
+
+def _member_state(state, member: int):
+    from .compiled import NeuralState
+    return NeuralState(state.u[member], state.r[member])
 
 
 def _refuse(reason: str) -> None:
