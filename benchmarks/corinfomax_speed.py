@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from neurosim.training import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_name  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "corinfomax_ainf_mnist.toml"
 
@@ -129,14 +132,7 @@ def cpu_summary() -> str:
     found = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"),
                                      ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_tile"))
              if flag in flags]
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}: {', '.join(found) or 'none'}" \
+    return f"{cpu_name()}: {', '.join(found) or 'none'}" \
            f" (native bfloat16: {'yes' if native_bfloat16() else 'no'})"
 
 
