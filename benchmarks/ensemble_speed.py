@@ -52,6 +52,7 @@ def members(model: Path, seeds, data: Dataset, device: str) -> list[Trainer]:
         trainer = Trainer.from_model_text(text, progress=False, base_dir=model.parent,
                                           seed=seed, device=device, metrics=[])
         trainer._dataset = data.to(trainer.config.torch_dtype, device)   # the subset
+        trainer.validation = None        # every row of the subset trains (no held-out split)
         trainer._split()
         trainers.append(trainer)
     return trainers
@@ -87,7 +88,8 @@ def main() -> None:
     ensemble = Ensemble(members(args.model, seeds, data, args.device), progress=False,
                         group_size=args.group_size)
     print(f"{args.model.name}, {source}, {args.members} seeds, {args.rows} training "
-          f"rows per member and epoch (batch 20, T 30/10), {args.test_rows} test rows; "
+          f"rows per member and epoch (batch {ensemble.members[0].config.batch_size}), "
+          f"{args.test_rows} test rows; "
           f"{cpu_name()} ({cpu_flags()}), {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {args.device}, ensemble groups of "
           f"{[part.stop - part.start for part, _ in ensemble.groups]}", flush=True)

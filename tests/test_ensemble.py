@@ -148,8 +148,6 @@ def test_summary_line():
 
 
 @pytest.mark.parametrize("model, overrides, message", [
-    ("infomorphic_digits.toml", {}, 'protocol "infomorphic" does not run as an ensemble'),
-    ("bp_conv_digits.toml", {}, "ensembles take dense networks"),
     ("corinfomax_digits.toml", {"solver": "dopri5"}, 'solver "dopri5" adapts its steps'),
 ])
 def test_refuses_what_it_cannot_run(model, overrides, message):
@@ -170,6 +168,13 @@ def test_refuses_bad_members_and_seeds(tmp_path):
         Ensemble([a, b])
     with pytest.raises(NeurosimError, match="holds no member run directories"):
         Ensemble.resume(tmp_path)
+
+
+def test_refuses_protocols_not_ready_for_ensembles(monkeypatch):
+    from neurosim.protocols import PROTOCOLS
+    monkeypatch.setattr(PROTOCOLS.get("ep"), "ensemble_ready", False)
+    with pytest.raises(ConfigError, match='protocol "ep" does not run as an ensemble yet'):
+        Ensemble.from_model_text(TEXT, [0, 1], progress=False, base_dir=MODELS)
 
 
 def test_refuses_rules_not_ready_for_ensembles(monkeypatch):
@@ -215,9 +220,10 @@ def test_command_line_trains_resumes_and_refuses(tmp_path, capsys):
     ]:
         assert main(["train", model, "--out", str(out), "--quiet", *argv]) == 2
         assert message in capsys.readouterr().err
-    assert main(["train", str(MODELS / "infomorphic_digits.toml"), "--out", str(tmp_path / "p"),
-                 "--seeds", "0,1"]) == 2
-    assert 'protocol "infomorphic" does not run as an ensemble' in capsys.readouterr().err
+    adaptive = tmp_path / "adaptive.toml"
+    adaptive.write_text(TEXT.replace('solver = "gs-euler"', 'solver = "dopri5"'))
+    assert main(["train", str(adaptive), "--out", str(tmp_path / "p"), "--seeds", "0,1"]) == 2
+    assert 'solver "dopri5" adapts its steps to each network' in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 
@@ -308,10 +314,66 @@ def test_pepita_mirror_members_equal_separate_runs_and_resume_exactly(tmp_path):
     _check_resume_is_exact(text, ensemble, tmp_path / "part")
 
 
-def test_refuses_pepita_options_it_cannot_stack():
-    text = (MODELS / "pepita_conv_digits.toml").read_text()
-    with pytest.raises(ConfigError, match="ensembles take dense networks"):
-        Ensemble.from_model_text(text, [0, 1], progress=False, base_dir=MODELS)
+#: feedback alignment through two convolutions: k2's error goes back through the fixed
+#: random kernel (the grouped transposed convolution), then a 2x2 max-pooling
+FA_TWO_CONVS = (MODELS / "fa_conv_digits.toml").read_text().replace('''[[population]]
+name = "pool"
+type = "pyramidal"
+size = 144                  # 16 x 3 x 3''', '''[[population]]
+name = "conv2"
+type = "pyramidal"
+size = 64                   # 4 x 4 x 4
+leak = 0.0
+basal = 1.0
+apical = 0.0
+activation = "relu"
+
+[[population]]
+name = "pool"
+type = "pyramidal"
+size = 16                   # 4 x 2 x 2''').replace('''[[projection]]
+name = "pool1"
+type = "maxpool2d"
+source = "conv"
+target = "pool"
+compartment = "basal"
+in_shape = [16, 6, 6]''', '''[[projection]]
+name = "k2"
+type = "conv2d"
+source = "conv"
+target = "conv2"
+compartment = "basal"
+in_shape = [16, 6, 6]
+channels = 4
+kernel = 3
+init = "he_uniform"
+
+[[projection]]
+name = "pool1"
+type = "maxpool2d"
+source = "conv2"
+target = "pool"
+compartment = "basal"
+in_shape = [4, 4, 4]''').replace("lr = 0.1", "lr = 0.02")
+
+
+@pytest.mark.parametrize("model", ["pepita_conv_digits.toml", "bp_conv_digits.toml",
+                                   "fa_two_convs"])
+def test_convolutional_members_equal_separate_runs_and_resume_exactly(tmp_path, model):
+    """Spatial projections in ensembles: every member's convolution, max-pooling, patch-wise
+    outer product (PEPITA) and transposed convolution through its own fixed random kernel
+    (feedback alignment) as one grouped call; members equal their separate runs."""
+    text = FA_TWO_CONVS if model == "fa_two_convs" else (MODELS / model).read_text()
+    assert "k2" in text or model != "fa_two_convs"
+    ensemble, separate = _ensemble_and_separate(text, [0, 1], 2, tmp_path / "whole")
+    for trainer, member in zip(separate, ensemble.members):
+        _compare(trainer, member)
+        initial = Trainer.from_model_text(text, seed=member.config.seed, progress=False,
+                                          base_dir=MODELS, dtype="float64")
+        for name, weight in member.net.weights.items():      # every kernel learned
+            assert float((weight - initial.net.weights[name]).abs().max()) > 1e-4, name
+        assert 0.2 < member.history.columns["test_accuracy"][-1] <= 1
+    _check_resume_is_exact(text, ensemble, tmp_path / "part")
 
 
 def test_members_may_differ_in_run_only_settings_and_a_diverging_member_saves_nothing(
@@ -409,3 +471,57 @@ metrics = [{ type = "principal_alignment", projection = "w" }]
     with pytest.raises(ConfigError, match="steady_tol stops each run"):
         Ensemble.from_model_text(text.replace("step = 1.0", "step = 1.0\nsteady_tol = 1e-6"),
                                  [0, 1], **kwargs)
+    # an ODE phase draws random activities from one generator: refused in ensembles
+    noisy = text.replace('activation = "linear"', 'activation = "stochastic_sign"')
+    with pytest.raises(ConfigError, match=r"populations with random activities \(y\)"):
+        Ensemble.from_model_text(noisy, [0, 1], **kwargs)
+
+
+INFOMORPHIC = (MODELS / "infomorphic_digits.toml").read_text()
+#: the deep model's structure on the digits: sparse lateral partners (a mask drawn from each
+#: member's seed) and the output's samples of the previous sweep as context of h
+INFOMORPHIC_FEEDBACK = INFOMORPHIC.replace('mask = "no_self"', "mask = { partners = 20 }") + """
+[[projection]]
+name = "w_feedback"
+source = "out"
+target = "h"
+compartment = "context"
+init = "fan_in_uniform"
+"""
+
+
+@pytest.mark.parametrize("text", [INFOMORPHIC, INFOMORPHIC_FEEDBACK],
+                         ids=["lateral", "feedback_and_partners"])
+def test_infomorphic_members_equal_separate_runs_and_resume_exactly(tmp_path, text):
+    """Infomorphic neurons: +-1 samples in training from each member's generator, in
+    evaluation from each member's own evaluation generator; the PID goals of all members'
+    neurons estimated at once; Adam's moments stacked and handed back to each member."""
+    ensemble, separate = _ensemble_and_separate(text, [0, 1, 2], 2, tmp_path / "whole")
+    for trainer, member in zip(separate, ensemble.members):
+        _compare(trainer, member)
+        assert torch.equal(member.protocol.eval_generator.get_state(),
+                           trainer.protocol.eval_generator.get_state())
+        mine, theirs = member.protocol.rules.state_dict(), trainer.protocol.rules.state_dict()
+        assert mine.keys() == theirs.keys() == {"h.0", "out.0"}
+        for key in mine:
+            assert mine[key]["steps"] == theirs[key]["steps"] > 0
+            for name, moments in theirs[key]["moments"].items():
+                for part in ("m", "v"):
+                    torch.testing.assert_close(mine[key]["moments"][name][part],
+                                               moments[part], rtol=1e-9, atol=1e-14)
+    history = list(ensemble.members[0].history.rows())[-1]
+    assert "train_h_pi_F_C" in history and "train_out_goal" in history
+    _check_resume_is_exact(text, ensemble, tmp_path / "part")
+
+
+def test_infomorphic_backprop_baseline_members_equal_separate_runs(tmp_path):
+    """The same architecture trained end to end (objective "backprop"): straight-through
+    samples from each member's generator, one Adam per member (stacked in the protocol)."""
+    text = (MODELS / "infomorphic_backprop_digits.toml").read_text()
+    ensemble, separate = _ensemble_and_separate(text, [0, 1], 2, tmp_path / "whole")
+    for trainer, member in zip(separate, ensemble.members):
+        _compare(trainer, member)
+        mine, theirs = member.protocol.state_dict()["adam"], trainer.protocol.state_dict()["adam"]
+        assert mine["steps"] == theirs["steps"] > 0 and mine["moments"].keys() == \
+            theirs["moments"].keys()
+    _check_resume_is_exact(text, ensemble, tmp_path / "part")

@@ -481,10 +481,13 @@ ensemble = true
 
 def test_ensemble_sweep_of_a_model_that_cannot_run_as_one_is_refused_first(tmp_path, capsys):
     models = Path(__file__).resolve().parents[1] / "models"
+    adaptive = tmp_path / "adaptive.toml"          # an adaptive solver: members cannot step together
+    adaptive.write_text((models / "corinfomax_digits.toml").read_text().replace(
+        'solver = "gs-euler"', 'solver = "dopri5"'))
     path = tmp_path / "sweep.toml"
     path.write_text(f"""
 [sweep]
-model = "{models / 'infomorphic_digits.toml'}"
+model = "{adaptive}"
 name = "bad"
 seeds = [0, 1]
 ensemble = true
@@ -495,7 +498,7 @@ ensemble = true
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "[sweep] ensemble = true (set it to false" in err and 'protocol "infomorphic"' in err
+    assert "[sweep] ensemble = true (set it to false" in err and 'solver "dopri5"' in err
     assert err.count("\n") == 1 and not out.exists()
 
 

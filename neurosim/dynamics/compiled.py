@@ -50,6 +50,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..draws import uniform
 from ..errors import ConfigError, SimulationError, unknown
 from ..graph import SOMA, Network
 from ..graph.activations import Activation
@@ -798,9 +799,7 @@ class CompiledNetwork:
         if generator is None:
             raise ConfigError(f'dropout on population "{name}" draws a random mask: pass '
                               "generator= (or masks= from an earlier pass).")
-        if isinstance(generator, (list, tuple)):      # an ensemble: each member's own draw
-            return torch.stack([self._dropout_mask(name, p, shape[1:], g) for g in generator])
-        keep = torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype)
+        keep = uniform(shape, generator, device=self.device, dtype=self.dtype)
         return keep.ge_(p).mul_(1.0 / (1.0 - p))      # in place: 1 / (1 - p) or 0
 
 

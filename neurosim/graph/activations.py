@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..draws import uniform
 from ..errors import ConfigError, did_you_mean
 from ..registry import Registry
 
@@ -118,7 +119,7 @@ def stochastic_sign() -> Activation:
         if generator is None:
             raise ConfigError("activation stochastic_sign draws random numbers: it needs the "
                               "run's generator (pass generator=...).")
-        draw = torch.rand(u.shape, generator=generator, dtype=u.dtype, device=u.device)
+        draw = uniform(u.shape, generator, dtype=u.dtype, device=u.device)
         value = torch.where(draw < torch.sigmoid(u), 1.0, -1.0).to(u.dtype)
         return _write(value, out)
 

@@ -141,9 +141,10 @@ class InfomorphicPopulation(DynamicPopulation):
         return out
 
     def add_bias(self, v: dict, bias: torch.Tensor) -> dict:
-        """v_c + b_c for every biased compartment (in place in the dict)."""
+        """v_c + b_c for every biased compartment (in place in the dict; an ensemble's
+        biases are M x rows x n against inputs M x batch x n)."""
         for i, comp in enumerate(self.biased):
-            v[comp] = v[comp] + bias[i]
+            v[comp] = v[comp] + bias[..., i, :].unsqueeze(-2)
         return v
 
     def drive(self, f: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -169,11 +170,12 @@ class InfomorphicPopulation(DynamicPopulation):
                           "CompiledNetwork.feedforward), not in an ODE phase.")
 
     def bin_sources(self, sources: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Bin indices (k, N, B) of the PID sources, given as (B, N) tensors (no gradient)."""
+        """Bin indices (k, N, B) of the PID sources, given as (B, N) tensors (no gradient);
+        an ensemble's sources (M, B, N) give (k, M, N, B)."""
         from ..pid import bin_fixed, bin_normalised
         out = []
         for s in sources:
-            s = s.detach().T
+            s = s.detach().transpose(-1, -2)
             if self.binning == "fixed":
                 out.append(bin_fixed(s, self.bins, -self.bin_range, self.bin_range))
             else:
@@ -201,8 +203,8 @@ def compartment_sums(population: InfomorphicPopulation, projections, presynaptic
         term = q.drive(presynaptic(q), weight_of(q)) * float(q.gain)
         v[q.compartment] = term if v[q.compartment] is None else v[q.compartment] + term
     for comp in COMPARTMENTS:
-        if v[comp] is None:
-            v[comp] = bias.new_zeros(batch, population.size)
+        if v[comp] is None:          # bias: rows x n, or M x rows x n in an ensemble
+            v[comp] = bias.new_zeros(*bias.shape[:-2], batch, population.size)
     return population.add_bias(v, bias)
 
 

@@ -53,7 +53,10 @@ above) and two kinds with a spatial layout, whose source activity is read as ima
   default); no weights, never plastic.
 
 Both run in feed-forward passes (PEPITA, backpropagation) and, from input populations, as
-constant inputs of ODE phases; an ODE phase does not integrate them from dynamic sources.
+constant inputs of ODE phases; an ODE phase does not integrate them from dynamic sources. In
+an ensemble (activities M x batch x n, kernels M x channels x C x kh x kw) each member's
+images form one group of a grouped convolution: one call for every member, each member's
+result its own.
 """
 from __future__ import annotations
 
@@ -208,9 +211,14 @@ class Projection:
                               f"has {n_post} neurons.")
 
     def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """``W r`` for a batch of source activities (batch x source -> batch x target); an
-        identity projection returns r."""
-        return r if weight is None else r.mm(weight.T)
+        """``W r`` for a batch of source activities (batch x source -> batch x target; a
+        leading ensemble-member axis allowed); an identity projection returns r."""
+        if weight is None:
+            return r
+        if r.dim() == 2 and weight.dim() == 2:
+            return r.mm(weight.T)
+        from ..dynamics import ops                 # the graph is imported by dynamics
+        return ops.matmul(r, weight.mT)
 
     def outer(self, post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """``sum_b post_b pre_b^T`` over the batch, shaped like the weights: the term every
@@ -410,7 +418,21 @@ class _Spatial(Projection):
                               f"give the target size = {need_post}.")
 
     def _images(self, r: torch.Tensor) -> torch.Tensor:
-        return r.reshape(r.shape[0], *self.in_shape)
+        """(batch, C, H, W) images of (batch, n) activities; (M, batch, n) ones (an
+        ensemble) become (batch, M C, H, W): member m's channels are group m."""
+        if r.dim() == 2:
+            return r.reshape(r.shape[0], *self.in_shape)
+        members, batch = r.shape[0], r.shape[1]
+        channels, height, width = self.in_shape
+        return r.transpose(0, 1).reshape(batch, members * channels, height, width)
+
+    @staticmethod
+    def _flat(images: torch.Tensor, members: int | None) -> torch.Tensor:
+        """(batch, n) activities of (batch, c, h, w) images; with ``members``, (batch, M c,
+        h, w) grouped images give (M, batch, n)."""
+        if members is None:
+            return images.flatten(1)
+        return images.reshape(images.shape[0], members, -1).transpose(0, 1)
 
 
 @dataclass
@@ -446,25 +468,55 @@ class Conv2dProjection(_Spatial):
         return (self.channels, self.in_shape[0], *self.kernel)
 
     def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """``K * r`` flattened to (batch, channels H' W')."""
-        return nnf.conv2d(self._images(r), weight, stride=self.stride,
-                          padding=self.padding).flatten(1)
+        """``K * r`` flattened to (batch, channels H' W'); in an ensemble (K: M x channels x
+        C x kh x kw; r: M x batch x n, or batch x n shared by the members) one grouped
+        convolution gives (M, batch, channels H' W')."""
+        if weight.dim() == 4:
+            return nnf.conv2d(self._images(r), weight, stride=self.stride,
+                              padding=self.padding).flatten(1)
+        members = weight.shape[0]
+        if r.dim() == 2:
+            r = r.expand(members, *r.shape)
+        out = nnf.conv2d(self._images(r), weight.reshape(-1, *weight.shape[2:]),
+                         stride=self.stride, padding=self.padding, groups=members)
+        return self._flat(out, members)
+
+    def grouped_kernel_shape(self, members: int | None) -> tuple[int, ...]:
+        """The kernel's shape, members' kernels stacked along the output channels."""
+        shape = self.weight_shape(0, 0)
+        return shape if members is None else (members * shape[0], *shape[1:])
+
+    def grouped_errors(self, post: torch.Tensor) -> torch.Tensor:
+        """Target activities or errors (batch, n) as (batch, channels, H', W') images, an
+        ensemble's (M, batch, n) as grouped ones (batch, M channels, H', W')."""
+        if post.dim() == 2:
+            return post.reshape(post.shape[0], *self.out_shape)
+        channels, height, width = self.out_shape
+        return post.transpose(0, 1).reshape(post.shape[1], -1, height, width)
 
     def outer(self, post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """``sum_b mean_{i, j} post_b[k, i, j] patch_b[i, j]``: the patch-wise outer product
         (patch: the kh x kw input window under output position (i, j)), summed over the batch
-        and averaged over the H' W' output positions."""
+        and averaged over the H' W' output positions (per member in an ensemble: M x
+        channels x C x kh x kw)."""
         _, height, width = self.out_shape
+        members = post.shape[0] if post.dim() == 3 else None
+        if members is not None and pre.dim() == 2:
+            pre = pre.expand(members, *pre.shape)
         total = torch.nn.grad.conv2d_weight(
-            self._images(pre), self.weight_shape(0, 0),
-            post.reshape(post.shape[0], *self.out_shape), stride=self.stride,
-            padding=self.padding)
+            self._images(pre), self.grouped_kernel_shape(members), self.grouped_errors(post),
+            stride=self.stride, padding=self.padding, groups=members or 1)
+        if members is not None:
+            total = total.reshape(members, *self.weight_shape(0, 0))
         return total.div_(height * width)
 
     def add_outer_(self, out: torch.Tensor, post: torch.Tensor, pre: torch.Tensor,
-                   alpha: float = 1.0) -> torch.Tensor:
-        """``out += alpha * outer(post, pre)``."""
-        return out.add_(self.outer(post, pre), alpha=alpha)
+                   alpha=1.0) -> torch.Tensor:
+        """``out += alpha * outer(post, pre)`` (``alpha`` a number, or one per member)."""
+        outer = self.outer(post, pre)
+        if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
+            return out.add_(outer.mul_(alpha.to(outer).reshape(-1, *[1] * (outer.dim() - 1))))
+        return out.add_(outer, alpha=alpha)
 
 
 @dataclass
@@ -480,9 +532,10 @@ class MaxPool2dProjection(_Spatial):
         return False
 
     def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """The window maxima, flattened to (batch, C H' W')."""
-        return nnf.max_pool2d(self._images(r), self.kernel, self.stride,
-                              self.padding).flatten(1)
+        """The window maxima, flattened to (batch, C H' W') (an ensemble's (M, batch, n)
+        give (M, batch, C H' W'))."""
+        pooled = nnf.max_pool2d(self._images(r), self.kernel, self.stride, self.padding)
+        return self._flat(pooled, r.shape[0] if r.dim() == 3 else None)
 
 
 #: ``type`` of a [[projection]] table -> class. Register a kind of your own with

@@ -91,6 +91,27 @@ class Adam:
         self.moments = {k: (torch.as_tensor(t["m"]).clone(), torch.as_tensor(t["v"]).clone())
                         for k, t in dict(state.get("moments", {})).items()}
 
+    def stack(self, states: list, who: str) -> None:
+        """Ensembles: take the members' states (their ``state_dict()``s) with every moment
+        stacked along a leading member axis; the members must have taken the same number of
+        steps with the same parameters."""
+        steps = {int(s.get("steps", 0)) for s in states}
+        names = {tuple(sorted(dict(s.get("moments", {})))) for s in states}
+        if len(steps) != 1 or len(names) != 1:
+            raise ConfigError(f"{who}: the ensemble members' Adam states differ in their step "
+                              f"counts ({sorted(steps)}) or parameters; resume the members one "
+                              "by one to the same epoch first.")
+        self.steps = steps.pop()
+        self.moments = {k: tuple(torch.stack([torch.as_tensor(s["moments"][k][part])
+                                              for s in states]) for part in ("m", "v"))
+                        for k in names.pop()}
+
+    def member_states(self, count: int) -> list:
+        """The ``count`` members' states (each a ``state_dict()``) from stacked moments."""
+        return [{"steps": self.steps,
+                 "moments": {k: {"m": m[i], "v": v[i]} for k, (m, v) in self.moments.items()}}
+                for i in range(count)]
+
 
 @register_rule
 class InfomorphicGoal(PopulationRule):
@@ -102,6 +123,7 @@ class InfomorphicGoal(PopulationRule):
     name = "infomorphic_goal"
     needs_phases = (FINAL, PREVIOUS)
     needs_grad = True
+    ensemble_ready = True      # Adam's moments stacked per member (stack_state)
 
     def __init__(self, goal="optimised_mnist", lr: float = 2e-3, weight_decay: float = 0.0,
                  betas=(0.9, 0.999), eps: float = 1e-8, report: bool = True):
@@ -157,36 +179,43 @@ class InfomorphicGoal(PopulationRule):
             lambda q: params.get(q.name, ctx.fixed_weights.get(q.name)), bias, ctx.batch_size)
 
     def atoms(self, ctx: PopulationContext, params, bias):
-        """(PIDResult per neuron, theta (batch x n)) of the final step."""
+        """(PIDResult per neuron, theta (batch x n)) of the final step. In an ensemble
+        (theta M x batch x n) the members' neurons are estimated as one population of M n
+        neurons, member-major (each neuron's estimate is its own)."""
         pop = ctx.population
         v = self.compartments(ctx, params, bias)
         theta = torch.sigmoid(pop.feedforward(v))
         bins = pop.bin_sources([v[c] for c in self.sources])
-        return pid_atoms(bins, theta.T, n_bins=pop.bins), theta
+        batch = theta.shape[-2]
+        return pid_atoms(bins.reshape(bins.shape[0], -1, batch),
+                         theta.transpose(-1, -2).reshape(-1, batch), n_bins=pop.bins), theta
 
     def update(self, ctx: PopulationContext) -> None:
-        """One Adam step on -sum_n G_n (module docstring)."""
+        """One Adam step on -sum_n G_n (module docstring); in an ensemble on the sum of the
+        members' losses, whose gradient is each member's own."""
         live = dict(ctx.weights)
         live["bias"] = ctx.bias
         params = {k: t.detach().requires_grad_(True) for k, t in live.items()}
-        result, _ = self.atoms(ctx, params, params["bias"])
+        result, theta = self.atoms(ctx, params, params["bias"])
         gamma = self.gamma.to(result.atoms)
-        goal = result.terms @ gamma
+        terms = result.terms.reshape(*theta.shape[:-2], theta.shape[-1], -1)  # (M x) n x atoms
+        goal = terms @ gamma
         (-goal.sum()).backward()
         grads = {k: p.grad for k, p in params.items()}
         if grads["bias"] is not None and self.unconnected_bias_rows:
             # a compartment no projection reaches has no input to bias: keep its row fixed
-            grads["bias"][self.unconnected_bias_rows] = 0
-            kept = ctx.bias[self.unconnected_bias_rows].clone()
+            rows = self.unconnected_bias_rows
+            grads["bias"][..., rows, :] = 0
+            kept = ctx.bias[..., rows, :].clone()
             self.optimizer.step_(live, grads, ctx.lr_scale)
-            ctx.bias[self.unconnected_bias_rows] = kept
+            ctx.bias[..., rows, :] = kept
         else:
             self.optimizer.step_(live, grads, ctx.lr_scale)
-        if self.report:
-            means = result.terms.detach().mean(0)
-            ctx.report("goal", goal.detach().mean())
+        if self.report:            # means over the neurons (one per member in an ensemble)
+            means = terms.detach().mean(-2)
+            ctx.report("goal", goal.detach().mean(-1))
             for i, atom in enumerate(result.names):
-                ctx.report(f"pi_{atom_column(atom)}", means[i])
+                ctx.report(f"pi_{atom_column(atom)}", means[..., i])
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -196,6 +225,14 @@ class InfomorphicGoal(PopulationRule):
     def load_state_dict(self, state: Mapping) -> None:
         """Restore Adam's step count and moments."""
         self.optimizer.load_state_dict(state)
+
+    def stack_state(self, states: list) -> None:
+        """Ensembles: the members' Adam moments stacked along the member axis."""
+        self.optimizer.stack(states, f'rule "infomorphic_goal" on "{self.owner}"')
+
+    def member_states(self, count: int) -> list:
+        """Member k's Adam state: the shared step count, its slice of the moments."""
+        return self.optimizer.member_states(count)
 
 
 __all__ = ["Adam", "InfomorphicGoal", "atom_column"]

@@ -153,14 +153,16 @@ class _FeedbackConv(torch.autograd.Function):
     def backward(ctx, grad):
         h, feedback = ctx.saved_tensors
         q = ctx.projection
-        images = h.reshape(h.shape[0], *q.in_shape)
-        grad = grad.reshape(grad.shape[0], *q.out_shape)
-        grad_h = torch.nn.grad.conv2d_input(images.shape, feedback, grad, stride=q.stride,
-                                            padding=q.padding).flatten(1) \
-            if ctx.needs_input_grad[0] else None
-        grad_w = torch.nn.grad.conv2d_weight(images, ctx.weight_shape, grad, stride=q.stride,
-                                             padding=q.padding) \
-            if ctx.needs_input_grad[1] else None
+        members = h.shape[0] if h.dim() == 3 else None     # an ensemble: grouped by member
+        images, errors = q._images(h), q.grouped_errors(grad)
+        kernel_shape = q.grouped_kernel_shape(members)
+        groups = members or 1
+        grad_h = q._flat(torch.nn.grad.conv2d_input(
+            images.shape, feedback.reshape(kernel_shape), errors, stride=q.stride,
+            padding=q.padding, groups=groups), members) if ctx.needs_input_grad[0] else None
+        grad_w = torch.nn.grad.conv2d_weight(
+            images, kernel_shape, errors, stride=q.stride, padding=q.padding,
+            groups=groups).reshape(ctx.weight_shape) if ctx.needs_input_grad[1] else None
         return grad_h, grad_w, None, None
 
 
@@ -178,7 +180,7 @@ class Backprop(LearningProtocol):
     batch mean of the loss, :meth:`loss` its sum over a batch."""
 
     name = "backprop"
-    ensemble_ready = True   # dense layers (see stack_members)
+    ensemble_ready = True
     phases = ()
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out",
@@ -435,13 +437,7 @@ class Backprop(LearningProtocol):
 
     def stack_members(self, members) -> None:
         """The members' optimiser buffers (and feedback-alignment matrices) stacked, the
-        members' own becoming views; the step count is shared (:meth:`share_members`).
-        Dense layers only."""
-        spatial = [q.name for q in self._projections if not q.is_dense]
-        if spatial:
-            raise ConfigError(f'protocol "{self.name}" on spatial projections '
-                              f'({", ".join(spatial)}) does not run as an ensemble yet; train '
-                              "its seeds as separate runs.")
+        members' own becoming views; the step count is shared (:meth:`share_members`)."""
         for buffer, tensors in self._state.items():
             for key in tensors:
                 stacked = torch.stack([m._state[buffer][key] for m in members])

@@ -54,6 +54,9 @@ class LearningProtocol:
     #: runs on an ensemble network (neurosim.training.ensemble): inputs and targets
     #: M x batch x n, ``generator`` a list of the members' generators
     ensemble_ready: ClassVar[bool] = False
+    #: in an ensemble, draws random activities (stochastic activations) per member from
+    #: each member's own generator (neurosim.draws); other ensembles refuse random activities
+    ensemble_random_activities: ClassVar[bool] = False
 
     net = None
     input: str = "x"

@@ -49,6 +49,7 @@ from ..errors import ConfigError
 from ..graph.infomorphic import (InfomorphicPopulation, compartment_sums, reads_previous_step,
                                  unconnected_bias_rows)
 from ..plasticity import PhaseRecord
+from ..draws import uniform
 from ..plasticity.infomorphic import Adam
 from .base import LearningProtocol, StepOutput, register_protocol
 
@@ -63,6 +64,8 @@ class Infomorphic(LearningProtocol):
 
     name = "infomorphic"
     phases = ("previous", "final")
+    ensemble_ready = True
+    ensemble_random_activities = True    # every draw from each member's own generator
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out",
                  context: str = "label", lateral_steps: int = 2, flip: bool | None = None,
@@ -159,8 +162,7 @@ class Infomorphic(LearningProtocol):
         previous, state = None, None
 
         def sample(theta):
-            draw = torch.rand(theta.shape, generator=generator, dtype=theta.dtype,
-                              device=theta.device)
+            draw = uniform(theta.shape, generator, dtype=theta.dtype, device=theta.device)
             return torch.where(draw < theta, 1.0, -1.0).to(theta.dtype)
         for k in range(self.lateral_steps):
             last = k == self.lateral_steps - 1
@@ -175,10 +177,11 @@ class Infomorphic(LearningProtocol):
         return previous, state
 
     def flipped(self, theta: torch.Tensor) -> torch.Tensor:
-        """theta' = 1 - theta for the neurons whose batch mean is >= 0.5 (in place)."""
+        """theta' = 1 - theta for the neurons whose batch mean is >= 0.5 (in place; per
+        member in an ensemble)."""
         if self.flip:
-            flip = theta.mean(dim=0) >= 0.5
-            theta[:, flip] = 1 - theta[:, flip]
+            flip = (theta.mean(dim=-2) >= 0.5).unsqueeze(-2)
+            theta.copy_(torch.where(flip, 1 - theta, theta))
         return theta
 
     def train_step(self, x, target, generator, lr_scale: float = 1.0, *, epoch: int = 0,
@@ -200,7 +203,7 @@ class Infomorphic(LearningProtocol):
         activity is the flipped theta (module docstring)."""
         net = self.net
         x = torch.as_tensor(x, dtype=net.dtype, device=net.device)
-        context = torch.zeros(x.shape[0], net.slots[self.output].size, dtype=net.dtype,
+        context = torch.zeros(*x.shape[:-1], net.slots[self.output].size, dtype=net.dtype,
                               device=net.device) if self.context else None
         _, state = self.sweeps(x, context, self.eval_generator)
         self.flipped(net.r_of(state, self.output))
@@ -217,7 +220,8 @@ class Infomorphic(LearningProtocol):
         if self.context:
             activity[self.context] = context
         order = network.dynamic
-        previous = {p.name: torch.zeros(x.shape[0], p.size, dtype=net.dtype, device=net.device)
+        rows = x.shape[:-1]                 # (batch,), or (members, batch) in an ensemble
+        previous = {p.name: torch.zeros(*rows, p.size, dtype=net.dtype, device=net.device)
                     for p in order}
         for k in range(self.lateral_steps):
             last = k == self.lateral_steps - 1
@@ -229,14 +233,14 @@ class Infomorphic(LearningProtocol):
                     return current.get(q.source, previous.get(q.source))
                 v = compartment_sums(pop, network.incoming(pop.name), presynaptic,
                                      lambda q: weights.get(q.name, net.weights.get(q.name)),
-                                     biases[pop.name], x.shape[0])
+                                     biases[pop.name], rows[-1])
                 drive = pop.feedforward(v)
                 theta = torch.sigmoid(drive)
                 sampled = pop.activation == "stochastic_sign" or (
                     not last and pop.name in self.sampled_readouts)
                 if sampled:
-                    draw = torch.rand(theta.shape, generator=generator, dtype=theta.dtype,
-                                      device=theta.device)
+                    draw = uniform(theta.shape, generator, dtype=theta.dtype,
+                                   device=theta.device)
                     mean = 2 * theta - 1
                     sign = torch.where(draw < theta.detach(), 1.0, -1.0).to(theta.dtype)
                     current[pop.name] = mean + (sign - mean).detach()
@@ -259,18 +263,37 @@ class Infomorphic(LearningProtocol):
             biases = {k[5:]: v for k, v in params.items() if k.startswith("bias.")}
             drive = self.differentiable_sweeps(x.clone(), target.clone(), generator, weights,
                                                biases)
-            loss = -(target.clone() * torch.log_softmax(drive, dim=1)).sum(1).mean()
-            loss.backward()
-        fixed = {name: (rows, net.biases[name][rows].clone())
+            # the batch mean per member; an ensemble's members' losses summed (each
+            # member's gradient is its own)
+            loss = -(target.clone() * torch.log_softmax(drive, dim=-1)).sum(-1).mean(-1)
+            loss.sum().backward()
+        fixed = {name: (rows, net.biases[name][..., rows, :].clone())
                  for name, rows in self.fixed_bias_rows.items() if rows}
         self.optimizer.step_(live, {k: p.grad for k, p in params.items()}, lr_scale)
         for name, (rows, kept) in fixed.items():       # compartments nothing reaches
-            net.biases[name][rows] = kept
+            net.biases[name][..., rows, :] = kept
         for name in weights:
             if name in net.masks:
                 net.weights[name].mul_(net.masks[name])
         prediction = self.flipped(torch.sigmoid(drive.detach()))
-        return StepOutput(prediction, {"cross_entropy": float(loss.detach())})
+        loss = loss.detach()
+        return StepOutput(prediction, {"cross_entropy": loss if loss.dim() else float(loss)})
+
+    # ------------------------------------------------------------------ ensembles
+    def stack_members(self, members: "list[Infomorphic]") -> None:
+        """Evaluation draws from each member's own evaluation generator (the members'
+        generator objects themselves, so their checkpoints see every draw); the backprop
+        baseline's Adam moments stacked per member."""
+        self.eval_generator = [member.eval_generator for member in members]
+        if self.objective == "backprop":
+            self.optimizer.stack([m.optimizer.state_dict() for m in members],
+                                 'protocol "infomorphic" (objective "backprop")')
+
+    def share_members(self, members: "list[Infomorphic]") -> None:
+        """The backprop baseline's Adam state handed back to each member."""
+        if self.objective == "backprop":
+            for member, state in zip(members, self.optimizer.member_states(len(members))):
+                member.optimizer.load_state_dict(state)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

@@ -178,7 +178,7 @@ class Pepita(LearningProtocol):
 
     name = "pepita"
     phases = ("standard", "modulated")
-    ensemble_ready = True   # dense layers (see stack_members)
+    ensemble_ready = True
 
     def __init__(self, net=None, *, input: str = "x", output: str = "out", sign: int = 1,
                  output_error: str = "modulated", dropout: float | Mapping = 0.0,

@@ -18,11 +18,13 @@ per member, ``out/seed_<s>/`` (model.toml, metrics.csv, run.h5: ``neurosim resum
 ``inspect``, ``plot`` and ``table`` read them as any run); a member's ``seconds`` and
 ``train_seconds`` are the ensemble's time for the epoch, shared by all members.
 
-Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, "copi", "pepita" on dense
-layers (fixed or mirrored feedback, time-local or not), "backprop" and "feedback_alignment" on dense layers, "relax" without
-steady_tol) and rules (``ensemble_ready``: "ep_contrastive", "corinfomax_lateral",
-"copi_forward", "decorrelation", "pepita", and rules of your own such as examples/oja.py)
-declare that their arithmetic broadcasts over the member axis; others are refused, and so are spatial (conv) projections and random activities. A rule's
+Protocols (``ensemble_ready``: today "ep" with a fixed-step solver, "copi", "pepita" (fixed
+or mirrored feedback, time-local or not), "backprop" and "feedback_alignment", "infomorphic",
+"relax" without steady_tol; dense and convolutional layers) and rules (``ensemble_ready``:
+"ep_contrastive", "corinfomax_lateral", "copi_forward", "decorrelation", "pepita",
+"infomorphic_goal", and rules of your own such as examples/oja.py) declare that their
+arithmetic broadcasts over the member axis; others are refused, and so are random activities
+unless the protocol draws them per member (``ensemble_random_activities``). A rule's
 state (PEPITA's momentum) is stacked from the members' by its ``stack_state`` and handed
 back after every epoch by ``member_states``; a protocol's own state (fixed feedback
 matrices drawn from each member's seed, optimiser buffers) is stacked by its
@@ -384,14 +386,14 @@ def check_ensemble_ready(trainer: Trainer, where: str) -> None:
                               "does not run in an ensemble (it must handle a leading "
                               "member axis and stack its state: ensemble_ready = True); "
                               "train the seeds as separate runs.")
-    spatial = [q.name for q in trainer.network.projections if not q.is_dense]
-    stochastic = [s.name for s in trainer.net.slots.values() if s.stochastic]
-    if spatial or stochastic:
-        what = (f"spatial projections ({', '.join(spatial)})" if spatial else
-                f"populations with random activities ({', '.join(stochastic)})")
-        raise ConfigError(f"{where}: ensembles take dense networks with deterministic "
-                          f"activities; this one has {what}. Train its seeds as separate "
-                          "runs or in a sweep.")
+    stochastic = [] if protocol.ensemble_random_activities else \
+        [s.name for s in trainer.net.slots.values() if s.stochastic]
+    if stochastic:
+        raise ConfigError(f'{where}: protocol "{protocol.name}" draws random activities from '
+                          "one generator per phase, so an ensemble cannot give each member its "
+                          f"own; this network has populations with random activities "
+                          f"({', '.join(stochastic)}). Train its seeds as separate runs or in "
+                          "a sweep.")
 
 
 def check_seeds(seeds, where: str = "ensemble") -> list[int]:
