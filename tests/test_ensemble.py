@@ -525,3 +525,30 @@ def test_infomorphic_backprop_baseline_members_equal_separate_runs(tmp_path):
         assert mine["steps"] == theirs["steps"] > 0 and mine["moments"].keys() == \
             theirs["moments"].keys()
     _check_resume_is_exact(text, ensemble, tmp_path / "part")
+
+
+def test_large_evaluation_batches_run_member_by_member_exactly(monkeypatch):
+    """A phase whose per-member state is large (an evaluation batch) is stepped member by
+    member, each member's part being exactly its separate run's phase (bit for bit), and
+    the step count is one member's."""
+    from neurosim.dynamics import PhaseDynamics
+    ensemble = Ensemble.from_model_text(TEXT, [0, 1], progress=False, base_dir=MODELS,
+                                        dtype="float64")
+    protocol = ensemble.groups[0][1]
+    calls = []
+    original = PhaseDynamics.members_apart
+
+    def spy(self, state):
+        found = original(self, state)
+        calls.append(found is not None)
+        return found
+    monkeypatch.setattr(PhaseDynamics, "members_apart", spy)
+    x = torch.rand(400, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    state = protocol.infer(x)                        # 400 x 310 potentials per member
+    assert calls and all(calls)
+    for m, member in enumerate(ensemble.members):
+        alone = member.protocol.infer(x)
+        assert torch.equal(state.u[m], alone.u) and torch.equal(state.r[m], alone.r)
+    calls.clear()
+    protocol.infer(x[:20])        # a training-sized batch: the loop (or batched, eager)
+    assert not any(calls)

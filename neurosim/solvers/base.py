@@ -168,8 +168,16 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     elif isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
                                                       or progress or after_step or
                                                       dynamics.drive):
-        for j in range(k, n_steps):      # fast path: nothing to do between steps
-            solver.step(dynamics, state, schedule(j))
+        # fast path: nothing to do between steps (an ensemble's large states member by member)
+        apart = dynamics.members_apart(state) or [(dynamics, state)]
+        evals = apart[0][0].rhs_evals
+        for part, part_state in apart:
+            for j in range(k, n_steps):
+                solver.step(part, part_state, schedule(j))
+        if apart[0][0] is not dynamics:        # one member's evaluations, as in its own run
+            dynamics.rhs_evals += apart[0][0].rhs_evals - evals
+            dynamics.silent.clear()
+        for j in range(k, n_steps):
             t = time(j, t)
         k = max(k, n_steps)
         dynamics.t = t
