@@ -552,3 +552,25 @@ def test_large_evaluation_batches_run_member_by_member_exactly(monkeypatch):
     calls.clear()
     protocol.infer(x[:20])        # a training-sized batch: the loop (or batched, eager)
     assert not any(calls)
+
+
+def test_training_phases_of_an_ensemble_run_on_the_loop():
+    """EP's nudged half of the (members, 2 batch, n) buffer is contiguous within each member,
+    which is all the member-by-member loop needs: a training step takes the loop (and equals
+    the eager step to rounding)."""
+    from neurosim.dynamics import fused
+    if fused.library() is None:
+        pytest.skip(f"the fused loop could not be built here: {fused.build_error()}")
+    results = {}
+    for mode in ("require", "off"):
+        ensemble = Ensemble.from_model_text(TEXT, [0, 1], progress=False, base_dir=MODELS,
+                                            dtype="float64")
+        protocol = ensemble.groups[0][1]
+        x = torch.stack([m.train_x[:20] for m in ensemble.members])
+        target = ensemble.members[0]._one_hot(torch.stack([m.train_y[:20]
+                                                           for m in ensemble.members]))
+        with fused.mode(mode), torch.inference_mode():
+            protocol.train_step(x, target, [m.generator for m in ensemble.members])
+        results[mode] = {k: w.clone() for k, w in protocol.net.weights.items()}
+    for name, weight in results["off"].items():
+        torch.testing.assert_close(results["require"][name], weight, rtol=0, atol=1e-12)

@@ -244,8 +244,11 @@ def unsupported(dynamics, state) -> str | None:
     batch = state.u.shape[-2]
     if batch > MAX_BATCH:
         return f"batch {batch} > {MAX_BATCH} (the eager GEMMs are as fast)"
-    if not (state.u.is_contiguous() and state.r.is_contiguous()):
-        return "a state that is not contiguous"
+    if not (state.u[0] if lead else state.u).is_contiguous() or \
+            not (state.r[0] if lead else state.r).is_contiguous():
+        # an ensemble's members are stepped one by one: each member's rows must be
+        # contiguous (e.g. EP's nudged half of a (members, 2 batch, n) buffer)
+        return "a state that is not contiguous" + (" within a member" if lead else "")
     if state.r.dtype != state.u.dtype or state.r.device != state.u.device or \
             tuple(state.r.shape) != (*lead, batch, sum(s.size for s in net.slots.values())):
         return f"r of shape {tuple(state.r.shape)} and dtype {state.r.dtype} does not match u"

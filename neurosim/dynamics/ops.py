@@ -25,12 +25,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) ->
     broadcast over the ensemble axis)."""
     if a.dim() == 2 and b.dim() == 2:
         return torch.mm(a, b, out=out)
-    if out is None and a.dim() == 3 and b.dim() == 3 and \
-            a.shape[-2] * b.shape[-1] >= MEMBER_LOOP_SIZE:
-        out = torch.empty(a.shape[0], a.shape[1], b.shape[2], dtype=a.dtype, device=a.device)
-        for member, left, right in zip(out, a, b):
-            torch.mm(left, right, out=member)
-        return out
     if out is None:
         return torch.matmul(a, b)
     if a.dim() == 3 and b.dim() == 3:
@@ -45,14 +39,14 @@ def addmm_(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: floa
     if target.dim() == 2:
         return target.addmm_(a, b, beta=beta, alpha=alpha)
     a, b, alpha = _batched(target, a, b, alpha)
+    if target.is_contiguous():
+        return target.baddbmm_(a, b, beta=beta, alpha=alpha)
     if target.shape[-2] * target.shape[-1] >= MEMBER_LOOP_SIZE:
         # large products (evaluation batches) keep every thread busy on their own: one
         # in-place product per member, no copy of the result
         for member, left, right in zip(target, a, b):
             member.addmm_(left, right, beta=beta, alpha=alpha)
         return target
-    if target.is_contiguous():
-        return target.baddbmm_(a, b, beta=beta, alpha=alpha)
     # torch's CPU baddbmm_ into a strided view (e.g. a population's columns of the state)
     # runs one product per member on one thread; into a new tensor it runs them in parallel
     return target.copy_(torch.baddbmm(target, a, b, beta=beta, alpha=alpha))
