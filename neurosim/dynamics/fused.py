@@ -318,7 +318,8 @@ class FusedStepper:
                            -1.0 if slot.fixed_step is None else float(slot.fixed_step), a, b,
                            0.0 if diagonal is None else float(diagonal)])
             self.weights.append(operator)
-            self.low_weights.append(None if low is None else low.contiguous())
+            # the loop reads the bfloat16 operator's rows W_p^low = (KT_p^low)^T (built so)
+            self.low_weights.append(None if low is None else low.mT.contiguous())
             current = dynamics.currents.get(slot.name)
             if current is not None:
                 current = current.to(state.u.dtype).reshape(-1, slot.size).contiguous()

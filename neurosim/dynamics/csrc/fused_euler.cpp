@@ -376,35 +376,30 @@ inline void bf16_rows(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t*
 #undef NEUROSIM_TAIL
 }
 
-// columns [lo, hi) of a row-major S x n bfloat16 operator as (S + 1) / 2 pairs of rows
-// interleaved per column: kp[(i * w + j) * 2 + e] = kt[(2 i + e) n + lo + j], rows of
-// w = padded(hi - lo) pairs, the padding zero (so that products load whole vectors)
+// rows [lo, hi) of a row-major n x S bfloat16 operator W (the transpose of KT) as (S + 1) / 2
+// pairs of sources interleaved per neuron: kp[(i * w + j) * 2 + e] = W[(lo + j) S + 2 i + e],
+// rows of w = padded(hi - lo) pairs, the padding zero (so that products load whole vectors).
+// A pair of one neuron is two neighbours in its row of W: the packing is a transpose of 32-bit
+// pairs, done in 16 x 16 tiles (one cache line read and written per row of a tile).
 inline int64_t padded(int64_t width) { return (width + 15) / 16 * 16; }
 
-inline void pack_pairs(const uint16_t* kt, int64_t S, int64_t n, int64_t lo, int64_t hi,
-                       uint16_t* kp) {
-  const int64_t w = padded(hi - lo), real = hi - lo;
-  const __m512i first = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
-                                         40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33,
-                                         1, 32, 0);
-  const __m512i second = _mm512_add_epi16(first, _mm512_set1_epi16(16));
-  for (int64_t i = 0; i < S; i += 2) {
-    const uint16_t* a = kt + i * n + lo;
-    const uint16_t* b = i + 1 < S ? a + n : nullptr;
-    uint16_t* out = kp + i * w;
-    int64_t j = 0;
-    for (; j + 32 <= real; j += 32) {
-      const __m512i va = _mm512_loadu_si512(a + j);
-      const __m512i vb = b ? _mm512_loadu_si512(b + j) : _mm512_setzero_si512();
-      _mm512_storeu_si512(out + 2 * j, _mm512_permutex2var_epi16(va, first, vb));
-      _mm512_storeu_si512(out + 2 * j + 32, _mm512_permutex2var_epi16(va, second, vb));
+inline void pack_pairs(const uint16_t* wt, int64_t S, int64_t lo, int64_t hi, uint32_t* kp) {
+  const int64_t w = padded(hi - lo), real = hi - lo, S2 = (S + 1) / 2;
+  for (int64_t j0 = 0; j0 < real; j0 += 16) {
+    const int64_t j1 = std::min(j0 + 16, real);
+    for (int64_t i0 = 0; i0 < S2; i0 += 16) {
+      const int64_t i1 = std::min(i0 + 16, S2);
+      for (int64_t j = j0; j < j1; ++j) {
+        const uint16_t* row = wt + (lo + j) * S;
+        for (int64_t i = i0; i < i1; ++i) {
+          const uint32_t second = 2 * i + 1 < S ? row[2 * i + 1] : 0;
+          kp[i * w + j] = row[2 * i] | (second << 16);
+        }
+      }
     }
-    for (; j < real; ++j) {
-      out[2 * j] = a[j];
-      out[2 * j + 1] = b ? b[j] : 0;
-    }
-    for (; j < w; ++j) out[2 * j] = out[2 * j + 1] = 0;
   }
+  for (int64_t i = 0; i < S2; ++i)
+    for (int64_t j = real; j < w; ++j) kp[i * w + j] = 0;
 }
 
 // round x[b * ldx + i] (i < S) to bfloat16 pairs: xp[b * S2 + i / 2]
@@ -471,7 +466,8 @@ constexpr bool HAS_BF16 = false;
 //   ls0, lS: the sources of the bfloat16 operator (lS = 0: none);
 //   params: P x 6 double (decay rate fixed_step(<0: none) a b c), c the elementwise
 //   self-coupling; weights: P addresses of the operators (0: none); low_weights: P addresses
-//   of the bfloat16 operators, lS x n row-major (0: none; float32 and AVX512-BF16 builds);
+//   of the bfloat16 operators W_p^low, n x lS row-major (0: none; float32 and AVX512-BF16
+//   builds);
 //   currents: P addresses (0: none) with rows 1 or B;
 //   step_currents: P addresses (0: none) of K x rows x n currents added at step k (stimuli),
 //   rows (step_rows) 1 or B;
@@ -643,8 +639,8 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         const auto [lo, hi] = range(p);
         packed[p].resize((lay[p * NL + 8] + 1) / 2 * padded(std::max<int64_t>(hi - lo, 0)));
         if (hi > lo)
-          pack_pairs(reinterpret_cast<const uint16_t*>(LW[p]), lay[p * NL + 8], lay[p * NL + 1],
-                     lo, hi, reinterpret_cast<uint16_t*>(packed[p].data()));
+          pack_pairs(reinterpret_cast<const uint16_t*>(LW[p]), lay[p * NL + 8], lo, hi,
+                     packed[p].data());
       }
 #endif
     for (int64_t k = 0; k < K; ++k) {
