@@ -479,8 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", type=seed_list, metavar="SEEDS",
                        help='train one member per seed ("0-9", "0,1,2") as one batched '
                        "ensemble in this process; each member is a run directory "
-                       "OUT/seed_<s> (every protocol with a fixed-step solver; "
-                       "dense projections)")
+                       "OUT/seed_<s> (every protocol with a fixed-step solver)")
     train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N")
     train.add_argument("--dtype", choices=["float32", "float64"])

@@ -574,3 +574,56 @@ def test_training_phases_of_an_ensemble_run_on_the_loop():
         results[mode] = {k: w.clone() for k, w in protocol.net.weights.items()}
     for name, weight in results["off"].items():
         torch.testing.assert_close(results["require"][name], weight, rtol=0, atol=1e-12)
+
+
+def test_spatial_and_dense_operators_take_a_member_axis():
+    """The pieces convolutional ensembles are built from, member by member against the
+    ordinary calls (float64): a strided, padded convolution with stacked or shared inputs,
+    its patch-wise outer product, the feedback-alignment backward pass (also for an input
+    shared by the members), max-pooling and the dense outer product; draws need the members
+    on their first axis."""
+    from neurosim.draws import uniform
+    from neurosim.graph.projections import Conv2dProjection, MaxPool2dProjection, Projection
+    from neurosim.protocols.backprop import _FeedbackConv
+    q = Conv2dProjection(name="k", source="a", target="b", in_shape=(2, 5, 5), channels=3,
+                         kernel=[3, 2], stride=2, padding=1)
+    pool = MaxPool2dProjection(name="p", source="a", target="b", in_shape=(2, 5, 5), kernel=2)
+    members, batch = 3, 4
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+    h, shared = rand(members, batch, 50), rand(batch, 50)
+    kernel, feedback = rand(members, 3, 2, 3, 2), rand(members, 3, 2, 3, 2)
+    for source in (h, shared):
+        out = q.drive(source, kernel)
+        for m in range(members):
+            own = source[m] if source.dim() == 3 else source
+            assert torch.allclose(out[m], q.drive(own, kernel[m]), rtol=0, atol=1e-13)
+    post = rand(members, batch, out.shape[-1])
+    outer = q.outer(post, h)
+    pooled = pool.drive(h, None)
+    for m in range(members):
+        assert torch.allclose(outer[m], q.outer(post[m], h[m]), rtol=0, atol=1e-13)
+        assert torch.equal(pooled[m], pool.drive(h[m], None))
+    for source in (h, shared):
+        leaf = source.clone().requires_grad_(True)
+        weights = kernel.clone().requires_grad_(True)
+        grad = rand(members, batch, out.shape[-1])
+        _FeedbackConv.apply(leaf, weights, feedback, q).backward(grad)
+        for m in range(members):
+            own = (source[m] if source.dim() == 3 else source).clone().requires_grad_(True)
+            weight = kernel[m].clone().requires_grad_(True)
+            _FeedbackConv.apply(own, weight, feedback[m], q).backward(grad[m])
+            assert torch.allclose(weights.grad[m], weight.grad, rtol=0, atol=1e-12)
+            if source.dim() == 3:
+                assert torch.allclose(leaf.grad[m], own.grad, rtol=0, atol=1e-12)
+        if source.dim() == 2:                 # every member's error reaches the shared input
+            assert leaf.grad.shape == shared.shape and float(leaf.grad.abs().sum()) > 0
+    dense = Projection(name="w", source="a", target="b")
+    pre, post = rand(members, batch, 5), rand(members, batch, 4)
+    outer = dense.outer(post, pre)
+    for m in range(members):
+        assert torch.allclose(outer[m], dense.outer(post[m], pre[m]), rtol=0, atol=1e-14)
+    with pytest.raises(ConfigError, match="needs the members on its first axis"):
+        uniform((2, 4), [torch.Generator()] * 3, dtype=torch.float64, device="cpu")

@@ -27,7 +27,9 @@ Projections with ``precision = "bfloat16"`` (or "auto" resolved to it; see
 neurosim.graph.projections) leave ``KT_p`` for a second operator ``KT_p^low`` in bfloat16 (key
 :class:`LowPrecision`), multiplied by the activities rounded to bfloat16 and added to the
 float32 drift; such a population's identity autapses become an elementwise term ``c_p r_p``
-(key :class:`Diagonal`), so that ``KT_p`` keeps only the full-precision blocks.
+(key :class:`Diagonal`), so that ``KT_p`` keeps only the full-precision blocks. ``KT_p^low``
+is column-major: it is written from the weights' rows without a transposing cast, and the
+fused loop packs its rows.
 
 *General cells* (a kind that overrides ``drift``) call their own ``drift(u_p, v)``. Their
 clamped inputs are again computed once per phase, per compartment; their dynamic inputs onto
@@ -457,8 +459,9 @@ class CompiledNetwork:
         """Stack the dynamic inputs of each linear cell into ``KT_p`` (key: population) and
         those of each compartment of a general cell into ``VT_{p,c}`` (key: (population,
         compartment)), from the current weights; call again after they change. ``reuse``
-        recycles buffers. Narrow operators are column-major (a transposed view; see module
-        docstring)."""
+        recycles buffers. Narrow operators and bfloat16 ones (:class:`LowPrecision`) are
+        column-major (a transposed view; see module docstring): the fused loop reads a
+        bfloat16 operator's rows W_p^low."""
         ops = {}
         for name, slot in self.slots.items():
             if slot.cell is not None:
@@ -1046,7 +1049,9 @@ class PhaseDynamics:
 
     def members_apart(self, state: NeuralState) -> "list[tuple[PhaseDynamics, NeuralState]] | None":
         """An ensemble's phase split into one phase per member (its operators, currents and
-        state at member m: the phase of its separate run) when each member's state holds at
+        state at member m: the operations of its separate run's phase, equal bit for bit in
+        float64; in float32 to an ulp, as BLAS kernels follow the buffers' alignment) when
+        each member's state holds at
         least ``ops.MEMBER_LOOP_SIZE`` entries (evaluation batches), so that members are
         stepped one after another with their own working set in cache (measured: batched
         elementwise passes over M such states ran 1.3x slower than M separate ones); None

@@ -222,8 +222,11 @@ class Projection:
 
     def outer(self, post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """``sum_b post_b pre_b^T`` over the batch, shaped like the weights: the term every
-        Hebbian-type rule is made of."""
-        return post.T.mm(pre)
+        Hebbian-type rule is made of (per member in an ensemble: M x n_post x n_pre)."""
+        if post.dim() == 2 and pre.dim() == 2:
+            return post.T.mm(pre)
+        from ..dynamics import ops                 # the graph is imported by dynamics
+        return ops.matmul(post.mT, pre)
 
     def add_outer_(self, out: torch.Tensor, post: torch.Tensor, pre: torch.Tensor,
                    alpha: float = 1.0) -> torch.Tensor:

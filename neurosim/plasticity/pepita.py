@@ -46,7 +46,7 @@ class Pepita(PlasticityRule):
     name = "pepita"
     needs_phases = ("standard", "modulated")
     spatial = True          # conv2d projections: patch-wise outer products (Projection.outer)
-    ensemble_ready = True   # dense projections; the velocity stacked per member
+    ensemble_ready = True   # the velocity stacked per member
 
     def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  hebbian: bool = False):

@@ -153,13 +153,18 @@ class _FeedbackConv(torch.autograd.Function):
     def backward(ctx, grad):
         h, feedback = ctx.saved_tensors
         q = ctx.projection
-        members = h.shape[0] if h.dim() == 3 else None     # an ensemble: grouped by member
+        members = grad.shape[0] if grad.dim() == 3 else None   # an ensemble: grouped by member
+        shared = members is not None and h.dim() == 2          # one input for every member
+        if shared:
+            h = h.expand(members, *h.shape)
         images, errors = q._images(h), q.grouped_errors(grad)
         kernel_shape = q.grouped_kernel_shape(members)
         groups = members or 1
         grad_h = q._flat(torch.nn.grad.conv2d_input(
             images.shape, feedback.reshape(kernel_shape), errors, stride=q.stride,
             padding=q.padding, groups=groups), members) if ctx.needs_input_grad[0] else None
+        if shared and grad_h is not None:
+            grad_h = grad_h.sum(0)                 # the shared input's gradient: every member's
         grad_w = torch.nn.grad.conv2d_weight(
             images, kernel_shape, errors, stride=q.stride, padding=q.padding,
             groups=groups).reshape(ctx.weight_shape) if ctx.needs_input_grad[1] else None

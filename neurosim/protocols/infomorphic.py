@@ -298,6 +298,10 @@ class Infomorphic(LearningProtocol):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """The evaluation generator's state (and the backprop baseline's Adam state)."""
+        if isinstance(self.eval_generator, list):
+            raise ConfigError('protocol "infomorphic" of an ensemble keeps no state of its own: '
+                              "each member's protocol holds its evaluation generator and Adam "
+                              "state; checkpoint the members (Ensemble.fit writes them).")
         state = {"eval_generator": self.eval_generator.get_state()}
         if self.objective == "backprop":
             state["adam"] = self.optimizer.state_dict()

@@ -367,8 +367,8 @@ def auto_group_size(nets: Sequence[CompiledNetwork]) -> int:
 
 def check_ensemble_ready(trainer: Trainer, where: str) -> None:
     """ConfigError unless ``trainer``'s model can train as an ensemble: an ensemble-ready
-    protocol with a fixed-step solver, ensemble-ready rules, dense projections and
-    deterministic activities."""
+    protocol with a fixed-step solver, ensemble-ready rules, and deterministic activities
+    unless the protocol draws random ones per member."""
     protocol = trainer.protocol
     if not protocol.ensemble_ready:
         ready = ", ".join(sorted(n for n, c in PROTOCOLS.items() if c.ensemble_ready))
@@ -389,11 +389,11 @@ def check_ensemble_ready(trainer: Trainer, where: str) -> None:
     stochastic = [] if protocol.ensemble_random_activities else \
         [s.name for s in trainer.net.slots.values() if s.stochastic]
     if stochastic:
-        raise ConfigError(f'{where}: protocol "{protocol.name}" draws random activities from '
-                          "one generator per phase, so an ensemble cannot give each member its "
-                          f"own; this network has populations with random activities "
-                          f"({', '.join(stochastic)}). Train its seeds as separate runs or in "
-                          "a sweep.")
+        raise ConfigError(f'{where}: protocol "{protocol.name}" is not known to draw random '
+                          "activities from each member's own generator "
+                          "(ensemble_random_activities), and this network has populations "
+                          f"with random activities ({', '.join(stochastic)}). Train its seeds "
+                          "as separate runs or in a sweep.")
 
 
 def check_seeds(seeds, where: str = "ensemble") -> list[int]:
