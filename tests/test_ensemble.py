@@ -627,3 +627,27 @@ def test_spatial_and_dense_operators_take_a_member_axis():
         assert torch.allclose(outer[m], dense.outer(post[m], pre[m]), rtol=0, atol=1e-14)
     with pytest.raises(ConfigError, match="needs the members on its first axis"):
         uniform((2, 4), [torch.Generator()] * 3, dtype=torch.float64, device="cpu")
+
+
+def test_evaluation_larger_than_the_cache_runs_each_members_own(monkeypatch):
+    """When the members' stacked evaluation states would exceed the last-level cache, each
+    member evaluates on its own (its protocol reads views of the stacked weights): the rows
+    are exactly those of the members' separate evaluations."""
+    from neurosim.training import ensemble as module
+    original = Trainer.evaluate
+    ensemble = Ensemble.from_model_text(TEXT, [0, 1], progress=False, base_dir=MODELS,
+                                        dtype="float64")
+    x, y = ensemble.members[0].dataset.test_x[:300], ensemble.members[0].dataset.test_y[:300]
+    batched = ensemble.evaluate([x, x], [y, y], "test")
+    monkeypatch.setattr(module, "cache_bytes", lambda: 1)
+    calls = []
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: calls.append(self) or
+                        original(self, *a, **k))
+    own = ensemble.evaluate([x, x], [y, y], "test")
+    assert calls == ensemble.members
+    for member, row, other in zip(ensemble.members, own, batched):
+        assert row == original(member, x, y, "test")
+        assert row.keys() == other.keys()
+        for key in row:
+            assert row[key] == pytest.approx(other[key], rel=1e-12, abs=1e-12)
+

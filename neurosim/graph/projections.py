@@ -54,9 +54,8 @@ above) and two kinds with a spatial layout, whose source activity is read as ima
 
 Both run in feed-forward passes (PEPITA, backpropagation) and, from input populations, as
 constant inputs of ODE phases; an ODE phase does not integrate them from dynamic sources. In
-an ensemble (activities M x batch x n, kernels M x channels x C x kh x kw) each member's
-images form one group of a grouped convolution: one call for every member, each member's
-result its own.
+an ensemble (activities M x batch x n, kernels M x channels x C x kh x kw) convolutions run
+member by member, each member's call that of its separate run.
 """
 from __future__ import annotations
 
@@ -421,21 +420,7 @@ class _Spatial(Projection):
                               f"give the target size = {need_post}.")
 
     def _images(self, r: torch.Tensor) -> torch.Tensor:
-        """(batch, C, H, W) images of (batch, n) activities; (M, batch, n) ones (an
-        ensemble) become (batch, M C, H, W): member m's channels are group m."""
-        if r.dim() == 2:
-            return r.reshape(r.shape[0], *self.in_shape)
-        members, batch = r.shape[0], r.shape[1]
-        channels, height, width = self.in_shape
-        return r.transpose(0, 1).reshape(batch, members * channels, height, width)
-
-    @staticmethod
-    def _flat(images: torch.Tensor, members: int | None) -> torch.Tensor:
-        """(batch, n) activities of (batch, c, h, w) images; with ``members``, (batch, M c,
-        h, w) grouped images give (M, batch, n)."""
-        if members is None:
-            return images.flatten(1)
-        return images.reshape(images.shape[0], members, -1).transpose(0, 1)
+        return r.reshape(r.shape[0], *self.in_shape)
 
 
 @dataclass
@@ -472,45 +457,28 @@ class Conv2dProjection(_Spatial):
 
     def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         """``K * r`` flattened to (batch, channels H' W'); in an ensemble (K: M x channels x
-        C x kh x kw; r: M x batch x n, or batch x n shared by the members) one grouped
-        convolution gives (M, batch, channels H' W')."""
-        if weight.dim() == 4:
-            return nnf.conv2d(self._images(r), weight, stride=self.stride,
-                              padding=self.padding).flatten(1)
-        members = weight.shape[0]
-        if r.dim() == 2:
-            r = r.expand(members, *r.shape)
-        out = nnf.conv2d(self._images(r), weight.reshape(-1, *weight.shape[2:]),
-                         stride=self.stride, padding=self.padding, groups=members)
-        return self._flat(out, members)
-
-    def grouped_kernel_shape(self, members: int | None) -> tuple[int, ...]:
-        """The kernel's shape, members' kernels stacked along the output channels."""
-        shape = self.weight_shape(0, 0)
-        return shape if members is None else (members * shape[0], *shape[1:])
-
-    def grouped_errors(self, post: torch.Tensor) -> torch.Tensor:
-        """Target activities or errors (batch, n) as (batch, channels, H', W') images, an
-        ensemble's (M, batch, n) as grouped ones (batch, M channels, H', W')."""
-        if post.dim() == 2:
-            return post.reshape(post.shape[0], *self.out_shape)
-        channels, height, width = self.out_shape
-        return post.transpose(0, 1).reshape(post.shape[1], -1, height, width)
+        C x kh x kw; r: M x batch x n, or batch x n shared by the members) member by member
+        (each member's call that of its separate run; faster here than one grouped
+        convolution with its transposed copies), (M, batch, channels H' W')."""
+        if weight.dim() == 5:
+            return torch.stack([self.drive(r[m] if r.dim() == 3 else r, weight[m])
+                                for m in range(weight.shape[0])])
+        return nnf.conv2d(self._images(r), weight, stride=self.stride,
+                          padding=self.padding).flatten(1)
 
     def outer(self, post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """``sum_b mean_{i, j} post_b[k, i, j] patch_b[i, j]``: the patch-wise outer product
         (patch: the kh x kw input window under output position (i, j)), summed over the batch
         and averaged over the H' W' output positions (per member in an ensemble: M x
         channels x C x kh x kw)."""
+        if post.dim() == 3:
+            return torch.stack([self.outer(post[m], pre[m] if pre.dim() == 3 else pre)
+                                for m in range(post.shape[0])])
         _, height, width = self.out_shape
-        members = post.shape[0] if post.dim() == 3 else None
-        if members is not None and pre.dim() == 2:
-            pre = pre.expand(members, *pre.shape)
         total = torch.nn.grad.conv2d_weight(
-            self._images(pre), self.grouped_kernel_shape(members), self.grouped_errors(post),
-            stride=self.stride, padding=self.padding, groups=members or 1)
-        if members is not None:
-            total = total.reshape(members, *self.weight_shape(0, 0))
+            self._images(pre), self.weight_shape(0, 0),
+            post.reshape(post.shape[0], *self.out_shape), stride=self.stride,
+            padding=self.padding)
         return total.div_(height * width)
 
     def add_outer_(self, out: torch.Tensor, post: torch.Tensor, pre: torch.Tensor,
@@ -537,8 +505,9 @@ class MaxPool2dProjection(_Spatial):
     def drive(self, r: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         """The window maxima, flattened to (batch, C H' W') (an ensemble's (M, batch, n)
         give (M, batch, C H' W'))."""
-        pooled = nnf.max_pool2d(self._images(r), self.kernel, self.stride, self.padding)
-        return self._flat(pooled, r.shape[0] if r.dim() == 3 else None)
+        pooled = nnf.max_pool2d(r.reshape(-1, *self.in_shape), self.kernel, self.stride,
+                                self.padding)
+        return pooled.reshape(*r.shape[:-1], -1)
 
 
 #: ``type`` of a [[projection]] table -> class. Register a kind of your own with

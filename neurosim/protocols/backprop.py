@@ -152,23 +152,35 @@ class _FeedbackConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         h, feedback = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[:2]
         q = ctx.projection
-        members = grad.shape[0] if grad.dim() == 3 else None   # an ensemble: grouped by member
-        shared = members is not None and h.dim() == 2          # one input for every member
-        if shared:
-            h = h.expand(members, *h.shape)
-        images, errors = q._images(h), q.grouped_errors(grad)
-        kernel_shape = q.grouped_kernel_shape(members)
-        groups = members or 1
-        grad_h = q._flat(torch.nn.grad.conv2d_input(
-            images.shape, feedback.reshape(kernel_shape), errors, stride=q.stride,
-            padding=q.padding, groups=groups), members) if ctx.needs_input_grad[0] else None
-        if shared and grad_h is not None:
-            grad_h = grad_h.sum(0)                 # the shared input's gradient: every member's
-        grad_w = torch.nn.grad.conv2d_weight(
-            images, kernel_shape, errors, stride=q.stride, padding=q.padding,
-            groups=groups).reshape(ctx.weight_shape) if ctx.needs_input_grad[1] else None
+        if grad.dim() == 2:
+            return (*_feedback_conv_grads(q, h, feedback, grad, ctx.weight_shape, need_h,
+                                          need_w), None, None)
+        # an ensemble: member by member (M x batch x n errors, M kernels; h stacked, or
+        # one input shared by every member, whose gradient is then the members' sum)
+        parts = [_feedback_conv_grads(q, h[m] if h.dim() == 3 else h, feedback[m], grad[m],
+                                      ctx.weight_shape[1:], need_h, need_w)
+                 for m in range(grad.shape[0])]
+        grad_h = grad_w = None
+        if need_h:
+            grad_h = torch.stack([p[0] for p in parts])
+            grad_h = grad_h if h.dim() == 3 else grad_h.sum(0)
+        if need_w:
+            grad_w = torch.stack([p[1] for p in parts])
         return grad_h, grad_w, None, None
+
+
+def _feedback_conv_grads(q, h, feedback, grad, weight_shape, need_h: bool, need_w: bool):
+    """(dJ/dh = conv2d_input(B, delta), dJ/dK = conv2d_weight(h, delta)) of one network
+    (each None unless needed)."""
+    images = h.reshape(h.shape[0], *q.in_shape)
+    grad = grad.reshape(grad.shape[0], *q.out_shape)
+    grad_h = torch.nn.grad.conv2d_input(images.shape, feedback, grad, stride=q.stride,
+                                        padding=q.padding).flatten(1) if need_h else None
+    grad_w = torch.nn.grad.conv2d_weight(images, weight_shape, grad, stride=q.stride,
+                                         padding=q.padding) if need_w else None
+    return grad_h, grad_w
 
 
 @register_protocol

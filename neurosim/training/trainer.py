@@ -52,6 +52,7 @@ from ..io.atomic import write_text_atomic
 from ..metrics import MetricContext, build_metrics
 from ..protocols import LearningProtocol, build_protocol
 from ..registry import importable_from
+from .allocator import keep_freed_blocks
 from .config import (TrainingConfig, build_network, check_training_config, data_config,
                      split_tables, training_config_from_table)
 
@@ -99,6 +100,7 @@ class Trainer:
                  model_text: str | None = None, where: str = "trainer", progress: bool = True,
                  base_dir: str | os.PathLike | None = None):
         self.where, self.model_text, self.progress = where, model_text, progress
+        keep_freed_blocks()                 # large tensors: no page faults at every step
         if not isinstance(options, TrainingConfig):
             options = training_config_from_table(dict(options or {}), where)
         self.config = cfg = check_training_config(options, where)
