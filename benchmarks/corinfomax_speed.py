@@ -13,6 +13,13 @@ mnist`), random binary images otherwise (speed does not depend on the pixel valu
 """
 from __future__ import annotations
 
+import os
+
+# the reference runs as its authors' code would, under the system's allocator: neurosim's
+# training keeps large freed blocks in malloc's heap (neurosim.training.allocator), which
+# would speed up the reference's large temporaries too (set NEUROSIM_MALLOC= to allow it)
+os.environ.setdefault("NEUROSIM_MALLOC", "system")
+
 import argparse
 import json
 import re

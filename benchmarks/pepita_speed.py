@@ -26,6 +26,13 @@ MNIST images when present (`neurosim data fetch mnist`), random images in [0, 1]
 """
 from __future__ import annotations
 
+import os
+
+# the reference runs as its authors' code would, under the system's allocator: neurosim's
+# training keeps large freed blocks in malloc's heap (neurosim.training.allocator), which
+# would speed up the reference's large temporaries too (set NEUROSIM_MALLOC= to allow it)
+os.environ.setdefault("NEUROSIM_MALLOC", "system")
+
 import argparse
 import json
 import sys
