@@ -12,8 +12,9 @@ each member's own mini-batch). Per step, for member m with generator g_m:
     W_m <- W_m + dW_m(batch_m, sign drawn from g_m)           (every member at once)
 
 which is exactly member m's separate run (float64: equal up to rounding; tests check
-1e-12). Evaluation runs every member on the same held-out rows in one batched pass; metrics
-see each member's part of the state. ``Ensemble.fit(out)`` writes one ordinary run directory
+1e-12). Evaluation runs every member on the same held-out rows in one batched pass (or,
+when the stacked states would not fit in half the last-level cache, member by member);
+metrics see each member's part of the state. ``Ensemble.fit(out)`` writes one ordinary run directory
 per member, ``out/seed_<s>/`` (model.toml, metrics.csv, run.h5: ``neurosim resume``,
 ``inspect``, ``plot`` and ``table`` read them as any run); a member's ``seconds`` and
 ``train_seconds`` are the ensemble's time for the epoch, shared by all members.
@@ -267,7 +268,9 @@ class Ensemble:
                  prefix: str, metrics: Sequence = ()) -> list[dict]:
         """Each member's ``<prefix>_accuracy`` / ``_loss`` and metric columns (as
         :meth:`Trainer.evaluate`) on its rows ``xs[m]`` (one tensor shared by every member
-        when they are the same rows), in one batched pass per evaluation batch."""
+        when they are the same rows): one batched pass per evaluation batch, or, when the
+        members' stacked states would exceed half the last-level cache, each member's own
+        :meth:`Trainer.evaluate`."""
         members = self.members
         first = members[0]
         size, count = first.config.eval_batch_size, len(members)
