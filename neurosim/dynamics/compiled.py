@@ -1047,16 +1047,17 @@ class PhaseDynamics:
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype,
                            device=like.device)
 
-    def members_apart(self, state: NeuralState) -> "list[tuple[PhaseDynamics, NeuralState]] | None":
+    def members_apart(self, state: NeuralState
+                      ) -> "list[tuple[PhaseDynamics, NeuralState]] | None":
         """An ensemble's phase split into one phase per member (its operators, currents and
         state at member m: the operations of its separate run's phase, equal bit for bit in
         float64; in float32 to an ulp, as BLAS kernels follow the buffers' alignment) when
-        each member's state holds at
-        least ``ops.MEMBER_LOOP_SIZE`` entries (evaluation batches), so that members are
-        stepped one after another with their own working set in cache (measured: batched
-        elementwise passes over M such states ran 1.3x slower than M separate ones); None
-        otherwise, or with noise, random activities or a drive (one generator or drive for
-        the whole ensemble). Cached while the same state buffers are stepped."""
+        each member's state holds at least ``ops.MEMBER_LOOP_SIZE`` entries (evaluation
+        batches), so that members are stepped one after another with their own working set
+        in cache (measured: batched elementwise passes over M such states ran 1.3x slower
+        than M separate ones); None otherwise, or with noise, random activities or a drive
+        (one generator or drive for the whole ensemble). Cached while the same state buffers
+        are stepped."""
         if self.net.members is None or state.u.dim() != 3 or \
                 state.u[0].numel() < ops.MEMBER_LOOP_SIZE or self.stochastic or self.drawn or \
                 self.drive is not None:
