@@ -190,21 +190,81 @@ def test_a_run_cut_into_pieces_repeats_the_uncut_one_bit_for_bit(threads, narrow
     assert stepper.layout[:, 6].tolist() == form
 
 
+@pytest.fixture(params=["samples", "neurons"])
+def split(request, monkeypatch):
+    """How the loop's threads share a blocked batch: by samples (operators within a core's
+    L2 cache, as this test network's) or by neurons (larger operators, forced here)."""
+    if request.param == "neurons":
+        monkeypatch.setattr(fused, "SAMPLE_SPLIT_CACHE", 0.0)
+    return request.param
+
+
 @pytest.mark.parametrize("solver", ["euler", "gs-euler"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("batch", [fused.PANEL_BATCH + 1, 20, 23])
-def test_register_blocked_products_equal_eager(threads, solver, dtype, batch):
+def test_register_blocked_products_equal_eager(threads, split, solver, dtype, batch):
     """Batches above PANEL_BATCH multiply row-major operators in register blocks of samples
     and of each thread's neurons (40 and 13 neurons: partial vectors at the ends of the
-    threads' ranges; 9 and 23 samples: partial blocks of samples)."""
+    threads' ranges; 9 and 23 samples: partial blocks of samples), the threads sharing the
+    samples or the neurons."""
     text = model(solver=solver, dtype=dtype, batch=batch, narrow=13, n_steps=100,
                  inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
     eager, fast = run(text, "off"), run(text, "require")
     torch.testing.assert_close(fast.state.u, eager.state.u, **tolerance(dtype))
     torch.testing.assert_close(fast.state.r, eager.state.r, **tolerance(dtype))
-    form = fused.stepper(fast.dynamics(), fast.state, fast.solver)[0].layout[:, 6].tolist()
-    assert form == [2, 2, 3]            # hidden and top blocked; inh (3 neurons): dot products
+    stepper = fused.stepper(fast.dynamics(), fast.state, fast.solver)[0]
+    assert stepper.layout[:, 6].tolist() == [2, 2, 3]   # hidden, top blocked; inh: dot products
+    assert stepper.by_samples == (split == "samples")
     assert float(eager.state.u.abs().max()) > 0.05
+
+
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [20, 53])
+def test_threads_sharing_samples_repeat_threads_sharing_neurons_bit_for_bit(
+        tmp_path, monkeypatch, threads, solver, dtype, batch):
+    """Each sum runs in the same order whichever way the threads share the work: the same
+    state and the same records, bit for bit (53 samples: several tiles per thread, a last
+    partial one), also for a run cut into pieces."""
+    text = model(solver=solver, dtype=dtype, batch=batch, narrow=13, n_steps=120,
+                 inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
+    monitors = [MonitorSpec("hidden", "soma", "u", indices=(0, 7, 39)),
+                MonitorSpec("top", "soma", "r", every=3)]
+    results = {}
+    for split, share in (("samples", fused.SAMPLE_SPLIT_CACHE), ("neurons", 0.0)):
+        monkeypatch.setattr(fused, "SAMPLE_SPLIT_CACHE", share)
+        with fused.mode("require"):
+            sim = Simulation.from_model_text(text)
+            with Recorder(tmp_path / f"{split}.h5", chunk_size=32) as rec:
+                sim.run(monitors=monitors, recorder=rec)
+            assert fused.stepper(sim.dynamics(), sim.state, sim.solver)[0].by_samples == \
+                (split == "samples")
+            cut = Simulation.from_model_text(text)
+            for stop in (17, 50, 120):
+                cut.run(stop)
+        assert torch.equal(cut.state.u, sim.state.u)
+        with open_recording(tmp_path / f"{split}.h5") as f:
+            results[split] = (sim.state.u.clone(), sim.state.r.clone(),
+                              {key: f.read(key).values for key in f.variables()})
+    (u_s, r_s, rec_s), (u_n, r_n, rec_n) = results["samples"], results["neurons"]
+    assert torch.equal(u_s, u_n) and torch.equal(r_s, r_n)
+    assert rec_s.keys() == rec_n.keys() == {"hidden/soma/u", "top/soma/r"}
+    for key in rec_s:
+        np.testing.assert_array_equal(rec_s[key], rec_n[key])
+    assert rec_s["hidden/soma/u"].shape == (121, batch, 3)
+
+
+def test_divergence_with_threads_sharing_samples(threads):
+    """A potential that becomes non-finite in one thread's samples stops every thread after
+    the same step, as on the eager path."""
+    text = model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5, n_steps=2000,
+                 batch=23, inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
+    errors = {}
+    for mode in ("off", "require"):
+        with pytest.raises(SimulationError, match="non-finite soma potential") as caught:
+            run(text, mode)
+        errors[mode] = str(caught.value)
+    assert errors["off"] == errors["require"]
 
 
 @pytest.mark.parametrize("solver", ["euler", "gs-euler"])
@@ -330,8 +390,11 @@ def test_unsupported_networks_take_the_eager_path():
     auto, eager = run(noisy, "auto"), run(noisy, "off")
     assert torch.equal(auto.state.u, eager.state.u)
     wide = model(batch=fused.MAX_BATCH + 1)
-    with pytest.raises(SimulationError, match="batch"):
-        run(wide, "require")
+    assert run(wide, "require").step == 300   # small operators: the threads share the samples
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused, "SAMPLE_SPLIT_CACHE", 0.0)       # as if they exceeded L2
+        with pytest.raises(SimulationError, match="batch"):
+            run(wide, "require")
     rk4 = model(solver="rk4")
     with pytest.raises(SimulationError, match='solver "rk4" has no fused form'):
         run(rk4, "require")
@@ -594,8 +657,13 @@ def test_stimuli_run_on_the_fused_path(tmp_path, threads, solver):
 def test_runs_say_which_path_they_took():
     with fused.mode("auto"):
         assert Simulation.from_model_text(model(n_steps=20)).run().path == "fused"
-        wide = Simulation.from_model_text(model(n_steps=20, batch=fused.MAX_BATCH + 1)).run()
-        assert wide.path.startswith(f"eager: batch {fused.MAX_BATCH + 1} > {fused.MAX_BATCH}")
+        text = model(n_steps=20, batch=fused.MAX_BATCH + 1)
+        assert Simulation.from_model_text(text).run().path == "fused"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fused, "SAMPLE_SPLIT_CACHE", 0.0)
+            wide = Simulation.from_model_text(text).run()
+        assert wide.path.startswith(f"eager: batch {fused.MAX_BATCH + 1} > {fused.MAX_BATCH} "
+                                    "with operators beyond a core's L2 cache")
         assert Simulation.from_model_text(model(n_steps=20, solver="rk4")).run().path is None
     with fused.mode("off"):
         assert Simulation.from_model_text(model(n_steps=20)).run().path == \

@@ -233,6 +233,40 @@ def test_fused_bfloat16_step_is_exact_on_rounded_operands(batch, solver):
 
 
 @needs_fused_bfloat16
+@pytest.mark.parametrize("batch", [20, 47])
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_bfloat16_threads_sharing_samples_or_neurons_agree_bit_for_bit(
+        monkeypatch, batch, solver, threads):
+    """The bfloat16 product sums each neuron's pairs in the same order whether the threads
+    share the samples (one packing of the operator read by all) or the neurons (each packs
+    its own columns)."""
+    net = small_network()
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, 5, generator=g) * 2 - 1
+    operators = net.build_operators()
+    finals = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for split, share in (("samples", fused.SAMPLE_SPLIT_CACHE), ("neurons", 0.0)):
+            monkeypatch.setattr(fused, "SAMPLE_SPLIT_CACHE", share)
+            dynamics = net.phase(operators, {"x": x})
+            state = net.zero_state(batch)
+            net.clamp_inputs(state, {"x": x})
+            with fused.mode("require"):
+                solve(dynamics, state, solver=get_solver(solver), schedule=ConstantStep(0.05),
+                      n_steps=40)
+            assert fused.stepper(dynamics, state, get_solver(solver))[0].by_samples == \
+                (split == "samples")
+            finals[split] = state.u.clone()
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(finals["samples"], finals["neurons"])
+    assert float(finals["samples"].abs().max()) > 0.05
+
+
+@needs_fused_bfloat16
 @pytest.mark.parametrize("batch", [2, 20])
 def test_fused_bfloat16_corinfomax_phases_match_eager(batch):
     """Free and nudged phases of CorInfoMax with bfloat16 laterals on both paths: within the

@@ -52,6 +52,7 @@ fused path an error, which tests use to compare both.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shlex
@@ -74,7 +75,10 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-
          "-fPIC")
 PANEL_BATCH = 8               # up to this batch row-major operators are summed over each
                               # thread's sources; above it, in register blocks of samples
-MAX_BATCH = 64                # larger batches: the eager GEMMs catch up
+MAX_BATCH = 64                # larger batches: the eager GEMMs catch up (unless the threads
+                              # share the samples)
+SAMPLE_SPLIT_CACHE = 0.75     # threads share the samples when every operator together fits
+                              # in this fraction of a core's L2 (batches above PANEL_BATCH)
 MODES = ("auto", "off", "require")
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "clip": 2, "sigmoid": 3, "tanh": 4,
                     "leaky_relu": 5}
@@ -185,7 +189,8 @@ def _load(path: Path) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype = i64
         fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, ptr,
-                       i64, f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int]
+                       i64, f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int]
     lib.neurosim_bfloat16.restype = ctypes.c_int
     lib.neurosim_bfloat16.argtypes = []
     return lib
@@ -242,8 +247,9 @@ def unsupported(dynamics, state) -> str | None:
     if lead and dynamics.drive is not None:
         return "stimuli on an ensemble"
     batch = state.u.shape[-2]
-    if batch > MAX_BATCH:
-        return f"batch {batch} > {MAX_BATCH} (the eager GEMMs are as fast)"
+    if batch > MAX_BATCH and not samples_shared(dynamics, batch):
+        return (f"batch {batch} > {MAX_BATCH} with operators beyond a core's L2 cache (the "
+                "eager GEMMs are as fast)")
     if not (state.u[0] if lead else state.u).is_contiguous() or \
             not (state.r[0] if lead else state.r).is_contiguous():
         # an ensemble's members are stepped one by one: each member's rows must be
@@ -334,6 +340,9 @@ class FusedStepper:
             for table in (self.weights, self.low_weights, self.currents))
         self.rows = _int64s(self.current_rows)
         self.scratch = torch.empty(0, dtype=state.u.dtype, device="cpu")
+        # operators that fit in a core's L2 cache: in a blocked batch the threads share the
+        # samples (each reads every operator, with no barrier between steps)
+        self.by_samples = samples_shared(dynamics, state.u.shape[0])
 
     @property
     def layout(self) -> torch.Tensor:
@@ -378,10 +387,52 @@ class FusedStepper:
                        self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.rows,
                        step_ptrs, step_rows, len(dts), steps, int(self.jacobi),
                        self.scratch.data_ptr(), len(probes), records, step0, count,
-                       int(check))
+                       int(check), int(self.by_samples))
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
         return int(done)
+
+
+def _operator_bytes(operators, low_operators) -> int:
+    """Bytes that every thread reads at each step when the threads share the samples: the
+    full-precision operators (KT_p, one member's) and the bfloat16 ones (KT_p^low, sources x
+    n) as the loop packs them (pairs of sources, neurons padded to 16)."""
+    total = 0
+    for kt in operators:
+        if kt is not None:
+            total += kt.shape[-2] * kt.shape[-1] * kt.element_size()
+    for low in low_operators:
+        if low is not None:
+            sources, n = low.shape[-2:]
+            total += (sources + 1) // 2 * ((n + 15) // 16 * 16) * 4
+    return total
+
+
+def samples_shared(dynamics, batch: int) -> bool:
+    """Whether the loop's threads share the samples of this phase (rather than the neurons):
+    a batch above PANEL_BATCH whose operators together fit in SAMPLE_SPLIT_CACHE of a core's
+    L2 cache."""
+    if batch <= PANEL_BATCH:
+        return False
+    operators = [dynamics.operators.get(s.name) for s in dynamics.slots]
+    lows = [dynamics.operators.get(LowPrecision(s.name)) for s in dynamics.slots]
+    return _operator_bytes(operators, lows) <= SAMPLE_SPLIT_CACHE * l2_bytes()
+
+
+@functools.lru_cache(maxsize=1)
+def l2_bytes() -> int:
+    """A core's L2 cache in bytes (Linux sysfs), else 1 MiB."""
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = (index / "level").read_text().strip()
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        number = text.rstrip("KMG")
+        if level == "2" and number.isdigit():
+            return int(number) * units.get(text[-1], 1)
+    return 1 << 20
 
 
 def _int64s(values) -> ctypes.Array:

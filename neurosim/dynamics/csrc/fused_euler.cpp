@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -318,6 +319,9 @@ void gemm(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B,
   }
 }
 
+// a width in pairs rounded up to whole vectors of 16
+inline int64_t padded(int64_t width) { return (width + 15) / 16 * 16; }
+
 // ---- bfloat16 products (projections with precision "bfloat16"), AVX512-BF16 only ----------
 // kp: columns of the operator as (S + 1) / 2 pairs of rows, n x 2 bfloat16 each (pair i:
 // rows 2i, 2i+1 interleaved per column; n padded so that whole vectors load: pack_pairs); xp: B x (S + 1) / 2 pairs of activities rounded to bfloat16 (round
@@ -377,14 +381,14 @@ inline void bf16_rows(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t*
 }
 
 // rows [lo, hi) of a row-major n x S bfloat16 operator W (the transpose of KT) as (S + 1) / 2
-// pairs of sources interleaved per neuron: kp[(i * w + j) * 2 + e] = W[(lo + j) S + 2 i + e],
-// rows of w = padded(hi - lo) pairs, the padding zero (so that products load whole vectors).
-// A pair of one neuron is two neighbours in its row of W: the packing is a transpose of 32-bit
-// pairs, done in 16 x 16 tiles (one cache line read and written per row of a tile).
-inline int64_t padded(int64_t width) { return (width + 15) / 16 * 16; }
-
-inline void pack_pairs(const uint16_t* wt, int64_t S, int64_t lo, int64_t hi, uint32_t* kp) {
-  const int64_t w = padded(hi - lo), real = hi - lo, S2 = (S + 1) / 2;
+// pairs of sources interleaved per neuron: kp[(i * w + j) * 2 + e] = W[(lo + j) S + 2 i + e]
+// for j < hi - lo, in rows of w pairs (w >= padded(hi - lo); the padding, zeroed by
+// zero_columns, lets products load whole vectors). A pair of one neuron is two neighbours in
+// its row of W: the packing is a transpose of 32-bit pairs, done in 16 x 16 tiles (one cache
+// line read and written per row of a tile).
+inline void pack_pairs(const uint16_t* wt, int64_t S, int64_t lo, int64_t hi, uint32_t* kp,
+                       int64_t w) {
+  const int64_t real = hi - lo, S2 = (S + 1) / 2;
   for (int64_t j0 = 0; j0 < real; j0 += 16) {
     const int64_t j1 = std::min(j0 + 16, real);
     for (int64_t i0 = 0; i0 < S2; i0 += 16) {
@@ -398,8 +402,12 @@ inline void pack_pairs(const uint16_t* wt, int64_t S, int64_t lo, int64_t hi, ui
       }
     }
   }
+}
+
+// columns [from, w) of the S2 rows of w pairs at kp set to zero
+inline void zero_columns(uint32_t* kp, int64_t S2, int64_t from, int64_t w) {
   for (int64_t i = 0; i < S2; ++i)
-    for (int64_t j = real; j < w; ++j) kp[i * w + j] = 0;
+    for (int64_t j = from; j < w; ++j) kp[i * w + j] = 0;
 }
 
 // round x[b * ldx + i] (i < S) to bfloat16 pairs: xp[b * S2 + i / 2]
@@ -473,13 +481,21 @@ constexpr bool HAS_BF16 = false;
 //   rows (step_rows) 1 or B;
 //   dts: K step sizes; scratch: (threads + 1) x B x (sum n); records: R x (source 0 u / 1 r, every, M,
 //   address of M int64 columns, address of the output, records x B x M); check: stop
-//   after a step that made a potential non-finite (else run all K steps).
+//   after a step that made a potential non-finite (else run all K steps);
+//   by_samples: the threads share the samples instead of the neurons (modes 1 to 3 only,
+//   each product then of this thread's samples and all neurons, with the sums in the same
+//   order): each thread steps its own samples, in tiles of SAMPLE_TILE, with no barrier
+//   between steps and no cache line that another thread writes; for operators that fit in
+//   a core's L2 cache (each thread reads all of them).
+constexpr int64_t SAMPLE_TILE = 20;
+
 template <typename T>
 int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const int64_t* lay,
             const double* par, const int64_t* weights, const int64_t* low_weights,
             const int64_t* currents, const int64_t* current_rows, const int64_t* step_currents,
             const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc,
-            int64_t R, const int64_t* records, int64_t step0, int threads, int check) {
+            int64_t R, const int64_t* records, int64_t step0, int threads, int check,
+            int by_samples) {
   constexpr int64_t NL = 9, NP = 6;      // layout and params per population
   std::vector<const T*> W(P, nullptr), I(P, nullptr), D(P, nullptr);
   std::vector<const uint32_t*> LW(P, nullptr);
@@ -496,6 +512,12 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     off[p] = total;
     total += lay[p * NL + 1];
   }
+  for (int64_t p = 0; p < P; ++p)
+    if (W[p] && lay[p * NL + 6] == 0) by_samples = 0;     // partial sums: threads share sources
+  // by samples, one packing of each bfloat16 operator that all threads read (all neurons)
+  std::vector<std::vector<uint32_t>> shared(by_samples ? P : 0);
+  for (int64_t p = 0; p < (by_samples ? P : 0); ++p)
+    if (LW[p]) shared[p].resize((lay[p * NL + 8] + 1) / 2 * padded(lay[p * NL + 1]));
   std::vector<int64_t> written(R, 0);
   int64_t done = K;
   int finite = 1;
@@ -531,17 +553,20 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     // operator's product, this thread's neurons, added into acc (or written, when nothing
     // else is there). Either way each sum's order depends on the thread count only, never on
     // the chunk.
-    auto product = [&](int64_t p) {
+    // (by samples: every neuron of samples [t0, t1), the caller's tile)
+    auto product = [&](int64_t p, int64_t t0, int64_t t1) {
       const int64_t* L = lay + p * NL;
       const int64_t n = L[1], s0 = L[3], S = L[4];
-      const auto [lo, hi] = range(p);
+      const auto [lo, hi] = by_samples ? std::make_pair(int64_t(0), n) : range(p);
       T* a = acc + off[p];
       if (!W[p]) {
       } else if (L[6] == 1 || L[6] == 3) {   // W_p row-major (n x S): dot products, for this
         // thread's neurons and every sample (1) or every neuron and this thread's samples (3:
         // a narrow population in a large batch)
-        const int64_t j0 = L[6] == 1 ? lo : 0, j1 = L[6] == 1 ? hi : n;
-        const int64_t b0 = L[6] == 1 ? 0 : B * id / nt, b1 = L[6] == 1 ? B : B * (id + 1) / nt;
+        const bool rows = L[6] == 1 && !by_samples;
+        const int64_t j0 = rows ? lo : 0, j1 = rows ? hi : n;
+        const int64_t b0 = by_samples ? t0 : rows ? 0 : B * id / nt,
+                      b1 = by_samples ? t1 : rows ? B : B * (id + 1) / nt;
         int64_t j = j0;
         for (; j + 4 <= j1; j += 4)
           for (int64_t b = b0; b < b1; ++b) {
@@ -553,7 +578,8 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
           for (int64_t b = b0; b < b1; ++b)
             a[b * total + j] = dot<T>(W[p] + j * S, Rr + b * ldr + s0, S);
       } else if (L[6] == 2) {           // KT_p row-major (S x n): blocks over this thread's neurons
-        gemm<T, false>(W[p], S, n, Rr + s0, ldr, B, lo, hi, a, total);
+        gemm<T, false>(W[p], S, n, Rr + t0 * ldr + s0, ldr, t1 - t0, lo, hi, a + t0 * total,
+                       total);
       } else {                          // KT_p row-major (S x n): this thread's sources
         const int64_t i0 = split4(S, id), i1 = split4(S, id + 1);
         panel<T>(W[p] + i0 * n, i1 - i0, n, Rr + s0 + i0, ldr, B, 0, n,
@@ -562,19 +588,21 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
 #ifdef __AVX512BF16__
       if constexpr (std::is_same_v<T, float>) {
         if (LW[p] && hi > lo) {
-          to_bf16_pairs(Rr + L[7], ldr, B, L[8], pairs.data());
-          const uint32_t* kp = packed[p].data();
+          to_bf16_pairs(Rr + t0 * ldr + L[7], ldr, t1 - t0, L[8], pairs.data());
+          const uint32_t* kp = by_samples ? shared[p].data() : packed[p].data();
           const int64_t w = padded(hi - lo);
+          T* out = a + t0 * total + lo;
           if (W[p] && L[6] != 0)
-            bf16_gemm<true>(kp, L[8], w, pairs.data(), B, 0, hi - lo, a + lo, total);
+            bf16_gemm<true>(kp, L[8], w, pairs.data(), t1 - t0, 0, hi - lo, out, total);
           else
-            bf16_gemm<false>(kp, L[8], w, pairs.data(), B, 0, hi - lo, a + lo, total);
+            bf16_gemm<false>(kp, L[8], w, pairs.data(), t1 - t0, 0, hi - lo, out, total);
         }
       }
 #endif
     };
-    // u_p <- (1 - h d) u_p + h (acc_p + I_p); r_p <- sigma(u_p), this thread's neurons
-    auto update = [&](int64_t p, int64_t k, int& ok) {
+    // u_p <- (1 - h d) u_p + h (acc_p + I_p); r_p <- sigma(u_p), this thread's neurons of
+    // samples [t0, t1) (by samples: every neuron)
+    auto update = [&](int64_t p, int64_t k, int& ok, int64_t t0, int64_t t1) {
       const double step_dt = dt[k];
       const int64_t* L = lay + p * NL;
       const double* Q = par + p * NP;
@@ -584,10 +612,10 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
               self = T(Q[5]);
       const bool in_acc = (W[p] && L[6] != 0) || LW[p];     // acc holds the product
       const bool parts = W[p] && L[6] == 0;                   // partial sums per thread
-      const auto [lo, hi] = range(p);
+      const auto [lo, hi] = by_samples ? std::make_pair(int64_t(0), n) : range(p);
       // drive = ((sum of partial sums) + acc + c r_p) + I + I_k, then u <- keep u + h drive;
       // simple loops over this thread's neurons, which the compiler vectorises
-      for (int64_t b = 0; b < B; ++b) {
+      for (int64_t b = t0; b < t1; ++b) {
         const T* cur = I[p] ? I[p] + (Irows[p] > 1 ? b : 0) * n : nullptr;
         const T* now = D[p] ? D[p] + (k * Drows[p] + (Drows[p] > 1 ? b : 0)) * n : nullptr;
         const T* ap = acc + off[p] + b * total;
@@ -612,83 +640,141 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
           for (int64_t j = lo; j < hi; ++j) d[j - lo] += cur[j];
         if (now)
           for (int64_t j = lo; j < hi; ++j) d[j - lo] += now[j];
-        T bad = T(0);                   // v * 0 is NaN exactly when v is not finite
+        int bad = 0;                    // |v| <= max fails exactly when v is not finite
         for (int64_t j = lo; j < hi; ++j) {
           const T v = keep * up[j] + h * d[j - lo];
-          bad += v * T(0);
+          bad |= !(std::abs(v) <= std::numeric_limits<T>::max());
           up[j] = v;
         }
-        ok &= bad == T(0) ? 1 : 0;
+        ok &= bad == 0 ? 1 : 0;
         activate_range<T>(kind, up, rp, lo, hi, a, c);
       }
     };
+    // rows [t0, t1) of the records of step step0 + k + 1 (out_index: records written)
+    auto record = [&](int64_t k, int64_t t0, int64_t t1, std::vector<int64_t>& out_index) {
+      const int64_t step = step0 + k + 1;
+      for (int64_t m = 0; m < R; ++m) {
+        const int64_t* rec = records + m * 5;
+        if (step % rec[1] != 0) continue;
+        const int64_t M = rec[2];
+        const int64_t* cols = reinterpret_cast<const int64_t*>(rec[3]);
+        const T* src = rec[0] == 0 ? U : Rr;
+        const int64_t ld = rec[0] == 0 ? ldu : ldr;
+        T* out = reinterpret_cast<T*>(rec[4]) + out_index[m] * B * M;
+        for (int64_t b = t0; b < t1; ++b)
+          for (int64_t c = 0; c < M; ++c) out[b * M + c] = src[b * ld + cols[c]];
+        ++out_index[m];
+      }
+    };
+    // this thread's samples (by samples) or all of them
+    const int64_t b0 = by_samples ? B * id / nt : 0, b1 = by_samples ? B * (id + 1) / nt : B;
     if (jacobi) {                       // r = sigma(u) first, as the eager step's rhs does
       for (int64_t p = 0; p < P; ++p) {
         const int64_t* L = lay + p * NL;
         const double* Q = par + p * NP;
-        const auto [lo, hi] = range(p);
-        for (int64_t b = 0; b < B; ++b)
+        const auto [lo, hi] = by_samples ? std::make_pair(int64_t(0), L[1]) : range(p);
+        for (int64_t b = b0; b < b1; ++b)
           activate_range<T>(L[5], U + b * ldu + L[0], Rr + b * ldr + L[2], lo, hi, T(Q[3]),
                             T(Q[4]));
       }
+      if (!by_samples) {
 #pragma omp barrier
+      }
     }
 #ifdef __AVX512BF16__
     for (int64_t p = 0; p < P; ++p)
       if (LW[p]) {
+        const int64_t S2 = (lay[p * NL + 8] + 1) / 2, n = lay[p * NL + 1];
+        if (by_samples) {               // this thread's 16-column blocks of the shared packing
+          const int64_t share = ((n + nt - 1) / nt + 15) / 16 * 16;
+          const int64_t lo = std::min(n, share * id), hi = std::min(n, share * (id + 1));
+          if (hi > lo)
+            pack_pairs(reinterpret_cast<const uint16_t*>(LW[p]), lay[p * NL + 8], lo, hi,
+                       shared[p].data() + lo, padded(n));
+          if (hi == n && hi > lo) zero_columns(shared[p].data(), S2, n, padded(n));
+          continue;
+        }
         const auto [lo, hi] = range(p);
-        packed[p].resize((lay[p * NL + 8] + 1) / 2 * padded(std::max<int64_t>(hi - lo, 0)));
-        if (hi > lo)
+        const int64_t w = padded(std::max<int64_t>(hi - lo, 0));
+        packed[p].resize(S2 * w);
+        if (hi > lo) {
           pack_pairs(reinterpret_cast<const uint16_t*>(LW[p]), lay[p * NL + 8], lo, hi,
-                     packed[p].data());
+                     packed[p].data(), w);
+          zero_columns(packed[p].data(), S2, hi - lo, w);
+        }
       }
+    if (by_samples) {
+#pragma omp barrier
+    }
 #endif
-    for (int64_t k = 0; k < K; ++k) {
-      int ok = 1;
-      if (jacobi) {
-        for (int64_t p = 0; p < P; ++p)
-          if (W[p] || LW[p]) product(p);
-#pragma omp barrier
-        for (int64_t p = 0; p < P; ++p) update(p, k, ok);
-      } else {
-        for (int64_t p = 0; p < P; ++p) {
-          if (W[p] || LW[p]) product(p);
-#pragma omp barrier
-          update(p, k, ok);
-          if (p + 1 < P) {
-#pragma omp barrier
+    if (by_samples) {
+      // each thread its own samples, tile by tile, every population in turn; a barrier per
+      // step only to stop all threads after the same step when a potential became non-finite
+      std::vector<int64_t> mine(R, 0);
+      for (int64_t k = 0; k < K; ++k) {
+        int ok = 1;
+        for (int64_t t0 = b0; t0 < b1; t0 += SAMPLE_TILE) {
+          const int64_t t1 = std::min(b1, t0 + SAMPLE_TILE);
+          if (jacobi) {
+            for (int64_t p = 0; p < P; ++p)
+              if (W[p] || LW[p]) product(p, t0, t1);
+            for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
+          } else {
+            for (int64_t p = 0; p < P; ++p) {
+              if (W[p] || LW[p]) product(p, t0, t1);
+              update(p, k, ok, t0, t1);
+            }
           }
         }
-      }
-      if (!ok && check) {
+        record(k, b0, b1, mine);
+        if (!check) continue;
+        if (!ok) {
 #pragma omp atomic write
-        finite = 0;
-      }
-      // the step is complete; the next one's products only read u and r, so thread 0 copies
-      // this step's records meanwhile, and a non-finite flag is read by all before any
-      // thread can reach the next update
+          finite = 0;
+        }
 #pragma omp barrier
-      if (id == 0) {                    // the records of step step0 + k + 1
-        const int64_t step = step0 + k + 1;
-        for (int64_t m = 0; m < R; ++m) {
-          const int64_t* rec = records + m * 5;
-          if (step % rec[1] != 0) continue;
-          const int64_t M = rec[2];
-          const int64_t* cols = reinterpret_cast<const int64_t*>(rec[3]);
-          const T* src = rec[0] == 0 ? U : Rr;
-          const int64_t ld = rec[0] == 0 ? ldu : ldr;
-          T* out = reinterpret_cast<T*>(rec[4]) + written[m] * B * M;
-          for (int64_t b = 0; b < B; ++b)
-            for (int64_t c = 0; c < M; ++c) out[b * M + c] = src[b * ld + cols[c]];
-          ++written[m];
+        int go;
+#pragma omp atomic read
+        go = finite;
+        if (!go) {
+          if (id == 0) done = k + 1;
+          break;
         }
       }
-      int go;
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        int ok = 1;
+        if (jacobi) {
+          for (int64_t p = 0; p < P; ++p)
+            if (W[p] || LW[p]) product(p, 0, B);
+#pragma omp barrier
+          for (int64_t p = 0; p < P; ++p) update(p, k, ok, 0, B);
+        } else {
+          for (int64_t p = 0; p < P; ++p) {
+            if (W[p] || LW[p]) product(p, 0, B);
+#pragma omp barrier
+            update(p, k, ok, 0, B);
+            if (p + 1 < P) {
+#pragma omp barrier
+            }
+          }
+        }
+        if (!ok && check) {
+#pragma omp atomic write
+          finite = 0;
+        }
+        // the step is complete; the next one's products only read u and r, so thread 0
+        // copies this step's records meanwhile, and a non-finite flag is read by all before
+        // any thread can reach the next update
+#pragma omp barrier
+        if (id == 0) record(k, 0, B, written);
+        int go;
 #pragma omp atomic read
-      go = finite;
-      if (!go) {
-        if (id == 0) done = k + 1;
-        break;
+        go = finite;
+        if (!go) {
+          if (id == 0) done = k + 1;
+          break;
+        }
       }
     }
   }
@@ -706,10 +792,10 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
                const int64_t* current_rows, const int64_t* step_currents,                   \
                const int64_t* step_rows, int64_t K, const double* dts, int jacobi,          \
                T* scratch, int64_t R, const int64_t* records, int64_t step0, int threads,   \
-               int check) {                                                                 \
+               int check, int by_samples) {                                                 \
     return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, low_weights, currents,    \
                   current_rows, step_currents, step_rows, K, dts, jacobi, scratch, R,       \
-                  records, step0, threads, check);                                          \
+                  records, step0, threads, check, by_samples);                              \
   }
 
 extern "C" {
