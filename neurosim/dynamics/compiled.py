@@ -286,7 +286,8 @@ class CompiledNetwork:
                                        generator=generator).to(self.device, dtype)
             for pop in network.dynamic}
         self._bias_checked: dict[str, tuple] = {}
-        self._ff_plan = None
+        self._ff_plan = self._phase_plan = None
+        self._stack_plans: dict = {}
         self.n_inputs = sum(1 for p in network.populations if p.is_input)
         self.members: int | None = None     # an ensemble's size (see :meth:`stacked`)
 
@@ -310,7 +311,8 @@ class CompiledNetwork:
         ensemble.__dict__.update(first.__dict__)
         ensemble.network = copy.deepcopy(first.network)   # its rules hold the stacked state
         ensemble.members = len(nets)
-        ensemble._bias_checked, ensemble._ff_plan = {}, None
+        ensemble._bias_checked, ensemble._ff_plan, ensemble._phase_plan = {}, None, None
+        ensemble._stack_plans = {}
         for table in ("weights", "masks", "biases"):
             stacked = {}
             for name in getattr(first, table):
@@ -478,8 +480,12 @@ class CompiledNetwork:
                 ops[key] = self._stack(name, slot.low_cols, None, reuse.get(key) if reuse
                                        else None, low=True)
                 if slot.self_coupling:
-                    ops[Diagonal(name)] = torch.tensor(slot.self_coupling, dtype=self.dtype,
-                                                       device=self.device)
+                    key = Diagonal(name)
+                    diagonal = self._stack_plans.get(key)
+                    if diagonal is None:
+                        diagonal = self._stack_plans[key] = torch.tensor(
+                            slot.self_coupling, dtype=self.dtype, device=self.device)
+                    ops[key] = diagonal
         return ops
 
     def _stack(self, name: str, cols: slice, compartment: str | None, kt,
@@ -500,6 +506,23 @@ class CompiledNetwork:
             kt = torch.empty((*lead, *shape[:-3:-1]) if narrow else shape, dtype=dtype,
                              device=self.device)
             kt = kt.mT if narrow else kt
+        # the writes below, recorded once per operator buffer and set of weight tensors (the
+        # weights change in place, so the recorded views stay theirs)
+        plan_key = (name, compartment, low)
+        plan = self._stack_plans.get(plan_key)
+        if plan is not None and plan[0] is kt and all(self.weights.get(q) is w
+                                                       for q, w in plan[1]):
+            for write, target, weight, coef in plan[2]:
+                if write == "mul":
+                    torch.mul(weight, coef, out=target)
+                elif write == "add":
+                    target.add_(weight, alpha=coef)
+                elif write == "zero":
+                    target.zero_()
+                else:
+                    target.diagonal(dim1=-2, dim2=-1).add_(coef)
+            return kt
+        writes, used = [], []
         column_major = not kt.is_contiguous()
         written = set()          # source blocks holding a value (the rest are zeroed)
         if compartment is None:
@@ -523,23 +546,22 @@ class CompiledNetwork:
                 # written in the operator's memory order (a column-major block as W's rows:
                 # torch's kernels are several times slower across the orders, above all
                 # when casting to bfloat16)
+                used.append((q.name, self.weights[q.name]))
                 weight, out = self.weights[q.name].mT, block
                 if column_major:
                     weight, out = weight.mT, block.mT
-                if q.source in written:
-                    out.add_(weight, alpha=coef)
-                else:
-                    torch.mul(weight, coef, out=out)
+                writes.append(("add" if q.source in written else "mul", out, weight, coef))
             else:
                 if q.source not in written:
-                    block.zero_()
-                block.diagonal(dim1=-2, dim2=-1).add_(coef)
+                    writes.append(("zero", block, None, None))
+                writes.append(("diagonal", block, None, coef))
             written.add(q.source)
         for other in self.slots.values():
             start, stop = max(other.r_cols.start, lo), min(other.r_cols.stop, lo + shape[-2])
             if other.name not in written and start < stop:
-                kt[..., start - lo:stop - lo, :].zero_()
-        return kt
+                writes.append(("zero", kt[..., start - lo:stop - lo, :], None, None))
+        self._stack_plans[plan_key] = (kt, used, writes)
+        return self._stack(name, cols, compartment, kt, low)
 
     def input_currents(self, inputs: Mapping[str, torch.Tensor]) -> dict:
         """Constant inputs from clamped populations: ``sum_q k_q W_q x_q`` per linear cell
@@ -588,13 +610,7 @@ class CompiledNetwork:
         soma input. ``generator`` draws noise and stochastic activities. ``at_rest`` promises
         that the phase starts from u = 0: the first Gauss-Seidel step then skips the products
         of sources that are silent at rest (sigma(0) = 0), which are exactly zero."""
-        for pop in self.network.dynamic:
-            if not pop.has_soma_equation:
-                raise ConfigError(f'population "{pop.name}" (kind "{pop.kind}") has no soma '
-                                  "equation: it runs in discrete passes (its protocol, or "
-                                  "CompiledNetwork.feedforward), not in an ODE phase or "
-                                  "simulation; use a protocol made for it (e.g. "
-                                  '"infomorphic").')
+        self.phase_plan()
         currents = dict(self.input_currents(inputs) if currents is None else currents)
         operators = dict(operators)
         cell_nudges = {}
@@ -643,13 +659,34 @@ class CompiledNetwork:
             diagonal.sub_(beta if isinstance(beta, float) else beta.unsqueeze(-1))
             operators[name] = kt
         for name, slot in self.slots.items():
-            if slot.u_cols is not None and (slot.bias_current or bool(self.biases[name].any())):
+            if slot.u_cols is not None and self._bias_in_use(name):
                 bias = self.biases[name].unsqueeze(-2)
                 key = name if slot.cell is None else (name, SOMA)
                 currents[key] = currents[key] + bias if key in currents else bias.clone()
         return PhaseDynamics(self, operators, currents, generator,
                              silent=set(self.silent_at_rest) if at_rest else set(),
                              cell_nudges=cell_nudges)
+
+    def phase_plan(self) -> tuple:
+        """What every phase of this network shares, fixed once compiled: (dynamic slots,
+        general cells among them, deterministic ones, each dynamic population's dynamic
+        sources). Raises for populations without a soma equation (they run in discrete
+        passes)."""
+        if self._phase_plan is None:
+            for pop in self.network.dynamic:
+                if not pop.has_soma_equation:
+                    raise ConfigError(f'population "{pop.name}" (kind "{pop.kind}") has no '
+                                      "soma equation: it runs in discrete passes (its "
+                                      "protocol, or CompiledNetwork.feedforward), not in an "
+                                      "ODE phase or simulation; use a protocol made for it "
+                                      '(e.g. "infomorphic").')
+            slots = [s for s in self.slots.values() if s.u_cols is not None]
+            dynamic = {s.name for s in slots}
+            sources = {s.name: frozenset(q.source for q in self.network.incoming(s.name)
+                                         if q.source in dynamic) for s in slots}
+            self._phase_plan = (slots, [s for s in slots if s.cell is not None],
+                                [s for s in slots if not s.stochastic], sources)
+        return self._phase_plan
 
     # ------------------------------------------------------------------ discrete passes
     def feedforward(self, inputs: Mapping[str, torch.Tensor], *, state: NeuralState | None = None,
@@ -799,6 +836,8 @@ class CompiledNetwork:
         if self.slots[name].bias_current:
             return True
         bias = self.biases[name]
+        if bias.is_inference():            # no version counter to tell a change
+            return bool(bias.any())
         key = (bias.data_ptr(), bias._version)
         cached = self._bias_checked.get(name)
         if cached is None or cached[0] != key:
@@ -842,12 +881,7 @@ class PhaseDynamics:
     _plan_key: tuple = field(default=(), repr=False)
 
     def __post_init__(self):
-        self.slots = [s for s in self.net.slots.values() if s.u_cols is not None]
-        self.cells = [s for s in self.slots if s.cell is not None]
-        self._deterministic = [s for s in self.slots if not s.stochastic]
-        dynamic = {s.name for s in self.slots}
-        self.sources = {s.name: {q.source for q in self.net.network.incoming(s.name)
-                                 if q.source in dynamic} for s in self.slots}
+        self.slots, self.cells, self._deterministic, self.sources = self.net.phase_plan()
 
     @property
     def stochastic(self) -> bool:
