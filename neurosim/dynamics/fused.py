@@ -13,7 +13,10 @@ work costs more than the 1,000 x 1,000 product itself. The fused path runs a who
 of steps in one call of a small C++ loop (``csrc/fused_euler.cpp``: OpenMP threads share
 the neurons, or for batches up to :data:`PANEL_BATCH` the sources of a row-major operator,
 with a barrier between phases; larger batches multiply in register blocks of samples and
-neurons, as a GEMM kernel does, without the thread start-up of one BLAS call per step). It
+neurons, as a GEMM kernel does, without the thread start-up of one BLAS call per step; when
+every operator fits in :data:`SAMPLE_SPLIT_CACHE` of a core's L2 cache, the threads share the
+samples of such a batch instead: each steps its own, with no barrier between steps, and the
+sums run in the same order, so the results are the same bit for bit). It
 also copies monitored columns of ``u`` or ``r`` into a buffer at each due step
 (:class:`neurosim.solvers.Probe`), so recording adds no work per step either. Numerics are
 those of the eager path up to float rounding: the sums run in another order, which depends
@@ -33,8 +36,9 @@ When it applies (:func:`unsupported` gives the reason when not):
   by member, each with its own weights);
 - every dynamic population a built-in linear cell without noise, whose activation is
   linear, relu, clip[a,b], leaky_relu[s], sigmoid or tanh;
-- batch up to :data:`MAX_BATCH` (beyond it the eager path's matrix-matrix products are as
-  fast), no tensor that requires gradients;
+- batch up to :data:`MAX_BATCH`, or beyond it when the threads share the samples
+  (:func:`samples_shared`; otherwise the eager path's matrix-matrix products are as fast),
+  no tensor that requires gradients;
 - projections with ``precision = "bfloat16"`` in float32 networks, where the loop was built
   with AVX512-BF16 (the activities are rounded to bfloat16 as torch rounds them, and the
   products summed in float32: the eager path's bfloat16 product also rounds its result).
