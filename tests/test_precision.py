@@ -267,6 +267,47 @@ def test_fused_bfloat16_threads_sharing_samples_or_neurons_agree_bit_for_bit(
 
 
 @needs_fused_bfloat16
+@pytest.mark.parametrize("batch", [3, 20])
+def test_fused_bfloat16_operator_is_packed_once_per_build(batch):
+    """The loop packs a bfloat16 operator that build_operators wrote once, for every phase
+    of that build (the same buffer, the same numbers as packing at each call), and again
+    after the next build: new weights are seen."""
+    net = small_network()
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, 5, generator=g) * 2 - 1
+    solver = get_solver("gs-euler")
+
+    def relax(operators, mode):
+        state = net.zero_state(batch)
+        net.clamp_inputs(state, {"x": x})
+        dynamics = net.phase(operators, {"x": x})
+        with fused.mode(mode):
+            solve(dynamics, state, solver=solver, schedule=ConstantStep(0.05), n_steps=30)
+        return dynamics, state.u.clone()
+
+    operators = net.build_operators()
+    first, u_first = relax(operators, "require")
+    packed = fused.stepper(first, net.zero_state(batch), solver)[0].packed[0]
+    assert packed is not None
+    again, u_again = relax(operators, "require")
+    assert fused.stepper(again, net.zero_state(batch), solver)[0].packed[0] is packed
+    assert torch.equal(u_first, u_again)
+    low = operators[LowPrecision("h")]
+    # a copy of the operator (not written by build_operators): packed at each call, same sums
+    copied = {**operators, LowPrecision("h"): low.mT.clone().mT}
+    loose, u_loose = relax(copied, "require")
+    assert fused.stepper(loose, net.zero_state(batch), solver)[0].packed[0] is None
+    assert torch.equal(u_loose, u_first)
+    net.weights["h_h"].mul_(-1.5)                   # new weights, rebuilt in the same buffers
+    rebuilt = net.build_operators(operators)
+    assert rebuilt[LowPrecision("h")] is low
+    _, u_new = relax(rebuilt, "require")
+    _, u_unpacked = relax({**rebuilt, LowPrecision("h"): low.mT.clone().mT}, "require")
+    assert not torch.equal(u_new, u_first)
+    assert torch.equal(u_new, u_unpacked)
+
+
+@needs_fused_bfloat16
 @pytest.mark.parametrize("batch", [2, 20])
 def test_fused_bfloat16_corinfomax_phases_match_eager(batch):
     """Free and nudged phases of CorInfoMax with bfloat16 laterals on both paths: within the

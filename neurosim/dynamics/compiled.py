@@ -46,6 +46,8 @@ evaluation their activities are read as drawn.
 from __future__ import annotations
 
 import copy
+import itertools
+import weakref
 import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
@@ -64,6 +66,9 @@ NARROW_SIZE = 32      # populations up to this size with ...
 NARROW_RATIO = 4      # ... at least this many times as many source columns run transposed
 AUTO_BFLOAT16_ENTRIES = 128 * 128   # precision "auto": smaller weights stay in full precision
                                     # (their bfloat16 product saves less than its extra steps)
+
+
+_LOW_STAMPS = itertools.count()     # see CompiledNetwork.low_stamps
 
 
 @dataclass(frozen=True)
@@ -288,6 +293,9 @@ class CompiledNetwork:
         self._bias_checked: dict[str, tuple] = {}
         self._ff_plan = self._phase_plan = None
         self._stack_plans: dict = {}
+        # id of each bfloat16 operator built here -> (a weak reference to it, a number new at
+        # each rebuild)
+        self.low_stamps: dict[int, tuple] = {}
         self.n_inputs = sum(1 for p in network.populations if p.is_input)
         self.members: int | None = None     # an ensemble's size (see :meth:`stacked`)
 
@@ -312,7 +320,8 @@ class CompiledNetwork:
         ensemble.network = copy.deepcopy(first.network)   # its rules hold the stacked state
         ensemble.members = len(nets)
         ensemble._bias_checked, ensemble._ff_plan, ensemble._phase_plan = {}, None, None
-        ensemble._stack_plans = {}
+        ensemble._stack_plans, ensemble.low_stamps = {}, {}
+        ensemble.__dict__.pop("_packed_low", None)
         for table in ("weights", "masks", "biases"):
             stacked = {}
             for name in getattr(first, table):
@@ -521,6 +530,10 @@ class CompiledNetwork:
                     target.zero_()
                 else:
                     target.diagonal(dim1=-2, dim2=-1).add_(coef)
+            if low:            # the fused loop repacks a bfloat16 operator after each write
+                self.low_stamps = {key: entry for key, entry in self.low_stamps.items()
+                                   if entry[0]() is not None}
+                self.low_stamps[id(kt)] = (weakref.ref(kt), next(_LOW_STAMPS))
             return kt
         writes, used = [], []
         column_major = not kt.is_contiguous()

@@ -65,6 +65,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -194,9 +195,11 @@ def _load(path: Path) -> ctypes.CDLL:
         fn.restype = i64
         fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, ptr,
                        i64, f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int]
+                       ptr, ctypes.c_int]
     lib.neurosim_bfloat16.restype = ctypes.c_int
     lib.neurosim_bfloat16.argtypes = []
+    lib.neurosim_pack_bf16.restype = ctypes.c_int
+    lib.neurosim_pack_bf16.argtypes = [ptr, i64, i64, ptr, ctypes.c_int]
     return lib
 
 
@@ -310,6 +313,7 @@ class FusedStepper:
             lib.neurosim_euler_f32
         layout, params, self._keep = [], [], []
         self.weights, self.low_weights, self.currents, self.current_rows = [], [], [], []
+        self.packed = []
         blocked = state.u.shape[0] > PANEL_BATCH
         for slot in dynamics.slots:
             code, a, b = _activation_code(slot)
@@ -330,6 +334,8 @@ class FusedStepper:
             self.weights.append(operator)
             # the loop reads the bfloat16 operator's rows W_p^low = (KT_p^low)^T (built so)
             self.low_weights.append(None if low is None else low.mT.contiguous())
+            self.packed.append(None if low is None else
+                               _packed(dynamics.net, low, self.low_weights[-1], lib))
             current = dynamics.currents.get(slot.name)
             if current is not None:
                 current = current.to(state.u.dtype).reshape(-1, slot.size).contiguous()
@@ -339,9 +345,9 @@ class FusedStepper:
         # training step are short)
         self._layout = _int64s(v for row in layout for v in row)
         self.params = _float64s(v for row in params for v in row)
-        self.weight_ptrs, self.low_ptrs, self.current_ptrs = (
+        self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.packed_ptrs = (
             _int64s(t.data_ptr() if t is not None else 0 for t in table)
-            for table in (self.weights, self.low_weights, self.currents))
+            for table in (self.weights, self.low_weights, self.currents, self.packed))
         self.rows = _int64s(self.current_rows)
         self.scratch = torch.empty(0, dtype=state.u.dtype, device="cpu")
         # operators that fit in a core's L2 cache: in a blocked batch the threads share the
@@ -391,10 +397,36 @@ class FusedStepper:
                        self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.rows,
                        step_ptrs, step_rows, len(dts), steps, int(self.jacobi),
                        self.scratch.data_ptr(), len(probes), records, step0, count,
-                       int(check), int(self.by_samples))
+                       int(check), self.packed_ptrs, int(self.by_samples))
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
         return int(done)
+
+
+def _packed(net, operator: torch.Tensor, rows: torch.Tensor, lib) -> torch.Tensor | None:
+    """The bfloat16 operator ``operator`` (KT_p^low; ``rows`` = its rows W_p^low, n x
+    sources) packed as the loop reads it (pairs of sources interleaved per neuron,
+    ``neurosim_pack_bf16``), once per build: the network's ``low_stamps`` tell when
+    :meth:`CompiledNetwork.build_operators` last wrote it. None (the loop packs it at each
+    call) for an operator that it did not build (e.g. a member's view in an ensemble)."""
+    entry = net.low_stamps.get(id(operator))
+    if entry is None or entry[0]() is not operator or rows.dim() != 2:
+        return None
+    stamp = entry[1]
+    cache = net.__dict__.setdefault("_packed_low", {})
+    found = cache.get(id(operator))
+    if found is not None and found[0]() is operator and found[1] == stamp:
+        return found[2]
+    n, sources = rows.shape
+    shape = ((sources + 1) // 2, (n + 15) // 16 * 16)
+    buffer = found[2] if found is not None and found[0]() is operator and \
+        tuple(found[2].shape) == shape else torch.empty(shape, dtype=torch.int32)
+    if not lib.neurosim_pack_bf16(rows.data_ptr(), sources, n, buffer.data_ptr(), threads()):
+        return None
+    for key in [key for key, value in cache.items() if value[0]() is None]:
+        del cache[key]
+    cache[id(operator)] = (weakref.ref(operator), stamp, buffer)
+    return buffer
 
 
 def _operator_bytes(operators, low_operators) -> int:

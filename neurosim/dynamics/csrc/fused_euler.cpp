@@ -482,6 +482,8 @@ constexpr bool HAS_BF16 = false;
 //   dts: K step sizes; scratch: (threads + 1) x B x (sum n); records: R x (source 0 u / 1 r, every, M,
 //   address of M int64 columns, address of the output, records x B x M); check: stop
 //   after a step that made a potential non-finite (else run all K steps);
+//   packed: P addresses (0: none) of the bfloat16 operators already packed (pack_pairs over
+//   all n neurons, rows of padded(n) pairs; neurosim_pack_bf16), else each call packs them;
 //   by_samples: the threads share the samples instead of the neurons (modes 1 to 3 only,
 //   each product then of this thread's samples and all neurons, with the sums in the same
 //   order): each thread steps its own samples, in tiles of SAMPLE_TILE, with no barrier
@@ -495,15 +497,16 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
             const int64_t* currents, const int64_t* current_rows, const int64_t* step_currents,
             const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc,
             int64_t R, const int64_t* records, int64_t step0, int threads, int check,
-            int by_samples) {
+            const int64_t* packed_weights, int by_samples) {
   constexpr int64_t NL = 9, NP = 6;      // layout and params per population
   std::vector<const T*> W(P, nullptr), I(P, nullptr), D(P, nullptr);
-  std::vector<const uint32_t*> LW(P, nullptr);
+  std::vector<const uint32_t*> LW(P, nullptr), PK(P, nullptr);
   std::vector<int64_t> Irows(P, 0), Drows(P, 0), off(P, 0);
   int64_t total = 0, low_sources = 0;
   for (int64_t p = 0; p < P; ++p) {
     W[p] = reinterpret_cast<const T*>(weights[p]);
     LW[p] = reinterpret_cast<const uint32_t*>(low_weights[p]);
+    PK[p] = reinterpret_cast<const uint32_t*>(packed_weights[p]);
     if (LW[p]) low_sources = std::max(low_sources, lay[p * NL + 8]);
     I[p] = reinterpret_cast<const T*>(currents[p]);
     Irows[p] = current_rows[p];
@@ -517,7 +520,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
   // by samples, one packing of each bfloat16 operator that all threads read (all neurons)
   std::vector<std::vector<uint32_t>> shared(by_samples ? P : 0);
   for (int64_t p = 0; p < (by_samples ? P : 0); ++p)
-    if (LW[p]) shared[p].resize((lay[p * NL + 8] + 1) / 2 * padded(lay[p * NL + 1]));
+    if (LW[p] && !PK[p]) shared[p].resize((lay[p * NL + 8] + 1) / 2 * padded(lay[p * NL + 1]));
   std::vector<int64_t> written(R, 0);
   int64_t done = K;
   int finite = 1;
@@ -589,8 +592,10 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       if constexpr (std::is_same_v<T, float>) {
         if (LW[p] && hi > lo) {
           to_bf16_pairs(Rr + t0 * ldr + L[7], ldr, t1 - t0, L[8], pairs.data());
-          const uint32_t* kp = by_samples ? shared[p].data() : packed[p].data();
-          const int64_t w = padded(hi - lo);
+          // packed beforehand: all neurons in rows of padded(n), this thread's from column lo
+          const uint32_t* kp = PK[p] ? PK[p] + lo
+                               : by_samples ? shared[p].data() : packed[p].data();
+          const int64_t w = PK[p] ? padded(n) : padded(hi - lo);
           T* out = a + t0 * total + lo;
           if (W[p] && L[6] != 0)
             bf16_gemm<true>(kp, L[8], w, pairs.data(), t1 - t0, 0, hi - lo, out, total);
@@ -683,7 +688,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     }
 #ifdef __AVX512BF16__
     for (int64_t p = 0; p < P; ++p)
-      if (LW[p]) {
+      if (LW[p] && !PK[p]) {
         const int64_t S2 = (lay[p * NL + 8] + 1) / 2, n = lay[p * NL + 1];
         if (by_samples) {               // this thread's 16-column blocks of the shared packing
           const int64_t share = ((n + nt - 1) / nt + 15) / 16 * 16;
@@ -792,14 +797,33 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
                const int64_t* current_rows, const int64_t* step_currents,                   \
                const int64_t* step_rows, int64_t K, const double* dts, int jacobi,          \
                T* scratch, int64_t R, const int64_t* records, int64_t step0, int threads,   \
-               int check, int by_samples) {                                                 \
+               int check, const int64_t* packed, int by_samples) {                          \
     return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, low_weights, currents,    \
                   current_rows, step_currents, step_rows, K, dts, jacobi, scratch, R,       \
-                  records, step0, threads, check, by_samples);                              \
+                  records, step0, threads, check, packed, by_samples);                      \
   }
 
 extern "C" {
 NEUROSIM_EULER(neurosim_euler_f32, float)
 NEUROSIM_EULER(neurosim_euler_f64, double)
 int neurosim_bfloat16() { return HAS_BF16 ? 1 : 0; }
+
+// a row-major n x S bfloat16 operator W packed as the loop reads it: (S + 1) / 2 rows of
+// padded(n) pairs (pack_pairs over all neurons, the padding zero), threads sharing the
+// 16-neuron blocks; 0 when this build has no bfloat16 products
+int neurosim_pack_bf16(const uint16_t* w, int64_t S, int64_t n, uint32_t* kp, int threads) {
+#ifdef __AVX512BF16__
+  const int64_t blocks = (n + 15) / 16, w_pad = padded(n);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t lo = blk * 16, hi = std::min(n, lo + 16);
+    pack_pairs(w, S, lo, hi, kp + lo, w_pad);
+  }
+  zero_columns(kp, (S + 1) / 2, n, w_pad);
+  return 1;
+#else
+  (void)w; (void)S; (void)n; (void)kp; (void)threads;
+  return 0;
+#endif
+}
 }  // extern "C"
