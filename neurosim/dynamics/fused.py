@@ -229,7 +229,32 @@ def threads() -> int:
 
 def _activation_code(slot) -> tuple[int, float, float] | None:
     """(code, a, b) of a built-in activation the loop computes (clip's [a, b], leaky_relu's
-    slope a, from the activation's unrounded ``params``), or None."""
+    slope a, from the activation's unrounded ``params``), or None. Slots are fixed once
+    compiled: the answer is kept per slot."""
+    found = _ACTIVATION_CODES.get(id(slot))
+    if found is not None and found[0]() is slot:
+        return found[1]
+    code = _find_activation_code(slot)
+    _ACTIVATION_CODES[id(slot)] = (weakref.ref(slot), code)
+    weakref.finalize(slot, _ACTIVATION_CODES.pop, id(slot), None)
+    return code
+
+
+_ACTIVATION_CODES: dict = {}
+
+
+def _slot_keys(name: str) -> tuple:
+    """The operator keys LowPrecision(name) and Diagonal(name), made once per name."""
+    keys = _SLOT_KEYS.get(name)
+    if keys is None:
+        keys = _SLOT_KEYS[name] = (LowPrecision(name), Diagonal(name))
+    return keys
+
+
+_SLOT_KEYS: dict = {}
+
+
+def _find_activation_code(slot) -> tuple[int, float, float] | None:
     activation = slot.activation
     if activation is None or slot.activate is not activation.forward or \
             getattr(activation.forward, "__module__", "") != "neurosim.graph.activations":
@@ -320,9 +345,10 @@ class FusedStepper:
             kt = dynamics.operators.get(slot.name)
             src = slot.source_cols if kt is not None else None
             operator, mode = _operator(kt, blocked)
-            low = dynamics.operators.get(LowPrecision(slot.name))
+            low_key, diagonal_key = _slot_keys(slot.name)
+            low = dynamics.operators.get(low_key)
             low_src = slot.low_cols if low is not None else None
-            diagonal = dynamics.operators.get(Diagonal(slot.name))
+            diagonal = dynamics.operators.get(diagonal_key)
             layout.append([slot.u_cols.start, slot.size, slot.r_cols.start,
                            src.start if src is not None else 0,
                            src.stop - src.start if src is not None else 0, code, mode,
@@ -349,10 +375,11 @@ class FusedStepper:
             _int64s(t.data_ptr() if t is not None else 0 for t in table)
             for table in (self.weights, self.low_weights, self.currents, self.packed))
         self.rows = _int64s(self.current_rows)
-        self.scratch = torch.empty(0, dtype=state.u.dtype, device="cpu")
         # operators that fit in a core's L2 cache: in a blocked batch the threads share the
         # samples (each reads every operator, with no barrier between steps)
-        self.by_samples = samples_shared(dynamics, state.u.shape[0])
+        self.by_samples = blocked and _operator_bytes(
+            self.weights, [None if w is None else w.mT for w in self.low_weights]) <= \
+            SAMPLE_SPLIT_CACHE * l2_bytes()
 
     @property
     def layout(self) -> torch.Tensor:
@@ -389,14 +416,18 @@ class FusedStepper:
                                     columns.data_ptr(), buffer.data_ptr()))
         steps = _float64s(dts)
         count = threads()
-        if self.scratch.numel() < (count + 1) * state.u.numel():   # products, partial sums
-            self.scratch = torch.empty((count + 1) * state.u.numel(), dtype=state.u.dtype,
-                                       device="cpu")
+        # products and partial sums, in a buffer that the network's steppers share (one
+        # runs at a time)
+        scratches = self.dynamics.net.__dict__.setdefault("_fused_scratch", {})
+        scratch = scratches.get(state.u.dtype)
+        if scratch is None or scratch.numel() < (count + 1) * state.u.numel():
+            scratch = scratches[state.u.dtype] = torch.empty(
+                (count + 1) * state.u.numel(), dtype=state.u.dtype, device="cpu")
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self._layout, self.params,
                        self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.rows,
                        step_ptrs, step_rows, len(dts), steps, int(self.jacobi),
-                       self.scratch.data_ptr(), len(probes), records, step0, count,
+                       scratch.data_ptr(), len(probes), records, step0, count,
                        int(check), self.packed_ptrs, int(self.by_samples))
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
