@@ -254,6 +254,44 @@ def test_threads_sharing_samples_repeat_threads_sharing_neurons_bit_for_bit(
     assert rec_s["hidden/soma/u"].shape == (121, batch, 3)
 
 
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+@pytest.mark.parametrize("batch", [9, 20, 53])
+def test_unchecked_solves_step_tiles_of_samples_through_every_step(monkeypatch, threads,
+                                                                   solver, batch):
+    """Without a non-finite check (the protocols' phases) each tile of samples runs through
+    all steps of a call, the tiles handed out as threads come free: the same state and the
+    same records, bit for bit, as the threads sharing the neurons, step by step."""
+    from neurosim.solvers import Probe, get_solver, make_schedule, solve
+    text = model(solver=solver, batch=batch, narrow=13, dtype="float32",
+                 inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
+    results = {}
+    for split, share, check in (("tiles", fused.SAMPLE_SPLIT_CACHE, 0),
+                                ("steps", fused.SAMPLE_SPLIT_CACHE, 1), ("neurons", 0.0, 0)):
+        monkeypatch.setattr(fused, "SAMPLE_SPLIT_CACHE", share)
+        seen = []
+        probes = [Probe("u", torch.tensor([0, 7, 39]), 1,
+                        lambda steps, times, values: seen.append(("u", steps, values.clone()))),
+                  Probe("r", torch.tensor([41, 44]), 4,
+                        lambda steps, times, values: seen.append(("r", steps, values.clone())))]
+        with fused.mode("require"), torch.inference_mode():
+            sim = Simulation.from_model_text(text)
+            for stop in (37, 150):                  # two calls, the second from step 37
+                stats = solve(sim.dynamics(), sim.state, solver=get_solver(solver),
+                              schedule=make_schedule(0.05), n_steps=stop, step0=sim.step,
+                              check_finite_every=check, probes=probes)
+                sim.step = stats.steps
+        results[split] = (sim.state.u.clone(), seen)
+    for split in ("steps", "neurons"):
+        assert torch.equal(results["tiles"][0], results[split][0])
+        assert len(results["tiles"][1]) == len(results[split][1]) > 0
+        for (src_a, steps_a, a), (src_b, steps_b, b) in zip(results["tiles"][1],
+                                                            results[split][1]):
+            assert (src_a, steps_a) == (src_b, steps_b)
+            assert torch.equal(a, b)
+    steps_r = [s for src, steps, _ in results["tiles"][1] if src == "r" for s in steps]
+    assert steps_r == list(range(4, 151, 4))
+
+
 def test_divergence_with_threads_sharing_samples(threads):
     """A potential that becomes non-finite in one thread's samples stops every thread after
     the same step, as on the eager path."""

@@ -671,9 +671,10 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         ++out_index[m];
       }
     };
+    std::vector<int64_t> at(R, 0);      // record indices (tiles through all steps)
     // this thread's samples (by samples) or all of them
     const int64_t b0 = by_samples ? B * id / nt : 0, b1 = by_samples ? B * (id + 1) / nt : B;
-    if (jacobi) {                       // r = sigma(u) first, as the eager step's rhs does
+    if (jacobi && !(by_samples && !check)) {   // r = sigma(u) first, as the eager step's rhs
       for (int64_t p = 0; p < P; ++p) {
         const int64_t* L = lay + p * NL;
         const double* Q = par + p * NP;
@@ -712,7 +713,49 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
 #pragma omp barrier
     }
 #endif
-    if (by_samples) {
+    if (by_samples && !check) {
+      // tiles of samples, each through all K steps (its state stays in this core's caches),
+      // handed out as the threads come free
+      // tiles of 20, 15, 10 or 5 samples (whole register blocks): the largest of those
+      // that leave the busiest thread the fewest samples
+      int64_t tile = 20, most = B + 20;
+      for (int64_t size = 20; size >= 5; size -= 5) {
+        const int64_t count = (B + size - 1) / size, load = (count + nt - 1) / nt * size;
+        if (load < most) tile = size, most = load;
+      }
+      const int64_t tiles = (B + tile - 1) / tile;
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t t0 = t * tile, t1 = std::min(B, t0 + tile);
+        if (jacobi)                   // r = sigma(u) first, as the eager step's rhs does
+          for (int64_t p = 0; p < P; ++p) {
+            const double* Q = par + p * NP;
+            for (int64_t b = t0; b < t1; ++b)
+              activate_range<T>(lay[p * NL + 5], U + b * ldu + lay[p * NL],
+                                Rr + b * ldr + lay[p * NL + 2], 0, lay[p * NL + 1], T(Q[3]),
+                                T(Q[4]));
+          }
+        int ok = 1;
+        for (int64_t k = 0; k < K; ++k) {
+          if (jacobi) {
+            for (int64_t p = 0; p < P; ++p)
+              if (W[p] || LW[p]) product(p, t0, t1);
+            for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
+          } else {
+            for (int64_t p = 0; p < P; ++p) {
+              if (W[p] || LW[p]) product(p, t0, t1);
+              update(p, k, ok, t0, t1);
+            }
+          }
+          // this step's records: those due at steps step0 + 1 .. step0 + k + 1, less one
+          for (int64_t m = 0; m < R; ++m) {
+            const int64_t every = records[m * 5 + 1];
+            at[m] = (step0 + k + 1) / every - step0 / every - 1;
+          }
+          record(k, t0, t1, at);
+        }
+      }
+    } else if (by_samples) {
       // each thread its own samples, tile by tile, every population in turn; a barrier per
       // step only to stop all threads after the same step when a potential became non-finite
       std::vector<int64_t> mine(R, 0);
