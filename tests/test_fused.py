@@ -292,6 +292,33 @@ def test_unchecked_solves_step_tiles_of_samples_through_every_step(monkeypatch, 
     assert steps_r == list(range(4, 151, 4))
 
 
+@pytest.mark.parametrize("batch", [1, 20])
+@pytest.mark.parametrize("check", [0, 1])
+def test_products_of_silent_sources_are_skipped_at_the_first_step(threads, batch, check):
+    """A phase that starts at rest (u = 0, so r = 0 for tanh and relu) skips, at its first
+    Gauss-Seidel step, the products whose sources are all still silent (hidden's, from
+    hidden, top and inh; not top's, whose source hidden has just stepped), as the eager
+    step does: they are zero, so the state is the same bit for bit."""
+    from neurosim.solvers import get_solver, make_schedule, solve
+    text = model(hidden="tanh", solver="gs-euler", batch=batch,
+                 inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
+    finals = {}
+    for at_rest in (True, False):
+        with fused.mode("require"), torch.inference_mode():
+            sim = Simulation.from_model_text(text)
+            net = sim.net
+            dynamics = net.phase(net.build_operators(), sim.inputs, at_rest=at_rest)
+            stepper = fused.stepper(dynamics, sim.state, get_solver("gs-euler"))[0]
+            flags = stepper._silent()
+            assert (list(flags) if at_rest else flags) == ([1, 0, 0] if at_rest else None)
+            solve(dynamics, sim.state, solver=get_solver("gs-euler"),
+                  schedule=make_schedule(0.05), n_steps=40, check_finite_every=check)
+            assert not dynamics.silent                   # the first step woke them
+            finals[at_rest] = sim.state.u.clone()
+    assert torch.equal(finals[True], finals[False])
+    assert float(finals[True].abs().max()) > 0.05
+
+
 def test_divergence_with_threads_sharing_samples(threads):
     """A potential that becomes non-finite in one thread's samples stops every thread after
     the same step, as on the eager path."""

@@ -195,7 +195,7 @@ def _load(path: Path) -> ctypes.CDLL:
         fn.restype = i64
         fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, ptr,
                        i64, f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int,
-                       ptr, ctypes.c_int]
+                       ptr, ptr, ctypes.c_int]
     lib.neurosim_bfloat16.restype = ctypes.c_int
     lib.neurosim_bfloat16.argtypes = []
     lib.neurosim_pack_bf16.restype = ctypes.c_int
@@ -386,6 +386,19 @@ class FusedStepper:
         """The loop's layout, one row per population (u0 n r0 s0 S activation mode ls0 lS)."""
         return torch.tensor(list(self._layout), dtype=torch.int64).reshape(-1, 9)
 
+    def _silent(self):
+        """Per population, whether its products are zero at the call's first step, as the
+        eager Gauss-Seidel step skips them: every source silent at rest and not yet
+        updated in that step (None: nothing to skip)."""
+        silent = self.dynamics.silent
+        if not silent or self.jacobi:
+            return None
+        remaining, flags = set(silent), []
+        for slot in self.dynamics.slots:
+            flags.append(int(bool(remaining) and self.dynamics.sources[slot.name] <= remaining))
+            remaining.discard(slot.name)
+        return _int64s(flags) if any(flags) else None
+
     def advance(self, state, dts: list[float], step0: int, probes=(), *,
                 check: bool = True, stimuli=None) -> int:
         """Take ``len(dts)`` steps from step ``step0``; ``probes``: (source, columns, every,
@@ -428,7 +441,7 @@ class FusedStepper:
                        self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.rows,
                        step_ptrs, step_rows, len(dts), steps, int(self.jacobi),
                        scratch.data_ptr(), len(probes), records, step0, count,
-                       int(check), self.packed_ptrs, int(self.by_samples))
+                       int(check), self.packed_ptrs, self._silent(), int(self.by_samples))
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
         return int(done)
@@ -569,7 +582,7 @@ class _MemberPhase:
         def own(value):
             return value[member] if isinstance(value, torch.Tensor) and value.dim() == 3 \
                 else value
-        self.net, self.slots = dynamics.net, dynamics.slots
+        self.net, self.slots, self.sources = dynamics.net, dynamics.slots, dynamics.sources
         self.operators = {key: own(value) for key, value in dynamics.operators.items()}
         self.currents = {key: own(value) for key, value in dynamics.currents.items()}
         self.rhs_evals, self.silent = 0, set()
@@ -591,6 +604,8 @@ class EnsembleStepper:
         if probes or stimuli:
             raise SimulationError("the loop does not record or drive ensembles; run them on "
                                   "the eager path (NEUROSIM_FUSED=off)")
+        for member in self.members:           # silent at rest: as the whole phase
+            member.dynamics.silent = set(self.dynamics.silent)
         done = min(member.advance(_member_state(state, m), dts, step0, check=check)
                    for m, member in enumerate(self.members))
         self.dynamics.rhs_evals += done

@@ -484,6 +484,8 @@ constexpr bool HAS_BF16 = false;
 //   after a step that made a potential non-finite (else run all K steps);
 //   packed: P addresses (0: none) of the bfloat16 operators already packed (pack_pairs over
 //   all n neurons, rows of padded(n) pairs; neurosim_pack_bf16), else each call packs them;
+//   silent: P flags (or none): at the call's first step the products of population p are
+//   exactly zero (its sources are silent at rest: sigma(0) = 0) and are skipped;
 //   by_samples: the threads share the samples instead of the neurons (modes 1 to 3 only,
 //   each product then of this thread's samples and all neurons, with the sums in the same
 //   order): each thread steps its own samples, in tiles of SAMPLE_TILE, with no barrier
@@ -497,7 +499,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
             const int64_t* currents, const int64_t* current_rows, const int64_t* step_currents,
             const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc,
             int64_t R, const int64_t* records, int64_t step0, int threads, int check,
-            const int64_t* packed_weights, int by_samples) {
+            const int64_t* packed_weights, const int64_t* silent, int by_samples) {
   constexpr int64_t NL = 9, NP = 6;      // layout and params per population
   std::vector<const T*> W(P, nullptr), I(P, nullptr), D(P, nullptr);
   std::vector<const uint32_t*> LW(P, nullptr), PK(P, nullptr);
@@ -605,6 +607,8 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       }
 #endif
     };
+    // whether population p's products are skipped at step k (zero: silent sources)
+    auto quiet = [&](int64_t p, int64_t k) { return k == 0 && silent && silent[p]; };
     // u_p <- (1 - h d) u_p + h (acc_p + I_p); r_p <- sigma(u_p), this thread's neurons of
     // samples [t0, t1) (by samples: every neuron)
     auto update = [&](int64_t p, int64_t k, int& ok, int64_t t0, int64_t t1) {
@@ -615,8 +619,9 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       const double step = Q[2] >= 0 ? Q[2] : step_dt * Q[1];
       const T h = T(step), keep = T(1.0 - step * Q[0]), a = T(Q[3]), c = T(Q[4]),
               self = T(Q[5]);
-      const bool in_acc = (W[p] && L[6] != 0) || LW[p];     // acc holds the product
-      const bool parts = W[p] && L[6] == 0;                   // partial sums per thread
+      const bool none = quiet(p, k);                          // no product this step
+      const bool in_acc = !none && ((W[p] && L[6] != 0) || LW[p]);   // acc holds the product
+      const bool parts = !none && W[p] && L[6] == 0;          // partial sums per thread
       const auto [lo, hi] = by_samples ? std::make_pair(int64_t(0), n) : range(p);
       // drive = ((sum of partial sums) + acc + c r_p) + I + I_k, then u <- keep u + h drive;
       // simple loops over this thread's neurons, which the compiler vectorises
@@ -739,11 +744,11 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         for (int64_t k = 0; k < K; ++k) {
           if (jacobi) {
             for (int64_t p = 0; p < P; ++p)
-              if (W[p] || LW[p]) product(p, t0, t1);
+              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
             for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
           } else {
             for (int64_t p = 0; p < P; ++p) {
-              if (W[p] || LW[p]) product(p, t0, t1);
+              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
               update(p, k, ok, t0, t1);
             }
           }
@@ -765,11 +770,11 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
           const int64_t t1 = std::min(b1, t0 + SAMPLE_TILE);
           if (jacobi) {
             for (int64_t p = 0; p < P; ++p)
-              if (W[p] || LW[p]) product(p, t0, t1);
+              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
             for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
           } else {
             for (int64_t p = 0; p < P; ++p) {
-              if (W[p] || LW[p]) product(p, t0, t1);
+              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
               update(p, k, ok, t0, t1);
             }
           }
@@ -794,12 +799,12 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         int ok = 1;
         if (jacobi) {
           for (int64_t p = 0; p < P; ++p)
-            if (W[p] || LW[p]) product(p, 0, B);
+            if ((W[p] || LW[p]) && !quiet(p, k)) product(p, 0, B);
 #pragma omp barrier
           for (int64_t p = 0; p < P; ++p) update(p, k, ok, 0, B);
         } else {
           for (int64_t p = 0; p < P; ++p) {
-            if (W[p] || LW[p]) product(p, 0, B);
+            if ((W[p] || LW[p]) && !quiet(p, k)) product(p, 0, B);
 #pragma omp barrier
             update(p, k, ok, 0, B);
             if (p + 1 < P) {
@@ -840,10 +845,10 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
                const int64_t* current_rows, const int64_t* step_currents,                   \
                const int64_t* step_rows, int64_t K, const double* dts, int jacobi,          \
                T* scratch, int64_t R, const int64_t* records, int64_t step0, int threads,   \
-               int check, const int64_t* packed, int by_samples) {                          \
+               int check, const int64_t* packed, const int64_t* silent, int by_samples) {   \
     return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, low_weights, currents,    \
                   current_rows, step_currents, step_rows, K, dts, jacobi, scratch, R,       \
-                  records, step0, threads, check, packed, by_samples);                      \
+                  records, step0, threads, check, packed, silent, by_samples);              \
   }
 
 extern "C" {
