@@ -15,8 +15,13 @@ the neurons, or for batches up to :data:`PANEL_BATCH` the sources of a row-major
 with a barrier between phases; larger batches multiply in register blocks of samples and
 neurons, as a GEMM kernel does, without the thread start-up of one BLAS call per step; when
 every operator fits in :data:`SAMPLE_SPLIT_CACHE` of a core's L2 cache, the threads share the
-samples of such a batch instead: each steps its own, with no barrier between steps, and the
-sums run in the same order, so the results are the same bit for bit). It
+samples of such a batch instead: each steps its own, with no barrier between steps (without
+a non-finite check, as in the protocols' phases, whole tiles of samples run through every
+step of a call), and the sums run in the same order, so the results are the same bit for
+bit). A bfloat16 operator that :meth:`CompiledNetwork.build_operators` wrote is packed for
+the loop once per build (every phase of that build reads it), and a phase that starts at
+rest skips, at its first Gauss-Seidel step, the products of sources still silent, as the
+eager step does. It
 also copies monitored columns of ``u`` or ``r`` into a buffer at each due step
 (:class:`neurosim.solvers.Probe`), so recording adds no work per step either. Numerics are
 those of the eager path up to float rounding: the sums run in another order, which depends

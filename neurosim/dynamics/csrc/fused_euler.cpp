@@ -488,9 +488,11 @@ constexpr bool HAS_BF16 = false;
 //   exactly zero (its sources are silent at rest: sigma(0) = 0) and are skipped;
 //   by_samples: the threads share the samples instead of the neurons (modes 1 to 3 only,
 //   each product then of this thread's samples and all neurons, with the sums in the same
-//   order): each thread steps its own samples, in tiles of SAMPLE_TILE, with no barrier
-//   between steps and no cache line that another thread writes; for operators that fit in
-//   a core's L2 cache (each thread reads all of them).
+//   order), for operators that fit in a core's L2 cache (each thread reads all of them), with
+//   no barrier between steps and no cache line that another thread writes. Without check,
+//   tiles of 5 to 20 samples each run through all K steps (their state stays in the core's
+//   caches), handed out as threads come free; with check, each thread steps its own samples
+//   in tiles of SAMPLE_TILE, one barrier per step, so that all stop after the same step.
 constexpr int64_t SAMPLE_TILE = 20;
 
 template <typename T>
