@@ -180,6 +180,32 @@ needs_fused_bfloat16 = pytest.mark.skipif(not _fused_bfloat16(),
                                                  "(a CPU without AVX512-BF16)")
 
 
+@needs_fused_bfloat16
+@pytest.mark.parametrize("batch", [4, 20])
+def test_ensemble_members_on_the_loop_use_their_packed_operators_exactly(batch):
+    """Each member of an ensemble gets its own bfloat16 operator packed once per build, and
+    its phase on the loop is its separate run's, bit for bit."""
+    x, y = inputs(batch=batch)
+    run = dict(solver=get_solver("gs-euler"), schedule=ConstantStep(0.05), n_steps=30)
+    ensemble = CompiledNetwork.stacked([corinfomax("bfloat16", seed=s) for s in (1, 2)])
+    ops_ = ensemble.build_operators()
+    state = ensemble.zero_state(batch)
+    ensemble.clamp_inputs(state, {"x": x})
+    dynamics = ensemble.phase(ops_, {"x": x}, at_rest=True)
+    with fused.mode("require"):
+        solve(dynamics, state, **run)
+        stepper = fused.stepper(dynamics, state, run["solver"])[0]
+    packed = [member.packed[0] for member in stepper.members]
+    assert all(p is not None for p in packed) and packed[0] is not packed[1]
+    for m, seed in enumerate((1, 2)):
+        net = corinfomax("bfloat16", seed=seed)
+        alone = net.zero_state(batch)
+        net.clamp_inputs(alone, {"x": x})
+        with fused.mode("require"):
+            solve(net.phase(net.build_operators(), {"x": x}, at_rest=True), alone, **run)
+        assert torch.equal(state.u[m], alone.u)
+
+
 def small_network(batch_seed=0):
     """x (5) -> h (37, sigmoid: a bfloat16 recurrent projection and an identity autapse,
     applied elementwise) <- top (10, full precision, row-major blocks)."""

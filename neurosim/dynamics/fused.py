@@ -366,7 +366,10 @@ class FusedStepper:
             # the loop reads the bfloat16 operator's rows W_p^low = (KT_p^low)^T (built so)
             self.low_weights.append(None if low is None else low.mT.contiguous())
             self.packed.append(None if low is None else
-                               _packed(dynamics.net, low, self.low_weights[-1], lib))
+                               _packed(dynamics.net, low, self.low_weights[-1], lib)
+                               if not hasattr(dynamics, "member_of") else
+                               _packed(dynamics.net, dynamics.member_of[0][low_key],
+                                       self.low_weights[-1], lib, dynamics.member_of[1]))
             current = dynamics.currents.get(slot.name)
             if current is not None:
                 current = current.to(state.u.dtype).reshape(-1, slot.size).contiguous()
@@ -452,18 +455,20 @@ class FusedStepper:
         return int(done)
 
 
-def _packed(net, operator: torch.Tensor, rows: torch.Tensor, lib) -> torch.Tensor | None:
+def _packed(net, operator: torch.Tensor, rows: torch.Tensor, lib,
+            member: int | None = None) -> torch.Tensor | None:
     """The bfloat16 operator ``operator`` (KT_p^low; ``rows`` = its rows W_p^low, n x
-    sources) packed as the loop reads it (pairs of sources interleaved per neuron,
-    ``neurosim_pack_bf16``), once per build: the network's ``low_stamps`` tell when
-    :meth:`CompiledNetwork.build_operators` last wrote it. None (the loop packs it at each
-    call) for an operator that it did not build (e.g. a member's view in an ensemble)."""
+    sources, of ensemble member ``member`` when given) packed as the loop reads it (pairs of
+    sources interleaved per neuron, ``neurosim_pack_bf16``), once per build: the network's
+    ``low_stamps`` tell when :meth:`CompiledNetwork.build_operators` last wrote it. None
+    (the loop packs it at each call) for an operator that it did not build."""
     entry = net.low_stamps.get(id(operator))
     if entry is None or entry[0]() is not operator or rows.dim() != 2:
         return None
     stamp = entry[1]
     cache = net.__dict__.setdefault("_packed_low", {})
-    found = cache.get(id(operator))
+    key = (id(operator), member)
+    found = cache.get(key)
     if found is not None and found[0]() is operator and found[1] == stamp:
         return found[2]
     n, sources = rows.shape
@@ -474,7 +479,7 @@ def _packed(net, operator: torch.Tensor, rows: torch.Tensor, lib) -> torch.Tenso
         return None
     for key in [key for key, value in cache.items() if value[0]() is None]:
         del cache[key]
-    cache[id(operator)] = (weakref.ref(operator), stamp, buffer)
+    cache[key] = (weakref.ref(operator), stamp, buffer)
     return buffer
 
 
@@ -588,6 +593,7 @@ class _MemberPhase:
             return value[member] if isinstance(value, torch.Tensor) and value.dim() == 3 \
                 else value
         self.net, self.slots, self.sources = dynamics.net, dynamics.slots, dynamics.sources
+        self.member_of = (dynamics.operators, member)     # the whole phase's operators
         self.operators = {key: own(value) for key, value in dynamics.operators.items()}
         self.currents = {key: own(value) for key, value in dynamics.currents.items()}
         self.rhs_evals, self.silent = 0, set()
