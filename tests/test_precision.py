@@ -206,6 +206,24 @@ def test_ensemble_members_on_the_loop_use_their_packed_operators_exactly(batch):
         assert torch.equal(state.u[m], alone.u)
 
 
+@needs_fused_bfloat16
+@pytest.mark.parametrize("n, sources", [(37, 37), (40, 33), (16, 32), (500, 500)])
+def test_packed_pairs_interleave_the_sources_of_each_neuron(n, sources):
+    """neurosim_pack_bf16 (16 x 16 tiles transposed in registers, the edges one by one):
+    row i holds, per neuron j, the pair (W[j, 2i], W[j, 2i + 1]) (0 past the last source),
+    neurons padded to 16 with zeros."""
+    lib = fused.library()
+    g = torch.Generator().manual_seed(n + sources)
+    rows = torch.randn(n, sources, generator=g).bfloat16()
+    width = (n + 15) // 16 * 16
+    packed = torch.full(((sources + 1) // 2, width), -1, dtype=torch.int32)
+    assert lib.neurosim_pack_bf16(rows.data_ptr(), sources, n, packed.data_ptr(), 2)
+    even = torch.nn.functional.pad(rows, (0, sources % 2)).view(torch.int16).to(torch.int32)
+    expected = torch.zeros_like(packed)
+    expected[:, :n] = ((even[:, 0::2] & 0xFFFF) | (even[:, 1::2] << 16)).T
+    assert torch.equal(packed, expected)
+
+
 def small_network(batch_seed=0):
     """x (5) -> h (37, sigmoid: a bfloat16 recurrent projection and an identity autapse,
     applied elementwise) <- top (10, full precision, row-major blocks)."""

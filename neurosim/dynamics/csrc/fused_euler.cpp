@@ -386,6 +386,30 @@ inline void bf16_rows(const uint32_t* kp, int64_t S2, int64_t n, const uint32_t*
 // zero_columns, lets products load whole vectors). A pair of one neuron is two neighbours in
 // its row of W: the packing is a transpose of 32-bit pairs, done in 16 x 16 tiles (one cache
 // line read and written per row of a tile).
+// a 16 x 16 matrix of 32-bit words, one row per register, transposed in place
+inline void transpose16(__m512i* r) {
+  __m512i t[16], u[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+    u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+    u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int k = 0; k < 2; ++k)
+    for (int m = 0; m < 4; ++m) {
+      t[8 * k + m] = _mm512_shuffle_i32x4(u[8 * k + m], u[8 * k + 4 + m], 0x88);
+      t[8 * k + 4 + m] = _mm512_shuffle_i32x4(u[8 * k + m], u[8 * k + 4 + m], 0xdd);
+    }
+  for (int m = 0; m < 8; ++m) {
+    r[m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0x88);
+    r[8 + m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0xdd);
+  }
+}
+
 inline void pack_pairs(const uint16_t* wt, int64_t S, int64_t lo, int64_t hi, uint32_t* kp,
                        int64_t w) {
   const int64_t real = hi - lo, S2 = (S + 1) / 2;
@@ -393,6 +417,14 @@ inline void pack_pairs(const uint16_t* wt, int64_t S, int64_t lo, int64_t hi, ui
     const int64_t j1 = std::min(j0 + 16, real);
     for (int64_t i0 = 0; i0 < S2; i0 += 16) {
       const int64_t i1 = std::min(i0 + 16, S2);
+      if (j1 - j0 == 16 && i1 - i0 == 16 && 2 * i1 <= S) {    // a whole tile: transposed
+        __m512i r[16];                                        // in registers
+        for (int j = 0; j < 16; ++j)
+          r[j] = _mm512_loadu_si512(wt + (lo + j0 + j) * S + 2 * i0);
+        transpose16(r);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(kp + (i0 + i) * w + j0, r[i]);
+        continue;
+      }
       for (int64_t j = j0; j < j1; ++j) {
         const uint16_t* row = wt + (lo + j) * S;
         for (int64_t i = i0; i < i1; ++i) {
