@@ -319,19 +319,6 @@ def test_products_of_silent_sources_are_skipped_at_the_first_step(threads, batch
     assert float(finals[True].abs().max()) > 0.05
 
 
-def test_divergence_with_threads_sharing_samples(threads):
-    """A potential that becomes non-finite in one thread's samples stops every thread after
-    the same step, as on the eager path."""
-    text = model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5, n_steps=2000,
-                 batch=23, inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
-    errors = {}
-    for mode in ("off", "require"):
-        with pytest.raises(SimulationError, match="non-finite soma potential") as caught:
-            run(text, mode)
-        errors[mode] = str(caught.value)
-    assert errors["off"] == errors["require"]
-
-
 @pytest.mark.parametrize("solver", ["euler", "gs-euler"])
 @pytest.mark.parametrize("batch", [2, 20])
 def test_ensembles_run_member_by_member(threads, solver, batch):
@@ -431,8 +418,12 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     assert torch.equal(second.state.u, whole.state.u)
 
 
-def test_divergence_is_reported_at_the_same_step():
-    text = model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5, n_steps=2000)
+@pytest.mark.parametrize("batch", [1, 23])
+def test_divergence_is_reported_at_the_same_step(threads, batch):
+    """As on the eager path; with 23 samples the threads share them, and a potential that
+    becomes non-finite in one thread's samples stops every thread after the same step."""
+    text = model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5, n_steps=2000,
+                 batch=batch, inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
     errors = {}
     for mode in ("off", "require"):
         with pytest.raises(SimulationError, match="non-finite soma potential") as caught:

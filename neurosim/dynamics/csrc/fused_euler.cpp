@@ -710,6 +710,35 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
         ++out_index[m];
       }
     };
+    // a potential of this thread became non-finite (ok == 0): flag it for all threads
+    auto flag = [&](int ok) {
+      if (!ok) {
+#pragma omp atomic write
+        finite = 0;
+      }
+    };
+    // after the barrier that follows step k: whether to stop there (thread 0 notes the steps
+    // taken)
+    auto stopped = [&](int64_t k) {
+      int go;
+#pragma omp atomic read
+      go = finite;
+      if (!go && id == 0) done = k + 1;
+      return !go;
+    };
+    // step k of samples [t0, t1), every neuron (threads sharing the samples)
+    auto step_tile = [&](int64_t k, int& ok, int64_t t0, int64_t t1) {
+      if (jacobi) {
+        for (int64_t p = 0; p < P; ++p)
+          if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
+        for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
+        return;
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
+        update(p, k, ok, t0, t1);
+      }
+    };
     std::vector<int64_t> at(R, 0);      // record indices (tiles through all steps)
     // this thread's samples (by samples) or all of them
     const int64_t b0 = by_samples ? B * id / nt : 0, b1 = by_samples ? B * (id + 1) / nt : B;
@@ -776,16 +805,7 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
           }
         int ok = 1;
         for (int64_t k = 0; k < K; ++k) {
-          if (jacobi) {
-            for (int64_t p = 0; p < P; ++p)
-              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
-            for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
-          } else {
-            for (int64_t p = 0; p < P; ++p) {
-              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
-              update(p, k, ok, t0, t1);
-            }
-          }
+          step_tile(k, ok, t0, t1);
           // this step's records: those due at steps step0 + 1 .. step0 + k + 1, less one
           for (int64_t m = 0; m < R; ++m) {
             const int64_t every = records[m * 5 + 1];
@@ -801,32 +821,13 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
       for (int64_t k = 0; k < K; ++k) {
         int ok = 1;
         for (int64_t t0 = b0; t0 < b1; t0 += SAMPLE_TILE) {
-          const int64_t t1 = std::min(b1, t0 + SAMPLE_TILE);
-          if (jacobi) {
-            for (int64_t p = 0; p < P; ++p)
-              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
-            for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
-          } else {
-            for (int64_t p = 0; p < P; ++p) {
-              if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
-              update(p, k, ok, t0, t1);
-            }
-          }
+          step_tile(k, ok, t0, std::min(b1, t0 + SAMPLE_TILE));
         }
         record(k, b0, b1, mine);
         if (!check) continue;
-        if (!ok) {
-#pragma omp atomic write
-          finite = 0;
-        }
+        flag(ok);
 #pragma omp barrier
-        int go;
-#pragma omp atomic read
-        go = finite;
-        if (!go) {
-          if (id == 0) done = k + 1;
-          break;
-        }
+        if (stopped(k)) break;
       }
     } else {
       for (int64_t k = 0; k < K; ++k) {
@@ -846,22 +847,13 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
             }
           }
         }
-        if (!ok && check) {
-#pragma omp atomic write
-          finite = 0;
-        }
+        if (check) flag(ok);
         // the step is complete; the next one's products only read u and r, so thread 0
         // copies this step's records meanwhile, and a non-finite flag is read by all before
         // any thread can reach the next update
 #pragma omp barrier
         if (id == 0) record(k, 0, B, written);
-        int go;
-#pragma omp atomic read
-        go = finite;
-        if (!go) {
-          if (id == 0) done = k + 1;
-          break;
-        }
+        if (stopped(k)) break;
       }
     }
   }
