@@ -345,7 +345,8 @@ def test_fused_bfloat16_operator_is_packed_once_per_build(batch):
     net.weights["h_h"].mul_(-1.5)                   # new weights, rebuilt in the same buffers
     rebuilt = net.build_operators(operators)
     assert rebuilt[LowPrecision("h")] is low
-    _, u_new = relax(rebuilt, "require")
+    fresh, u_new = relax(rebuilt, "require")
+    assert fused.stepper(fresh, net.zero_state(batch), solver)[0].packed[0] is packed  # reused
     _, u_unpacked = relax({**rebuilt, LowPrecision("h"): low.mT.clone().mT}, "require")
     assert not torch.equal(u_new, u_first)
     assert torch.equal(u_new, u_unpacked)

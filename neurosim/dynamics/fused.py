@@ -385,9 +385,8 @@ class FusedStepper:
         self.rows = _int64s(self.current_rows)
         # operators that fit in a core's L2 cache: in a blocked batch the threads share the
         # samples (each reads every operator, with no barrier between steps)
-        self.by_samples = blocked and _operator_bytes(
-            self.weights, [None if w is None else w.mT for w in self.low_weights]) <= \
-            SAMPLE_SPLIT_CACHE * l2_bytes()
+        self.by_samples = blocked and _fit_in_l2(
+            self.weights, [None if w is None else w.mT for w in self.low_weights])
 
     @property
     def layout(self) -> torch.Tensor:
@@ -477,16 +476,17 @@ def _packed(net, operator: torch.Tensor, rows: torch.Tensor, lib,
         tuple(found[2].shape) == shape else torch.empty(shape, dtype=torch.int32)
     if not lib.neurosim_pack_bf16(rows.data_ptr(), sources, n, buffer.data_ptr(), threads()):
         return None
-    for key in [key for key, value in cache.items() if value[0]() is None]:
-        del cache[key]
+    for dead in [k for k, value in cache.items() if value[0]() is None]:
+        del cache[dead]
     cache[key] = (weakref.ref(operator), stamp, buffer)
     return buffer
 
 
-def _operator_bytes(operators, low_operators) -> int:
-    """Bytes that every thread reads at each step when the threads share the samples: the
-    full-precision operators (KT_p, one member's) and the bfloat16 ones (KT_p^low, sources x
-    n) as the loop packs them (pairs of sources, neurons padded to 16)."""
+def _fit_in_l2(operators, low_operators) -> bool:
+    """Whether the bytes that every thread reads at each step when the threads share the
+    samples fit in SAMPLE_SPLIT_CACHE of a core's L2: the full-precision operators (KT_p,
+    one member's) and the bfloat16 ones (KT_p^low, sources x n) as the loop packs them
+    (pairs of sources, neurons padded to 16)."""
     total = 0
     for kt in operators:
         if kt is not None:
@@ -495,7 +495,7 @@ def _operator_bytes(operators, low_operators) -> int:
         if low is not None:
             sources, n = low.shape[-2:]
             total += (sources + 1) // 2 * ((n + 15) // 16 * 16) * 4
-    return total
+    return total <= SAMPLE_SPLIT_CACHE * l2_bytes()
 
 
 def samples_shared(dynamics, batch: int) -> bool:
@@ -506,7 +506,7 @@ def samples_shared(dynamics, batch: int) -> bool:
         return False
     operators = [dynamics.operators.get(s.name) for s in dynamics.slots]
     lows = [dynamics.operators.get(LowPrecision(s.name)) for s in dynamics.slots]
-    return _operator_bytes(operators, lows) <= SAMPLE_SPLIT_CACHE * l2_bytes()
+    return _fit_in_l2(operators, lows)
 
 
 @functools.lru_cache(maxsize=1)
