@@ -724,3 +724,95 @@ def test_runs_say_which_path_they_took():
     with fused.mode("off"):
         assert Simulation.from_model_text(model(n_steps=20)).run().path == \
             "eager: NEUROSIM_FUSED=off"
+
+
+def test_later_phases_reuse_the_set_up_and_step_alike(threads, monkeypatch):
+    """The phases of later batches (new currents and nudges, operators of the same shapes)
+    take the set-up the network kept for their shapes, without the support checks, and step
+    bit for bit as with a fresh set-up; other shapes, or tensors that need gradients, are
+    checked again."""
+    from neurosim.dynamics import CompiledNetwork
+    from neurosim.graph import network_from_dict, parse_model_text
+    from neurosim.solvers import ConstantStep, get_solver, solve
+    network = network_from_dict(parse_model_text(model()))
+    net = CompiledNetwork(network, dtype=torch.float64, seed=3)
+    checks = []
+    real = fused.unsupported
+    monkeypatch.setattr(fused, "unsupported",
+                        lambda dynamics, state: checks.append(1) or real(dynamics, state))
+    run_ = dict(solver=get_solver("gs-euler"), schedule=ConstantStep(0.05), n_steps=30)
+
+    def batches(fresh: bool):
+        g = torch.Generator().manual_seed(7)
+        state, finals = net.zero_state(4), []
+        for beta in (0.5, -0.5, 1.0):
+            x = torch.rand(4, 5, generator=g, dtype=torch.float64) * 2 - 1
+            target = torch.rand(4, 40, generator=g, dtype=torch.float64)
+            operators = net.build_operators()
+            state.u.zero_()
+            net.sync_activity(state)
+            net.clamp_inputs(state, {"x": x})
+            for nudges in (None, {"hidden": (target, beta)}):
+                if fresh:
+                    net.__dict__.pop("_fused_plans", None)
+                with fused.mode("require"):
+                    assert solve(net.phase(operators, {"x": x}, nudges=nudges), state,
+                                 **run_).path == "fused"
+                finals.append(state.u.clone())
+        return finals
+
+    with torch.inference_mode():
+        fresh = batches(fresh=True)
+        assert len(checks) == 6                     # every phase checked
+        checks.clear()
+        kept = batches(fresh=False)
+        assert len(checks) == 0                     # the plans of the first pass
+    for a, b in zip(fresh, kept):
+        assert torch.equal(a, b)
+    assert float(kept[-1].abs().max()) > 0.05
+
+    state = net.zero_state(4)                       # a current with one row: checked anew
+    with torch.inference_mode():
+        dynamics = net.phase(net.build_operators(), {"x": torch.zeros(1, 5, dtype=torch.float64)})
+        assert fused.stepper(dynamics, state, get_solver("gs-euler"))[1] == "fused"
+    assert len(checks) == 1
+    operators = {key: value.clone().requires_grad_(value.is_floating_point())
+                 for key, value in net.build_operators().items()}
+    x = torch.zeros(4, 5, dtype=torch.float64)
+    dynamics = net.phase(operators, {"x": x})
+    with torch.enable_grad():
+        stepper, path = fused.stepper(dynamics, state, get_solver("gs-euler"))
+    assert stepper is None and "gradients" in path
+
+
+def test_ensemble_phases_reuse_one_member_set_up(threads, monkeypatch):
+    """An ensemble's later phases reuse the set-up its members share and step as a fresh
+    one does."""
+    from neurosim.dynamics import CompiledNetwork
+    from neurosim.graph import network_from_dict, parse_model_text
+    from neurosim.solvers import ConstantStep, get_solver, solve
+    network = network_from_dict(parse_model_text(model()))
+    ensemble = CompiledNetwork.stacked([CompiledNetwork(network, dtype=torch.float64, seed=s)
+                                        for s in (1, 2)])
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 20, 5, generator=g, dtype=torch.float64) * 2 - 1
+    target = torch.rand(2, 20, 40, generator=g, dtype=torch.float64)
+    beta = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    checks = []
+    real = fused.unsupported
+    monkeypatch.setattr(fused, "unsupported",
+                        lambda dynamics, state: checks.append(1) or real(dynamics, state))
+    finals = []
+    for fresh in (True, False, False):
+        if fresh:
+            ensemble.__dict__.pop("_fused_plans", None)
+        operators = ensemble.build_operators()
+        state = ensemble.zero_state(20)
+        ensemble.clamp_inputs(state, {"x": x})
+        with fused.mode("require"), torch.inference_mode():
+            for nudges in (None, {"hidden": (target, beta)}):
+                solve(ensemble.phase(operators, {"x": x}, nudges=nudges), state,
+                      solver=get_solver("euler"), schedule=ConstantStep(0.05), n_steps=30)
+        finals.append(state.u.clone())
+    assert len(checks) == 1                         # the first phase (both have one form)
+    assert torch.equal(finals[0], finals[1]) and torch.equal(finals[0], finals[2])

@@ -21,7 +21,9 @@ step of a call), and the sums run in the same order, so the results are the same
 bit). A bfloat16 operator that :meth:`CompiledNetwork.build_operators` wrote is packed for
 the loop once per build (every phase of that build reads it), and a phase that starts at
 rest skips, at its first Gauss-Seidel step, the products of sources still silent, as the
-eager step does. It
+eager step does. What a phase's set-up derives from shapes alone (the loop's layout, how
+the threads split the work, the support checks) is kept per network for the next phase of
+the same shapes: the phases of every later batch build only their pointers and parameters. It
 also copies monitored columns of ``u`` or ``r`` into a buffer at each due step
 (:class:`neurosim.solvers.Probe`), so recording adds no work per step either. Numerics are
 those of the eager path up to float rounding: the sums run in another order, which depends
@@ -89,6 +91,8 @@ MAX_BATCH = 64                # larger batches: the eager GEMMs catch up (unless
                               # share the samples)
 SAMPLE_SPLIT_CACHE = 0.75     # threads share the samples when every operator together fits
                               # in this fraction of a core's L2 (batches above PANEL_BATCH)
+MAX_PLANS = 8                 # phase set-ups a network keeps: state shapes, and phases
+                              # of each
 MODES = ("auto", "off", "require")
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "clip": 2, "sigmoid": 3, "tanh": 4,
                     "leaky_relu": 5}
@@ -295,9 +299,7 @@ def unsupported(dynamics, state) -> str | None:
     if state.r.dtype != state.u.dtype or state.r.device != state.u.device or \
             tuple(state.r.shape) != (*lead, batch, sum(s.size for s in net.slots.values())):
         return f"r of shape {tuple(state.r.shape)} and dtype {state.r.dtype} does not match u"
-    if torch.is_grad_enabled() and (state.u.requires_grad or any(
-            isinstance(t, torch.Tensor) and t.requires_grad
-            for t in (*dynamics.operators.values(), *dynamics.currents.values()))):
+    if _needs_grad(dynamics, state):
         return "tensors that require gradients (the loop does not record autograd)"
     for slot in dynamics.slots:
         if slot.cell is not None:
@@ -331,38 +333,79 @@ def unsupported(dynamics, state) -> str | None:
     return None
 
 
+def _form(tensor) -> tuple | None:
+    """What the loop's set-up reads of a tensor besides its values and address."""
+    if tensor is None:
+        return None
+    return tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device
+
+
+class _Plan:
+    """What a :class:`FusedStepper` derives from the shapes of a phase alone (the loop's
+    layout, how its threads split the work, the slots' activation codes and operator keys),
+    kept per network for the next phase of the same shapes: the phases of a training step
+    and of every later batch build only their pointers and parameters."""
+
+    def __init__(self, dynamics, state):
+        blocked = state.u.shape[-2] > PANEL_BATCH
+        self.codes = [_activation_code(slot) for slot in dynamics.slots]
+        self.keys = [_slot_keys(slot.name) for slot in dynamics.slots]
+        layout, weights, lows = [], [], []
+        for slot, code, (low_key, _) in zip(dynamics.slots, self.codes, self.keys):
+            kt = dynamics.operators.get(slot.name)
+            src = slot.source_cols if kt is not None else None
+            operator, mode = _operator(kt, blocked)
+            low = dynamics.operators.get(low_key)
+            low_src = slot.low_cols if low is not None else None
+            layout.append([slot.u_cols.start, slot.size, slot.r_cols.start,
+                           src.start if src is not None else 0,
+                           src.stop - src.start if src is not None else 0, code[0], mode,
+                           low_src.start if low_src is not None else 0,
+                           low_src.stop - low_src.start if low_src is not None else 0])
+            weights.append(operator)
+            lows.append(low)
+        self.layout = _int64s(v for row in layout for v in row)
+        # operators that fit in a core's L2 cache: in a blocked batch the threads share the
+        # samples (each reads every operator, with no barrier between steps)
+        self.by_samples = blocked and _fit_in_l2(weights, lows)
+
+
+def _phase_forms(dynamics) -> tuple:
+    """The slots and the forms of their operators and currents (see :class:`_Plan`)."""
+    forms = []
+    for slot in dynamics.slots:
+        low_key, _ = _slot_keys(slot.name)
+        forms.append((slot, _form(dynamics.operators.get(slot.name)),
+                      _form(dynamics.operators.get(low_key)),
+                      _form(dynamics.currents.get(slot.name))))
+    return tuple(forms)
+
+
 class FusedStepper:
     """Steps one phase's state in chunks through the compiled loop (see module docstring),
     reading the phase's operators (fixed within a phase) and currents in place. Each sum of a
     product runs in an order set by the thread count alone, so a run cut into pieces
     (resumed, or stopped for checkpoints) repeats the uncut one bit for bit."""
 
-    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL):
+    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL,
+                 plan: "_Plan | None" = None):
         self.dynamics, self.jacobi = dynamics, jacobi
         self.fn = lib.neurosim_euler_f64 if state.u.dtype == torch.float64 else \
             lib.neurosim_euler_f32
-        layout, params, self._keep = [], [], []
+        plan = plan if plan is not None else _Plan(dynamics, state)
+        self._layout, self.by_samples = plan.layout, plan.by_samples
+        params, self._keep = [], []
         self.weights, self.low_weights, self.currents, self.current_rows = [], [], [], []
         self.packed = []
-        blocked = state.u.shape[0] > PANEL_BATCH
-        for slot in dynamics.slots:
-            code, a, b = _activation_code(slot)
+        for slot, (code, a, b), (low_key, diagonal_key) in zip(dynamics.slots, plan.codes,
+                                                                 plan.keys):
             kt = dynamics.operators.get(slot.name)
-            src = slot.source_cols if kt is not None else None
-            operator, mode = _operator(kt, blocked)
-            low_key, diagonal_key = _slot_keys(slot.name)
             low = dynamics.operators.get(low_key)
-            low_src = slot.low_cols if low is not None else None
             diagonal = dynamics.operators.get(diagonal_key)
-            layout.append([slot.u_cols.start, slot.size, slot.r_cols.start,
-                           src.start if src is not None else 0,
-                           src.stop - src.start if src is not None else 0, code, mode,
-                           low_src.start if low_src is not None else 0,
-                           low_src.stop - low_src.start if low_src is not None else 0])
-            params.append([slot.decay, slot.rate,
+            params.append((slot.decay, slot.rate,
                            -1.0 if slot.fixed_step is None else float(slot.fixed_step), a, b,
-                           0.0 if diagonal is None else float(diagonal)])
-            self.weights.append(operator)
+                           0.0 if diagonal is None else float(diagonal)))
+            self.weights.append(None if kt is None else kt.mT if kt.mT.is_contiguous() else kt)
             # the loop reads the bfloat16 operator's rows W_p^low = (KT_p^low)^T (built so)
             self.low_weights.append(None if low is None else low.mT.contiguous())
             self.packed.append(None if low is None else
@@ -377,16 +420,11 @@ class FusedStepper:
             self.current_rows.append(0 if current is None else current.shape[0])
         # the loop's arguments as ctypes arrays (cheaper to build than tensors: phases of a
         # training step are short)
-        self._layout = _int64s(v for row in layout for v in row)
         self.params = _float64s(v for row in params for v in row)
         self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.packed_ptrs = (
             _int64s(t.data_ptr() if t is not None else 0 for t in table)
             for table in (self.weights, self.low_weights, self.currents, self.packed))
         self.rows = _int64s(self.current_rows)
-        # operators that fit in a core's L2 cache: in a blocked batch the threads share the
-        # samples (each reads every operator, with no barrier between steps)
-        self.by_samples = blocked and _fit_in_l2(
-            self.weights, [None if w is None else w.mT for w in self.low_weights])
 
     @property
     def layout(self) -> torch.Tensor:
@@ -559,29 +597,61 @@ def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
         return None, None
     if _mode == "off":
         return None, "eager: NEUROSIM_FUSED=off"
-    reason, lib = unsupported(dynamics, state), None
-    if reason is None:
-        lib = library()
-        if lib is None:
-            reason = f"the fused loop could not be built ({_build_error})"
-            if _mode == "auto":
-                _warn_once(reason)
-        elif not lib.neurosim_bfloat16() and any(s.low_cols is not None
-                                                  for s in dynamics.slots):
-            reason = ("a bfloat16 projection, and this CPU has no bfloat16 instructions "
-                      "(AVX512-BF16) for the loop")
-    if reason is not None:
-        if _mode == "require":
-            _refuse(reason)
-        return None, f"eager: {reason}"
     # operators and currents are fixed within a phase (the stepper reads them in place)
     key = (kind, state.u.dtype, tuple(state.u.shape), state.u.stride(), state.r.stride())
     found = dynamics.__dict__.get("_fused_stepper")
-    if found is None or found[0] != key:
-        build = FusedStepper if dynamics.net.members is None else EnsembleStepper
-        found = dynamics.__dict__["_fused_stepper"] = (
-            key, build(dynamics, state, kind == "jacobi", lib))
-    return found[1], "fused"
+    if found is not None and found[0] == key:
+        return found[1], "fused"
+    # a later phase of the same shapes (the same slots, operators and currents laid out
+    # alike, the same state) takes the set-up its network kept, unchecked again: those
+    # shapes passed the checks below
+    plans = dynamics.net.__dict__.setdefault("_fused_plans", {})
+    plan_key = (*key, tuple(state.r.shape), state.r.dtype, state.u.device, state.r.device,
+                PANEL_BATCH, MAX_BATCH, SAMPLE_SPLIT_CACHE)
+    forms = _phase_forms(dynamics)
+    kept = plans.get(plan_key)                 # [forms, plan] of each phase of these shapes
+    if kept is None:
+        while len(plans) >= MAX_PLANS:         # the oldest shapes go first
+            del plans[next(iter(plans))]
+        kept = plans[plan_key] = []
+    entry = next((e for e in kept if e[0] == forms), None)
+    lib = _library
+    if entry is None or lib is None or _needs_grad(dynamics, state) or \
+            (dynamics.net.members is not None and dynamics.drive is not None):
+        reason, lib = unsupported(dynamics, state), None
+        if reason is None:
+            lib = library()
+            if lib is None:
+                reason = f"the fused loop could not be built ({_build_error})"
+                if _mode == "auto":
+                    _warn_once(reason)
+            elif not lib.neurosim_bfloat16() and any(s.low_cols is not None
+                                                      for s in dynamics.slots):
+                reason = ("a bfloat16 projection, and this CPU has no bfloat16 instructions "
+                          "(AVX512-BF16) for the loop")
+        if reason is not None:
+            if _mode == "require":
+                _refuse(reason)
+            return None, f"eager: {reason}"
+        if entry is None:
+            entry = [forms, None]
+            kept[:] = [*kept[-(MAX_PLANS - 1):], entry]
+    if dynamics.net.members is None:
+        if entry[1] is None:
+            entry[1] = _Plan(dynamics, state)
+        built = FusedStepper(dynamics, state, kind == "jacobi", lib, entry[1])
+    else:
+        built = EnsembleStepper(dynamics, state, kind == "jacobi", lib, entry)
+    dynamics.__dict__["_fused_stepper"] = (key, built)
+    return built, "fused"
+
+
+def _needs_grad(dynamics, state) -> bool:
+    """Whether the phase holds tensors that require gradients under grad mode (the loop
+    does not record autograd)."""
+    return torch.is_grad_enabled() and (state.u.requires_grad or any(
+        isinstance(t, torch.Tensor) and t.requires_grad
+        for t in (*dynamics.operators.values(), *dynamics.currents.values())))
 
 
 class _MemberPhase:
@@ -603,10 +673,16 @@ class EnsembleStepper:
     """An ensemble's phase on the loop, member by member (each member's own weights, its own
     call): every member runs exactly the loop of its separate run."""
 
-    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL):
+    def __init__(self, dynamics, state, jacobi: bool, lib: ctypes.CDLL, entry=None):
         self.dynamics = dynamics
-        self.members = [FusedStepper(_MemberPhase(dynamics, m), _member_state(state, m),
-                                     jacobi, lib) for m in range(state.u.shape[0])]
+        phases = [_MemberPhase(dynamics, m) for m in range(state.u.shape[0])]
+        states = [_member_state(state, m) for m in range(state.u.shape[0])]
+        entry = entry if entry is not None else [None, None]
+        if entry[1] is None:                   # every member has the same shapes
+            entry[1] = _Plan(phases[0], states[0])
+        member_plan = entry[1]
+        self.members = [FusedStepper(phase, member_state, jacobi, lib, member_plan)
+                        for phase, member_state in zip(phases, states)]
 
     def advance(self, state, dts: list[float], step0: int, probes=(), *,
                 check: bool = True, stimuli=None) -> int:
