@@ -816,3 +816,42 @@ def test_ensemble_phases_reuse_one_member_set_up(threads, monkeypatch):
         finals.append(state.u.clone())
     assert len(checks) == 1                         # the first phase (both have one form)
     assert torch.equal(finals[0], finals[1]) and torch.equal(finals[0], finals[2])
+
+
+@pytest.mark.parametrize("members", [2, 3])
+@pytest.mark.parametrize("batch", [9, 20, 47])
+def test_ensemble_members_stepped_in_one_call_equal_their_own_calls(threads, monkeypatch,
+                                                                     members, batch):
+    """Unchecked phases of an ensemble whose threads share the samples step every member in
+    one call (tiles of all members handed out together, the last ones split to balance the
+    threads), bit for bit as each member's own call."""
+    from neurosim.dynamics import CompiledNetwork
+    from neurosim.graph import network_from_dict, parse_model_text
+    from neurosim.solvers import ConstantStep, get_solver, solve
+    network = network_from_dict(parse_model_text(model()))
+    ensemble = CompiledNetwork.stacked([CompiledNetwork(network, dtype=torch.float32, seed=s)
+                                        for s in range(members)])
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(members, batch, 5, generator=g) * 2 - 1
+    target = torch.rand(members, batch, 40, generator=g)
+    beta = torch.linspace(-1.0, 1.0, members)
+    together = []
+    real = fused.EnsembleStepper._advance_together
+    monkeypatch.setattr(fused.EnsembleStepper, "_advance_together",
+                        lambda self, state, dts: together.append(1) or real(self, state, dts))
+    finals = {}
+    for joint in (True, False):
+        if not joint:
+            monkeypatch.setattr(fused.EnsembleStepper, "_together", lambda self: False)
+        operators = ensemble.build_operators()
+        state = ensemble.zero_state(batch)
+        ensemble.clamp_inputs(state, {"x": x})
+        with fused.mode("require"), torch.inference_mode():
+            for solver, nudges in (("gs-euler", None), ("euler", {"hidden": (target, beta)})):
+                solve(ensemble.phase(operators, {"x": x}, nudges=nudges), state,
+                      solver=get_solver(solver), schedule=ConstantStep(0.05), n_steps=25,
+                      check_finite_every=0)
+        finals[joint] = state.u.clone()
+    assert len(together) == 2                       # both phases of the joint pass
+    assert torch.equal(finals[True], finals[False])
+    assert float((finals[True][0] - finals[True][1]).abs().max()) > 1e-3

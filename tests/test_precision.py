@@ -443,3 +443,42 @@ def test_precision_errors_when_compiled():
                    [Projection("x_h", "x", "h", "basal", precision="auto"),
                     Projection("h_h", "h", "h", "lateral", precision="auto")])
     assert CompiledNetwork(auto).low_precision == frozenset()     # "auto" falls back quietly
+
+
+@needs_fused_bfloat16
+@pytest.mark.parametrize("batch", [20, 47])
+def test_bfloat16_ensemble_members_stepped_in_one_call_equal_their_own_calls(monkeypatch,
+                                                                             batch):
+    """An ensemble with a bfloat16 operator, nudged through the elementwise self-coupling
+    (each member its own beta, so its own parameters) and each member's operator packed on
+    its own: one call for all members steps each as its own call does, bit for bit."""
+    nets = [small_network() for _ in range(3)]
+    for seed, net in enumerate(nets):
+        g = torch.Generator().manual_seed(seed)
+        for weight in net.weights.values():
+            weight.add_(torch.randn(weight.shape, generator=g, dtype=weight.dtype) * 0.1)
+    ensemble = CompiledNetwork.stacked(nets)
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(3, batch, 5, generator=g) * 2 - 1
+    target = torch.rand(3, batch, 37, generator=g)
+    beta = torch.tensor([0.5, -1.0, 2.0])
+    together = []
+    real = fused.EnsembleStepper._advance_together
+    monkeypatch.setattr(fused.EnsembleStepper, "_advance_together",
+                        lambda self, state, dts: together.append(1) or real(self, state, dts))
+    finals = {}
+    for joint in (True, False):
+        if not joint:
+            monkeypatch.setattr(fused.EnsembleStepper, "_together", lambda self: False)
+        operators = ensemble.build_operators()
+        state = ensemble.zero_state(batch)
+        ensemble.clamp_inputs(state, {"x": x})
+        with fused.mode("require"), torch.inference_mode():
+            for nudges in (None, {"h": (target, beta)}):
+                solve(ensemble.phase(operators, {"x": x}, nudges=nudges), state,
+                      solver=get_solver("gs-euler"), schedule=ConstantStep(0.05), n_steps=25,
+                      check_finite_every=0)
+        finals[joint] = state.u.clone()
+    assert len(together) == 2
+    assert torch.equal(finals[True], finals[False])
+    assert float((finals[True][0] - finals[True][1]).abs().max()) > 1e-3

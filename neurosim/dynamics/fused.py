@@ -40,7 +40,9 @@ ran (the OpenMP runtime's threads do not survive a fork).
 When it applies (:func:`unsupported` gives the reason when not):
 
 - solver ``euler`` or ``gs-euler``, on the CPU, float32 or float64 (an ensemble runs member
-  by member, each with its own weights);
+  by member, each with its own weights; in an unchecked phase whose threads share the
+  samples, as EP's, all members in one call: their tiles of samples handed out together, the
+  last ones split so that every thread gets as many samples);
 - every dynamic population a built-in linear cell without noise, whose activation is
   linear, relu, clip[a,b], leaky_relu[s], sigmoid or tanh;
 - batch up to :data:`MAX_BATCH`, or beyond it when the threads share the samples
@@ -204,7 +206,7 @@ def _load(path: Path) -> ctypes.CDLL:
         fn.restype = i64
         fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, ptr,
                        i64, f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int,
-                       ptr, ptr, ctypes.c_int]
+                       ptr, ptr, ctypes.c_int, i64, ptr, f64p]
     lib.neurosim_bfloat16.restype = ctypes.c_int
     lib.neurosim_bfloat16.argtypes = []
     lib.neurosim_pack_bf16.restype = ctypes.c_int
@@ -474,22 +476,27 @@ class FusedStepper:
                                     columns.data_ptr(), buffer.data_ptr()))
         steps = _float64s(dts)
         count = threads()
-        # products and partial sums, in a buffer that the network's steppers share (one
-        # runs at a time)
-        scratches = self.dynamics.net.__dict__.setdefault("_fused_scratch", {})
-        scratch = scratches.get(state.u.dtype)
-        if scratch is None or scratch.numel() < (count + 1) * state.u.numel():
-            scratch = scratches[state.u.dtype] = torch.empty(
-                (count + 1) * state.u.numel(), dtype=state.u.dtype, device="cpu")
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self._layout, self.params,
                        self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.rows,
                        step_ptrs, step_rows, len(dts), steps, int(self.jacobi),
-                       scratch.data_ptr(), len(probes), records, step0, count,
-                       int(check), self.packed_ptrs, self._silent(), int(self.by_samples))
+                       _scratch(self.dynamics.net, state, count).data_ptr(), len(probes),
+                       records, step0, count, int(check), self.packed_ptrs, self._silent(),
+                       int(self.by_samples), 0, None, None)
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
         return int(done)
+
+
+def _scratch(net, state, threads: int) -> torch.Tensor:
+    """The loop's products and partial sums, in a buffer that the network's steppers share
+    (one runs at a time): (threads + 1) x the state's size."""
+    scratches = net.__dict__.setdefault("_fused_scratch", {})
+    scratch = scratches.get(state.u.dtype)
+    if scratch is None or scratch.numel() < (threads + 1) * state.u.numel():
+        scratch = scratches[state.u.dtype] = torch.empty(
+            (threads + 1) * state.u.numel(), dtype=state.u.dtype, device="cpu")
+    return scratch
 
 
 def _packed(net, operator: torch.Tensor, rows: torch.Tensor, lib,
@@ -693,11 +700,49 @@ class EnsembleStepper:
                                   "the eager path (NEUROSIM_FUSED=off)")
         for member in self.members:           # silent at rest: as the whole phase
             member.dynamics.silent = set(self.dynamics.silent)
-        done = min(member.advance(_member_state(state, m), dts, step0, check=check)
-                   for m, member in enumerate(self.members))
+        if not check and self._together():
+            done = self._advance_together(state, dts)
+        else:
+            done = min(member.advance(_member_state(state, m), dts, step0, check=check)
+                       for m, member in enumerate(self.members))
         self.dynamics.rhs_evals += done
         self.dynamics.silent.clear()
         return done
+
+    def _together(self) -> bool:
+        """Whether one call can step every member: threads sharing the samples, every
+        bfloat16 operator packed beforehand (then the call hands out the tiles of samples of
+        all members, each through all steps, as each member's own call would step them)."""
+        first = self.members[0]
+        return len(self.members) > 1 and first.by_samples and all(
+            packed is not None or low is None
+            for member in self.members for packed, low in zip(member.packed,
+                                                               member.low_weights))
+
+    def _advance_together(self, state, dts: list[float]) -> int:
+        """Every member in one call of the loop (see :meth:`_together`), no check."""
+        first, count = self.members[0], threads()
+        tables = _int64s(v for m, member in enumerate(self.members)
+                         for v in (state.u[m].data_ptr(), state.r[m].data_ptr(),
+                                   *member.weight_ptrs, *member.low_ptrs, *member.packed_ptrs,
+                                   *member.current_ptrs))
+        params = _float64s(v for member in self.members for v in member.params)
+        nothing = _int64s([0] * len(first.weights))
+        done = first.fn(state.u.shape[-2], state.u[0].data_ptr(), state.u.stride(-2),
+                        state.r[0].data_ptr(), state.r.stride(-2), len(first.weights),
+                        first._layout, first.params, first.weight_ptrs, first.low_ptrs,
+                        first.current_ptrs, first.rows, nothing, nothing, len(dts),
+                        _float64s(dts), int(first.jacobi),
+                        _scratch(self.dynamics.net, state, count).data_ptr(), 0, None, 0,
+                        count, 0, first.packed_ptrs, first._silent(), 1, len(self.members),
+                        tables, params)
+        if done < 0:
+            raise SimulationError("the fused loop refused to step the members together (an "
+                                  "internal error; NEUROSIM_FUSED=off avoids it)")
+        for member in self.members:
+            member.dynamics.rhs_evals += int(done)
+            member.dynamics.silent.clear()
+        return int(done)
 
 
 def _member_state(state, member: int):

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -528,23 +529,24 @@ constexpr bool HAS_BF16 = false;
 constexpr int64_t SAMPLE_TILE = 20;
 
 template <typename T>
-int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const int64_t* lay,
-            const double* par, const int64_t* weights, const int64_t* low_weights,
+int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const int64_t* lay,
+            const double* par0, const int64_t* weights, const int64_t* low_weights,
             const int64_t* currents, const int64_t* current_rows, const int64_t* step_currents,
-            const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc,
+            const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc0,
             int64_t R, const int64_t* records, int64_t step0, int threads, int check,
-            const int64_t* packed_weights, const int64_t* silent, int by_samples) {
+            const int64_t* packed_weights, const int64_t* silent, int by_samples, int64_t M,
+            const int64_t* member_ptrs, const double* member_params) {
   constexpr int64_t NL = 9, NP = 6;      // layout and params per population
-  std::vector<const T*> W(P, nullptr), I(P, nullptr), D(P, nullptr);
-  std::vector<const uint32_t*> LW(P, nullptr), PK(P, nullptr);
+  std::vector<const T*> W0(P, nullptr), I0(P, nullptr), D(P, nullptr);
+  std::vector<const uint32_t*> LW0(P, nullptr), PK0(P, nullptr);
   std::vector<int64_t> Irows(P, 0), Drows(P, 0), off(P, 0);
   int64_t total = 0, low_sources = 0;
   for (int64_t p = 0; p < P; ++p) {
-    W[p] = reinterpret_cast<const T*>(weights[p]);
-    LW[p] = reinterpret_cast<const uint32_t*>(low_weights[p]);
-    PK[p] = reinterpret_cast<const uint32_t*>(packed_weights[p]);
-    if (LW[p]) low_sources = std::max(low_sources, lay[p * NL + 8]);
-    I[p] = reinterpret_cast<const T*>(currents[p]);
+    W0[p] = reinterpret_cast<const T*>(weights[p]);
+    LW0[p] = reinterpret_cast<const uint32_t*>(low_weights[p]);
+    PK0[p] = reinterpret_cast<const uint32_t*>(packed_weights[p]);
+    if (LW0[p]) low_sources = std::max(low_sources, lay[p * NL + 8]);
+    I0[p] = reinterpret_cast<const T*>(currents[p]);
     Irows[p] = current_rows[p];
     D[p] = reinterpret_cast<const T*>(step_currents[p]);
     Drows[p] = step_rows[p];
@@ -552,17 +554,46 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     total += lay[p * NL + 1];
   }
   for (int64_t p = 0; p < P; ++p)
-    if (W[p] && lay[p * NL + 6] == 0) by_samples = 0;     // partial sums: threads share sources
+    if (W0[p] && lay[p * NL + 6] == 0) by_samples = 0;    // partial sums: threads share sources
+  // several members in one call: tiles of samples through all steps only, every bfloat16
+  // operator packed beforehand
+  if (M > 1) {
+    if (!by_samples || check || R || !member_ptrs || !member_params) return -1;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t p = 0; p < P; ++p)
+        if (member_ptrs[m * (2 + 4 * P) + 2 + P + p] && !member_ptrs[m * (2 + 4 * P) + 2 + 2 * P + p])
+          return -1;
+  }
   // by samples, one packing of each bfloat16 operator that all threads read (all neurons)
   std::vector<std::vector<uint32_t>> shared(by_samples ? P : 0);
   for (int64_t p = 0; p < (by_samples ? P : 0); ++p)
-    if (LW[p] && !PK[p]) shared[p].resize((lay[p * NL + 8] + 1) / 2 * padded(lay[p * NL + 1]));
+    if (LW0[p] && !PK0[p]) shared[p].resize((lay[p * NL + 8] + 1) / 2 * padded(lay[p * NL + 1]));
   std::vector<int64_t> written(R, 0);
   int64_t done = K;
   int finite = 1;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    // the member this thread steps (member 0: the call's own arguments): its state, operators,
+    // currents, parameters and products (acc: one block of B rows per member)
+    std::vector<const T*> W(W0), I(I0);
+    std::vector<const uint32_t*> LW(LW0), PK(PK0);
+    T *U = U0, *Rr = R0, *acc = acc0;
+    const double* par = par0;
+    auto member = [&](int64_t m) {
+      if (M <= 1) return;
+      const int64_t* e = member_ptrs + m * (2 + 4 * P);
+      U = reinterpret_cast<T*>(e[0]);
+      Rr = reinterpret_cast<T*>(e[1]);
+      for (int64_t p = 0; p < P; ++p) {
+        W[p] = reinterpret_cast<const T*>(e[2 + p]);
+        LW[p] = reinterpret_cast<const uint32_t*>(e[2 + P + p]);
+        PK[p] = reinterpret_cast<const uint32_t*>(e[2 + 2 * P + p]);
+        I[p] = reinterpret_cast<const T*>(e[2 + 3 * P + p]);
+      }
+      par = member_params + m * P * NP;
+      acc = acc0 + m * B * total;
+    };
     std::vector<uint32_t> pairs(B * ((low_sources + 1) / 2));   // activities in bfloat16
     std::vector<std::vector<uint32_t>> packed(P);     // this thread's columns of LW, in pairs
     int64_t widest = 0;
@@ -784,17 +815,38 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
     if (by_samples && !check) {
       // tiles of samples, each through all K steps (its state stays in this core's caches),
       // handed out as the threads come free
-      // tiles of 20, 15, 10 or 5 samples (whole register blocks): the largest of those
-      // that leave the busiest thread the fewest samples
-      int64_t tile = 20, most = B + 20;
-      for (int64_t size = 20; size >= 5; size -= 5) {
-        const int64_t count = (B + size - 1) / size, load = (count + nt - 1) / nt * size;
-        if (load < most) tile = size, most = load;
+      // One member: tiles of 20, 15, 10 or 5 samples (whole register blocks), the largest of
+      // those that leave the busiest thread the fewest samples. Several: tiles of up to 20
+      // samples of each member, and the last few split in equal parts of whole blocks so
+      // that every thread gets the same number of samples (large tiles go first).
+      std::vector<std::array<int64_t, 3>> jobs;     // (member, first sample, end)
+      if (M > 1) {
+        const int64_t size = std::min<int64_t>(20, B);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t t0 = 0; t0 < B; t0 += size) jobs.push_back({m, t0, std::min(B, t0 + size)});
+        const int64_t extra = static_cast<int64_t>(jobs.size()) % nt;
+        if (extra) {
+          std::vector<std::array<int64_t, 3>> tail(jobs.end() - extra, jobs.end());
+          jobs.resize(jobs.size() - extra);
+          for (const auto& j : tail) {
+            const int64_t part = ((j[2] - j[1] + nt - 1) / nt + 4) / 5 * 5;
+            for (int64_t a = j[1]; a < j[2]; a += part)
+              jobs.push_back({j[0], a, std::min(j[2], a + part)});
+          }
+        }
+      } else {
+        int64_t tile = 20, most = B + 20;
+        for (int64_t size = 20; size >= 5; size -= 5) {
+          const int64_t count = (B + size - 1) / size, load = (count + nt - 1) / nt * size;
+          if (load < most) tile = size, most = load;
+        }
+        for (int64_t t0 = 0; t0 < B; t0 += tile) jobs.push_back({0, t0, std::min(B, t0 + tile)});
       }
-      const int64_t tiles = (B + tile - 1) / tile;
+      const int64_t count = static_cast<int64_t>(jobs.size());
 #pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t t0 = t * tile, t1 = std::min(B, t0 + tile);
+      for (int64_t job = 0; job < count; ++job) {
+        member(jobs[job][0]);
+        const int64_t t0 = jobs[job][1], t1 = jobs[job][2];
         if (jacobi)                   // r = sigma(u) first, as the eager step's rhs does
           for (int64_t p = 0; p < P; ++p) {
             const double* Q = par + p * NP;
@@ -871,10 +923,12 @@ int64_t run(int64_t B, T* U, int64_t ldu, T* Rr, int64_t ldr, int64_t P, const i
                const int64_t* current_rows, const int64_t* step_currents,                   \
                const int64_t* step_rows, int64_t K, const double* dts, int jacobi,          \
                T* scratch, int64_t R, const int64_t* records, int64_t step0, int threads,   \
-               int check, const int64_t* packed, const int64_t* silent, int by_samples) {   \
+               int check, const int64_t* packed, const int64_t* silent, int by_samples,      \
+               int64_t members, const int64_t* member_ptrs, const double* member_params) {  \
     return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, low_weights, currents,    \
                   current_rows, step_currents, step_rows, K, dts, jacobi, scratch, R,       \
-                  records, step0, threads, check, packed, silent, by_samples);              \
+                  records, step0, threads, check, packed, silent, by_samples, members,      \
+                  member_ptrs, member_params);                                              \
   }
 
 extern "C" {
