@@ -29,7 +29,12 @@ neurosim.graph.projections) leave ``KT_p`` for a second operator ``KT_p^low`` in
 float32 drift; such a population's identity autapses become an elementwise term ``c_p r_p``
 (key :class:`Diagonal`), so that ``KT_p`` keeps only the full-precision blocks. ``KT_p^low``
 is column-major: it is written from the weights' rows without a transposing cast, and the
-fused loop packs its rows.
+fused loop packs its rows. Projections with ``refresh_every = k`` > 1 join that separate
+operator too (in bfloat16 or, with precision "full", in the network's dtype; one precision
+and one k per population): a discrete Euler step at step j of a phase recomputes its product
+``r_low KT_p^low`` when j is a multiple of k (or the step follows no held value: the first
+of a solve resumed elsewhere) and otherwise uses the product held from the last refresh
+(:meth:`PhaseDynamics.held`).
 
 *General cells* (a kind that overrides ``drift``) call their own ``drift(u_p, v)``. Their
 clamped inputs are again computed once per phase, per compartment; their dynamic inputs onto
@@ -73,8 +78,9 @@ _LOW_STAMPS = itertools.count()     # see CompiledNetwork.low_stamps
 
 @dataclass(frozen=True)
 class LowPrecision:
-    """Key of a population's bfloat16 operator ``KT_p^low`` in a phase's operators (its
-    projections with ``precision = "bfloat16"``, over source columns ``low_cols``)."""
+    """Key of a population's separate operator ``KT_p^low`` in a phase's operators (its
+    projections with ``precision = "bfloat16"`` or ``refresh_every`` > 1, over source
+    columns ``low_cols``; bfloat16 when they are)."""
 
     population: str
 
@@ -183,7 +189,9 @@ class PopulationSlot:
     noise: float = 0.0
     fixed_step: float | None = None
     source_cols: slice | None = None    # linear cells: dynamic source range feeding KT_p
-    low_cols: slice | None = None       # linear cells: source range of the bfloat16 operator
+    low_cols: slice | None = None       # linear cells: source range of the separate operator
+    low_refresh: int = 1                # ... whose product is recomputed every this many steps
+    low_bfloat16: bool = False          # ... in bfloat16
     self_coupling: float = 0.0          # linear cells with a bfloat16 operator: the identity
                                         # autapses' k_q, applied elementwise
     cell: DynamicPopulation | None = None   # general cells: the population (its drift)
@@ -253,6 +261,8 @@ class CompiledNetwork:
         self.n_all, self.n_dyn = r_off, u_off
         self.low_precision = frozenset(q.name for q in network.projections
                                        if self._in_bfloat16(q))
+        self.held = frozenset(q.name for q in network.projections
+                              if q.refresh_every > 1 and self._can_hold(q))
         for name, slot in list(self.slots.items()):
             if slot.u_cols is None:
                 continue
@@ -263,6 +273,8 @@ class CompiledNetwork:
                 self.slots[name] = replace(
                     slot, source_cols=_span(self.slots[q.source] for q in full),
                     low_cols=_span(self.slots[q.source] for q in low),
+                    low_refresh=self._refresh_of(name, low),
+                    low_bfloat16=any(q.name in self.low_precision for q in low),
                     self_coupling=sum(self.coupling(q) for q in diagonal))
             else:
                 self.slots[name] = replace(slot, inputs=tuple(
@@ -354,12 +366,42 @@ class CompiledNetwork:
                 self.dtype == torch.float32 and self.device.type == "cpu" and
                 ops.native_bfloat16())
 
+    def _can_hold(self, projection) -> bool:
+        """Whether a projection with ``refresh_every`` > 1 can hold its product (a product
+        recomputed every step, between dynamic populations of linear cells); ConfigError
+        otherwise."""
+        target, source = self.slots[projection.target], self.slots[projection.source]
+        if target.cell is None and source.u_cols is not None:
+            return True
+        why = ("its source is an input (its product is computed once per phase anyway)"
+               if source.u_cols is None else
+               f'its target "{target.name}" is a general cell (kind "{target.cell.kind}")')
+        raise ConfigError(f'projection "{projection.name}": refresh_every applies to products '
+                          "recomputed every step between dynamic populations of linear "
+                          f"cells, but {why}; remove refresh_every.")
+
+    def _refresh_of(self, name: str, low: list) -> int:
+        """The refresh_every of population ``name``'s separate operator (its projections in
+        bfloat16 or held): one precision and one refresh_every for all, else ConfigError."""
+        if not low:
+            return 1
+        kinds = {(q.name in self.low_precision, q.refresh_every) for q in low}
+        if len(kinds) > 1:
+            listed = ", ".join(f'"{q.name}" ({"bfloat16" if q.name in self.low_precision else "full"}'
+                               f", refresh_every {q.refresh_every})" for q in low)
+            raise ConfigError(f'population "{name}": its projections in bfloat16 or with '
+                              f"refresh_every > 1 form one operator and must share precision "
+                              f"and refresh_every, but they are {listed}; give them the same "
+                              "precision and refresh_every.")
+        return low[0].refresh_every
+
     def _grouped(self, name: str) -> tuple[list, list, list]:
-        """A linear cell's dynamic inputs as (full precision, bfloat16, identity autapses
-        applied elementwise): the autapses leave ``KT_p`` once a bfloat16 operator exists."""
+        """A linear cell's dynamic inputs as (full precision, separate operator: bfloat16 or
+        held, identity autapses applied elementwise): the autapses leave ``KT_p`` once a
+        separate operator exists."""
         incoming = [q for q in self.network.incoming(name)
                     if self.slots[q.source].u_cols is not None]
-        low = [q for q in incoming if q.name in self.low_precision]
+        low = [q for q in incoming if q.name in self.low_precision or q.name in self.held]
         diagonal = [q for q in incoming if low and q.source == name and q.is_identity]
         full = [q for q in incoming if q not in low and q not in diagonal]
         return full, low, diagonal
@@ -507,11 +549,13 @@ class CompiledNetwork:
         lo = cols.start
         lead = () if self.members is None else (self.members,)
         shape = (*lead, cols.stop - lo, slot.size)
-        dtype = torch.bfloat16 if low else self.dtype
+        bfloat16 = low and slot.low_bfloat16
+        dtype = torch.bfloat16 if bfloat16 else self.dtype
         if kt is None or tuple(kt.shape) != shape or kt.dtype != dtype:
             # column-major: narrow operators (module docstring) and bfloat16 ones (built from
             # row-major weights without a transposing cast, 5x faster; the loop packs rows)
-            narrow = low or (slot.size <= NARROW_SIZE and NARROW_RATIO * slot.size <= shape[-2])
+            narrow = bfloat16 or (slot.size <= NARROW_SIZE and
+                                  NARROW_RATIO * slot.size <= shape[-2])
             kt = torch.empty((*lead, *shape[:-3:-1]) if narrow else shape, dtype=dtype,
                              device=self.device)
             kt = kt.mT if narrow else kt
@@ -889,7 +933,10 @@ class PhaseDynamics:
     drive: object | None = None
     t: float = 0.0
     rhs_evals: int = field(default=0)
+    step_index: int = 0            # the phase's step that the next discrete step takes
     _driven: tuple = field(default=(None, None), repr=False)
+    _held: tuple = field(default=(None, {}), repr=False)
+    _held_next: int | None = field(default=None, repr=False)
     _plan: list = field(default_factory=list, repr=False)
     _plan_key: tuple = field(default=(), repr=False)
 
@@ -934,11 +981,12 @@ class PhaseDynamics:
         self._driven = (t, merged)
         return merged
 
-    def rhs(self, u: torch.Tensor, r: torch.Tensor, t=None) -> torch.Tensor:
+    def rhs(self, u: torch.Tensor, r: torch.Tensor, t=None, held=None) -> torch.Tensor:
         """Jacobi du/dt at soma potentials ``u`` and time ``t`` (default :attr:`t`; only a
         drive depends on it); ``r`` is a scratch activity buffer whose input columns hold the
         clamped inputs (its deterministic dynamic columns are overwritten with sigma(u);
-        stochastic ones are read as drawn)."""
+        stochastic ones are read as drawn). Products are recomputed (the exact du/dt) unless
+        ``held`` (population -> (buffer, due), from an Euler step) holds them."""
         self.rhs_evals += 1
         currents = self.currents_at(None if t is None or self.drive is None else float(t))
         du = torch.empty_like(u)
@@ -946,7 +994,8 @@ class PhaseDynamics:
             slot.activate(u[..., slot.u_cols], out=r[..., slot.r_cols])
         for slot in self.slots:
             if slot.cell is None:
-                self._drift(slot, u, r, du[..., slot.u_cols], currents)
+                self._drift(slot, u, r, du[..., slot.u_cols], currents,
+                            None if held is None else held.get(slot.name))
             else:
                 du[..., slot.u_cols] = self._cell_drift(slot, u, r, currents)
         return du
@@ -961,9 +1010,30 @@ class PhaseDynamics:
         return torch.cat([self._drift(s, u, r, currents=currents) if s.cell is None else
                           self._cell_drift(s, u, r, currents) for s in self.slots], dim=-1)
 
-    def _drift(self, slot: PopulationSlot, u, r, out=None, currents=None) -> torch.Tensor:
+    def held(self, state: NeuralState) -> dict[str, torch.Tensor]:
+        """The held products ``r_low KT_p^low`` of populations whose separate operator has
+        ``low_refresh`` > 1 (population -> rows x n in the state's dtype), kept for the
+        buffers of ``state``; new buffers are refreshed at the next step. The eager steps and
+        the fused loop share them."""
+        key = (state.u.data_ptr(), tuple(state.u.shape), state.u.dtype)
+        if self._held[0] != key:
+            self._held = (key, {s.name: torch.zeros((*state.u.shape[:-1], s.size),
+                                                    dtype=state.u.dtype, device=state.u.device)
+                                for s in self.slots if s.low_refresh > 1})
+            self._held_next = None
+        return self._held[1]
+
+    def refresh_due(self, slot: PopulationSlot, step: int) -> bool:
+        """Whether step ``step`` of the phase recomputes the held product of ``slot``: at
+        multiples of its ``low_refresh``, and at the first step after its buffers were made or
+        the steps were not taken in order (a solve resumed elsewhere)."""
+        return self._held_next != step or step % slot.low_refresh == 0
+
+    def _drift(self, slot: PopulationSlot, u, r, out=None, currents=None,
+               held=None) -> torch.Tensor:
         """Linear cell: rate [-d u_p + r_src KT_p (+ r_low KT_p^low + c_p r_p) + I_p], into
-        ``out`` (or a new tensor)."""
+        ``out`` (or a new tensor); ``held``: (buffer, due) where the separate product is
+        held (recomputed into the buffer when due)."""
         u_p = u[..., slot.u_cols]
         kt = self.operators.get(slot.name)
         if kt is not None:
@@ -973,7 +1043,13 @@ class PhaseDynamics:
             out = torch.mul(u_p, -slot.decay, out=out)
         if slot.low_cols is not None:
             low = self.operators[LowPrecision(slot.name)]
-            out.add_(ops.matmul(r[..., slot.low_cols].to(low.dtype), low))
+            if held is None:
+                out.add_(ops.matmul(r[..., slot.low_cols].to(low.dtype), low))
+            else:
+                buffer, due = held
+                if due:
+                    buffer.copy_(ops.matmul(r[..., slot.low_cols].to(low.dtype), low))
+                out.add_(buffer)
             diagonal = self.operators.get(Diagonal(slot.name))
             if diagonal is not None:
                 out.addcmul_(r[..., slot.r_cols], diagonal)
@@ -1011,8 +1087,14 @@ class PhaseDynamics:
         return v
 
     def euler_step_(self, state: NeuralState, dt: float) -> None:
-        """Explicit (Jacobi) Euler step, in place: u <- u + (h/rate) f(u); r <- sigma(u)."""
-        du = self.rhs(state.u, state.r)
+        """Explicit (Jacobi) Euler step, in place: u <- u + (h/rate) f(u); r <- sigma(u)
+        (held products as :attr:`PopulationSlot.low_refresh` says)."""
+        step, held = self.step_index, None
+        if any(s.low_refresh > 1 for s in self.slots):
+            held = {name: (buffer, self.refresh_due(self.net.slots[name], step))
+                    for name, buffer in self.held(state).items()}
+        du = self.rhs(state.u, state.r, held=held)
+        self.step_index, self._held_next = step + 1, step + 1
         for slot in self.slots:
             state.u[..., slot.u_cols].add_(du[..., slot.u_cols],
                                            alpha=slot.step_size(dt) / slot.rate)
@@ -1023,10 +1105,13 @@ class PhaseDynamics:
         """Layer-ordered Euler step: populations are updated one after another in declaration
         order, each reading the newest activities (linear cells:
         u_p <- (1 - h d_p) u_p + h (K_p r + K_p^low r + c_p r_p + I_p), h = dt rate_p; general cells:
-        u_p <- u_p + (h / rate_p) drift_p(u_p, v); then r_p <- sigma(u_p))."""
+        u_p <- u_p + (h / rate_p) drift_p(u_p, v); then r_p <- sigma(u_p)); a held
+        K_p^low r (``low_refresh`` > 1) is recomputed when due (:meth:`refresh_due`)."""
         self.rhs_evals += 1
         silent = self.silent
         driven = self.currents_at() if self.drive is not None else None
+        step = self.step_index
+        held = self.held(state) if any(s.low_refresh > 1 for s in self.slots) else None
         for slot, u_p, product, current, r_p, low in self._bind(state):
             if driven is not None:
                 current = driven.get(slot.name)
@@ -1039,10 +1124,20 @@ class PhaseDynamics:
                 u_p.mul_(1.0 - h * slot.decay)
             else:
                 u_p.add_(self._cell_drift(slot, state.u, state.r, driven), alpha=h / slot.rate)
-            if low is not None and active:
+            if low is not None:
                 source, rounded, kt, diagonal = low
-                u_p.add_(ops.matmul(rounded.copy_(source), kt), alpha=h)
-                if diagonal is not None:
+                buffer = held.get(slot.name) if held else None
+                if buffer is None:
+                    if active:
+                        u_p.add_(ops.matmul(rounded.copy_(source), kt), alpha=h)
+                else:
+                    if self.refresh_due(slot, step):
+                        if active:
+                            buffer.copy_(ops.matmul(rounded.copy_(source), kt))
+                        else:
+                            buffer.zero_()
+                    u_p.add_(buffer, alpha=h)
+                if diagonal is not None and active:
                     u_p.addcmul_(r_p, diagonal, value=h)
             silent.discard(slot.name)
             if current is not None:
@@ -1051,6 +1146,7 @@ class PhaseDynamics:
                 u_p.add_(self._gaussian(u_p), alpha=slot.noise * (h * slot.rate) ** 0.5)
             slot.activate(u_p, out=r_p, generator=self.generator)
         silent.clear()
+        self.step_index, self._held_next = step + 1, step + 1
 
     def _bind(self, state: NeuralState) -> list:
         """Per-population views into ``state`` and the operands of its product

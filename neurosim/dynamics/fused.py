@@ -50,7 +50,10 @@ When it applies (:func:`unsupported` gives the reason when not):
   no tensor that requires gradients;
 - projections with ``precision = "bfloat16"`` in float32 networks, where the loop was built
   with AVX512-BF16 (the activities are rounded to bfloat16 as torch rounds them, and the
-  products summed in float32: the eager path's bfloat16 product also rounds its result).
+  products summed in float32: the eager path's bfloat16 product also rounds its result);
+- held products (projections with ``refresh_every`` > 1): the loop keeps them in the
+  phase's buffers (:meth:`PhaseDynamics.held`, shared with the eager steps), recomputed at
+  the same steps as the eager path.
 
 Stimuli (a time-varying drive) are evaluated in Python at each step's time, a chunk at a
 time, and handed to the loop as per-step currents.
@@ -82,7 +85,7 @@ import torch
 
 from ..errors import ConfigError, SimulationError
 from . import ops
-from .compiled import Diagonal, LowPrecision
+from .compiled import Diagonal, LowPrecision, PhaseDynamics
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_euler.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared",
@@ -206,7 +209,7 @@ def _load(path: Path) -> ctypes.CDLL:
         fn.restype = i64
         fn.argtypes = [i64, ptr, i64, ptr, i64, i64, ptr, f64p, ptr, ptr, ptr, ptr, ptr, ptr,
                        i64, f64p, ctypes.c_int, ptr, i64, ptr, i64, ctypes.c_int, ctypes.c_int,
-                       ptr, ptr, ctypes.c_int, i64, ptr, f64p]
+                       ptr, ptr, ctypes.c_int, i64, ptr, f64p, ptr, ptr, ctypes.c_int]
     lib.neurosim_bfloat16.restype = ctypes.c_int
     lib.neurosim_bfloat16.argtypes = []
     lib.neurosim_pack_bf16.restype = ctypes.c_int
@@ -308,7 +311,7 @@ def unsupported(dynamics, state) -> str | None:
             return f'population "{slot.name}" is a general cell (its own drift)'
         if slot.noise > 0 or slot.stochastic:
             return f'population "{slot.name}" is noisy or stochastic'
-        if slot.low_cols is not None and state.u.dtype != torch.float32:
+        if slot.low_bfloat16 and state.u.dtype != torch.float32:
             return f'population "{slot.name}" has a bfloat16 projection in a {state.u.dtype} ' \
                    "network (the loop multiplies bfloat16 in float32 networks)"
         if _activation_code(slot) is None:
@@ -367,6 +370,11 @@ class _Plan:
             weights.append(operator)
             lows.append(low)
         self.layout = _int64s(v for row in layout for v in row)
+        # held products: (refresh_every, whether the separate operator is in full precision)
+        self.holding = any(slot.low_refresh > 1 for slot in dynamics.slots)
+        self.holds = _int64s(v for slot in dynamics.slots for v in (
+            slot.low_refresh, int(slot.low_cols is not None and not slot.low_bfloat16))) \
+            if self.holding else None
         # operators that fit in a core's L2 cache: in a blocked batch the threads share the
         # samples (each reads every operator, with no barrier between steps)
         self.by_samples = blocked and _fit_in_l2(weights, lows)
@@ -396,6 +404,7 @@ class FusedStepper:
             lib.neurosim_euler_f32
         plan = plan if plan is not None else _Plan(dynamics, state)
         self._layout, self.by_samples = plan.layout, plan.by_samples
+        self.holds = plan.holds
         params, self._keep = [], []
         self.weights, self.low_weights, self.currents, self.current_rows = [], [], [], []
         self.packed = []
@@ -408,9 +417,12 @@ class FusedStepper:
                            -1.0 if slot.fixed_step is None else float(slot.fixed_step), a, b,
                            0.0 if diagonal is None else float(diagonal)))
             self.weights.append(None if kt is None else kt.mT if kt.mT.is_contiguous() else kt)
-            # the loop reads the bfloat16 operator's rows W_p^low = (KT_p^low)^T (built so)
-            self.low_weights.append(None if low is None else low.mT.contiguous())
-            self.packed.append(None if low is None else
+            # the loop reads the bfloat16 operator's rows W_p^low = (KT_p^low)^T (built so),
+            # a full-precision one (held) as KT_p^low
+            bfloat16 = low is not None and low.dtype == torch.bfloat16
+            self.low_weights.append(None if low is None else low.mT.contiguous() if bfloat16
+                                    else low.contiguous())
+            self.packed.append(None if not bfloat16 else
                                _packed(dynamics.net, low, self.low_weights[-1], lib)
                                if not hasattr(dynamics, "member_of") else
                                _packed(dynamics.net, dynamics.member_of[0][low_key],
@@ -447,13 +459,15 @@ class FusedStepper:
         return _int64s(flags) if any(flags) else None
 
     def advance(self, state, dts: list[float], step0: int, probes=(), *,
-                check: bool = True, stimuli=None) -> int:
+                check: bool = True, stimuli=None, held=None) -> int:
         """Take ``len(dts)`` steps from step ``step0``; ``probes``: (source, columns, every,
         buffer) with ``columns`` int64 and contiguous, in range, and ``buffer`` (records x batch
         x columns, contiguous, the state's dtype) receiving its due records in order;
         ``stimuli``: population -> the stimuli's currents at each step (steps x rows x n,
-        rows 1 or batch). Returns the steps taken: fewer when ``check`` and a step made a
-        potential non-finite (the state is then that step's)."""
+        rows 1 or batch); ``held``: (population -> held product buffer, whether they hold
+        step0 - 1's values), else the phase's own (:meth:`PhaseDynamics.held`). Returns the
+        steps taken: fewer when ``check`` and a step made a potential non-finite (the state
+        is then that step's)."""
         batch = state.u.shape[0]
         stimuli = {name: value.to("cpu", state.u.dtype).contiguous()
                    for name, value in (stimuli or {}).items()}
@@ -476,16 +490,31 @@ class FusedStepper:
                                     columns.data_ptr(), buffer.data_ptr()))
         steps = _float64s(dts)
         count = threads()
+        if held is None and self.holds is not None:      # this phase's own held products
+            buffers = self.dynamics.held(state)
+            held = (buffers, self.dynamics._held_next == step0)
+        held_ptrs = None if self.holds is None else self._held_ptrs(held[0])
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self._layout, self.params,
                        self.weight_ptrs, self.low_ptrs, self.current_ptrs, self.rows,
                        step_ptrs, step_rows, len(dts), steps, int(self.jacobi),
                        _scratch(self.dynamics.net, state, count).data_ptr(), len(probes),
                        records, step0, count, int(check), self.packed_ptrs, self._silent(),
-                       int(self.by_samples), 0, None, None)
+                       int(self.by_samples), 0, None, None, self.holds, held_ptrs,
+                       int(bool(held and held[1])))
+        if done < 0:
+            raise SimulationError("the fused loop refused its arguments (an internal error; "
+                                  "NEUROSIM_FUSED=off avoids it)")
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
+        if isinstance(self.dynamics, PhaseDynamics):
+            self.dynamics.step_index = self.dynamics._held_next = step0 + int(done)
         return int(done)
+
+    def _held_ptrs(self, buffers: dict) -> ctypes.Array:
+        """Addresses of the held products (population -> rows x n, contiguous), slot order."""
+        return _int64s(buffers[slot.name].data_ptr() if slot.low_refresh > 1 else 0
+                       for slot in self.dynamics.slots)
 
 
 def _scratch(net, state, threads: int) -> torch.Tensor:
@@ -531,13 +560,15 @@ def _fit_in_l2(operators, low_operators) -> bool:
     """Whether the bytes that every thread reads at each step when the threads share the
     samples fit in SAMPLE_SPLIT_CACHE of a core's L2: the full-precision operators (KT_p,
     one member's) and the bfloat16 ones (KT_p^low, sources x n) as the loop packs them
-    (pairs of sources, neurons padded to 16)."""
+    (pairs of sources, neurons padded to 16; held full-precision ones as they are)."""
     total = 0
     for kt in operators:
         if kt is not None:
             total += kt.shape[-2] * kt.shape[-1] * kt.element_size()
     for low in low_operators:
-        if low is not None:
+        if low is not None and low.dtype != torch.bfloat16:     # held, full precision
+            total += low.shape[-2] * low.shape[-1] * low.element_size()
+        elif low is not None:
             sources, n = low.shape[-2:]
             total += (sources + 1) // 2 * ((n + 15) // 16 * 16) * 4
     return total <= SAMPLE_SPLIT_CACHE * l2_bytes()
@@ -632,7 +663,7 @@ def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
                 reason = f"the fused loop could not be built ({_build_error})"
                 if _mode == "auto":
                     _warn_once(reason)
-            elif not lib.neurosim_bfloat16() and any(s.low_cols is not None
+            elif not lib.neurosim_bfloat16() and any(s.low_bfloat16
                                                       for s in dynamics.slots):
                 reason = ("a bfloat16 projection, and this CPU has no bfloat16 instructions "
                           "(AVX512-BF16) for the loop")
@@ -700,13 +731,20 @@ class EnsembleStepper:
                                   "the eager path (NEUROSIM_FUSED=off)")
         for member in self.members:           # silent at rest: as the whole phase
             member.dynamics.silent = set(self.dynamics.silent)
+        held = None
+        if self.members[0].holds is not None:
+            buffers = self.dynamics.held(state)
+            held = (buffers, self.dynamics._held_next == step0)
         if not check and self._together():
-            done = self._advance_together(state, dts)
+            done = self._advance_together(state, dts, step0, held)
         else:
-            done = min(member.advance(_member_state(state, m), dts, step0, check=check)
+            done = min(member.advance(_member_state(state, m), dts, step0, check=check,
+                                      held=None if held is None else
+                                      ({k: v[m] for k, v in held[0].items()}, held[1]))
                        for m, member in enumerate(self.members))
         self.dynamics.rhs_evals += done
         self.dynamics.silent.clear()
+        self.dynamics.step_index = self.dynamics._held_next = step0 + done
         return done
 
     def _together(self) -> bool:
@@ -715,17 +753,20 @@ class EnsembleStepper:
         all members, each through all steps, as each member's own call would step them)."""
         first = self.members[0]
         return len(self.members) > 1 and first.by_samples and all(
-            packed is not None or low is None
+            packed is not None or low is None or low.dtype != torch.bfloat16
             for member in self.members for packed, low in zip(member.packed,
                                                                member.low_weights))
 
-    def _advance_together(self, state, dts: list[float]) -> int:
-        """Every member in one call of the loop (see :meth:`_together`), no check."""
+    def _advance_together(self, state, dts: list[float], step0: int, held) -> int:
+        """Every member in one call of the loop (see :meth:`_together`), no check; ``held``
+        as :meth:`FusedStepper.advance` takes it, with a member axis."""
         first, count = self.members[0], threads()
         tables = _int64s(v for m, member in enumerate(self.members)
                          for v in (state.u[m].data_ptr(), state.r[m].data_ptr(),
                                    *member.weight_ptrs, *member.low_ptrs, *member.packed_ptrs,
-                                   *member.current_ptrs))
+                                   *member.current_ptrs,
+                                   *(member._held_ptrs({k: b[m] for k, b in held[0].items()})
+                                     if held is not None else [0] * len(first.weights))))
         params = _float64s(v for member in self.members for v in member.params)
         nothing = _int64s([0] * len(first.weights))
         done = first.fn(state.u.shape[-2], state.u[0].data_ptr(), state.u.stride(-2),
@@ -733,9 +774,12 @@ class EnsembleStepper:
                         first._layout, first.params, first.weight_ptrs, first.low_ptrs,
                         first.current_ptrs, first.rows, nothing, nothing, len(dts),
                         _float64s(dts), int(first.jacobi),
-                        _scratch(self.dynamics.net, state, count).data_ptr(), 0, None, 0,
+                        _scratch(self.dynamics.net, state, count).data_ptr(), 0, None, step0,
                         count, 0, first.packed_ptrs, first._silent(), 1, len(self.members),
-                        tables, params)
+                        tables, params, first.holds,
+                        None if held is None else first._held_ptrs(
+                            {k: b[0] for k, b in held[0].items()}),
+                        int(bool(held and held[1])))
         if done < 0:
             raise SimulationError("the fused loop refused to step the members together (an "
                                   "internal error; NEUROSIM_FUSED=off avoids it)")

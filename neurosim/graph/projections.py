@@ -32,6 +32,16 @@ small against the others (CorInfoMax's lateral ``2 gamma B r``, gamma ~ 1e-5), w
 error stays below the float32 rounding of the potentials; plasticity rules and recorded
 dendritic potentials always use full precision.
 
+``refresh_every = k`` (default 1) holds the same kind of product over k steps: in ODE phases
+stepped by "euler" or "gs-euler", ``W r_src`` is recomputed at steps 0, k, 2k, ... of a
+phase (counted from its start; a solve resumed elsewhere recomputes at its first step) and
+the value of the last refresh is used in between (a multirate Euler step). Meant, like
+bfloat16, for slow terms that are small against the others: CorInfoMax's lateral term moves
+u by about 1e-5 per phase, and holding it for 3 steps changes the potentials by about 1e-9,
+1/500 of their float32 rounding (runs/README.md). A population's projections in bfloat16 or
+with ``refresh_every`` > 1 share one operator (see neurosim.dynamics.compiled): they must
+have one precision and one ``refresh_every``. Other solvers refuse it.
+
 An optional fixed ``mask`` zeroes absent synapses; plasticity never creates them. It is a 0/1
 tensor of the weight's shape, "no_self" (every synapse but i -> i; a square projection, e.g.
 lateral connections without autapses) or ``{ partners = k }`` (each target neuron gets exactly
@@ -141,6 +151,7 @@ class Projection:
     plastic: bool = True
     rules: Sequence[Any] = field(default_factory=list)
     precision: str = "full"
+    refresh_every: int = 1
 
     def __post_init__(self):
         where = f'projection "{self.name}"'
@@ -167,6 +178,14 @@ class Projection:
             raise ConfigError(f'{where}: precision "bfloat16" applies to the product of a dense '
                               f"weight matrix; this {self.kind} projection (init "
                               f"{self.init!r}) has none. Remove precision.")
+        if not isinstance(self.refresh_every, int) or isinstance(self.refresh_every, bool) \
+                or self.refresh_every < 1:
+            raise ConfigError(f"{where}: refresh_every must be a whole number of steps >= 1, "
+                              f"got {self.refresh_every!r}.")
+        if self.refresh_every > 1 and not (self.is_dense and self.has_weight):
+            raise ConfigError(f"{where}: refresh_every applies to the product of a dense "
+                              f"weight matrix; this {self.kind} projection (init "
+                              f"{self.init!r}) has none. Remove refresh_every.")
         if not self.has_weight:
             self.plastic = False
         if not self.is_dense and self.mask is not None:

@@ -45,7 +45,8 @@ def _as_list(value, n: int, name: str) -> list[float]:
 def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float = 0.15,
                      leak: float = 0.5, lam: float = 0.99999, mu_ff=1.0, mu_fb=0.15,
                      eta_lam=(1e-6, 1e-2), ff_rule=None, fb_rule=None, lateral_rule=None,
-                     lateral_precision: str = "full", name: str | None = None) -> dict:
+                     lateral_precision: str = "full", lateral_refresh_every: int = 1,
+                     name: str | None = None) -> dict:
     """The graph tables (as a model file would write them) of a CorInfoMax network with layer
     sizes ``sizes = [n_0, ..., n_P]``; ``mu_ff`` has P entries, ``mu_fb`` P - 1, ``eta_lam``
     (A1) is [hidden, output]. ``ff_rule``, ``fb_rule`` and ``lateral_rule`` replace the
@@ -55,7 +56,9 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
     projections B in the dynamics: "full", "bfloat16" or "auto" (bfloat16 for the large ones
     where the CPU has native bfloat16 arithmetic); the term is scaled by 2 gamma ~ 2e-5, so
     bfloat16 changes the potentials by about their float32 rounding (see
-    neurosim.graph.projections)."""
+    neurosim.graph.projections). ``lateral_refresh_every`` is their ``refresh_every``: the
+    lateral product recomputed every that many steps of a phase and held in between (with
+    Euler steps; 3 changes the potentials by about 1e-9, runs/README.md)."""
     if variant not in VARIANTS:
         raise ConfigError(f'corinfomax: unknown variant "{variant}"; use "A-inf" or "A1".')
     sizes = [int(s) for s in sizes]
@@ -92,7 +95,8 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
         projections.append({"name": f"lat{k}", "source": layer, "target": layer,
                             "compartment": "apical", "init": "gram_xavier",
                             "gain": apical_scale * (2 * gamma if hidden else gamma),
-                            "precision": lateral_precision, "rules": [lateral]})
+                            "precision": lateral_precision,
+                            "refresh_every": lateral_refresh_every, "rules": [lateral]})
         projections.append({"name": f"aut{k}", "source": layer, "target": layer,
                             "compartment": "apical", "init": "identity",
                             "gain": apical_scale * leak})

@@ -26,6 +26,13 @@ class PlasticSystem:
 
     def __init__(self, net, rules: RuleSet, make_dynamics: Callable[[], object],
                  scratch_r: torch.Tensor):
+        held = [s.name for s in net.slots.values() if s.low_refresh > 1]
+        if held:
+            raise ConfigError(f"population(s) {', '.join(held)} hold products over several "
+                              "Euler steps (a projection with refresh_every > 1), but "
+                              "continuous plasticity integrates potentials and weights as one "
+                              "system with exact products; remove refresh_every or use "
+                              "plasticity = { every = N } with euler or gs-euler.")
         for key, _, rule in rules.entries:
             if rule.target != "projection":
                 raise ConfigError(f'rule "{rule.name}" ({key.split(".")[0]}) is a population rule; '

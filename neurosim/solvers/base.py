@@ -17,7 +17,7 @@ from typing import Callable, ClassVar
 import torch
 
 from ..dynamics import NeuralState, PhaseDynamics
-from ..errors import SimulationError
+from ..errors import ConfigError, SimulationError
 from .schedules import time_grid
 
 
@@ -96,6 +96,10 @@ class Observer:
     every: int = 1
 
 
+#: solvers whose discrete steps define held products (projections with refresh_every > 1)
+HOLDING_SOLVERS = ("euler", "gs-euler")
+
+
 def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedule,
           n_steps: int, step0: int = 0, t0: float = 0.0, observers: list[Observer] = (),
           steady: SteadyState | None = None, check_finite_every: int = 1,
@@ -125,8 +129,16 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
             f"({', '.join(dynamics.drawn)}): their activity is a fresh random draw per step, "
             "not a function of u. Use euler or gs-euler, which draw it from the phase's "
             "generator.")
+    held = [s.name for s in dynamics.slots if s.low_refresh > 1]
+    if held and solver.name not in HOLDING_SOLVERS:
+        raise ConfigError(f"population(s) {', '.join(held)} hold products over several steps "
+                          f'(a projection with refresh_every > 1), which only the discrete '
+                          f"steps of {' and '.join(HOLDING_SOLVERS)} define; solver "
+                          f'"{solver.name}" evaluates du/dt its own way. Use one of those '
+                          "solvers, or remove refresh_every.")
     stats = SolveStats(steps=step0, t=t0)
     evals0 = dynamics.rhs_evals
+    dynamics.step_index = step0
     k, t = step0, t0
     time = time_grid(schedule, step0, t0)
     dynamics.set_time(state, t)
@@ -172,6 +184,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
         apart = dynamics.members_apart(state) or [(dynamics, state)]
         evals = apart[0][0].rhs_evals
         for part, part_state in apart:
+            part.step_index = k
             for j in range(k, n_steps):
                 solver.step(part, part_state, schedule(j))
         if apart[0][0] is not dynamics:        # one member's evaluations, as in its own run
@@ -181,6 +194,8 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
             t = time(j, t)
         k = max(k, n_steps)
         dynamics.t = t
+        if apart[0][0] is not dynamics:
+            dynamics.step_index = k
     elif isinstance(solver, FixedStepSolver):
         while k < n_steps and not done:
             solver.step(dynamics, state, schedule(k))

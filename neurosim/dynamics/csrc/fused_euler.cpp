@@ -517,6 +517,11 @@ constexpr bool HAS_BF16 = false;
 //   after a step that made a potential non-finite (else run all K steps);
 //   packed: P addresses (0: none) of the bfloat16 operators already packed (pack_pairs over
 //   all n neurons, rows of padded(n) pairs; neurosim_pack_bf16), else each call packs them;
+//   holds: P x 2 (refresh_every, full) (or none): population p's separate operator product
+//   (low_weights) is held: recomputed into held[p] (B x n, rows of n) at the steps k with
+//   (step0 + k) % refresh_every == 0, and at the call's first step unless fresh (held[p]
+//   then holds the product of an earlier step), added to the drive at every step; with full
+//   the separate operator is KT_p^low in T (lS x n, row-major), not bfloat16 (only held);
 //   silent: P flags (or none): at the call's first step the products of population p are
 //   exactly zero (its sources are silent at rest: sigma(0) = 0) and are skipped;
 //   by_samples: the threads share the samples instead of the neurons (modes 1 to 3 only,
@@ -535,9 +540,14 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
             const int64_t* step_rows, int64_t K, const double* dt, int jacobi, T* acc0,
             int64_t R, const int64_t* records, int64_t step0, int threads, int check,
             const int64_t* packed_weights, const int64_t* silent, int by_samples, int64_t M,
-            const int64_t* member_ptrs, const double* member_params) {
+            const int64_t* member_ptrs, const double* member_params, const int64_t* holds,
+            const int64_t* held, int fresh) {
   constexpr int64_t NL = 9, NP = 6;      // layout and params per population
   std::vector<const T*> W0(P, nullptr), I0(P, nullptr), D(P, nullptr);
+  std::vector<T*> H0(P, nullptr);
+  // p's separate operator is bfloat16 pairs (else KT_p^low in T); p's product is held
+  auto bf16_low = [&](int64_t p) { return !(holds && holds[2 * p + 1]); };
+  auto holding = [&](int64_t p) { return holds && holds[2 * p] > 1; };
   std::vector<const uint32_t*> LW0(P, nullptr), PK0(P, nullptr);
   std::vector<int64_t> Irows(P, 0), Drows(P, 0), off(P, 0);
   int64_t total = 0, low_sources = 0;
@@ -545,7 +555,13 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     W0[p] = reinterpret_cast<const T*>(weights[p]);
     LW0[p] = reinterpret_cast<const uint32_t*>(low_weights[p]);
     PK0[p] = reinterpret_cast<const uint32_t*>(packed_weights[p]);
-    if (LW0[p]) low_sources = std::max(low_sources, lay[p * NL + 8]);
+    if (LW0[p] && bf16_low(p)) low_sources = std::max(low_sources, lay[p * NL + 8]);
+    if (holding(p)) {
+      if (!held || !held[p] || !LW0[p]) return -1;
+      H0[p] = reinterpret_cast<T*>(held[p]);
+    } else if (!bf16_low(p)) {
+      return -1;                          // a full-precision separate operator is held
+    }
     I0[p] = reinterpret_cast<const T*>(currents[p]);
     Irows[p] = current_rows[p];
     D[p] = reinterpret_cast<const T*>(step_currents[p]);
@@ -557,17 +573,22 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     if (W0[p] && lay[p * NL + 6] == 0) by_samples = 0;    // partial sums: threads share sources
   // several members in one call: tiles of samples through all steps only, every bfloat16
   // operator packed beforehand
+  // (member table rows: u r W[P] LW[P] PK[P] I[P] H[P])
+  const int64_t row = 2 + 5 * P;
   if (M > 1) {
     if (!by_samples || check || R || !member_ptrs || !member_params) return -1;
     for (int64_t m = 0; m < M; ++m)
       for (int64_t p = 0; p < P; ++p)
-        if (member_ptrs[m * (2 + 4 * P) + 2 + P + p] && !member_ptrs[m * (2 + 4 * P) + 2 + 2 * P + p])
+        if ((member_ptrs[m * row + 2 + P + p] && bf16_low(p) &&
+             !member_ptrs[m * row + 2 + 2 * P + p]) ||
+            (holding(p) && !member_ptrs[m * row + 2 + 4 * P + p]))
           return -1;
   }
   // by samples, one packing of each bfloat16 operator that all threads read (all neurons)
   std::vector<std::vector<uint32_t>> shared(by_samples ? P : 0);
   for (int64_t p = 0; p < (by_samples ? P : 0); ++p)
-    if (LW0[p] && !PK0[p]) shared[p].resize((lay[p * NL + 8] + 1) / 2 * padded(lay[p * NL + 1]));
+    if (LW0[p] && bf16_low(p) && !PK0[p])
+      shared[p].resize((lay[p * NL + 8] + 1) / 2 * padded(lay[p * NL + 1]));
   std::vector<int64_t> written(R, 0);
   int64_t done = K;
   int finite = 1;
@@ -577,12 +598,13 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     // the member this thread steps (member 0: the call's own arguments): its state, operators,
     // currents, parameters and products (acc: one block of B rows per member)
     std::vector<const T*> W(W0), I(I0);
+    std::vector<T*> H(H0);
     std::vector<const uint32_t*> LW(LW0), PK(PK0);
     T *U = U0, *Rr = R0, *acc = acc0;
     const double* par = par0;
     auto member = [&](int64_t m) {
       if (M <= 1) return;
-      const int64_t* e = member_ptrs + m * (2 + 4 * P);
+      const int64_t* e = member_ptrs + m * row;
       U = reinterpret_cast<T*>(e[0]);
       Rr = reinterpret_cast<T*>(e[1]);
       for (int64_t p = 0; p < P; ++p) {
@@ -590,6 +612,7 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
         LW[p] = reinterpret_cast<const uint32_t*>(e[2 + P + p]);
         PK[p] = reinterpret_cast<const uint32_t*>(e[2 + 2 * P + p]);
         I[p] = reinterpret_cast<const T*>(e[2 + 3 * P + p]);
+        H[p] = reinterpret_cast<T*>(e[2 + 4 * P + p]);
       }
       par = member_params + m * P * NP;
       acc = acc0 + m * B * total;
@@ -624,7 +647,11 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     // else is there). Either way each sum's order depends on the thread count only, never on
     // the chunk.
     // (by samples: every neuron of samples [t0, t1), the caller's tile)
-    auto product = [&](int64_t p, int64_t t0, int64_t t1) {
+    // whether step k recomputes population p's held product
+    auto due = [&](int64_t p, int64_t k) {
+      return (k == 0 && !fresh) || (step0 + k) % holds[2 * p] == 0;
+    };
+    auto product = [&](int64_t p, int64_t k, int64_t t0, int64_t t1) {
       const int64_t* L = lay + p * NL;
       const int64_t n = L[1], s0 = L[3], S = L[4];
       const auto [lo, hi] = by_samples ? std::make_pair(int64_t(0), n) : range(p);
@@ -655,20 +682,27 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
         panel<T>(W[p] + i0 * n, i1 - i0, n, Rr + s0 + i0, ldr, B, 0, n,
                  acc + (id + 1) * B * total + off[p], total);
       }
+      if (!LW[p] || hi <= lo || (H[p] && !due(p, k))) return;
+      // the separate operator's product: added into acc, or written into the held rows
+      T* out = H[p] ? H[p] + t0 * n : a + t0 * total;
+      const int64_t ld = H[p] ? n : total;
+      const bool add = !H[p] && W[p] && L[6] != 0;
+      if (!bf16_low(p)) {                 // KT_p^low in T, row-major (held only)
+        gemm<T, false>(reinterpret_cast<const T*>(LW[p]), L[8], n, Rr + t0 * ldr + L[7], ldr,
+                       t1 - t0, lo, hi, out, ld);
+        return;
+      }
 #ifdef __AVX512BF16__
       if constexpr (std::is_same_v<T, float>) {
-        if (LW[p] && hi > lo) {
-          to_bf16_pairs(Rr + t0 * ldr + L[7], ldr, t1 - t0, L[8], pairs.data());
-          // packed beforehand: all neurons in rows of padded(n), this thread's from column lo
-          const uint32_t* kp = PK[p] ? PK[p] + lo
-                               : by_samples ? shared[p].data() : packed[p].data();
-          const int64_t w = PK[p] ? padded(n) : padded(hi - lo);
-          T* out = a + t0 * total + lo;
-          if (W[p] && L[6] != 0)
-            bf16_gemm<true>(kp, L[8], w, pairs.data(), t1 - t0, 0, hi - lo, out, total);
-          else
-            bf16_gemm<false>(kp, L[8], w, pairs.data(), t1 - t0, 0, hi - lo, out, total);
-        }
+        to_bf16_pairs(Rr + t0 * ldr + L[7], ldr, t1 - t0, L[8], pairs.data());
+        // packed beforehand: all neurons in rows of padded(n), this thread's from column lo
+        const uint32_t* kp = PK[p] ? PK[p] + lo
+                             : by_samples ? shared[p].data() : packed[p].data();
+        const int64_t w = PK[p] ? padded(n) : padded(hi - lo);
+        if (add)
+          bf16_gemm<true>(kp, L[8], w, pairs.data(), t1 - t0, 0, hi - lo, out + lo, ld);
+        else
+          bf16_gemm<false>(kp, L[8], w, pairs.data(), t1 - t0, 0, hi - lo, out + lo, ld);
       }
 #endif
     };
@@ -685,7 +719,8 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
       const T h = T(step), keep = T(1.0 - step * Q[0]), a = T(Q[3]), c = T(Q[4]),
               self = T(Q[5]);
       const bool none = quiet(p, k);                          // no product this step
-      const bool in_acc = !none && ((W[p] && L[6] != 0) || LW[p]);   // acc holds the product
+      // acc holds the product (a held one is in H)
+      const bool in_acc = !none && ((W[p] && L[6] != 0) || (LW[p] && !H[p]));
       const bool parts = !none && W[p] && L[6] == 0;          // partial sums per thread
       const auto [lo, hi] = by_samples ? std::make_pair(int64_t(0), n) : range(p);
       // drive = ((sum of partial sums) + acc + c r_p) + I + I_k, then u <- keep u + h drive;
@@ -708,6 +743,12 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
           for (int64_t j = lo; j < hi; ++j) d[j - lo] = ap[j];
         } else {
           for (int64_t j = lo; j < hi; ++j) d[j - lo] = T(0);
+        }
+        if (H[p]) {
+          T* hp = H[p] + b * n;
+          if (none)                     // silent sources: the held product is zero
+            for (int64_t j = lo; j < hi; ++j) hp[j] = T(0);
+          for (int64_t j = lo; j < hi; ++j) d[j - lo] += hp[j];
         }
         if (self != T(0))
           for (int64_t j = lo; j < hi; ++j) d[j - lo] += self * rp[j];
@@ -761,12 +802,12 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     auto step_tile = [&](int64_t k, int& ok, int64_t t0, int64_t t1) {
       if (jacobi) {
         for (int64_t p = 0; p < P; ++p)
-          if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
+          if ((W[p] || LW[p]) && !quiet(p, k)) product(p, k, t0, t1);
         for (int64_t p = 0; p < P; ++p) update(p, k, ok, t0, t1);
         return;
       }
       for (int64_t p = 0; p < P; ++p) {
-        if ((W[p] || LW[p]) && !quiet(p, k)) product(p, t0, t1);
+        if ((W[p] || LW[p]) && !quiet(p, k)) product(p, k, t0, t1);
         update(p, k, ok, t0, t1);
       }
     };
@@ -788,7 +829,7 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     }
 #ifdef __AVX512BF16__
     for (int64_t p = 0; p < P; ++p)
-      if (LW[p] && !PK[p]) {
+      if (LW[p] && bf16_low(p) && !PK[p]) {
         const int64_t S2 = (lay[p * NL + 8] + 1) / 2, n = lay[p * NL + 1];
         if (by_samples) {               // this thread's 16-column blocks of the shared packing
           const int64_t share = ((n + nt - 1) / nt + 15) / 16 * 16;
@@ -886,12 +927,12 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
         int ok = 1;
         if (jacobi) {
           for (int64_t p = 0; p < P; ++p)
-            if ((W[p] || LW[p]) && !quiet(p, k)) product(p, 0, B);
+            if ((W[p] || LW[p]) && !quiet(p, k)) product(p, k, 0, B);
 #pragma omp barrier
           for (int64_t p = 0; p < P; ++p) update(p, k, ok, 0, B);
         } else {
           for (int64_t p = 0; p < P; ++p) {
-            if ((W[p] || LW[p]) && !quiet(p, k)) product(p, 0, B);
+            if ((W[p] || LW[p]) && !quiet(p, k)) product(p, k, 0, B);
 #pragma omp barrier
             update(p, k, ok, 0, B);
             if (p + 1 < P) {
@@ -924,11 +965,12 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
                const int64_t* step_rows, int64_t K, const double* dts, int jacobi,          \
                T* scratch, int64_t R, const int64_t* records, int64_t step0, int threads,   \
                int check, const int64_t* packed, const int64_t* silent, int by_samples,      \
-               int64_t members, const int64_t* member_ptrs, const double* member_params) {  \
+               int64_t members, const int64_t* member_ptrs, const double* member_params,    \
+               const int64_t* holds, const int64_t* held, int fresh) {                      \
     return run<T>(B, u, ldu, r, ldr, P, layout, params, weights, low_weights, currents,    \
                   current_rows, step_currents, step_rows, K, dts, jacobi, scratch, R,       \
                   records, step0, threads, check, packed, silent, by_samples, members,      \
-                  member_ptrs, member_params);                                              \
+                  member_ptrs, member_params, holds, held, fresh);                          \
   }
 
 extern "C" {
