@@ -457,6 +457,9 @@ class Simulation:
         self.plasticity, self.rules = self._make_plasticity(opt.plasticity)
         self.last_update_t = 0.0
         self.base_dir = ""
+        # held products (projections with refresh_every > 1): the phase being stepped, and
+        # what the last one held (PhaseDynamics.held_values), carried into the next phase
+        self._phase, self._held = None, None
 
     def _make_plasticity(self, spec) -> tuple[tuple[str, int], RuleSet]:
         where = "[simulation] plasticity"
@@ -668,7 +671,19 @@ class Simulation:
         phase = self.net.phase(self.net.build_operators(), self.inputs, self.nudges,
                                generator=self.generator)
         phase.drive = self.drive
+        if self._held is not None:         # a run continued (or resumed): its held products
+            phase.carry_held(self.state, *self._held)
         return phase
+
+    def _solve(self, **kwargs) -> SolveStats:
+        """One solve of a new phase from the current step; the products it holds at its end
+        are carried into the next (a run cut into pieces steps as the uncut one)."""
+        self._phase = self.dynamics()
+        try:
+            return solve(self._phase, self.state, **kwargs)
+        finally:
+            self._held = self._phase.held_values()
+            self._phase = None
 
     def stimulus_monitors(self, monitors=()) -> list[tuple[MonitorSpec, str]]:
         """(monitor, stimulus name) for every recorded stimulus: key
@@ -896,13 +911,13 @@ class Simulation:
                       after_every=checkpoint_every if checkpoint is not None and
                       checkpoint_every else total + 1)
         if mode == "off":
-            return solve(self.dynamics(), self.state, n_steps=total, step0=self.step,
-                         t0=self.t, steady=self._steady(total), **common)
+            return self._solve(n_steps=total, step0=self.step, t0=self.t,
+                               steady=self._steady(total), **common)
         evals, stats, path = 0, SolveStats(steps=self.step, t=self.t), None
         while self.step < total:
             stop = min(total, (self.step // every + 1) * every)
-            stats = solve(self.dynamics(), self.state, n_steps=stop, step0=self.step,
-                          t0=self.t, steady=self._steady(total), **common)
+            stats = self._solve(n_steps=stop, step0=self.step, t0=self.t,
+                                steady=self._steady(total), **common)
             evals += stats.rhs_evals
             path = path or stats.path
             self.step, self.t = stats.steps, stats.t
@@ -960,6 +975,7 @@ class Simulation:
             "biases": dict(self.net.biases),
             "rules": self.rules.state_dict() if self.plasticity[0] != "off" else {},
             "state": {"u": self.state.u, "r": self.state.r},
+            "held": self._held_payload(),
             "inputs": dict(self.inputs),
             "nudge": {name: {"target": target, "beta": beta}
                       for name, (target, beta) in self.nudges.items()},
@@ -975,6 +991,14 @@ class Simulation:
         save_checkpoint(path, payload, kind="simulation", config_text=self.model_text or "",
                         attrs={"options_json": json.dumps(options), "base_dir": self.base_dir,
                                "stimuli": names, "stimuli_digest": _stimuli_digest(self.stimuli)})
+
+    def _held_payload(self) -> dict:
+        """The held products at this step (none: {}), from the phase being stepped (a
+        checkpoint during a run) or the last one."""
+        held = self._phase.held_values() if self._phase is not None else self._held
+        if held is None:
+            return {}
+        return {"step": held[0], "values": dict(held[1])}
 
     @classmethod
     def load_checkpoint(cls, path, network: Network | None = None, *, stimuli=(),
@@ -1035,6 +1059,11 @@ class Simulation:
             sim.rules.load_state_dict(p.get("rules", {}), str(path))
         sim.state.u.copy_(torch.as_tensor(p["state"]["u"]))
         sim.state.r.copy_(torch.as_tensor(p["state"]["r"]))
+        held = p.get("held") or {}
+        if held:
+            sim._held = (int(held["step"]), {name: torch.as_tensor(v).to(sim.net.device,
+                                                                           sim.net.dtype)
+                                             for name, v in held["values"].items()})
         for name, x in p["inputs"].items():
             sim.inputs[name] = torch.as_tensor(x).to(sim.net.device, sim.net.dtype)
         sim.nudges = {name: (torch.as_tensor(n["target"]).to(sim.net.device, sim.net.dtype),

@@ -246,3 +246,71 @@ def test_continuous_plasticity_refuses_held_products():
                                        'rules = [{ type = "oja:Oja", lr = 0.01 }]\n')
     with pytest.raises(ConfigError, match="continuous plasticity"):
         Simulation.from_model_text(text, base_dir=examples, plasticity="continuous")
+
+
+@pytest.mark.parametrize("mode", ["off", "require"])
+def test_a_simulation_cut_or_resumed_between_refreshes_repeats_the_uncut_run(tmp_path, mode):
+    """run(7); run(23), and a checkpoint at step 7 resumed to 23, step as run(23): the held
+    products carry over (and are stored in the checkpoint)."""
+    if mode == "require" and fused.library() is None:
+        pytest.skip(f"no fused loop here: {fused.build_error()}")
+    with fused.mode(mode):
+        whole = Simulation.from_model_text(model())
+        whole.run(23)
+        cut = Simulation.from_model_text(model())
+        cut.run(7)
+        cut.save_checkpoint(tmp_path / "at7.h5")
+        cut.run(23)
+        resumed = Simulation.load_checkpoint(tmp_path / "at7.h5")
+        resumed.run(23)
+        again = Simulation.from_model_text(model())      # checkpoints written mid-run
+        again.run(23, checkpoint=tmp_path / "every5.h5", checkpoint_every=5)
+        from_mid = Simulation.load_checkpoint(tmp_path / "every5.h5")
+    assert from_mid.step == 20
+    with fused.mode(mode):
+        from_mid.run(23)
+    for sim in (cut, resumed, again, from_mid):
+        assert torch.equal(sim.state.u, whole.state.u)
+
+
+@pytest.mark.parametrize("first,second", [("off", "require"), ("require", "off")])
+def test_ensemble_members_apart_hold_the_phase_products(first, second):
+    """Large ensemble states step member by member on the eager path; a phase cut at step 7
+    holds across the cut whichever path takes each part."""
+    if fused.library() is None:
+        pytest.skip(f"no fused loop here: {fused.build_error()}")
+    network = network_from_dict(parse_model_text(model(out_refresh=2)))
+    ensemble = CompiledNetwork.stacked([CompiledNetwork(network, dtype=torch.float64, seed=s)
+                                        for s in range(2)])
+    batch = 3000                      # 3000 x 34 potentials per member: stepped apart
+    x = torch.rand(2, batch, 6, generator=torch.Generator().manual_seed(2),
+                   dtype=torch.float64)
+    finals = []
+    for plan in ([(17, "off")], [(7, first), (17, second)]):
+        dynamics = ensemble.phase(ensemble.build_operators(), {"x": x})
+        state = ensemble.zero_state(batch)
+        ensemble.clamp_inputs(state, {"x": x})
+        start = 0
+        for stop, mode in plan:
+            with fused.mode(mode):
+                solve(dynamics, state, solver=get_solver("gs-euler"),
+                      schedule=ConstantStep(0.1), n_steps=stop, step0=start,
+                      check_finite_every=0)
+            start = stop
+        finals.append(state.u.clone())
+    torch.testing.assert_close(finals[1], finals[0], rtol=0, atol=1e-13)
+
+
+def test_a_mixed_operator_is_refused_on_every_machine():
+    """A held full-precision projection beside an "auto" one large enough to resolve to
+    bfloat16 (130 x 130) is refused whether or not this CPU resolves it so."""
+    text = model().replace('size = 30', 'size = 130').replace(
+        'name = "o_h"\nsource = "o"\ntarget = "h"', 'name = "o_h"\nsource = "h"\ntarget = "h"'
+        '\nprecision = "auto"')
+    with pytest.raises(ConfigError, match="must share precision"):
+        Simulation.from_model_text(text)
+
+
+def test_refresh_every_accepts_integer_types():
+    from neurosim.graph.projections import Projection
+    assert Projection("p", "a", "b", refresh_every=np.int64(3)).refresh_every == 3

@@ -382,18 +382,27 @@ class CompiledNetwork:
 
     def _refresh_of(self, name: str, low: list) -> int:
         """The refresh_every of population ``name``'s separate operator (its projections in
-        bfloat16 or held): one precision and one refresh_every for all, else ConfigError."""
-        if not low:
-            return 1
-        kinds = {(q.name in self.low_precision, q.refresh_every) for q in low}
-        if len(kinds) > 1:
-            listed = ", ".join(f'"{q.name}" ({"bfloat16" if q.name in self.low_precision else "full"}'
-                               f", refresh_every {q.refresh_every})" for q in low)
+        bfloat16 or held): one precision and one refresh_every for all, else ConfigError.
+        Checked on the settings as declared ("auto" as bfloat16 where it could resolve so),
+        so that a model file is accepted or refused alike on every machine."""
+        pops = self.network.population_map
+
+        def declared(q):      # bfloat16 where the setting can mean it, else full
+            big = pops[q.target].size * pops[q.source].size >= AUTO_BFLOAT16_ENTRIES
+            return q.precision == "bfloat16" or (q.precision == "auto" and big)
+        candidates = [q for q in self.network.incoming(name)
+                      if self.slots[q.source].u_cols is not None and q.has_weight and
+                      (q.refresh_every > 1 or declared(q))]
+        as_declared = {(declared(q), q.refresh_every) for q in candidates}
+        as_resolved = {(q.name in self.low_precision, q.refresh_every) for q in low}
+        if len(as_declared) > 1 or len(as_resolved) > 1:
+            listed = ", ".join(f'"{q.name}" (precision {q.precision}, refresh_every '
+                               f"{q.refresh_every})" for q in candidates)
             raise ConfigError(f'population "{name}": its projections in bfloat16 or with '
                               f"refresh_every > 1 form one operator and must share precision "
                               f"and refresh_every, but they are {listed}; give them the same "
                               "precision and refresh_every.")
-        return low[0].refresh_every
+        return low[0].refresh_every if low else 1
 
     def _grouped(self, name: str) -> tuple[list, list, list]:
         """A linear cell's dynamic inputs as (full precision, separate operator: bfloat16 or
@@ -956,8 +965,8 @@ class PhaseDynamics:
     def to(self, dtype) -> "PhaseDynamics":
         """A copy of this phase evaluating in ``dtype`` (its own tensors)."""
         def copy(tensors):       # a bfloat16 operator stays one
-            return {k: v.clone() if isinstance(k, LowPrecision) else v.to(dtype, copy=True)
-                    for k, v in tensors.items()}
+            return {k: v.clone() if isinstance(k, LowPrecision) and v.dtype == torch.bfloat16
+                    else v.to(dtype, copy=True) for k, v in tensors.items()}
         return PhaseDynamics(self.net, copy(self.operators), copy(self.currents), self.generator,
                              cell_nudges=dict(self.cell_nudges), drive=self.drive, t=self.t)
 
@@ -1022,6 +1031,25 @@ class PhaseDynamics:
                                 for s in self.slots if s.low_refresh > 1})
             self._held_next = None
         return self._held[1]
+
+    def held_values(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(the step that the held products continue into, population -> held product), or
+        None when nothing is held yet: what a later phase of the same run (or a checkpoint)
+        carries on with (:meth:`carry_held`)."""
+        if self._held_next is None or not self._held[1]:
+            return None
+        return self._held_next, self._held[1]
+
+    def carry_held(self, state: NeuralState, step: int, values: Mapping) -> None:
+        """Continue held products of an earlier phase (:meth:`held_values`) at step ``step``
+        of ``state``: the next step, if it is ``step``, uses them until its refresh."""
+        buffers = self.held(state)
+        if set(values) != set(buffers):
+            raise ConfigError(f"held products of {sorted(values)} cannot continue a phase that "
+                              f"holds {sorted(buffers)}; the network changed.")
+        for name, value in values.items():
+            buffers[name].copy_(torch.as_tensor(value).reshape(buffers[name].shape))
+        self._held_next = int(step)
 
     def refresh_due(self, slot: PopulationSlot, step: int) -> bool:
         """Whether step ``step`` of the phase recomputes the held product of ``slot``: at
@@ -1127,15 +1155,16 @@ class PhaseDynamics:
             if low is not None:
                 source, rounded, kt, diagonal = low
                 buffer = held.get(slot.name) if held else None
-                if buffer is None:
-                    if active:
-                        u_p.add_(ops.matmul(rounded.copy_(source), kt), alpha=h)
-                else:
-                    if self.refresh_due(slot, step):
-                        if active:
-                            buffer.copy_(ops.matmul(rounded.copy_(source), kt))
-                        else:
-                            buffer.zero_()
+                refresh = buffer is None or self.refresh_due(slot, step)
+                if refresh and active:
+                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt)
+                    if buffer is None:
+                        u_p.add_(value, alpha=h)
+                    else:
+                        buffer.copy_(value)
+                elif refresh and buffer is not None:
+                    buffer.zero_()               # silent sources: the product is zero
+                if buffer is not None:
                     u_p.add_(buffer, alpha=h)
                 if diagonal is not None and active:
                     u_p.addcmul_(r_p, diagonal, value=h)
@@ -1169,9 +1198,9 @@ class PhaseDynamics:
                 if slot.low_cols is not None:
                     source = state.r[..., slot.low_cols]
                     kt_low = self.operators[LowPrecision(slot.name)]
-                    low = (source, torch.empty(source.shape, dtype=kt_low.dtype,
-                                               device=source.device),
-                           kt_low, self.operators.get(Diagonal(slot.name)))
+                    rounded = None if kt_low.dtype == source.dtype else torch.empty(
+                        source.shape, dtype=kt_low.dtype, device=source.device)
+                    low = (source, rounded, kt_low, self.operators.get(Diagonal(slot.name)))
                 self._plan.append((slot, u_p, product, self.currents.get(slot.name),
                                    state.r[..., slot.r_cols], low))
             self._plan_key = key
@@ -1220,6 +1249,12 @@ class PhaseDynamics:
             cached = self.__dict__["_members_apart"] = (key, views)
         for view, _ in cached[1]:
             view.silent, view.t = set(self.silent), self.t
+        if any(s.low_refresh > 1 for s in self.slots):       # the whole phase's held products
+            buffers = self.held(state)
+            for m, (view, view_state) in enumerate(cached[1]):
+                view._held = ((view_state.u.data_ptr(), tuple(view_state.u.shape),
+                               view_state.u.dtype), {k: b[m] for k, b in buffers.items()})
+                view._held_next = self._held_next
         return cached[1]
 
     def residual(self, state: NeuralState) -> torch.Tensor:

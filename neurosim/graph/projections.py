@@ -37,8 +37,9 @@ stepped by "euler" or "gs-euler", ``W r_src`` is recomputed at steps 0, k, 2k, .
 phase (counted from its start; a solve resumed elsewhere recomputes at its first step) and
 the value of the last refresh is used in between (a multirate Euler step). Meant, like
 bfloat16, for slow terms that are small against the others: CorInfoMax's lateral term moves
-u by about 1e-5 per phase, and holding it for 3 steps changes the potentials by about 1e-9,
-1/500 of their float32 rounding (runs/README.md). A population's projections in bfloat16 or
+u by about 1e-5 per phase, and holding it for 4 steps changes the potentials by at most about
+2e-8, 1/40 of their float32 rounding (measured in float64 on a trained MNIST network:
+runs/README.md). A population's projections in bfloat16 or
 with ``refresh_every`` > 1 share one operator (see neurosim.dynamics.compiled): they must
 have one precision and one ``refresh_every``. Other solvers refuse it.
 
@@ -70,6 +71,7 @@ member by member, each member's call that of its separate run.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -178,10 +180,11 @@ class Projection:
             raise ConfigError(f'{where}: precision "bfloat16" applies to the product of a dense '
                               f"weight matrix; this {self.kind} projection (init "
                               f"{self.init!r}) has none. Remove precision.")
-        if not isinstance(self.refresh_every, int) or isinstance(self.refresh_every, bool) \
-                or self.refresh_every < 1:
+        if not isinstance(self.refresh_every, numbers.Integral) or \
+                isinstance(self.refresh_every, bool) or self.refresh_every < 1:
             raise ConfigError(f"{where}: refresh_every must be a whole number of steps >= 1, "
                               f"got {self.refresh_every!r}.")
+        self.refresh_every = int(self.refresh_every)
         if self.refresh_every > 1 and not (self.is_dense and self.has_weight):
             raise ConfigError(f"{where}: refresh_every applies to the product of a dense "
                               f"weight matrix; this {self.kind} projection (init "

@@ -194,8 +194,10 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
             t = time(j, t)
         k = max(k, n_steps)
         dynamics.t = t
-        if apart[0][0] is not dynamics:
+        if apart[0][0] is not dynamics:      # (the members' held products are the phase's)
             dynamics.step_index = k
+            if apart[0][0]._held_next is not None:
+                dynamics._held_next = k
     elif isinstance(solver, FixedStepSolver):
         while k < n_steps and not done:
             solver.step(dynamics, state, schedule(k))
