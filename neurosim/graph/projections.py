@@ -38,7 +38,7 @@ phase (counted from its start; a solve resumed elsewhere recomputes at its first
 the value of the last refresh is used in between (a multirate Euler step). Meant, like
 bfloat16, for slow terms that are small against the others: CorInfoMax's lateral term moves
 u by about 1e-5 per phase, and holding it for 4 steps changes the potentials by at most about
-2e-8, 1/40 of their float32 rounding (measured in float64 on a trained MNIST network:
+4e-8, 1/30 of their float32 rounding (measured in float64 on a trained MNIST network:
 runs/README.md). A population's projections in bfloat16 or
 with ``refresh_every`` > 1 share one operator (see neurosim.dynamics.compiled): they must
 have one precision and one ``refresh_every``. Other solvers refuse it.

@@ -58,7 +58,7 @@ def corinfomax_graph(sizes: Sequence[int], *, variant: str = "A-inf", eps: float
     bfloat16 changes the potentials by about their float32 rounding (see
     neurosim.graph.projections). ``lateral_refresh_every`` is their ``refresh_every``: the
     lateral product recomputed every that many steps of a phase and held in between (with
-    Euler steps; 4 changes the potentials by at most about 2e-8, 1/40 of their float32
+    Euler steps; 4 changes the potentials by at most about 4e-8, 1/30 of their float32
     rounding: runs/README.md)."""
     if variant not in VARIANTS:
         raise ConfigError(f'corinfomax: unknown variant "{variant}"; use "A-inf" or "A1".')
