@@ -448,6 +448,9 @@ class Simulation:
         self.schedule = make_schedule(opt.step, "[simulation] step")
         self.generator = torch.Generator(device=opt.device).manual_seed(opt.seed + 1)
         self.state = self.net.zero_state(opt.batch)
+        # held products (projections with refresh_every > 1): the phase being stepped, and
+        # what the last one held (PhaseDynamics.held_values), carried into the next phase
+        self._phase, self._held = None, None
         self.step, self.t = 0, 0.0
         self.stimuli = [s if isinstance(s, Stimulus) else Stimulus(**s) for s in stimuli]
         self.inputs = self._make_inputs(opt.inputs, {s.population for s in self.stimuli})
@@ -457,9 +460,6 @@ class Simulation:
         self.plasticity, self.rules = self._make_plasticity(opt.plasticity)
         self.last_update_t = 0.0
         self.base_dir = ""
-        # held products (projections with refresh_every > 1): the phase being stepped, and
-        # what the last one held (PhaseDynamics.held_values), carried into the next phase
-        self._phase, self._held = None, None
 
     def _make_plasticity(self, spec) -> tuple[tuple[str, int], RuleSet]:
         where = "[simulation] plasticity"
