@@ -855,3 +855,23 @@ def test_ensemble_members_stepped_in_one_call_equal_their_own_calls(threads, mon
     assert len(together) == 2                       # both phases of the joint pass
     assert torch.equal(finals[True], finals[False])
     assert float((finals[True][0] - finals[True][1]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_large_shares_read_in_alternating_halves_repeat_themselves(threads, batch):
+    """A thread's share of a row-major operator beyond ZIGZAG_BYTES is read in two halves
+    whose order alternates from step to step: a run cut at odd and even steps repeats the
+    uncut one bit for bit, and agrees with the eager path (float64)."""
+    text = model(batch=batch, n_steps=40).replace("size = 40", "size = 700")
+    with fused.mode("require"):
+        whole = Simulation.from_model_text(text)
+        whole.run()
+        cut = Simulation.from_model_text(text)
+        for stop in (3, 4, 11, 40):
+            cut.run(stop)
+    stepper = fused.stepper(whole.dynamics(), whole.state, whole.solver)[0]
+    hidden = stepper.layout[0]
+    share = (int(hidden[4]) + threads - 1) // threads * int(hidden[1]) * 8
+    assert int(hidden[6]) == 0 and share > 512 * 1024        # the halves are in use
+    assert torch.equal(cut.state.u, whole.state.u)
+    torch.testing.assert_close(whole.state.u, run(text, "off").state.u, rtol=0, atol=1e-11)

@@ -532,6 +532,9 @@ constexpr bool HAS_BF16 = false;
 //   caches), handed out as threads come free; with check, each thread steps its own samples
 //   in tiles of SAMPLE_TILE, one barrier per step, so that all stop after the same step.
 constexpr int64_t SAMPLE_TILE = 20;
+// a thread's share of a row-major operator summed over its sources (mode 0) above this size
+// is read in two halves whose order alternates from step to step (see the product)
+constexpr int64_t ZIGZAG_BYTES = 512 * 1024;
 
 template <typename T>
 int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const int64_t* lay,
@@ -622,6 +625,9 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     int64_t widest = 0;
     for (int64_t p = 0; p < P; ++p) widest = std::max(widest, lay[p * NL + 1]);
     std::vector<T> drive(widest);                     // one row's drive, this thread's neurons
+    std::vector<T> half;                              // partial sums of a half share (mode 0)
+    for (int64_t p = 0; p < P; ++p)
+      if (W[p] && lay[p * NL + 6] == 0) half.resize(std::max<int64_t>(half.size(), B * lay[p * NL + 1]));
     // This thread's neurons of population p: Gauss-Seidel splits each population, Jacobi
     // the neurons of all populations together (so that small populations do not leave a
     // thread idle), at 64-byte boundaries.
@@ -679,8 +685,27 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
                        total);
       } else {                          // KT_p row-major (S x n): this thread's sources
         const int64_t i0 = split4(S, id), i1 = split4(S, id + 1);
-        panel<T>(W[p] + i0 * n, i1 - i0, n, Rr + s0 + i0, ldr, B, 0, n,
-                 acc + (id + 1) * B * total + off[p], total);
+        T* part = acc + (id + 1) * B * total + off[p];
+        if ((i1 - i0) * n * static_cast<int64_t>(sizeof(T)) <= ZIGZAG_BYTES) {
+          panel<T>(W[p] + i0 * n, i1 - i0, n, Rr + s0 + i0, ldr, B, 0, n, part, total);
+        } else {
+          // a share beyond a core's L2: its two halves of rows, the first into part and the
+          // second into half, then part += half; odd steps (of the phase, so a cut run
+          // repeats the uncut one) take the second half first, so that every step starts on
+          // the rows that the step before read last, still in cache. The same sums in the
+          // same order either way.
+          const int64_t mid = std::min(i1, i0 + ((i1 - i0) / 2 + 3) / 4 * 4);
+          auto first = [&] {
+            panel<T>(W[p] + i0 * n, mid - i0, n, Rr + s0 + i0, ldr, B, 0, n, part, total);
+          };
+          auto second = [&] {
+            panel<T>(W[p] + mid * n, i1 - mid, n, Rr + s0 + mid, ldr, B, 0, n, half.data(), n);
+          };
+          if ((step0 + k) & 1) second(), first();
+          else first(), second();
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t j = 0; j < n; ++j) part[b * total + j] += half[b * n + j];
+        }
       }
       if (!LW[p] || hi <= lo || (H[p] && !due(p, k))) return;
       // the separate operator's product: added into acc, or written into the held rows
