@@ -1051,6 +1051,16 @@ class PhaseDynamics:
             buffers[name].copy_(torch.as_tensor(value).reshape(buffers[name].shape))
         self._held_next = int(step)
 
+    def held_for(self, state: NeuralState, step: int) -> tuple[dict, bool]:
+        """(the held buffers of ``state``, whether they hold the products that step ``step``
+        continues with), for the fused loop."""
+        buffers = self.held(state)
+        return buffers, self._held_next == step
+
+    def stepped_to(self, step: int) -> None:
+        """Record that the steps up to ``step`` were taken in order (held products current)."""
+        self.step_index = self._held_next = step
+
     def refresh_due(self, slot: PopulationSlot, step: int) -> bool:
         """Whether step ``step`` of the phase recomputes the held product of ``slot``: at
         multiples of its ``low_refresh``, and at the first step after its buffers were made or
@@ -1122,7 +1132,7 @@ class PhaseDynamics:
             held = {name: (buffer, self.refresh_due(self.net.slots[name], step))
                     for name, buffer in self.held(state).items()}
         du = self.rhs(state.u, state.r, held=held)
-        self.step_index, self._held_next = step + 1, step + 1
+        self.stepped_to(step + 1)
         for slot in self.slots:
             state.u[..., slot.u_cols].add_(du[..., slot.u_cols],
                                            alpha=slot.step_size(dt) / slot.rate)
@@ -1175,7 +1185,7 @@ class PhaseDynamics:
                 u_p.add_(self._gaussian(u_p), alpha=slot.noise * (h * slot.rate) ** 0.5)
             slot.activate(u_p, out=r_p, generator=self.generator)
         silent.clear()
-        self.step_index, self._held_next = step + 1, step + 1
+        self.stepped_to(step + 1)
 
     def _bind(self, state: NeuralState) -> list:
         """Per-population views into ``state`` and the operands of its product

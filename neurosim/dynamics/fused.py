@@ -371,10 +371,9 @@ class _Plan:
             lows.append(low)
         self.layout = _int64s(v for row in layout for v in row)
         # held products: (refresh_every, whether the separate operator is in full precision)
-        self.holding = any(slot.low_refresh > 1 for slot in dynamics.slots)
         self.holds = _int64s(v for slot in dynamics.slots for v in (
             slot.low_refresh, int(slot.low_cols is not None and not slot.low_bfloat16))) \
-            if self.holding else None
+            if any(slot.low_refresh > 1 for slot in dynamics.slots) else None
         # operators that fit in a core's L2 cache: in a blocked batch the threads share the
         # samples (each reads every operator, with no barrier between steps)
         self.by_samples = blocked and _fit_in_l2(weights, lows)
@@ -491,8 +490,7 @@ class FusedStepper:
         steps = _float64s(dts)
         count = threads()
         if held is None and self.holds is not None:      # this phase's own held products
-            buffers = self.dynamics.held(state)
-            held = (buffers, self.dynamics._held_next == step0)
+            held = self.dynamics.held_for(state, step0)
         held_ptrs = None if self.holds is None else self._held_ptrs(held[0])
         done = self.fn(batch, state.u.data_ptr(), state.u.stride(0), state.r.data_ptr(),
                        state.r.stride(0), len(self.weights), self._layout, self.params,
@@ -508,7 +506,7 @@ class FusedStepper:
         self.dynamics.rhs_evals += int(done)
         self.dynamics.silent.clear()
         if isinstance(self.dynamics, PhaseDynamics):
-            self.dynamics.step_index = self.dynamics._held_next = step0 + int(done)
+            self.dynamics.stepped_to(step0 + int(done))
         return int(done)
 
     def _held_ptrs(self, buffers: dict) -> ctypes.Array:
@@ -731,10 +729,8 @@ class EnsembleStepper:
                                   "the eager path (NEUROSIM_FUSED=off)")
         for member in self.members:           # silent at rest: as the whole phase
             member.dynamics.silent = set(self.dynamics.silent)
-        held = None
-        if self.members[0].holds is not None:
-            buffers = self.dynamics.held(state)
-            held = (buffers, self.dynamics._held_next == step0)
+        held = self.dynamics.held_for(state, step0) if self.members[0].holds is not None \
+            else None
         if not check and self._together():
             done = self._advance_together(state, dts, step0, held)
         else:
@@ -744,7 +740,7 @@ class EnsembleStepper:
                        for m, member in enumerate(self.members))
         self.dynamics.rhs_evals += done
         self.dynamics.silent.clear()
-        self.dynamics.step_index = self.dynamics._held_next = step0 + done
+        self.dynamics.stepped_to(step0 + done)
         return done
 
     def _together(self) -> bool:

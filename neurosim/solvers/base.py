@@ -192,12 +192,10 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
             dynamics.silent.clear()
         for j in range(k, n_steps):
             t = time(j, t)
+        if apart[0][0] is not dynamics and k < n_steps:   # the members held the phase's
+            dynamics.stepped_to(n_steps)                  # products (their slices of them)
         k = max(k, n_steps)
         dynamics.t = t
-        if apart[0][0] is not dynamics:      # (the members' held products are the phase's)
-            dynamics.step_index = k
-            if apart[0][0]._held_next is not None:
-                dynamics._held_next = k
     elif isinstance(solver, FixedStepSolver):
         while k < n_steps and not done:
             solver.step(dynamics, state, schedule(k))
