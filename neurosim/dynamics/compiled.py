@@ -951,6 +951,7 @@ class PhaseDynamics:
 
     def __post_init__(self):
         self.slots, self.cells, self._deterministic, self.sources = self.net.phase_plan()
+        self.holding = any(s.low_refresh > 1 for s in self.slots)   # some products held
 
     @property
     def stochastic(self) -> bool:
@@ -1128,7 +1129,7 @@ class PhaseDynamics:
         """Explicit (Jacobi) Euler step, in place: u <- u + (h/rate) f(u); r <- sigma(u)
         (held products as :attr:`PopulationSlot.low_refresh` says)."""
         step, held = self.step_index, None
-        if any(s.low_refresh > 1 for s in self.slots):
+        if self.holding:
             held = {name: (buffer, self.refresh_due(self.net.slots[name], step))
                     for name, buffer in self.held(state).items()}
         du = self.rhs(state.u, state.r, held=held)
@@ -1149,7 +1150,7 @@ class PhaseDynamics:
         silent = self.silent
         driven = self.currents_at() if self.drive is not None else None
         step = self.step_index
-        held = self.held(state) if any(s.low_refresh > 1 for s in self.slots) else None
+        held = self.held(state) if self.holding else None
         for slot, u_p, product, current, r_p, low in self._bind(state):
             if driven is not None:
                 current = driven.get(slot.name)
@@ -1259,7 +1260,7 @@ class PhaseDynamics:
             cached = self.__dict__["_members_apart"] = (key, views)
         for view, _ in cached[1]:
             view.silent, view.t = set(self.silent), self.t
-        if any(s.low_refresh > 1 for s in self.slots):       # the whole phase's held products
+        if self.holding:                                      # the whole phase's held products
             buffers = self.held(state)
             for m, (view, view_state) in enumerate(cached[1]):
                 view._held = ((view_state.u.data_ptr(), tuple(view_state.u.shape),
