@@ -1041,22 +1041,29 @@ class PhaseDynamics:
             return None
         return self._held_next, self._held[1]
 
-    def carry_held(self, state: NeuralState, step: int, values: Mapping) -> None:
+    def carry_held(self, state: NeuralState, step: int | None, values: Mapping) -> None:
         """Continue held products of an earlier phase (:meth:`held_values`) at step ``step``
-        of ``state``: the next step, if it is ``step``, uses them until its refresh."""
+        of ``state``: the next step, if it is ``step``, uses them until its refresh (None:
+        the next step refreshes them whatever it is)."""
         buffers = self.held(state)
         if set(values) != set(buffers):
             raise ConfigError(f"held products of {sorted(values)} cannot continue a phase that "
                               f"holds {sorted(buffers)}; the network changed.")
         for name, value in values.items():
             buffers[name].copy_(torch.as_tensor(value).reshape(buffers[name].shape))
-        self._held_next = int(step)
+        self._held_next = None if step is None else int(step)
 
     def held_for(self, state: NeuralState, step: int) -> tuple[dict, bool]:
         """(the held buffers of ``state``, whether they hold the products that step ``step``
         continues with), for the fused loop."""
         buffers = self.held(state)
         return buffers, self._held_next == step
+
+    def resume_at(self, step: int, held_current: bool) -> None:
+        """Make ``step`` the next step to take, with the held products in the buffers
+        current for it (``held_current``) or to be refreshed by it."""
+        self.step_index = step
+        self._held_next = step if held_current else None
 
     def stepped_to(self, step: int) -> None:
         """Record that the steps up to ``step`` were taken in order (held products current)."""

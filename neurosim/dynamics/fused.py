@@ -84,7 +84,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, SimulationError
-from . import ops
+from . import graphs, ops
 from .compiled import Diagonal, LowPrecision, PhaseDynamics
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_euler.cpp"
@@ -623,7 +623,8 @@ def _operator(kt: torch.Tensor | None, blocked: bool) -> tuple[torch.Tensor | No
 
 
 def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
-    """(the :class:`FusedStepper` for this solve, "fused"), or (None, "eager: <reason>") for
+    """(the :class:`FusedStepper` for this solve, "fused"; on a CUDA device the
+    :class:`neurosim.dynamics.graphs.GraphStepper`, "graph"), or (None, "eager: <reason>") for
     the eager path (mode "auto"; mode "require" raises instead), or (None, None) for a solver
     without a fused form."""
     kind = getattr(solver, "fused", None)
@@ -633,6 +634,14 @@ def stepper(dynamics, state, solver) -> tuple[FusedStepper | None, str | None]:
         return None, None
     if _mode == "off":
         return None, "eager: NEUROSIM_FUSED=off"
+    if state.u.device.type == "cuda" or graphs._cpu_replay:
+        # on a GPU: the same steps replayed as CUDA graphs (neurosim.dynamics.graphs)
+        reason = graphs.unsupported(dynamics, state, kind)
+        if reason is None:
+            return graphs.stepper(dynamics, state, kind), "graph"
+        if _mode == "require":
+            _refuse(f"{reason} (the graph path, on {state.u.device})")
+        return None, f"eager: {reason}"
     # operators and currents are fixed within a phase (the stepper reads them in place)
     key = (kind, state.u.dtype, tuple(state.u.shape), state.u.stride(), state.r.stride())
     found = dynamics.__dict__.get("_fused_stepper")
