@@ -35,7 +35,7 @@ import torch
 from neurosim.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_name  # noqa: E402
+from timing import cpu_name, synchronize  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "corinfomax_ainf_mnist.toml"
 
@@ -54,7 +54,8 @@ def images(n: int):
 class ReferenceCorInfoMax:
     """A literal implementation in the style of the published code (for timing only)."""
 
-    def __init__(self, sizes, eps=0.15, g=0.5, lam=0.99999, mu_ff=(1.0, 0.7), mu_fb=(0.15,)):
+    def __init__(self, sizes, eps=0.15, g=0.5, lam=0.99999, mu_ff=(1.0, 0.7), mu_fb=(0.15,),
+                 device="cpu"):
         torch.manual_seed(0)
         self.sizes, self.eps, self.g, self.lam = sizes, eps, g, lam
         self.gamma = (1 - lam) / lam
@@ -66,6 +67,8 @@ class ReferenceCorInfoMax:
             m = xavier(n, n)
             self.B.append(m @ m.T)
         self.mu_ff, self.mu_fb = mu_ff, mu_fb
+        self.Wff, self.Wfb, self.B = ([w.to(device) for w in ws]
+                                      for ws in (self.Wff, self.Wfb, self.B))
 
     def dynamics(self, x, y, neurons, T, beta, eta=0.05):
         P = len(self.Wff)
@@ -88,7 +91,7 @@ class ReferenceCorInfoMax:
         return neurons
 
     def train_batch(self, x, y, beta):
-        zeros = [torch.zeros(n, x.shape[1]) for n in self.sizes[1:]]
+        zeros = [x.new_zeros(n, x.shape[1]) for n in self.sizes[1:]]
         free = self.dynamics(x, y, zeros, 30, 0.0)
         nudged = self.dynamics(x, y, [r.clone() for r in free], 10, beta)
         lf, ln = [x] + free, [x] + nudged
@@ -104,8 +107,9 @@ class ReferenceCorInfoMax:
             self.B[k] = (self.B[k] - self.gamma * torch.mean(outer(z, z), 0)) / self.lam
 
     def predict(self, x):
-        zeros = [torch.zeros(n, x.shape[1]) for n in self.sizes[1:]]
-        return self.dynamics(x, torch.zeros(self.sizes[-1], x.shape[1]), zeros, 30, 0.0)[-1].argmax(0)
+        zeros = [x.new_zeros(n, x.shape[1]) for n in self.sizes[1:]]
+        return self.dynamics(x, x.new_zeros(self.sizes[-1], x.shape[1]), zeros, 30,
+                             0.0)[-1].argmax(0)
 
 
 REPEATS = 3
@@ -162,6 +166,9 @@ def main():
                              "precision, each on the fused path where it applies or always "
                              "eager (default: model full-eager)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda: both sides run there (on a GPU neurosim's "
+                             "fused path is its graph path, neurosim.dynamics.graphs)")
     args = parser.parse_args()
     global REPEATS
     REPEATS = args.repeats
@@ -169,8 +176,11 @@ def main():
     from neurosim.dynamics import fused
     n = max(args.train_samples, args.test_samples) + 2000
     x_all, y_all, source = images(n)
+    x_all, y_all = x_all.to(args.device), y_all.to(args.device)
     results = {"source": source, "threads": args.threads, "torch": torch.__version__,
-               "machine": cpu_summary()}
+               "machine": cpu_summary(), "device": args.device}
+    if args.device.startswith("cuda"):
+        results["gpu"] = torch.cuda.get_device_name(args.device)
     model_text = MODEL.read_text()
 
     def text_for(precision, refresh):
@@ -186,7 +196,7 @@ def main():
     def trainer_for(variant, batch):
         precision, refresh, mode = VARIANTS[variant]
         trainer = Trainer.from_model_text(text_for(precision, refresh), progress=False,
-                                          batch_size=batch)
+                                          batch_size=batch, device=args.device)
         gen = torch.Generator().manual_seed(0)
         with fused.mode(mode), torch.inference_mode():
             for i in range(0, 1000, batch):                 # warm-up
@@ -202,8 +212,10 @@ def main():
         for _ in range(REPEATS):
             for name, (mode, fn, *items) in jobs.items():
                 with fused.mode(mode), torch.inference_mode():
+                    synchronize(args.device)
                     start = time.perf_counter()
                     fn()
+                    synchronize(args.device)
                     times[name].append((time.perf_counter() - start) /
                                        (items[0] if items else n_items) * 1e3)
         for name, values in times.items():
@@ -214,7 +226,7 @@ def main():
     def prefix(variant):
         return "" if variant == "model" else f"{variant}_"
 
-    ref = ReferenceCorInfoMax([784, 500, 10])
+    ref = ReferenceCorInfoMax([784, 500, 10], device=args.device)
     xs, ys = x_all.T.contiguous(), torch.nn.functional.one_hot(y_all, 10).T.float()
     with torch.no_grad():
         ref.train_batch(xs[:, :20], ys[:, :20], 1.0)
@@ -280,7 +292,8 @@ def main():
         results[f"{prefix}speedup_test_best_eval_batch"] = \
             results["reference_test_ms_per_sample_b20"] / best_eval
     print(f"CorInfoMax-A-inf 784-500-10, T 30/10, float32, {args.threads} threads, data: {source}")
-    print(f"  CPU {results['machine']}")
+    print(f"  CPU {results['machine']}" + (f", GPU {results['gpu']} (both sides on it)"
+                                           if "gpu" in results else ""))
     for key, value in results.items():
         if isinstance(value, float):
             print(f"  {key:44s} {value:8.4f}")

@@ -66,14 +66,15 @@ def cpu_flags() -> str:
 class Peer:
     """A peer in a subprocess of the peers' venv, speaking worker.py's protocol."""
 
-    def __init__(self, key: str, script: str, directory: Path, threads: int, extra=()):
+    def __init__(self, key: str, script: str, directory: Path, threads: int, extra=(),
+                 python=None, platform: str = "cpu"):
         self.key, self.label = key, key
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-                   MKL_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+                   MKL_NUM_THREADS=str(threads), JAX_PLATFORMS=platform, PYTHONUNBUFFERED="1")
         cores = sorted(os.sched_getaffinity(0))[:threads]
         self.log = open(directory / f"{key}.log", "w")
         self.proc = subprocess.Popen(
-            [str(PEERS_PYTHON), str(HERE / script), str(directory), "--threads", str(threads),
+            [str(python or PEERS_PYTHON), str(HERE / script), str(directory), "--threads", str(threads),
              *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             text=True, env=env, preexec_fn=lambda: os.sched_setaffinity(0, cores))
         self.directory = directory
@@ -136,9 +137,13 @@ def measure(n: int, args) -> list[dict]:
               f"{network.summary(ref)}", flush=True)
         tools = []            # (row, run() -> seconds)
         for path, record in [(p, r) for p in args.paths for r in (False, True)]:
-            runner = NeurosimRunner(directory, record, args.threads, path)
-            label = (f"neurosim {path}, recording 10 somas" if record else
-                     f"neurosim {path}, no recording")
+            runner = NeurosimRunner(directory, record, args.threads, path, args.device,
+                                    args.warm)
+            name = "graph" if path == "fused" and args.device != "cpu" else path
+            where = "" if args.device == "cpu" else f" ({args.device}" + \
+                (", warm)" if args.warm else ", cold)")
+            label = (f"neurosim {name}{where}, recording 10 somas" if record else
+                     f"neurosim {name}{where}, no recording")
             seconds, result = runner.run()        # warm-up and check
             tools.append(_checked({"tool": label, "kind": "neurosim"}, result, ref,
                                   lambda runner=runner: runner.run()[0]))
@@ -149,7 +154,10 @@ def measure(n: int, args) -> list[dict]:
                  ("--target", t) + (() if args.brian2_openmp else ("--no-openmp",)))
                 for t in args.brian2_targets] * ("brian2" in args.peers)
             for key, script, extra in specs:
-                peer = Peer(key, script, directory, args.threads, extra)
+                if key == "brainpy" and args.device != "cpu":
+                    extra = ("--platform", "gpu")
+                peer = Peer(key, script, directory, args.threads, extra, args.peers_python,
+                            "cpu" if args.device == "cpu" else "cuda")
                 peers.append(peer)
                 start = time.perf_counter()
                 msg = peer.ready()
@@ -241,8 +249,17 @@ def main() -> None:
     ap.add_argument("--brian2-openmp", action="store_true",
                     help="cpp_standalone with --threads OpenMP threads (default: 1 thread, "
                          "faster here for summed variables)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, or cuda: neurosim on the GPU (its fused path is then the graph "
+                         "path) and BrainPy's JAX on the GPU")
+    ap.add_argument("--warm", action="store_true",
+                    help="neurosim's timed runs continue its first run for another 2,000 steps "
+                         "(the graphs or set-up it made kept) instead of building a fresh "
+                         "simulation each time")
+    ap.add_argument("--peers-python", type=Path, default=None,
+                    help="the Python that runs the peers (default: the peers' venv)")
     args = ap.parse_args()
-    if not args.skip_peers and not PEERS_PYTHON.exists():
+    if not args.skip_peers and args.peers_python is None and not PEERS_PYTHON.exists():
         sys.exit(f"run.py: the peers' virtual environment {PEERS_PYTHON.parent.parent} is "
                  f"missing; create it with `bash {HERE / 'setup_peers.sh'}` (installs Brian2, "
                  "BrainPy and JAX there, a few minutes), or pass --skip-peers to time neurosim "

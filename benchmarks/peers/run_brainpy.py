@@ -19,12 +19,12 @@ import network  # noqa: E402
 import worker  # noqa: E402
 
 
-def build(directory, threads):
+def build(directory, threads, platform="cpu"):
     import jax
     import brainpy as bp
     import brainpy.math as bm
     import numpy as np
-    bm.set_platform("cpu")
+    bm.set_platform(platform)
     s, a = network.load(directory)
     p, q, dt = s["pyr"], s["inh"], s["dt"]
     f32 = np.float32
@@ -73,7 +73,7 @@ def build(directory, threads):
         return seconds, {"trace": trace, "u": np.asarray(bm.as_numpy(u.value)),
                          "u_inh": np.asarray(bm.as_numpy(ui.value))}
 
-    label = f"BrainPy {bp.__version__} for_loop (JAX {jax.__version__} jit, float32)"
+    label = f"BrainPy {bp.__version__} for_loop (JAX {jax.__version__} jit, float32, {platform})"
     return label, run
 
 
@@ -81,8 +81,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("directory")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--platform", default="cpu", choices=["cpu", "gpu"])
     args = ap.parse_args()
-    worker.serve(lambda: build(args.directory, args.threads), args.directory, "brainpy")
+    worker.serve(lambda: build(args.directory, args.threads, args.platform), args.directory,
+                 "brainpy")
 
 
 if __name__ == "__main__":
