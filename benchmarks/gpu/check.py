@@ -142,6 +142,22 @@ def main() -> None:
            f"max |difference| of the weights {d_eager:.3g}")
     report("EP training, 5 batches, float64: GPU graph = CPU", d_cpu <= 1e-10,
            f"max |difference| of the weights {d_cpu:.3g}")
+    from neurosim.training.ensemble import Ensemble
+    for dtype, tol in (("float64", 1e-10), ("float32", None)):
+        kwargs = dict(progress=False, base_dir=ROOT / "models", dtype=dtype, device=dev,
+                      epochs=2)
+        ensemble = Ensemble.from_model_text(model, [0, 1, 2], **kwargs)
+        ensemble.fit(args.tmp / f"ensemble_{dtype}", log=None)
+        worst = 0.0
+        for seed, member in zip([0, 1, 2], ensemble.members):
+            alone = Trainer.from_model_text(model, seed=seed, **kwargs)
+            for _ in range(2):
+                alone.train_epoch()
+            worst = max(worst, *(largest(member.net.weights[k].cpu(), w.cpu())
+                                 for k, w in alone.net.weights.items()))
+        report(f"ensemble of 3 = 3 separate runs on the GPU, 2 epochs of digits, {dtype}",
+               tol is None or worst <= tol, f"max |difference| of the weights {worst:.3g}"
+               + ("" if tol is not None else " (float32: reported, not checked)"))
     print(f"# {len(failures)} failed" + (f": {', '.join(failures)}" if failures else ""))
 
 

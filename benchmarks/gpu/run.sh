@@ -16,6 +16,10 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false      # JAX takes GPU memory as it nee
   python3 -c "import torch, h5py, tqdm, scipy; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
   lscpu | grep -E "Model name|^CPU\(s\)"
 } 2>&1 | tee "$out/info.txt"
+if [ -d .gpudata/mnist ]; then      # MNIST's four files, gzipped (never committed)
+  mkdir -p ~/.cache/neurosim/data/mnist
+  for f in .gpudata/mnist/*.gz; do gunzip -c "$f" > ~/.cache/neurosim/data/mnist/"$(basename "$f" .gz)"; done
+fi
 peers_python=python3
 if [ -n "$wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -34,9 +38,9 @@ step() {       # step NAME SECONDS COMMAND...
 }
 step check 100 python3 benchmarks/gpu/check.py --device cuda
 step peers 200 python3 benchmarks/peers/run.py --device cuda --warm --sizes 1000 4000 \
-    --repeats 3 --paths fused eager --peers brainpy --peers-python "$peers_python"
+    --repeats 5 --paths ${PEER_PATHS:-fused eager} --peers brainpy --peers-python "$peers_python"
 step corinfomax 120 python3 benchmarks/corinfomax_speed.py --device cuda \
     --variants model model-eager model-every-step --train-samples 2000 --test-samples 5000 \
     --reference-samples 200 --repeats 3 --json "$out/corinfomax.json"
-step ensemble 110 python3 benchmarks/ensemble_speed.py --device cuda --members 10 \
-    --rows 1000 --test-rows 1000 --repeats 2
+step ensemble 150 python3 benchmarks/ensemble_speed.py --device cuda --members 10 \
+    --rows 2000 --test-rows 1000 --repeats 4

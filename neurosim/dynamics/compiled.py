@@ -1132,9 +1132,15 @@ class PhaseDynamics:
             v[SOMA] = v[SOMA] - ops.member_scale(beta, r_p) * r_p
         return v
 
-    def euler_step_(self, state: NeuralState, dt: float) -> None:
+    def euler_step_(self, state: NeuralState, dt: float, synced: bool = False) -> None:
         """Explicit (Jacobi) Euler step, in place: u <- u + (h/rate) f(u); r <- sigma(u)
-        (held products as :attr:`PopulationSlot.low_refresh` says)."""
+        (held products as :attr:`PopulationSlot.low_refresh` says). Linear cells take it as
+        u_p <- (1 - h d_p) u_p + h (r_src KT_p + r_low KT_p^low + c_p r_p + I_p), every product
+        reading the activities before the step; ``synced``: ``state.r`` already holds
+        sigma(u) (the previous step's end), so it is not recomputed first."""
+        if not self.cells:
+            self._linear_euler_step_(state, dt, synced)
+            return
         step, held = self.step_index, None
         if self.holding:
             held = {name: (buffer, self.refresh_due(self.net.slots[name], step))
@@ -1144,6 +1150,45 @@ class PhaseDynamics:
         for slot in self.slots:
             state.u[..., slot.u_cols].add_(du[..., slot.u_cols],
                                            alpha=slot.step_size(dt) / slot.rate)
+        self._noise_(state, dt)
+        self.net.sync_activity(state, self.generator)
+
+    def _linear_euler_step_(self, state: NeuralState, dt: float, synced: bool) -> None:
+        """:meth:`euler_step_` of a network of linear cells: per population one fused
+        ``u_p <- beta u_p + alpha r_src KT_p`` and the other terms in place (a population's
+        products read ``r``, which changes only at the end of the step)."""
+        self.rhs_evals += 1
+        if not synced:
+            for slot in self._deterministic:
+                slot.activate(state.u[..., slot.u_cols], out=state.r[..., slot.r_cols])
+        currents = self.currents_at() if self.drive is not None else None
+        step = self.step_index
+        held = self.held(state) if self.holding else None
+        for slot, u_p, product, current, r_p, low in self._bind(state):
+            if currents is not None:
+                current = currents.get(slot.name)
+            h = slot.step_size(dt)
+            if product is not None:
+                target, left, right = product
+                ops.addmm_(target, left, right, beta=1.0 - h * slot.decay, alpha=h)
+            else:
+                u_p.mul_(1.0 - h * slot.decay)
+            if low is not None:
+                source, rounded, kt, diagonal = low
+                buffer = held.get(slot.name) if held else None
+                if buffer is None or self.refresh_due(slot, step):
+                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt)
+                    if buffer is None:
+                        u_p.add_(value, alpha=h)
+                    else:
+                        buffer.copy_(value)
+                if buffer is not None:
+                    u_p.add_(buffer, alpha=h)
+                if diagonal is not None:
+                    u_p.addcmul_(r_p, diagonal, value=h)
+            if current is not None:
+                u_p.add_(current, alpha=h)
+        self.stepped_to(step + 1)
         self._noise_(state, dt)
         self.net.sync_activity(state, self.generator)
 

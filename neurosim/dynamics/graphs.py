@@ -130,8 +130,7 @@ class GraphPhase:
         self.dynamics = PhaseDynamics(dynamics.net, self.operators, self.currents,
                                       cell_nudges=dict(dynamics.cell_nudges))
         self.held = self.dynamics.held(self.state)
-        self.step_ = (self.dynamics.euler_step_ if kind == "jacobi" else
-                      self.dynamics.gauss_seidel_step_)
+        self.jacobi = kind == "jacobi"
         self.backend = CpuReplay() if state.u.device.type != "cuda" else \
             CudaGraphs(state.u.device)
         self.graphs: OrderedDict = OrderedDict()
@@ -189,7 +188,10 @@ class GraphPhase:
         def steps():
             record = [0] * len(probes)
             for j, dt in enumerate(dts, start=step):
-                self.step_(self.state, dt)
+                if self.jacobi:        # r = sigma(u) holds after a step of the group
+                    self.dynamics.euler_step_(self.state, dt, synced=j > step)
+                else:
+                    self.dynamics.gauss_seidel_step_(self.state, dt)
                 for p, (source, _, every) in enumerate(probes):
                     if (j + 1) % every == 0:
                         values = self.state.u if source == "u" else self.state.r
