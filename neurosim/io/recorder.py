@@ -192,6 +192,7 @@ class Recorder:
         self._append = append          # continuing an existing file: see truncate()
         self._truncated = False
         self._pending_attrs: dict[str, Any] = {}
+        self._annotated: dict[str, Any] = {}     # root attrs written by annotate()
         if append:
             self._open_existing(attrs, config_text)
             return
@@ -207,6 +208,7 @@ class Recorder:
             f.attrs["time_units"] = time_units
             f.attrs["chunk_size"] = chunk_size
             write_attrs(f, attrs)
+            self._annotated.update(attrs or {})
             if config_text is not None:
                 f.create_dataset(CONFIG_TEXT, data=config_text, dtype=h5py.string_dtype("utf-8"))
             f.create_group("time", track_order=True)
@@ -277,10 +279,14 @@ class Recorder:
         if self.resuming:
             self._pending_attrs.update(self._same_attrs(attrs, "cannot continue"))
             return
+        # every run of a simulation annotates its recording again: rewrite only what changed
+        fresh = {k: v for k, v in attrs.items()
+                 if k not in self._annotated or not _same_value(self._annotated[k], v)}
         try:
-            write_attrs(self._file, attrs)
+            write_attrs(self._file, fresh)
         except TreeError as e:
             raise RecordingError(f"Recorder({self.path}): {e}") from e
+        self._annotated.update(fresh)
 
     def add(self, name: str, spec: MonitorSpec, record_shape: tuple[int, ...],
             dtype: torch.dtype | np.dtype | str = torch.float32,
@@ -561,16 +567,32 @@ class Recorder:
             if whole and m.fill == 0 and clock.fill == 0 and m.count == clock.count:
                 # whole chunks that lead the time axis: written straight from the block
                 n = m.written
-                m.ds.resize(n + whole, axis=0)
-                m.ds[n:n + whole] = values[done:done + whole].detach().to(m.dtype).to(
-                    "cpu").to(m.storage).numpy()          # rounded as the buffer would
+                _append_rows(m.ds, n, values[done:done + whole].detach().to(m.dtype).to(
+                    "cpu").to(m.storage).numpy())        # rounded as the buffer would
                 m.written += whole
-                clock.ds.resize((clock.written + whole,))
-                clock.ds[clock.written:clock.written + whole] = stamps[done:done + whole]
+                _append_rows(clock.ds, clock.written, stamps[done:done + whole])
                 clock.written += whole
                 self.chunks_written += whole // self.chunk_size
                 self._started, wrote = True, True
                 done += whole
+                continue
+            whole = (m.fill + len(stamps) - done) // self.chunk_size * self.chunk_size
+            if whole and m.fill and m.fill == clock.fill and m.count == clock.count:
+                # the held records and the block's next ones make whole chunks, and this
+                # monitor extends the time axis: one write of each, not one per chunk
+                take = whole - m.fill
+                head = m.buffer[:m.fill].to("cpu").to(m.storage)
+                body = values[done:done + take].detach().to(m.dtype).to("cpu").to(m.storage)
+                n = m.written
+                _append_rows(m.ds, n, torch.cat([head, body]).numpy())
+                m.written, m.fill = n + whole, 0
+                n = clock.written
+                _append_rows(clock.ds, n, np.concatenate([clock.buf[:clock.fill],
+                                                          stamps[done:done + take]]))
+                clock.written, clock.fill = n + whole, 0
+                self.chunks_written += whole // self.chunk_size
+                self._started, wrote = True, True
+                done += take
                 continue
             take = min(len(stamps) - done, self.chunk_size - m.fill)
             # records another monitor already put on the shared time axis: the same times
@@ -624,15 +646,13 @@ class Recorder:
 
     def _write_clock(self, clock: _Clock) -> None:
         n, k = clock.written, clock.fill
-        clock.ds.resize((n + k,))
-        clock.ds[n:n + k] = clock.buf[:k]
+        _append_rows(clock.ds, n, clock.buf[:k])
         clock.written, clock.fill = n + k, 0
 
     def _write_monitor(self, m: _Monitor) -> None:
         n, k = m.written, m.fill
         data = m.buffer[:k].to("cpu").to(m.storage).numpy()  # the only host sync
-        m.ds.resize(n + k, axis=0)
-        m.ds[n:n + k] = data
+        _append_rows(m.ds, n, data)
         m.written, m.fill = n + k, 0
         self.chunks_written += 1
 
@@ -695,6 +715,28 @@ class Recorder:
             self.close()
         else:  # keep the data, but do not claim the run finished
             self._finish(complete=False, aborted=f"{exc_type.__name__}: {exc}"[:1000])
+
+
+def _append_rows(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:
+    """Grow ``ds`` along its first axis to ``start + len(rows)`` and write ``rows`` there,
+    through h5py's low-level calls (its slicing costs several times more per write)."""
+    rows = np.ascontiguousarray(rows)
+    ds.id.set_extent((start + rows.shape[0], *ds.shape[1:]))
+    space = ds.id.get_space()
+    space.select_hyperslab((start,) + (0,) * (rows.ndim - 1), rows.shape)
+    ds.id.write(h5py.h5s.create_simple(rows.shape), space, rows)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two attribute values as given to write_attrs are the same (same type too)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _same_attr(stored: Any, value: Any) -> bool:

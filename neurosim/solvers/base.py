@@ -304,17 +304,15 @@ def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observer
     done = False
     while k < n_steps and not done:
         stop = min(n_steps, k + MAX_CHUNK, *((k // e + 1) * e for e in every))
-        dts, times, tt = [], [], t
-        for j in range(k, stop):
-            dts.append(schedule(j))
-            tt = time(j, tt)
-            times.append(tt)
+        dts, times = time.block(k, stop, t)
         taken = fused.advance(state, dts, k, loop_probes, check=bool(check_finite_every),
                               stimuli=_stimulus_currents(dynamics.drive, t, times))
         for probe, buffer in zip(probes, buffers):
-            steps = [j for j in range(k + 1, k + taken + 1) if j % probe.every == 0]
+            period = probe.every
+            first = (k // period + 1) * period          # the first due step after k
+            steps = list(range(first, k + taken + 1, period))
             if steps:
-                probe.sink(steps, [times[j - k - 1] for j in steps], buffer[:len(steps)])
+                probe.sink(steps, times[first - k - 1:taken:period], buffer[:len(steps)])
         k, t = k + taken, times[taken - 1]
         dynamics.set_time(state, t)
         if taken < len(dts):                     # a potential became non-finite

@@ -43,15 +43,37 @@ class InverseTimeDecay:
         return {"type": self.name, "dt": self.dt, "decay": self.decay, "minimum": self.minimum}
 
 
-def time_grid(schedule, step0: int, t0: float):
+class TimeGrid:
     """``time(k, t)``: the time after step k (0-based, from time t before it). A constant
     schedule whose run started on its grid (t0 = step0 dt) gives (k + 1) dt, so step times
     carry no accumulated rounding (step 7 of dt 0.1 is 7 * 0.1, not 0.1 added 7 times) and a
     resumed run reproduces them exactly; otherwise t + dt_k."""
-    dt = getattr(schedule, "dt", None)
-    if isinstance(schedule, ConstantStep) and abs(t0 - step0 * dt) <= 1e-9 * max(1.0, abs(t0)):
-        return lambda k, t: (k + 1) * dt
-    return lambda k, t: t + schedule(k)
+
+    def __init__(self, schedule, step0: int, t0: float):
+        dt = getattr(schedule, "dt", None)
+        self.schedule = schedule
+        self.on_grid = isinstance(schedule, ConstantStep) and \
+            abs(t0 - step0 * dt) <= 1e-9 * max(1.0, abs(t0))
+
+    def __call__(self, k: int, t: float) -> float:
+        return (k + 1) * self.schedule.dt if self.on_grid else t + self.schedule(k)
+
+    def block(self, k: int, stop: int, t: float) -> tuple[list[float], list[float]]:
+        """(dt_j, the time after step j) for steps j = k .. stop - 1, from time t before
+        step k: the values of ``schedule(j)`` and ``time(j, .)`` step by step."""
+        if self.on_grid:
+            dt = self.schedule.dt
+            return [dt] * (stop - k), [(j + 1) * dt for j in range(k, stop)]
+        dts, times = [self.schedule(j) for j in range(k, stop)], []
+        for dt in dts:
+            t = t + dt
+            times.append(t)
+        return dts, times
+
+
+def time_grid(schedule, step0: int, t0: float) -> TimeGrid:
+    """The :class:`TimeGrid` of a run of ``schedule`` from step ``step0`` at time ``t0``."""
+    return TimeGrid(schedule, step0, t0)
 
 
 SCHEDULES = {"constant": ConstantStep, "inverse_time": InverseTimeDecay, "slow": InverseTimeDecay}
