@@ -1177,10 +1177,12 @@ class PhaseDynamics:
                 source, rounded, kt, diagonal = low
                 buffer = held.get(slot.name) if held else None
                 if buffer is None or self.refresh_due(slot, step):
-                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt)
+                    into = buffer if buffer is not None and buffer.dtype == kt.dtype else None
+                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt,
+                                       out=into)
                     if buffer is None:
                         u_p.add_(value, alpha=h)
-                    else:
+                    elif into is None:              # a bfloat16 product
                         buffer.copy_(value)
                 if buffer is not None:
                     u_p.add_(buffer, alpha=h)
@@ -1220,10 +1222,12 @@ class PhaseDynamics:
                 buffer = held.get(slot.name) if held else None
                 refresh = buffer is None or self.refresh_due(slot, step)
                 if refresh and active:
-                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt)
+                    into = buffer if buffer is not None and buffer.dtype == kt.dtype else None
+                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt,
+                                       out=into)
                     if buffer is None:
                         u_p.add_(value, alpha=h)
-                    else:
+                    elif into is None:              # a bfloat16 product
                         buffer.copy_(value)
                 elif refresh and buffer is not None:
                     buffer.zero_()               # silent sources: the product is zero
