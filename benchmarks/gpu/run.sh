@@ -2,7 +2,8 @@
 # Every GPU measurement of issues 12 and 13 in one call, for a lent GPU machine whose Python
 # already has torch (CUDA), h5py, tqdm, scipy and JAX (see benchmarks/gpu/README.md):
 #   bash benchmarks/gpu/run.sh OUTDIR [WHEELS]
-# WHEELS: a folder of BrainPy's wheels (pure Python; installed into /tmp/site for the BrainPy
+# GPU_STEPS: the steps to run (default: check peers corinfomax ensemble; peers_cold
+# times fresh simulations, graphs recorded in the timed run). WHEELS: a folder of BrainPy's wheels (pure Python; installed into /tmp/site for the BrainPy
 # side alone). Each step has its own time limit, so one that hangs costs only its share.
 set -u
 out="${1:?usage: run.sh OUTDIR [WHEELS]}"
@@ -29,8 +30,10 @@ if [ -n "$wheels" ]; then
   peers_python=/tmp/peers_python
   /tmp/peers_python -c "import brainpy, jax; print('brainpy', brainpy.__version__, 'jax', jax.__version__, jax.devices())" 2>&1 | tail -2 | tee -a "$out/info.txt"
 fi
+steps="${GPU_STEPS:-check peers corinfomax ensemble}"   # which steps to run
 step() {       # step NAME SECONDS COMMAND...
   local name="$1" limit="$2"; shift 2
+  case " $steps " in *" $name "*) ;; *) return ;; esac
   echo "=== $name ($(date -u +%T), limit ${limit} s): $*" | tee -a "$out/info.txt"
   timeout "$limit" "$@" > "$out/$name.txt" 2>&1
   echo "=== $name: exit $? at $(date -u +%T)" | tee -a "$out/info.txt"
@@ -39,6 +42,8 @@ step() {       # step NAME SECONDS COMMAND...
 step check 100 python3 benchmarks/gpu/check.py --device cuda
 step peers 200 python3 benchmarks/peers/run.py --device cuda --warm --sizes 1000 4000 \
     --repeats 5 --paths ${PEER_PATHS:-fused eager} --peers brainpy --peers-python "$peers_python"
+step peers_cold 120 python3 benchmarks/peers/run.py --device cuda --sizes 1000 4000 \
+    --repeats 3 --paths fused --skip-peers
 step corinfomax 120 python3 benchmarks/corinfomax_speed.py --device cuda \
     --variants model model-eager model-every-step --train-samples 2000 --test-samples 5000 \
     --reference-samples 200 --repeats 3 --json "$out/corinfomax.json"
