@@ -3,8 +3,8 @@
 # already has torch (CUDA), h5py, tqdm, scipy and JAX (see benchmarks/gpu/README.md):
 #   bash benchmarks/gpu/run.sh OUTDIR [WHEELS]
 # GPU_STEPS: the steps to run (default: check peers corinfomax ensemble; peers_cold
-# times fresh simulations, graphs recorded in the timed run). WHEELS: a folder of BrainPy's wheels (pure Python; installed into /tmp/site for the BrainPy
-# side alone). Each step has its own time limit, so one that hangs costs only its share.
+# times fresh simulations, graphs recorded in the timed run). WHEELS: a folder of BrainPy's
+# wheels (pure Python; installed into /tmp/site for the BrainPy side alone). Each step has its own time limit, so one that hangs costs only its share.
 set -u
 out="${1:?usage: run.sh OUTDIR [WHEELS]}"
 wheels="${2:-}"
