@@ -185,3 +185,35 @@ def test_what_the_graph_path_cannot_run_takes_the_eager_path(replay):
     with pytest.raises(SimulationError, match="noisy or stochastic.*graph path"):
         run(noisy, "require")
     assert not replay
+
+
+def test_activations_it_does_not_know_take_the_eager_path(replay):
+    """Only the built-in elementwise activations are recorded (a user's may read values on
+    the host, which a CUDA graph cannot)."""
+    sim = run(fused_model(top="softmax", n_steps=20), "auto")
+    assert sim.stats.path.startswith("eager") and "softmax" in sim.stats.path
+    assert not replay
+
+
+@pytest.mark.parametrize("precision", ["full", "bfloat16"])
+def test_a_phase_form_serves_calls_under_any_grad_mode(replay, precision):
+    """Graphs recorded under inference_mode (as Simulation.run and evaluation run) serve a
+    later solve under no_grad (as training steps run) and the reverse: their buffers, the
+    held products' and bfloat16 roundings' included, are ordinary tensors."""
+    from neurosim.dynamics import CompiledNetwork
+    from neurosim.graph import network_from_dict, parse_model_text
+    from neurosim.solvers import ConstantStep, get_solver, solve
+    dtype = torch.float32 if precision == "bfloat16" else torch.float64
+    net = CompiledNetwork(network_from_dict(parse_model_text(
+        held_model(refresh=3, precision=precision))), dtype=dtype, seed=0)
+    x = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)).to(dtype)
+    finals = []
+    for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        state = net.zero_state(4)
+        net.clamp_inputs(state, {"x": x})
+        with context(), fused.mode("require"):
+            stats = solve(net.phase(net.build_operators(), {"x": x}), state,
+                          solver=get_solver("euler"), schedule=ConstantStep(0.1), n_steps=50)
+        assert stats.path == "graph"
+        finals.append(state.u.clone())
+    assert torch.equal(finals[0], finals[1]) and torch.equal(finals[0], finals[2])

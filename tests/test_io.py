@@ -582,3 +582,22 @@ def test_rng_capture_restore_cuda():
     first = torch.rand(4, device="cuda").tolist()
     restore_rng_state(state)
     assert torch.rand(4, device="cuda").tolist() == first
+
+
+def test_annotate_rewrites_changed_attrs_only(tmp_path):
+    """Every run of a simulation annotates its recording again: unchanged values are not
+    rewritten, while changed ones are, tensors and arrays changed in place included."""
+    from neurosim.io import Recorder
+    from neurosim.io.attrs import read_attrs
+    with Recorder(tmp_path / "a.h5", attrs={"w": torch.tensor([1.0, 2.0]), "n": 3}) as rec:
+        rec.annotate({"w": torch.tensor([1.0, 2.0]), "n": 3})        # the same: no error
+        values = np.array([1.0, 2.0])
+        rec.annotate({"a": values})
+        values[0] = 9.0                                                # changed in place
+        rec.annotate({"a": values, "n": 4, "s": torch.tensor(1.0)})
+        rec.annotate({"s": torch.tensor(1, dtype=torch.int64)})       # equal, another dtype
+        stored = read_attrs(rec._file)
+    np.testing.assert_array_equal(stored["a"], [9.0, 2.0])
+    assert stored["n"] == 4
+    assert np.asarray(stored["s"]).dtype == np.int64
+    np.testing.assert_array_equal(stored["w"], [1.0, 2.0])

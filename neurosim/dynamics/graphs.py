@@ -59,11 +59,15 @@ def unsupported(dynamics, state, kind: str | None) -> str | None:
         return f"r is {state.r.dtype} on {state.r.device}, u {state.u.dtype} on {state.u.device}"
     if dynamics.drive is not None:
         return "stimuli (their currents are evaluated in Python at every step)"
+    from .fused import _activation_code
     for slot in dynamics.slots:
         if slot.cell is not None:
             return f'population "{slot.name}" is a general cell (its own drift)'
         if slot.noise > 0 or slot.stochastic:
             return f'population "{slot.name}" is noisy or stochastic'
+        if _activation_code(slot) is None:
+            return (f'population "{slot.name}" has activation {slot.activation.name!r} (the '
+                    "graph path records the built-in elementwise ones)")
     tensors = [*dynamics.operators.values(), *dynamics.currents.values()]
     if any(not isinstance(t, torch.Tensor) for t in tensors):
         return "an operator or current that is not a tensor"
@@ -122,14 +126,16 @@ class GraphPhase:
     operators and currents, a state of its own and its held products; kept per network."""
 
     def __init__(self, dynamics, state, kind: str):
+        # every buffer a graph reads is an ordinary tensor (not an inference tensor), so that
+        # later calls under inference_mode, no_grad or neither may all write into it
         with torch.inference_mode(False), torch.no_grad():
             self.operators = {k: v.detach().clone() for k, v in dynamics.operators.items()}
             self.currents = {k: v.detach().clone() for k, v in dynamics.currents.items()}
             self.state = NeuralState(state.u.detach().clone(), state.r.detach().clone(),
                                      dynamics.net)
-        self.dynamics = PhaseDynamics(dynamics.net, self.operators, self.currents,
-                                      cell_nudges=dict(dynamics.cell_nudges))
-        self.held = self.dynamics.held(self.state)
+            self.dynamics = PhaseDynamics(dynamics.net, self.operators, self.currents,
+                                          cell_nudges=dict(dynamics.cell_nudges))
+            self.held = self.dynamics.held(self.state)
         self.jacobi = kind == "jacobi"
         self.backend = CpuReplay() if state.u.device.type != "cuda" else \
             CudaGraphs(state.u.device)
@@ -198,17 +204,18 @@ class GraphPhase:
                         torch.index_select(values, -1, index[p], out=buffers[p][record[p]])
                         record[p] += 1
 
-        saved = (self.state.u.clone(), self.state.r.clone(),
-                 {k: v.clone() for k, v in self.held.items()})
-        self._set_python_state(step, current, silent)
-        self.backend.warm_up(steps)
-        self.state.u.copy_(saved[0])
-        self.state.r.copy_(saved[1])
-        for name, value in saved[2].items():
-            self.held[name].copy_(value)
-        self._set_python_state(step, current, silent)
-        replay = self.backend.capture(
-            steps, lambda: (self._set_python_state, step, current, silent))
+        with torch.inference_mode(False), torch.no_grad():     # buffers made on the way
+            saved = (self.state.u.clone(), self.state.r.clone(),   # (bfloat16 roundings) too
+                     {k: v.clone() for k, v in self.held.items()})
+            self._set_python_state(step, current, silent)
+            self.backend.warm_up(steps)
+            self.state.u.copy_(saved[0])
+            self.state.r.copy_(saved[1])
+            for name, value in saved[2].items():
+                self.held[name].copy_(value)
+            self._set_python_state(step, current, silent)
+            replay = self.backend.capture(
+                steps, lambda: (self._set_python_state, step, current, silent))
         found = self.graphs[key] = (replay, [len(d) for d in due], buffers)
         while len(self.graphs) > MAX_GRAPHS:
             self.graphs.popitem(last=False)

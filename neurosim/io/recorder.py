@@ -48,6 +48,8 @@ root attr ``first_step`` (the step of a new recording's first record) to count r
 """
 from __future__ import annotations
 
+import copy
+
 import datetime
 import os
 from dataclasses import dataclass, field
@@ -208,7 +210,7 @@ class Recorder:
             f.attrs["time_units"] = time_units
             f.attrs["chunk_size"] = chunk_size
             write_attrs(f, attrs)
-            self._annotated.update(attrs or {})
+            self._annotated.update((k, _snapshot(v)) for k, v in (attrs or {}).items())
             if config_text is not None:
                 f.create_dataset(CONFIG_TEXT, data=config_text, dtype=h5py.string_dtype("utf-8"))
             f.create_group("time", track_order=True)
@@ -286,7 +288,7 @@ class Recorder:
             write_attrs(self._file, fresh)
         except TreeError as e:
             raise RecordingError(f"Recorder({self.path}): {e}") from e
-        self._annotated.update(fresh)
+        self._annotated.update((k, _snapshot(v)) for k, v in fresh.items())
 
     def add(self, name: str, spec: MonitorSpec, record_shape: tuple[int, ...],
             dtype: torch.dtype | np.dtype | str = torch.float32,
@@ -727,15 +729,26 @@ def _append_rows(ds: h5py.Dataset, start: int, rows: np.ndarray) -> None:
     ds.id.write(h5py.h5s.create_simple(rows.shape), space, rows)
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    """Whether two attribute values as given to write_attrs are the same (same type too)."""
-    if type(a) is not type(b):
+def _snapshot(value: Any) -> Any:
+    """A copy of an attribute value that later changes to the value do not reach (tensors as
+    NumPy arrays)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return copy.deepcopy(value)
+
+
+def _same_value(snapshot: Any, value: Any) -> bool:
+    """Whether attribute value ``value`` equals an earlier one's :func:`_snapshot`: the same
+    type, and for arrays the same dtype, shape and elements."""
+    value = _snapshot(value) if isinstance(value, torch.Tensor) else value
+    if type(snapshot) is not type(value):
         return False
-    if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    if isinstance(value, np.ndarray):
+        return snapshot.dtype == value.dtype and snapshot.shape == value.shape and \
+            bool(np.array_equal(snapshot, value))
     try:
-        return bool(a == b)
-    except (TypeError, ValueError):
+        return bool(snapshot == value)
+    except Exception:  # noqa: BLE001 - values that do not compare are rewritten
         return False
 
 

@@ -248,7 +248,8 @@ class Probe:
         """The same records, one at a time (eager and continuous paths)."""
         def record(k: int, t: float, state: NeuralState) -> None:
             values = state.u if self.source == "u" else state.r
-            self.sink([k], [t], values.index_select(-1, self.columns).unsqueeze(0))
+            columns = torch.as_tensor(self.columns).to(values.device, torch.int64)
+            self.sink([k], [t], values.index_select(-1, columns).unsqueeze(0))
         return Observer(record, self.every)
 
 
