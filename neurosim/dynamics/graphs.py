@@ -20,9 +20,11 @@ When it applies (:func:`unsupported` says why not):
 
 - solver ``euler`` or ``gs-euler`` on a CUDA device, float32 or float64 (bfloat16 projections
   as on the eager path), ensembles too;
-- every dynamic population a built-in linear cell, without noise or stochastic activations
-  (their draws need the phase's generator at every step) and without stimuli (their currents
-  are evaluated in Python at every step);
+- every dynamic population a built-in linear cell with a built-in elementwise activation
+  (linear, relu, clip, leaky_relu, sigmoid, tanh: a user's may read values on the host, which
+  a graph cannot), without noise or stochastic activations (their draws need the phase's
+  generator at every step) and without stimuli (their currents are evaluated in Python at
+  every step);
 - no tensor that requires gradients.
 
 A non-finite check (``check``) runs once per call: when the potentials are no longer finite
