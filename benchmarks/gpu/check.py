@@ -106,6 +106,27 @@ def main() -> None:
                    "against the NumPy steps", stats.path == "graph" and d <= 1e-12,
                    f"path {stats.path}, max |difference| {d:.3g}")
 
+    from neurosim.dynamics import CompiledNetwork
+    from neurosim.graph import network_from_dict, parse_model_text
+    from neurosim.solvers import ConstantStep, get_solver, solve
+    for precision, dtype in (("full", torch.float64), ("bfloat16", torch.float32)):
+        net = CompiledNetwork(network_from_dict(parse_model_text(
+            held_model(refresh=3, precision=precision))), dtype=dtype, seed=0, device=dev)
+        x = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
+        finals, paths = [], []
+        for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+            state = net.zero_state(4)
+            net.clamp_inputs(state, {"x": x})
+            with context(), fused.mode("require"):
+                stats = solve(net.phase(net.build_operators(), {"x": x}), state,
+                              solver=get_solver("euler"), schedule=ConstantStep(0.1),
+                              n_steps=50)
+            finals.append(state.u.cpu().clone())
+            paths.append(stats.path)
+        same = all(torch.equal(finals[0], f) for f in finals[1:])
+        report(f"one phase form's graphs under inference_mode, no_grad, inference_mode "
+               f"({precision}, held)", same and set(paths) == {"graph"}, f"paths {paths}")
+
     text = fused_model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5, n_steps=2000,
                        inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
     errors = {}
