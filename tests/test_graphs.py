@@ -217,3 +217,17 @@ def test_a_phase_form_serves_calls_under_any_grad_mode(replay, precision):
         assert stats.path == "graph"
         finals.append(state.u.clone())
     assert torch.equal(finals[0], finals[1]) and torch.equal(finals[0], finals[2])
+
+
+def test_a_decaying_schedule_runs_unrecorded_until_its_steps_settle(replay):
+    """Groups whose step sizes differ among themselves would each need a graph of their own:
+    they run as they are; once the schedule reaches its minimum the groups are recorded."""
+    text = fused_model(n_steps=100, dt=0.05).replace(
+        "dt = 0.05", 'step = { type = "inverse_time", dt = 0.05, decay = 0.05, minimum = 0.02 }')
+    eager, graph = run(text, "off"), run(text, "require")
+    assert type(graph.schedule).__name__ == "InverseTimeDecay"
+    assert graph.stats.path == "graph"
+    assert torch.equal(graph.state.u, eager.state.u)
+    # dt reaches its minimum 0.02 at step 30: steps 0-63 run unrecorded, steps 64-99 are one
+    # recorded group (a constant schedule would record two)
+    assert len(replay) == 1

@@ -177,7 +177,8 @@ class GraphPhase:
     def group(self, dts: tuple, step: int, current: bool, silent: frozenset,
               probes: tuple) -> tuple:
         """The graph for steps ``step`` .. ``step + len(dts) - 1``: (replay, records per
-        probe, the probes' buffers on the device); recorded on first use."""
+        probe, the probes' buffers on the device); recorded on first use. Groups whose step
+        sizes differ among themselves run unrecorded (``replay`` then takes the steps)."""
         key = (dts, step % self.refresh_period if self.held else 0,
                current or not self.held, silent,
                tuple((source, columns, step % every) for source, columns, every in probes))
@@ -206,6 +207,14 @@ class GraphPhase:
                         torch.index_select(values, -1, index[p], out=buffers[p][record[p]])
                         record[p] += 1
 
+        if len(set(dts)) > 1:
+            # step sizes that change within the group (a decaying schedule): its graph would
+            # serve no other group, so these steps run as they are, unrecorded
+            def run_now():
+                with torch.inference_mode(False), torch.no_grad():
+                    self._set_python_state(step, current, silent)
+                    steps()
+            return run_now, [len(d) for d in due], buffers
         with torch.inference_mode(False), torch.no_grad():     # buffers made on the way
             saved = (self.state.u.clone(), self.state.r.clone(),   # (bfloat16 roundings) too
                      {k: v.clone() for k, v in self.held.items()})
