@@ -105,9 +105,9 @@ def test_recordings_match_and_groups_are_reused(replay, tmp_path):
             np.testing.assert_array_equal(vb.values, va.values)
             np.testing.assert_array_equal(vb.time, va.time)
         assert a.read("top/soma/r").values.shape == (158, 2, 4)
-    # groups of 7 x 10 = 70 steps (whole periods of the every-7 monitor) in chunks ending at
-    # the dendrite monitor's multiples of 50: 50 = one group of 50, 100 - 50 ... each chunk
-    # start has its own phase modulo 7, so a few groups; a second run records none
+    # groups are whole periods of the every-7 monitor (70 steps), in chunks that end at the
+    # dendrite monitor's multiples of 50, so several groups are recorded; a second run of the
+    # same network records none
     count = len(replay)
     with fused.mode("require"):
         again = Simulation.from_model_text(text)

@@ -1174,25 +1174,36 @@ class PhaseDynamics:
             else:
                 u_p.mul_(1.0 - h * slot.decay)
             if low is not None:
-                source, rounded, kt, diagonal = low
-                buffer = held.get(slot.name) if held else None
-                if buffer is None or self.refresh_due(slot, step):
-                    into = buffer if buffer is not None and buffer.dtype == kt.dtype else None
-                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt,
-                                       out=into)
-                    if buffer is None:
-                        u_p.add_(value, alpha=h)
-                    elif into is None:              # a bfloat16 product
-                        buffer.copy_(value)
-                if buffer is not None:
-                    u_p.add_(buffer, alpha=h)
-                if diagonal is not None:
-                    u_p.addcmul_(r_p, diagonal, value=h)
+                self._add_separate_(slot, u_p, r_p, low, held, step, h)
             if current is not None:
                 u_p.add_(current, alpha=h)
         self.stepped_to(step + 1)
         self._noise_(state, dt)
         self.net.sync_activity(state, self.generator)
+
+    def _add_separate_(self, slot: PopulationSlot, u_p, r_p, low: tuple, held, step: int,
+                       h: float, active: bool = True) -> None:
+        """u_p += h (r_low KT_p^low + c_p r_p): the separate operator's product (recomputed
+        into the held buffer when due, where it is held; zero while its sources are silent,
+        ``active`` False) and the self-coupling. ``low``: (r_low, its bfloat16 buffer or None,
+        KT_p^low, c_p or None), as :meth:`_bind` gives it."""
+        source, rounded, kt, diagonal = low
+        buffer = held.get(slot.name) if held else None
+        refresh = buffer is None or self.refresh_due(slot, step)
+        if refresh and active:
+            into = buffer if buffer is not None and buffer.dtype == kt.dtype else None
+            value = ops.matmul(source if rounded is None else rounded.copy_(source), kt,
+                               out=into)
+            if buffer is None:
+                u_p.add_(value, alpha=h)
+            elif into is None:              # a bfloat16 product
+                buffer.copy_(value)
+        elif refresh and buffer is not None:
+            buffer.zero_()                  # silent sources: the product is zero
+        if buffer is not None:
+            u_p.add_(buffer, alpha=h)
+        if diagonal is not None and active:
+            u_p.addcmul_(r_p, diagonal, value=h)
 
     def gauss_seidel_step_(self, state: NeuralState, dt: float) -> None:
         """Layer-ordered Euler step: populations are updated one after another in declaration
@@ -1218,23 +1229,7 @@ class PhaseDynamics:
             else:
                 u_p.add_(self._cell_drift(slot, state.u, state.r, driven), alpha=h / slot.rate)
             if low is not None:
-                source, rounded, kt, diagonal = low
-                buffer = held.get(slot.name) if held else None
-                refresh = buffer is None or self.refresh_due(slot, step)
-                if refresh and active:
-                    into = buffer if buffer is not None and buffer.dtype == kt.dtype else None
-                    value = ops.matmul(source if rounded is None else rounded.copy_(source), kt,
-                                       out=into)
-                    if buffer is None:
-                        u_p.add_(value, alpha=h)
-                    elif into is None:              # a bfloat16 product
-                        buffer.copy_(value)
-                elif refresh and buffer is not None:
-                    buffer.zero_()               # silent sources: the product is zero
-                if buffer is not None:
-                    u_p.add_(buffer, alpha=h)
-                if diagonal is not None and active:
-                    u_p.addcmul_(r_p, diagonal, value=h)
+                self._add_separate_(slot, u_p, r_p, low, held, step, h, active)
             silent.discard(slot.name)
             if current is not None:
                 u_p.add_(current, alpha=h)

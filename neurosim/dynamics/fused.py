@@ -280,6 +280,20 @@ def _find_activation_code(slot) -> tuple[int, float, float] | None:
     return ACTIVATION_CODES[name], a, b
 
 
+def slot_unsupported(slot) -> str | None:
+    """Why the compiled paths (this loop, and the graphs of neurosim.dynamics.graphs) cannot
+    step a population: not a built-in linear cell, noisy or stochastic, or an activation
+    other than the built-in elementwise ones (None when they can)."""
+    if slot.cell is not None:
+        return f'population "{slot.name}" is a general cell (its own drift)'
+    if slot.noise > 0 or slot.stochastic:
+        return f'population "{slot.name}" is noisy or stochastic'
+    if _activation_code(slot) is None:
+        return (f'population "{slot.name}" has activation {slot.activation.name!r} (the '
+                "compiled paths know linear, relu, clip, leaky_relu, sigmoid and tanh)")
+    return None
+
+
 def unsupported(dynamics, state) -> str | None:
     """Why the fused path cannot step ``state`` under ``dynamics`` (None when it can)."""
     net = dynamics.net
@@ -307,15 +321,12 @@ def unsupported(dynamics, state) -> str | None:
     if _needs_grad(dynamics, state):
         return "tensors that require gradients (the loop does not record autograd)"
     for slot in dynamics.slots:
-        if slot.cell is not None:
-            return f'population "{slot.name}" is a general cell (its own drift)'
-        if slot.noise > 0 or slot.stochastic:
-            return f'population "{slot.name}" is noisy or stochastic'
+        reason = slot_unsupported(slot)
+        if reason is not None:
+            return reason
         if slot.low_bfloat16 and state.u.dtype != torch.float32:
             return f'population "{slot.name}" has a bfloat16 projection in a {state.u.dtype} ' \
                    "network (the loop multiplies bfloat16 in float32 networks)"
-        if _activation_code(slot) is None:
-            return f'population "{slot.name}" has activation {slot.activation.name!r}'
         kt = dynamics.operators.get(slot.name)
         if kt is not None:
             cols = slot.source_cols

@@ -61,15 +61,11 @@ def unsupported(dynamics, state, kind: str | None) -> str | None:
         return f"r is {state.r.dtype} on {state.r.device}, u {state.u.dtype} on {state.u.device}"
     if dynamics.drive is not None:
         return "stimuli (their currents are evaluated in Python at every step)"
-    from .fused import _activation_code
+    from .fused import slot_unsupported
     for slot in dynamics.slots:
-        if slot.cell is not None:
-            return f'population "{slot.name}" is a general cell (its own drift)'
-        if slot.noise > 0 or slot.stochastic:
-            return f'population "{slot.name}" is noisy or stochastic'
-        if _activation_code(slot) is None:
-            return (f'population "{slot.name}" has activation {slot.activation.name!r} (the '
-                    "graph path records the built-in elementwise ones)")
+        reason = slot_unsupported(slot)
+        if reason is not None:
+            return reason
     tensors = [*dynamics.operators.values(), *dynamics.currents.values()]
     if any(not isinstance(t, torch.Tensor) for t in tensors):
         return "an operator or current that is not a tensor"
