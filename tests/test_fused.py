@@ -880,3 +880,31 @@ def test_large_shares_read_in_alternating_halves_repeat_themselves(threads, batc
     assert int(hidden[6]) == 0 and share > 512 * 1024        # the halves are in use
     assert torch.equal(cut.state.u, whole.state.u)
     torch.testing.assert_close(whole.state.u, run(text, "off").state.u, rtol=0, atol=1e-11)
+
+
+def test_chunks_are_cut_where_the_probes_records_would_pass_their_byte_bound(tmp_path,
+                                                                              monkeypatch):
+    """A chunk holds up to 2,048 steps, fewer where its probe records would pass
+    ``PROBE_BYTES`` (records of all 40 neurons of 2 samples in float64: 640 bytes a step)."""
+    from neurosim.solvers import base
+    monkeypatch.setattr(base, "PROBE_BYTES", 640 * 100)
+    sizes = []
+
+    class Spy(Recorder):
+        def append_block(self, name, values, times):
+            sizes.append(len(times))
+            super().append_block(name, values, times)
+
+    text = model(batch=2, n_steps=250)
+    with fused.mode("require"):
+        sim = Simulation.from_model_text(text)
+        with Spy(tmp_path / "r.h5") as rec:
+            sim.run(monitors=[MonitorSpec("hidden", "soma", "u")], recorder=rec)
+    assert sizes == [100, 100, 50]
+    monkeypatch.setattr(base, "PROBE_BYTES", 64 << 20)
+    sizes.clear()
+    with fused.mode("require"):
+        sim = Simulation.from_model_text(model(batch=2, n_steps=3000))
+        with Spy(tmp_path / "s.h5") as rec:
+            sim.run(monitors=[MonitorSpec("hidden", "soma", "u")], recorder=rec)
+    assert sizes == [2048, 952]

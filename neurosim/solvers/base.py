@@ -253,7 +253,8 @@ class Probe:
         return Observer(record, self.every)
 
 
-MAX_CHUNK = 1024       # steps per call of the fused loop (progress bars move between calls)
+MAX_CHUNK = 2048       # steps per call of the fused loop (progress bars move between calls)
+PROBE_BYTES = 64 << 20  # ... fewer where the probes' records of a chunk would pass this size
 
 
 def _stimulus_currents(drive, t: float, times: list[float]) -> dict | None:
@@ -289,6 +290,9 @@ def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observer
     if after_step is not None:
         every.append(after_every)
     loop_probes = []
+    per_step = sum(state.u[..., 0].numel() * torch.as_tensor(p.columns).numel() *
+                   state.u.element_size() / p.every for p in probes)
+    chunk = max(1, min(MAX_CHUNK, int(PROBE_BYTES // per_step) if per_step else MAX_CHUNK))
     for p in probes:
         width = (state.u if p.source == "u" else state.r).shape[-1]
         columns = torch.as_tensor(p.columns).to("cpu", torch.int64).reshape(-1).contiguous()
@@ -299,12 +303,12 @@ def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observer
                                   f"{columns.tolist()[:8]}...; give source 'u' or 'r' and "
                                   f"columns in [0, {width}).")
         loop_probes.append((p.source, columns, p.every, torch.empty(
-            (min(MAX_CHUNK // p.every + 1, MAX_CHUNK), *state.u.shape[:-1], columns.numel()),
+            (min(chunk // p.every + 1, chunk), *state.u.shape[:-1], columns.numel()),
             dtype=state.u.dtype, device="cpu")))
     buffers = [probe[3] for probe in loop_probes]
     done = False
     while k < n_steps and not done:
-        stop = min(n_steps, k + MAX_CHUNK, *((k // e + 1) * e for e in every))
+        stop = min(n_steps, k + chunk, *((k // e + 1) * e for e in every))
         dts, times = time.block(k, stop, t)
         taken = fused.advance(state, dts, k, loop_probes, check=bool(check_finite_every),
                               stimuli=_stimulus_currents(dynamics.drive, t, times))
