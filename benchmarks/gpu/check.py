@@ -127,6 +127,15 @@ def main() -> None:
         report(f"one phase form's graphs under inference_mode, no_grad, inference_mode "
                f"({precision}, held)", same and set(paths) == {"graph"}, f"paths {paths}")
 
+    text = fused_model(n_steps=3000, batch=3).replace(
+        "dt = 0.05", 'step = { type = "inverse_time", dt = 0.05, decay = 0.05, minimum = 0.02 }')
+    eager, _, te = simulate(text, "off", dev, args.tmp, "decay_eager")
+    graph, stats, tg = simulate(text, "require", dev, args.tmp, "decay_graph")
+    d = max(largest(graph.state.u.cpu(), eager.state.u.cpu()),
+            *(largest(tg[k], te[k]) for k in te))
+    report("a decaying step schedule (unrecorded groups, then graphs), 3,000 steps, recorded",
+           stats.path == "graph" and d == 0.0, f"path {stats.path}, max |difference| {d:.3g}")
+
     text = fused_model(gain_rec=30.0, hidden="linear", inh="linear", dt=0.5, n_steps=2000,
                        inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
     errors = {}
