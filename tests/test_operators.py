@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import neurosim.dynamics.compiled as compiled
-from neurosim.dynamics import CompiledNetwork
+from neurosim.dynamics import CompiledNetwork, ops
 from neurosim.errors import ConfigError, SimulationError
 from neurosim.graph import InputPopulation, Network, Projection, PyramidalPopulation
 
@@ -116,18 +116,18 @@ def test_starting_at_rest_skips_silent_products_bit_identically(activation):
     expected_silent = set() if activation == "sigmoid" else {"wide", "side", "narrow"}
     assert net.silent_at_rest == expected_silent
     calls = []
-    original = torch.Tensor.addmm_
+    original = ops.addmm_
 
-    def counting(self, *args, **kwargs):
-        calls.append(self.shape)
-        return original(self, *args, **kwargs)
+    def counting(target, *args, **kwargs):
+        calls.append(target.shape)
+        return original(target, *args, **kwargs)
 
     plain = run_free_phase(net, at_rest=False, steps=1)
-    torch.Tensor.addmm_ = counting
+    ops.addmm_ = counting
     try:
         skipped = run_free_phase(net, at_rest=True, steps=1)
     finally:
-        torch.Tensor.addmm_ = original
+        ops.addmm_ = original
     # step 1 from rest: wide's sources (wide, narrow) are silent; side and narrow read the
     # freshly updated wide, so only wide's product is skipped
     assert len(calls) == (3 if activation == "sigmoid" else 2)
@@ -159,3 +159,22 @@ def test_input_currents_accept_other_dtypes_and_vectors_and_reject_bad_shapes():
     with pytest.raises(ConfigError, match=r'input "x": got shape \(2, 6\), expected '
                                           r"\(batch, 7\) or \(7,\)"):
         net.phase(ops, {"x": torch.rand(2, 6), "context": torch.rand(2, 3)})
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 6, 20])
+@pytest.mark.parametrize("members", [None, 3])
+def test_in_place_products_of_a_few_rows_are_as_accurate_as_plain_ones(rows, members):
+    """ops.addmm_ (every Euler step's product) in float32 against float64: within a few
+    times the error of the plain product, also for 1-6 rows, where MKL's fused
+    beta/alpha form lost about 20x (5.8e-6 against 2.5e-7 here)."""
+    g = torch.Generator().manual_seed(0)
+    lead = () if members is None else (members,)
+    r = torch.rand(*lead, rows, 1010, generator=g)
+    kt = torch.randn(1010, 1000, generator=g) / 30
+    u = torch.randn(*lead, rows, 1000, generator=g)
+    beta, alpha = 0.85, 0.05
+    exact = beta * u.double() + alpha * (r.double() @ kt.double())
+    plain = beta * u + alpha * (r @ kt)
+    fused = ops.addmm_(u.clone(), r, kt, beta=beta, alpha=alpha)
+    error = float((fused.double() - exact).abs().max())
+    assert error <= 4 * max(float((plain.double() - exact).abs().max()), 1e-7)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+FEW_ROWS = 16               # CPU products with fewer rows: see addmm_
 #: a strided product target of at least this many entries per member is updated member by
 #: member in place (measured on CPUs: faster than a batched product plus a copy from about
 #: 200 x 500 entries on)
@@ -35,7 +36,17 @@ def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) ->
 def addmm_(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1.0,
            alpha=1.0) -> torch.Tensor:
     """target <- beta target + alpha (a @ b), in place (``addmm_`` or ``baddbmm_``);
-    ``alpha`` a number, or one per member (a 1-d tensor, folded into ``a``)."""
+    ``alpha`` a number, or one per member (a 1-d tensor, folded into ``a``). On the CPU, a
+    target of fewer than :data:`FEW_ROWS` rows takes the product first, then the scaling
+    and the sum: MKL's fused form sums a few rows less accurately (float32, 1,010 terms:
+    about 20 times the error of the plain product at 1-3 rows)."""
+    if target.device.type == "cpu" and target.shape[-2] < FEW_ROWS:
+        if target.dim() == 3:
+            a, b, alpha = _batched(target, a, b, alpha)
+        product = matmul(a, b)
+        if beta != 1.0:
+            target.mul_(beta)
+        return target.add_(product, alpha=alpha)
     if target.dim() == 2:
         return target.addmm_(a, b, beta=beta, alpha=alpha)
     a, b, alpha = _batched(target, a, b, alpha)
