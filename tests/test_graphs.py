@@ -29,9 +29,9 @@ def replay(monkeypatch):
     recorded = []
     capture = graphs.CpuReplay.capture
 
-    def counting(self, fn, python_state=None):
+    def counting(self, fn, restore=None):
         recorded.append(fn)
-        return capture(self, fn, python_state)
+        return capture(self, fn, restore)
     monkeypatch.setattr(graphs.CpuReplay, "capture", counting)
     return recorded
 

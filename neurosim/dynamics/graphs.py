@@ -93,8 +93,9 @@ class CudaGraphs:
             fn()
         torch.cuda.current_stream().wait_stream(self.stream)
 
-    def capture(self, fn, python_state=None):
-        """A function that replays ``fn``'s kernels (``fn`` runs once, recording)."""
+    def capture(self, fn, restore=None):
+        """A function that replays ``fn``'s kernels (``fn`` runs once, recording; the
+        Python-side choices it made are in the kernels, so ``restore`` is not needed)."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             fn()
@@ -109,12 +110,12 @@ class CpuReplay:
     def warm_up(self, fn) -> None:
         fn()
 
-    def capture(self, fn, python_state=None):
-        saved = python_state() if python_state is not None else None
-
+    def capture(self, fn, restore=None):
+        """A function that calls ``restore()`` (puts the bookkeeping back as it is now),
+        then ``fn``."""
         def replay():
-            if saved is not None:
-                saved[0](*saved[1:])
+            if restore is not None:
+                restore()
             fn()
         return replay
 
@@ -222,7 +223,7 @@ class GraphPhase:
                 self.held[name].copy_(value)
             self._set_python_state(step, current, silent)
             replay = self.backend.capture(
-                steps, lambda: (self._set_python_state, step, current, silent))
+                steps, lambda: self._set_python_state(step, current, silent))
         found = self.graphs[key] = (replay, [len(d) for d in due], buffers)
         while len(self.graphs) > MAX_GRAPHS:
             self.graphs.popitem(last=False)
