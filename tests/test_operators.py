@@ -161,12 +161,15 @@ def test_input_currents_accept_other_dtypes_and_vectors_and_reject_bad_shapes():
         net.phase(ops, {"x": torch.rand(2, 6), "context": torch.rand(2, 3)})
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 6, 20])
+@pytest.mark.parametrize("rows", [1, 2, 3, 6, 10, 20])
 @pytest.mark.parametrize("members", [None, 3])
-def test_in_place_products_of_a_few_rows_are_as_accurate_as_plain_ones(rows, members):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_in_place_products_of_a_few_rows_are_as_accurate_as_plain_ones(rows, members,
+                                                                       transposed):
     """ops.addmm_ (every Euler step's product) in float32 against float64: within a few
-    times the error of the plain product, also for 1-6 rows, where MKL's fused
-    beta/alpha form lost about 20x (5.8e-6 against 2.5e-7 here)."""
+    times the error of the plain product, also for 1-10 rows, where MKL's fused
+    beta/alpha form lost 10-20x (5.8e-6 against 2.5e-7 at one row here); and for the
+    transposed form of a narrow population's product (target u_p.mT, column-major)."""
     g = torch.Generator().manual_seed(0)
     lead = () if members is None else (members,)
     r = torch.rand(*lead, rows, 1010, generator=g)
@@ -175,6 +178,10 @@ def test_in_place_products_of_a_few_rows_are_as_accurate_as_plain_ones(rows, mem
     beta, alpha = 0.85, 0.05
     exact = beta * u.double() + alpha * (r.double() @ kt.double())
     plain = beta * u + alpha * (r @ kt)
-    fused = ops.addmm_(u.clone(), r, kt, beta=beta, alpha=alpha)
+    if transposed:
+        fused = u.clone()
+        ops.addmm_(fused.mT, kt.mT, r.mT, beta=beta, alpha=alpha)
+    else:
+        fused = ops.addmm_(u.clone(), r, kt, beta=beta, alpha=alpha)
     error = float((fused.double() - exact).abs().max())
     assert error <= 4 * max(float((plain.double() - exact).abs().max()), 1e-7)
