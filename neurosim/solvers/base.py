@@ -174,7 +174,7 @@ def solve(dynamics: PhaseDynamics, state: NeuralState, *, solver: Solver, schedu
     if fused is None:
         observers = [*observers, *(p.as_observer() for p in probes)]
     if fused is not None:
-        k, t, done = _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps,
+        k, t, done = _solve_fused(fused, dynamics, state, time, k, t, n_steps,
                                   observers, probes, steady, visit, after_step, after_every,
                                   progress, check_finite_every)
     elif isinstance(solver, FixedStepSolver) and not (observers or steady or check_finite_every
@@ -277,7 +277,7 @@ def _stimulus_currents(drive, t: float, times: list[float]) -> dict | None:
     return out
 
 
-def _solve_fused(fused, dynamics, state, schedule, time, k, t, n_steps, observers, probes,
+def _solve_fused(fused, dynamics, state, time, k, t, n_steps, observers, probes,
                  steady, visit, after_step, after_every, progress, check_finite_every):
     """The fixed-step loop on the compiled loop: chunks of steps up to the next step where an
     observer is due, the steady state is checked or ``after_step`` must run. With
