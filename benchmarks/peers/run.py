@@ -16,7 +16,9 @@ and its trajectory (10 recorded somas at every step, final u of every neuron) co
 the reference (network.check): a tool that disagrees is not timed. Then ``--repeats`` rounds
 each time every tool once, interleaved (a burst of other load hits all alike), and the table
 gives steps per second (best and median) and the ratios neurosim / BrainPy and neurosim /
-Brian2 (of the best rates; above 1: neurosim is faster).
+Brian2 (of the best rates; above 1: neurosim is faster), then the paired ratios: the median
+over rounds of each round's ratio, which a slow drift of the host's memory bandwidth between
+rounds does not move.
 
 Tools: neurosim through its Python API (Simulation from a model TOML, float32, torch threads
 = --threads; on its fused path, and with --paths eager also on its eager path), with no recording and recording 10 somas every step into HDF5 (a Recorder, as
@@ -193,6 +195,7 @@ def measure(n: int, args) -> list[dict]:
             if ts and "skipped" not in row:
                 row["best"] = s["steps"] / min(ts)
                 row["median"] = s["steps"] / statistics.median(ts)
+                row["seconds"] = list(ts)
             row["n"] = n
             rows.append(row)
     return rows
@@ -228,6 +231,19 @@ def report(rows: list[dict]) -> None:
         for o in others:
             print(f"  N = {n:,}: " + "; ".join(
                 f"{r['tool']} / {o['tool']} = {r['best'] / o['best']:.2f}" for r in ours))
+    print("\nPaired ratios (median over rounds of the peer's seconds / neurosim's seconds in the "
+          "same round; a drift of the host's speed between rounds cancels):")
+    for n in sorted({r["n"] for r in rows}):
+        here = [r for r in rows if r["n"] == n and "seconds" in r]
+        for o in (r for r in here if r["kind"] != "neurosim"):
+            print(f"  N = {n:,}: " + "; ".join(
+                f"{r['tool']} / {o['tool']} = {paired(r['seconds'], o['seconds']):.2f}"
+                for r in here if r["kind"] == "neurosim"))
+
+
+def paired(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds k of theirs[k] / ours[k] (the rounds both completed)."""
+    return statistics.median(t / o for o, t in zip(ours, theirs))
 
 
 def main() -> None:
