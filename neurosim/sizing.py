@@ -21,8 +21,9 @@ limits can be passed in (tests, or a budget of your own). The message gives the 
 largest items and the flag that skips the check.
 
 The figures are estimates: solvers' scratch space is counted from their number of stages, a
-steady-state stop may end a run (and its recording) early, datasets of training runs and
-plug-ins' own buffers are not counted.
+steady-state stop may end a run (and its recording) early; datasets of training runs,
+plug-ins' own buffers and the fused loop's packed copies of operators (each at most the
+last-level cache, neurosim.dynamics.fused) are not counted.
 """
 from __future__ import annotations
 

@@ -908,3 +908,75 @@ def test_chunks_are_cut_where_the_probes_records_would_pass_their_byte_bound(tmp
         with Spy(tmp_path / "s.h5") as rec:
             sim.run(monitors=[MonitorSpec("hidden", "soma", "u")], recorder=rec)
     assert sizes == [2048, 952]
+
+
+@pytest.fixture
+def packing(monkeypatch):
+    """Returns a function that makes every long-enough call read packed operators (``on``)
+    or none (``off``); PACK_MIN_BYTES 0 so that the test networks' small operators qualify."""
+    monkeypatch.setattr(fused, "PACK_MIN_BYTES", 0)
+
+    def set_packing(on: bool, steps: int = 1) -> None:
+        monkeypatch.setattr(fused, "PACK_STEPS", steps if on else 10 ** 9)
+    return set_packing
+
+
+@pytest.mark.parametrize("solver", ["euler", "gs-euler"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_packed_operators_repeat_their_rows_bit_for_bit(threads, packing, solver, dtype, batch):
+    """Operators summed over the sources (batches up to PANEL_BATCH) read from a copy packed
+    by groups of four sources give the same sums in the same order: the same state bit for
+    bit (hidden and top: 40 neurons, not a whole number of vectors; 83 sources, a last group
+    of three), recordings included."""
+    text = model(solver=solver, dtype=dtype, batch=batch, narrow=40, n_steps=200,
+                 inputs="x = { type = \"uniform\", low = -1.0, high = 1.0 }")
+    monitors = [MonitorSpec("hidden", "soma", "u", indices=(0, 17, 39))]
+    results = []
+    for on in (False, True):
+        packing(on)
+        with fused.mode("require"):
+            sim = Simulation.from_model_text(text)
+            stepper = fused.stepper(sim.dynamics(), sim.state, sim.solver)[0]
+            sim.run(200)
+        results.append(sim)
+    assert stepper.layout[:, 6].tolist() == [0, 0, 1]
+    assert stepper._packable == [0, 1]                        # hidden and top, not inh's rows
+    layout, _ = stepper._panels()
+    assert list(layout)[6::9] == [4, 4, 1]
+    rows, packed = results
+    assert torch.equal(packed.state.u, rows.state.u)
+    assert torch.equal(packed.state.r, rows.state.r)
+    assert float(rows.state.u.abs().max()) > 0.05
+    torch.testing.assert_close(packed.state.u, run(text, "off").state.u, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_packed_halves_and_cut_runs_repeat_the_uncut_rows_bit_for_bit(threads, packing, batch):
+    """A share beyond ZIGZAG_BYTES read packed in alternating halves (700 neurons, float64),
+    and a run cut into pieces of which only the long ones pack (PACK_STEPS 30): the uncut
+    run of unpacked rows, bit for bit."""
+    text = model(batch=batch, n_steps=120).replace("size = 40", "size = 700")
+    packing(False)
+    with fused.mode("require"):
+        whole = Simulation.from_model_text(text)
+        whole.run()
+    packing(True, steps=30)
+    with fused.mode("require"):
+        cut = Simulation.from_model_text(text)
+        for stop in (3, 50, 61, 120):               # 3 and 11 steps unpacked, 47 and 59 packed
+            cut.run(stop)
+    assert torch.equal(cut.state.u, whole.state.u)
+    assert torch.equal(cut.state.r, whole.state.r)
+
+
+def test_which_operators_are_packed(monkeypatch):
+    """Long calls pack a single row-major matrix from PACK_MIN_BYTES up to the last-level
+    cache; not a stack of ensemble members, a column-major view, or one beyond the cache."""
+    monkeypatch.setattr(fused, "cache_bytes", lambda: 8 << 20)
+    assert fused._worth_packing(torch.zeros(1010, 1000))                # 4 MB
+    assert not fused._worth_packing(torch.zeros(100, 100))              # 40 KB: in L2 anyway
+    assert not fused._worth_packing(torch.zeros(2010, 2000))            # 16 MB: beyond
+    assert not fused._worth_packing(torch.zeros(3, 1010, 1000))         # members
+    assert not fused._worth_packing(torch.zeros(1000, 1010).mT)
+    assert not fused._worth_packing(None)

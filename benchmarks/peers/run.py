@@ -184,7 +184,7 @@ def measure(n: int, args) -> list[dict]:
                     except Exception as err:           # noqa: BLE001 - a peer died
                         row["skipped"] = str(err)
                 print(f"  round {k + 1}/{args.repeats}: " + ", ".join(
-                    f"{row['tool'].split(',')[0] if row['kind'] != 'neurosim' else row['tool']}"
+                    f"{row['tool'] if row['kind'] == 'neurosim' else short(row['tool'])}"
                     f" {s['steps'] / times[id(row)][-1]:,.0f}/s"
                     for row, fn in tools if fn is not None and times[id(row)]), flush=True)
         finally:
@@ -239,6 +239,13 @@ def report(rows: list[dict]) -> None:
             print(f"  N = {n:,}: " + "; ".join(
                 f"{r['tool']} / {o['tool']} = {paired(r['seconds'], o['seconds']):.2f}"
                 for r in here if r["kind"] == "neurosim"))
+
+
+def short(tool: str) -> str:
+    """A peer's name up to its first comma, its parenthesis closed: "BrainPy 2.8.2 for_loop
+    (JAX 0.10.2 jit)"."""
+    name = tool.split(",")[0]
+    return name + ")" * (name.count("(") - name.count(")"))
 
 
 def paired(ours: list[float], theirs: list[float]) -> float:

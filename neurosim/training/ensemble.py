@@ -46,6 +46,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..dynamics import CompiledNetwork, NeuralState
+from ..dynamics.fused import cache_bytes
 from ..errors import ConfigError, NeurosimError
 from ..graph import parse_model_text
 from ..io.atomic import write_text_atomic
@@ -348,21 +349,6 @@ class Ensemble:
         for m in self.members:
             m._leave_inference_mode()
         return [m.history for m in self.members]
-
-
-def cache_bytes() -> int:
-    """The CPU's last-level cache in bytes (Linux sysfs), else 32 MiB."""
-    best = 0
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        number = text.rstrip("KMG")
-        if number.isdigit():
-            best = max(best, int(number) * units.get(text[-1], 1))
-    return best or 32 << 20
 
 
 def auto_group_size(nets: Sequence[CompiledNetwork]) -> int:

@@ -183,6 +183,54 @@ inline void panel(const T* kt, int64_t S, int64_t n, const T* x, int64_t ldx, in
   }
 }
 
+// The operator KT_p packed for panel_packed (mode 4): sources in groups of four (the last
+// padded with zero rows), each group's four rows interleaved by vectors of V neurons, so that
+// a panel streams one contiguous block instead of four rows: element (i, j) at
+// (i / 4) * 4 np + (j / V) * 4 V + (i % 4) * V + j % V, np = n rounded up to V (zero padding).
+template <typename T>
+constexpr int64_t packed_width(int64_t n) {
+  constexpr int64_t V = VBYTES / sizeof(T);
+  return (n + V - 1) / V * V;
+}
+
+// panel over sources [0, S) of a packed operator (kp at the group of source 0; S a multiple of
+// 4 or the operator's last sources): the same sums, in the same order, as panel
+template <typename T>
+inline void panel_packed(const T* kp, int64_t S, int64_t n, const T* x, int64_t ldx, int64_t B,
+                         T* acc, int64_t lda) {
+  constexpr int64_t V = VBYTES / sizeof(T);
+  typedef T vec __attribute__((vector_size(VBYTES)));
+  const int64_t np = packed_width<T>(n), vend = n / V * V;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < n; ++j) acc[b * lda + j] = T(0);
+  for (int64_t i = 0; i < S; i += 4) {
+    const int64_t m = std::min<int64_t>(4, S - i);
+    const T* g = kp + i * np;                         // group i / 4: 4 np values
+    for (int64_t b = 0; b < B; ++b) {
+      const T* xb = x + b * ldx + i;
+      const T x0 = xb[0], x1 = m > 1 ? xb[1] : T(0), x2 = m > 2 ? xb[2] : T(0),
+              x3 = m > 3 ? xb[3] : T(0);
+      T* ab = acc + b * lda;
+      int64_t j = 0;
+      for (; j < vend; j += V) {
+        const T* q = g + 4 * j;
+        vec a, w0, w1, w2, w3;
+        __builtin_memcpy(&a, ab + j, VBYTES);
+        __builtin_memcpy(&w0, q, VBYTES);
+        __builtin_memcpy(&w1, q + V, VBYTES);
+        __builtin_memcpy(&w2, q + 2 * V, VBYTES);
+        __builtin_memcpy(&w3, q + 3 * V, VBYTES);
+        a += x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3;
+        __builtin_memcpy(ab + j, &a, VBYTES);
+      }
+      for (; j < n; ++j) {
+        const T* q = g + 4 * vend + (j - vend);
+        ab[j] += x0 * q[0] + x1 * q[V] + x2 * q[2 * V] + x3 * q[3 * V];
+      }
+    }
+  }
+}
+
 // ---- register-blocked products for batches above the dot-product sizes (mode 2) ----------
 // acc[b * lda + j] = sum_i x[b * ldx + i] kt[i * n + j] for MB samples and NV vectors of
 // columns, the sum over i in order (so its value does not depend on the thread count); the
@@ -503,7 +551,8 @@ constexpr bool HAS_BF16 = false;
 //   ls0 lS): mode 1 (3) where the operator is W_p, n x S row-major (dot products over its
 //   rows, threads sharing the neurons (the samples)),
 //   0 or 2 where it is KT_p, S x n row-major (0: each thread's share of the sources, partial
-//   sums; 2: register blocks over samples and this thread's neurons, for larger batches);
+//   sums; 2: register blocks over samples and this thread's neurons, for larger batches),
+//   4 as 0 from KT_p packed by groups of four sources (neurosim_pack_panels_*);
 //   ls0, lS: the sources of the bfloat16 operator (lS = 0: none);
 //   params: P x 6 double (decay rate fixed_step(<0: none) a b c), c the elementwise
 //   self-coupling; weights: P addresses of the operators (0: none); low_weights: P addresses
@@ -535,6 +584,8 @@ constexpr int64_t SAMPLE_TILE = 20;
 // a thread's share of a row-major operator summed over its sources (mode 0) above this size
 // is read in two halves whose order alternates from step to step (see the product)
 constexpr int64_t ZIGZAG_BYTES = 512 * 1024;
+// modes whose threads each sum over a share of the sources into partial sums
+inline bool by_sources(int64_t mode) { return mode == 0 || mode == 4; }
 
 template <typename T>
 int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const int64_t* lay,
@@ -573,7 +624,7 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     total += lay[p * NL + 1];
   }
   for (int64_t p = 0; p < P; ++p)
-    if (W0[p] && lay[p * NL + 6] == 0) by_samples = 0;    // partial sums: threads share sources
+    if (W0[p] && by_sources(lay[p * NL + 6])) by_samples = 0;    // partial sums: threads share sources
   // several members in one call: tiles of samples through all steps only, every bfloat16
   // operator packed beforehand
   // (member table rows: u r W[P] LW[P] PK[P] I[P] H[P])
@@ -627,7 +678,7 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
     std::vector<T> drive(widest);                     // one row's drive, this thread's neurons
     std::vector<T> half;                              // partial sums of a half share (mode 0)
     for (int64_t p = 0; p < P; ++p)
-      if (W[p] && lay[p * NL + 6] == 0) half.resize(std::max<int64_t>(half.size(), B * lay[p * NL + 1]));
+      if (W[p] && by_sources(lay[p * NL + 6])) half.resize(std::max<int64_t>(half.size(), B * lay[p * NL + 1]));
     // This thread's neurons of population p: Gauss-Seidel splits each population, Jacobi
     // the neurons of all populations together (so that small populations do not leave a
     // thread idle), at 64-byte boundaries.
@@ -683,11 +734,19 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
       } else if (L[6] == 2) {           // KT_p row-major (S x n): blocks over this thread's neurons
         gemm<T, false>(W[p], S, n, Rr + t0 * ldr + s0, ldr, t1 - t0, lo, hi, a + t0 * total,
                        total);
-      } else {                          // KT_p row-major (S x n): this thread's sources
+      } else {                          // KT_p row-major (S x n), or packed (mode 4):
+        // this thread's sources
         const int64_t i0 = split4(S, id), i1 = split4(S, id + 1);
         T* part = acc + (id + 1) * B * total + off[p];
+        auto sum = [&](int64_t from, int64_t to, T* out, int64_t ld) {
+          if (L[6] == 4)
+            panel_packed<T>(W[p] + from * packed_width<T>(n), to - from, n, Rr + s0 + from, ldr,
+                            B, out, ld);
+          else
+            panel<T>(W[p] + from * n, to - from, n, Rr + s0 + from, ldr, B, 0, n, out, ld);
+        };
         if ((i1 - i0) * n * static_cast<int64_t>(sizeof(T)) <= ZIGZAG_BYTES) {
-          panel<T>(W[p] + i0 * n, i1 - i0, n, Rr + s0 + i0, ldr, B, 0, n, part, total);
+          sum(i0, i1, part, total);
         } else {
           // a share beyond a core's L2: its two halves of rows, the first into part and the
           // second into half, then part += half; odd steps (of the phase, so a cut run
@@ -695,12 +754,8 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
           // the rows that the step before read last, still in cache. The same sums in the
           // same order either way.
           const int64_t mid = std::min(i1, i0 + ((i1 - i0) / 2 + 3) / 4 * 4);
-          auto first = [&] {
-            panel<T>(W[p] + i0 * n, mid - i0, n, Rr + s0 + i0, ldr, B, 0, n, part, total);
-          };
-          auto second = [&] {
-            panel<T>(W[p] + mid * n, i1 - mid, n, Rr + s0 + mid, ldr, B, 0, n, half.data(), n);
-          };
+          auto first = [&] { sum(i0, mid, part, total); };
+          auto second = [&] { sum(mid, i1, half.data(), n); };
           if ((step0 + k) & 1) second(), first();
           else first(), second();
           for (int64_t b = 0; b < B; ++b)
@@ -711,7 +766,7 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
       // the separate operator's product: added into acc, or written into the held rows
       T* out = H[p] ? H[p] + t0 * n : a + t0 * total;
       const int64_t ld = H[p] ? n : total;
-      const bool add = !H[p] && W[p] && L[6] != 0;
+      const bool add = !H[p] && W[p] && !by_sources(L[6]);
       if (!bf16_low(p)) {                 // KT_p^low in T, row-major (held only)
         gemm<T, false>(reinterpret_cast<const T*>(LW[p]), L[8], n, Rr + t0 * ldr + L[7], ldr,
                        t1 - t0, lo, hi, out, ld);
@@ -745,8 +800,8 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
               self = T(Q[5]);
       const bool none = quiet(p, k);                          // no product this step
       // acc holds the product (a held one is in H)
-      const bool in_acc = !none && ((W[p] && L[6] != 0) || (LW[p] && !H[p]));
-      const bool parts = !none && W[p] && L[6] == 0;          // partial sums per thread
+      const bool in_acc = !none && ((W[p] && !by_sources(L[6])) || (LW[p] && !H[p]));
+      const bool parts = !none && W[p] && by_sources(L[6]);         // partial sums per thread
       const auto [lo, hi] = by_samples ? std::make_pair(int64_t(0), n) : range(p);
       // drive = ((sum of partial sums) + acc + c r_p) + I + I_k, then u <- keep u + h drive;
       // simple loops over this thread's neurons, which the compiler vectorises
@@ -978,6 +1033,26 @@ int64_t run(int64_t B, T* U0, int64_t ldu, T* R0, int64_t ldr, int64_t P, const 
   return done;
 }
 
+// KT (S x n, row-major) packed for panel_packed into kp ((S + 3) / 4 groups of 4 np values),
+// threads sharing the groups
+template <typename T>
+void pack_panels(const T* kt, int64_t S, int64_t n, T* kp, int threads) {
+  constexpr int64_t V = VBYTES / sizeof(T);
+  const int64_t np = packed_width<T>(n), groups = (S + 3) / 4;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t g = 0; g < groups; ++g) {
+    T* out = kp + g * 4 * np;
+    for (int64_t r = 0; r < 4; ++r) {
+      const int64_t i = 4 * g + r;
+      for (int64_t j0 = 0; j0 < np; j0 += V) {
+        T* o = out + 4 * j0 + r * V;
+        for (int64_t l = 0; l < V; ++l)
+          o[l] = i < S && j0 + l < n ? kt[i * n + j0 + l] : T(0);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // neurosim_euler_f32 and neurosim_euler_f64: run<float> and run<double> for ctypes;
@@ -1002,6 +1077,16 @@ extern "C" {
 NEUROSIM_EULER(neurosim_euler_f32, float)
 NEUROSIM_EULER(neurosim_euler_f64, double)
 int neurosim_bfloat16() { return HAS_BF16 ? 1 : 0; }
+// the vector width in bytes that packed operators (neurosim_pack_panels_*) are laid out by
+int neurosim_vector_bytes() { return VBYTES; }
+// KT (S x n, row-major) packed as the loop's mode 4 reads it: (S + 3) / 4 groups of four
+// rows, interleaved by vectors of neurons (the layout of panel_packed), zero padded
+void neurosim_pack_panels_f32(const float* kt, int64_t S, int64_t n, float* kp, int threads) {
+  pack_panels<float>(kt, S, n, kp, threads);
+}
+void neurosim_pack_panels_f64(const double* kt, int64_t S, int64_t n, double* kp, int threads) {
+  pack_panels<double>(kt, S, n, kp, threads);
+}
 
 // a row-major n x S bfloat16 operator W packed as the loop reads it: (S + 1) / 2 rows of
 // padded(n) pairs (pack_pairs over all neurons, the padding zero), threads sharing the
