@@ -14,7 +14,8 @@ written as .npy files to a temporary directory; every tool reads them from there
 For every N: the float64 NumPy reference runs first; then each tool is built and run once
 and its trajectory (10 recorded somas at every step, final u of every neuron) compared with
 the reference (network.check): a tool that disagrees is not timed. Then ``--repeats`` rounds
-each time every tool once, interleaved (a burst of other load hits all alike), and the table
+each time every tool once, interleaved (a burst of other load hits all alike; each round
+starts at the next tool, so that no tool always runs right after the same other), and the table
 gives steps per second (best and median) and the ratios neurosim / BrainPy and neurosim /
 Brian2 (of the best rates; above 1: neurosim is faster), then the paired ratios: the median
 over rounds of each round's ratio, which a slow drift of the host's memory bandwidth between
@@ -175,10 +176,12 @@ def measure(n: int, args) -> list[dict]:
                                       peer.run))
         try:
             times = {id(row): [] for row, fn in tools}
+            runnable = [(row, fn) for row, fn in tools if fn is not None]
             for k in range(args.repeats):
-                for row, fn in tools:
-                    if fn is None:
-                        continue
+                # each round starts at the next tool: none always runs right after another's
+                # (Brian2's minutes on one core leave the next run slower)
+                shift = k % max(len(runnable), 1)
+                for row, fn in runnable[shift:] + runnable[:shift]:
                     try:
                         times[id(row)].append(fn())
                     except Exception as err:           # noqa: BLE001 - a peer died
