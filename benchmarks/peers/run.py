@@ -14,8 +14,8 @@ written as .npy files to a temporary directory; every tool reads them from there
 For every N: the float64 NumPy reference runs first; then each tool is built and run once
 and its trajectory (10 recorded somas at every step, final u of every neuron) compared with
 the reference (network.check): a tool that disagrees is not timed. Then ``--repeats`` rounds
-each time every tool once, interleaved (a burst of other load hits all alike; each round
-starts at the next tool, so that no tool always runs right after the same other), and the table
+each time every tool once, interleaved (a burst of other load hits all alike; the order
+changes from round to round so that each tool follows each other one equally often), and the table
 gives steps per second (best and median) and the ratios neurosim / BrainPy and neurosim /
 Brian2 (of the best rates; above 1: neurosim is faster), then the paired ratios: the median
 over rounds of each round's ratio, which a slow drift of the host's memory bandwidth between
@@ -177,11 +177,10 @@ def measure(n: int, args) -> list[dict]:
         try:
             times = {id(row): [] for row, fn in tools}
             runnable = [(row, fn) for row, fn in tools if fn is not None]
+            orders = balanced_orders(len(runnable))
             for k in range(args.repeats):
-                # each round starts at the next tool: none always runs right after another's
-                # (Brian2's minutes on one core leave the next run slower)
-                shift = k % max(len(runnable), 1)
-                for row, fn in runnable[shift:] + runnable[:shift]:
+                for i in orders[k % len(orders)] if orders else ():
+                    row, fn = runnable[i]
                     try:
                         times[id(row)].append(fn())
                     except Exception as err:           # noqa: BLE001 - a peer died
@@ -242,6 +241,21 @@ def report(rows: list[dict]) -> None:
             print(f"  N = {n:,}: " + "; ".join(
                 f"{r['tool']} / {o['tool']} = {paired(r['seconds'], o['seconds']):.2f}"
                 for r in here if r["kind"] == "neurosim"))
+
+
+def balanced_orders(count: int) -> list[list[int]]:
+    """Orders of ``count`` tools for successive rounds in which each tool runs right after
+    each other one equally often (a Williams design: first order 0, 1, count - 1, 2,
+    count - 2, ..., then shifted by one per round): no tool always follows the same one
+    (in one run the tool after Brian2's minutes on one core ran slower)."""
+    first, lo, hi = [0], 1, count - 1
+    while len(first) < count:
+        first.append(lo)
+        lo += 1
+        if len(first) < count:
+            first.append(hi)
+            hi -= 1
+    return [[(i + shift) % count for i in first] for shift in range(count)] if count else []
 
 
 def short(tool: str) -> str:
