@@ -650,12 +650,10 @@ def samples_shared(dynamics, batch: int) -> bool:
     return _fit_in_l2(operators, lows)
 
 
-_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}     # of sysfs cache sizes
-
-
-@functools.lru_cache(maxsize=1)
-def l2_bytes() -> int:
-    """A core's L2 cache in bytes (Linux sysfs), else 1 MiB."""
+def _caches() -> list[tuple[str, int]]:
+    """(level, bytes) of cpu0's caches (Linux sysfs; none elsewhere)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    found = []
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
             level = (index / "level").read_text().strip()
@@ -663,24 +661,21 @@ def l2_bytes() -> int:
         except OSError:
             continue
         number = text.rstrip("KMG")
-        if level == "2" and number.isdigit():
-            return int(number) * _UNITS.get(text[-1], 1)
-    return 1 << 20
+        if number.isdigit():
+            found.append((level, int(number) * units.get(text[-1], 1)))
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def l2_bytes() -> int:
+    """A core's L2 cache in bytes, else 1 MiB."""
+    return next((size for level, size in _caches() if level == "2"), 1 << 20)
 
 
 @functools.lru_cache(maxsize=1)
 def cache_bytes() -> int:
-    """The CPU's last-level cache in bytes (Linux sysfs), else 32 MiB."""
-    best = 0
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        number = text.rstrip("KMG")
-        if number.isdigit():
-            best = max(best, int(number) * _UNITS.get(text[-1], 1))
-    return best or 32 << 20
+    """The CPU's last-level cache in bytes, else 32 MiB."""
+    return max((size for _, size in _caches()), default=32 << 20)
 
 
 def _int64s(values) -> ctypes.Array:
